@@ -1,0 +1,5 @@
+"""Allow ``python -m replygate``."""
+
+from replygate.cli import main
+
+main()

@@ -1,0 +1,201 @@
+"""Settings: one frozen object built once by the CLI and passed down.
+
+Sources, later wins: built-in defaults, an optional TOML file, then
+``REPLYGATE_*`` environment variables. Nothing here runs at import time; the
+environment is a parameter so tests pass their own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from replygate.errors import ConfigError
+
+ENV_PREFIX = "REPLYGATE_"
+SECRET_FIELDS = frozenset({"secret_key", "smarthost_password"})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Effective configuration. Field names are the TOML keys and, upper-cased
+    with the ``REPLYGATE_`` prefix, the environment variable names."""
+
+    var_dir: Path = Path("var")
+    database_url: str = ""
+    secret_key: str = field(default="", repr=False)
+    reply_domain: str = "reply.localhost"
+    notification_from: str = ""
+    organisation_name: str = "Our practice"
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 2525
+    smtp_hostname: str = ""
+    max_message_size: int = 25 * 1024 * 1024
+    token_ttl_days: int = 90
+
+    outbox_maildir: Path = Path("")
+    smarthost_host: str = ""
+    smarthost_port: int = 25
+    smarthost_starttls: bool = True
+    smarthost_username: str = ""
+    smarthost_password: str = field(default="", repr=False)
+    delivery_max_attempts: int = 8
+    delivery_backoff_seconds: float = 30.0
+
+    portal_host: str = "127.0.0.1"
+    portal_port: int = 8025
+    portal_url: str = ""
+
+    worker_poll_seconds: float = 0.5
+    worker_max_attempts: int = 5
+    log_json: bool = False
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def uses_smarthost(self) -> bool:
+        return bool(self.smarthost_host)
+
+    def masked(self) -> dict[str, Any]:
+        """The configuration as plain values with secrets masked, for display."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in SECRET_FIELDS:
+                value = "********" if value else ""
+            elif f.name == "database_url":
+                value = _mask_url_password(value)
+            out[f.name] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+def _mask_url_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    if ":" not in creds:
+        return url
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:********@{host}"
+
+
+def _coerce(name: str, kind: Any, raw: Any) -> Any:
+    """Turn a TOML or environment value into the field's type, or say which key is wrong."""
+    try:
+        if kind in (bool, "bool"):
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError(raw)
+        if kind in (int, "int"):
+            return int(raw)
+        if kind in (float, "float"):
+            return float(raw)
+        if kind in (Path, "Path"):
+            return Path(str(raw))
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name!r} has an invalid value: {raw!r}") from exc
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings from defaults, TOML file, environment and explicit overrides.
+
+    Derived defaults (database under ``var_dir``, Maildir outbox, a secret key
+    generated once and kept under ``var_dir``) are filled in last, so a bare
+    ``replygate demo`` runs with no set-up at all.
+    """
+    env = os.environ if env is None else env
+    known = {f.name: f.type for f in fields(Settings)}
+    values: dict[str, Any] = {}
+
+    if config_file is None and env.get(ENV_PREFIX + "CONFIG"):
+        config_file = Path(env[ENV_PREFIX + "CONFIG"])
+    if config_file is not None:
+        try:
+            data = tomllib.loads(Path(config_file).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"configuration file not found: {config_file}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"configuration file {config_file} is not valid TOML: {exc}") from exc
+        section = data.get("replygate", data)
+        for key, raw in section.items():
+            if key not in known:
+                raise ConfigError(f"unknown setting {key!r} in {config_file}")
+            values[key] = _coerce(key, known[key], raw)
+
+    for key, raw in env.items():
+        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name in known:
+            values[name] = _coerce(name, known[name], raw)
+
+    for key, raw in (overrides or {}).items():
+        if raw is not None:
+            values[key] = _coerce(key, known[key], raw)
+
+    settings = Settings(**values)
+    return _derive(settings)
+
+
+def _derive(s: Settings) -> Settings:
+    var_dir = s.var_dir
+    changes: dict[str, Any] = {}
+    if not s.database_url:
+        changes["database_url"] = f"sqlite:///{(var_dir / 'replygate.db').as_posix()}"
+    if not str(s.outbox_maildir) or str(s.outbox_maildir) == ".":
+        changes["outbox_maildir"] = var_dir / "outbox"
+    if not s.notification_from:
+        changes["notification_from"] = f"notifications@{s.reply_domain}"
+    if not s.portal_url:
+        changes["portal_url"] = f"http://{s.portal_host}:{s.portal_port}"
+    if not s.smtp_hostname:
+        changes["smtp_hostname"] = s.reply_domain
+    s = dataclasses.replace(s, **changes)
+    if not s.secret_key:
+        if not s.is_sqlite:
+            raise ConfigError(
+                "REPLYGATE_SECRET_KEY must be set explicitly when the database is not the "
+                "embedded SQLite: every host must sign tokens and sessions with the same key"
+            )
+        s = dataclasses.replace(s, secret_key=_local_secret(var_dir))
+    if len(s.secret_key) < 32:
+        raise ConfigError("the secret key must be at least 32 characters long")
+    return s
+
+
+def _local_secret(var_dir: Path) -> str:
+    """Read the key kept under ``var_dir``, creating it (mode 0600) on first use."""
+    path = var_dir / "secret_key"
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        pass
+    var_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text(encoding="ascii").strip()
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(key + "\n")
+    return key

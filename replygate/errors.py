@@ -1,0 +1,68 @@
+"""Domain errors, one module so every layer raises the same names.
+
+    ReplygateError
+    ├── ConfigError          configuration is missing or contradictory
+    ├── NotFound             a named user, Circle, thread or queue entry does not exist
+    ├── Invalid              a request the domain refuses (bad role, empty body, ...)
+    └── InboundRefused       an inbound mail we refuse in the SMTP dialogue
+        ├── NotAReplyAddress   recipient is not reply+<token>@<reply domain>
+        ├── UnknownToken       token well-formed but never issued (or forged)
+        ├── TokenExpired       token past its expiry date
+        ├── TokenRevoked       token revoked, or voided when Convenience Mode went off
+        ├── ConvenienceModeOff the organisation does not accept replies by email
+        ├── SenderMismatch     From is not the address the token was issued to
+        └── MessageTooLarge    message exceeds the configured size limit
+
+The gateway maps each ``InboundRefused`` subclass to one SMTP reply in
+``replygate.gateway.replies``; nothing else decides SMTP codes.
+"""
+
+from __future__ import annotations
+
+
+class ReplygateError(Exception):
+    """Base of every error we raise on purpose."""
+
+
+class ConfigError(ReplygateError):
+    """Raised when configuration is missing, malformed or unsafe."""
+
+
+class NotFound(ReplygateError):
+    """Raised when a named object does not exist."""
+
+
+class Invalid(ReplygateError):
+    """Raised when a request breaks a domain rule."""
+
+
+class InboundRefused(ReplygateError):
+    """An inbound mail refused in the SMTP dialogue (never bounced later)."""
+
+
+class NotAReplyAddress(InboundRefused):
+    """Raised when the recipient is not a reply address of our reply domain."""
+
+
+class UnknownToken(InboundRefused):
+    """Raised when the token was never issued by us (or fails its check)."""
+
+
+class TokenExpired(InboundRefused):
+    """Raised when the token's expiry date has passed."""
+
+
+class TokenRevoked(InboundRefused):
+    """Raised when the token was revoked or voided by switching Convenience Mode off."""
+
+
+class ConvenienceModeOff(InboundRefused):
+    """Raised when replies by email are not enabled for the organisation."""
+
+
+class SenderMismatch(InboundRefused):
+    """Raised when From is not the address the token was issued to."""
+
+
+class MessageTooLarge(InboundRefused):
+    """Raised when a message exceeds the size limit."""

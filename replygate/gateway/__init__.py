@@ -1,0 +1,1 @@
+"""Inbound SMTP gateway and pipe ingress: refuse early, accept durably."""

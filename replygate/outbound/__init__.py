@@ -1,0 +1,1 @@
+"""Outbound notifications: composing them (pure) and delivering the outbox."""

@@ -1,0 +1,1 @@
+"""Persistence: models, sessions, migrations, the inbound queue and the outbox."""

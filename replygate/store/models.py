@@ -1,0 +1,259 @@
+"""Tables, as SQLAlchemy 2 typed ORM classes.
+
+Every schema change goes through an Alembic migration in ``migrations/``; a
+test compares these models with the migrated schema so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+ROLES = ("admin", "staff", "client")
+MESSAGE_SOURCES = ("portal", "email")
+INBOUND_STATUSES = ("queued", "processing", "filed", "held", "rejected", "ignored", "failed")
+OUTBOX_STATUSES = ("queued", "sending", "sent", "failed", "suppressed")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime()}
+
+
+class Organisation(Base):
+    """The one organisation this deployment serves, and its settings."""
+
+    __tablename__ = "organisation"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    convenience_mode: Mapped[bool] = mapped_column(Boolean, default=False)
+    hipaa_acknowledged_by: Mapped[str | None] = mapped_column(String(320))
+    hipaa_acknowledged_at: Mapped[datetime | None]
+    sender_policy: Mapped[str] = mapped_column(String(20), default="reject")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(10))
+    password_hash: Mapped[str | None] = mapped_column(String(200))
+    address_status: Mapped[str] = mapped_column(String(20), default="ok")
+    bounce_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Circle(Base):
+    """A named group of users; sending to it reaches each member privately."""
+
+    __tablename__ = "circles"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    members: Mapped[list[User]] = relationship(secondary="circle_members", order_by="User.id")
+
+
+class CircleMember(Base):
+    __tablename__ = "circle_members"
+
+    circle_id: Mapped[int] = mapped_column(
+        ForeignKey("circles.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+
+
+class Thread(Base):
+    __tablename__ = "threads"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subject: Mapped[str] = mapped_column(String(500))
+    created_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_activity_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+    created_by: Mapped[User] = relationship()
+    participants: Mapped[list[ThreadParticipant]] = relationship(
+        back_populates="thread", order_by="ThreadParticipant.user_id"
+    )
+    messages: Mapped[list[Message]] = relationship(
+        back_populates="thread", order_by="Message.id"
+    )
+
+
+class ThreadParticipant(Base):
+    __tablename__ = "thread_participants"
+
+    thread_id: Mapped[int] = mapped_column(
+        ForeignKey("threads.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    last_read_message_id: Mapped[int | None] = mapped_column(Integer)
+
+    thread: Mapped[Thread] = relationship(back_populates="participants")
+    user: Mapped[User] = relationship()
+
+
+class InboundMail(Base):
+    """One accepted inbound mail for one envelope recipient: the raw bytes,
+    committed before the gateway answers 250, then processed by the engine."""
+
+    __tablename__ = "inbound_mail"
+    __table_args__ = (Index("ix_inbound_mail_status_id", "status", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    mail_from: Mapped[str] = mapped_column(String(320))
+    rcpt: Mapped[str] = mapped_column(String(320))
+    peer: Mapped[str | None] = mapped_column(String(100))
+    message_id: Mapped[str | None] = mapped_column(String(998))
+    size: Mapped[int] = mapped_column(Integer)
+    raw: Mapped[bytes | None] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    reason: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_at: Mapped[datetime | None]
+    processed_at: Mapped[datetime | None]
+    thread_id: Mapped[int | None] = mapped_column(ForeignKey("threads.id", ondelete="SET NULL"))
+    decisions: Mapped[list | None] = mapped_column(JSON)
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    __table_args__ = (
+        # A reply delivered twice (same Message-ID, same token) is filed once.
+        UniqueConstraint(
+            "thread_id", "author_id", "email_message_id", name="uq_messages_email_dedup"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    thread_id: Mapped[int] = mapped_column(ForeignKey("threads.id", ondelete="CASCADE"), index=True)
+    author_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    body: Mapped[str] = mapped_column(Text)
+    quote: Mapped[str | None] = mapped_column(Text)
+    signature: Mapped[str | None] = mapped_column(Text)
+    body_html: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(10))
+    inbound_id: Mapped[int | None] = mapped_column(
+        ForeignKey("inbound_mail.id", ondelete="SET NULL"), unique=True
+    )
+    email_message_id: Mapped[str | None] = mapped_column(String(998))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    thread: Mapped[Thread] = relationship(back_populates="messages")
+    author: Mapped[User] = relationship()
+
+
+class ReplyToken(Base):
+    """The reply address of one recipient in one thread."""
+
+    __tablename__ = "reply_tokens"
+    __table_args__ = (Index("ix_reply_tokens_thread_user", "thread_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token: Mapped[str] = mapped_column(String(64), unique=True)
+    thread_id: Mapped[int] = mapped_column(ForeignKey("threads.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+    thread: Mapped[Thread] = relationship()
+    user: Mapped[User] = relationship()
+
+
+class OutboxMessage(Base):
+    """A notification written in the same transaction as its cause and
+    delivered later by the outbound worker."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_status_next", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(20))
+    recipient: Mapped[str] = mapped_column(String(320))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    thread_id: Mapped[int | None] = mapped_column(ForeignKey("threads.id", ondelete="SET NULL"))
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
+    envelope_from: Mapped[str] = mapped_column(String(320))
+    header_message_id: Mapped[str] = mapped_column(String(998), index=True)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None]
+
+
+__all__ = [
+    "INBOUND_STATUSES",
+    "MESSAGE_SOURCES",
+    "OUTBOX_STATUSES",
+    "ROLES",
+    "Base",
+    "Circle",
+    "CircleMember",
+    "InboundMail",
+    "Message",
+    "Organisation",
+    "OutboxMessage",
+    "ReplyToken",
+    "Thread",
+    "ThreadParticipant",
+    "User",
+    "utcnow",
+]
