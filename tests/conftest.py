@@ -7,16 +7,18 @@ The whole suite runs once per backend; ``make test`` runs both.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings, load_settings
-from replygate.store.db import make_engine, session_factory, upgrade
+from replygate.store.db import make_engine, normalise_url, session_factory, upgrade
 from replygate.store.models import Base
 
 TEST_SECRET = "test-secret-" + "k" * 52
@@ -28,42 +30,45 @@ def _pg_url() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def backend_template(tmp_path_factory: pytest.TempPathFactory) -> str:
+def backend_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A migrated database: for SQLite a template file copied per test; for
-    PostgreSQL the schema itself, migrated once from empty."""
+    PostgreSQL a database of its own on the given server (so concurrent runs
+    never meet), migrated once from empty and dropped at the end."""
     url = _pg_url()
     if url is None:
         path = tmp_path_factory.mktemp("template") / "template.db"
         upgrade(f"sqlite:///{path}")
-        return str(path)
-    engine = make_engine(url)
+        yield str(path)
+        return
+    admin = make_engine(url).execution_options(isolation_level="AUTOCOMMIT")
+    name = f"replygate_test_{os.getpid()}_{secrets.token_hex(3)}"
     try:
-        with engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA public CASCADE"))
-            conn.execute(text("CREATE SCHEMA public"))
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:  # the suite must not pass silently without its database
         pytest.exit(f"PostgreSQL at {url} is unreachable: {exc}", returncode=3)
-    finally:
-        engine.dispose()
-    upgrade(url)
-    return url
+    own = make_url(normalise_url(url)).set(database=name).render_as_string(hide_password=False)
+    upgrade(own)
+    yield own
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
 
 
 @pytest.fixture
 def database_url(backend_template: str, tmp_path: Path) -> Iterator[str]:
     """A clean, migrated database for one test."""
-    pg = _pg_url()
-    if pg is None:
+    if _pg_url() is None:
         path = tmp_path / "replygate.db"
         shutil.copyfile(backend_template, path)
         yield f"sqlite:///{path}"
         return
-    engine = make_engine(pg)
+    engine = make_engine(backend_template)
     tables = ", ".join(t.name for t in reversed(Base.metadata.sorted_tables))
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     engine.dispose()
-    yield pg
+    yield backend_template
 
 
 @pytest.fixture
