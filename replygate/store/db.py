@@ -44,7 +44,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")
@@ -53,7 +53,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
     cur.close()
 
 
-def _sqlite_begin_immediate(conn) -> None:  # noqa: ANN001
+def _sqlite_begin_immediate(conn) -> None:
     # Take the write lock at BEGIN: a read-then-write transaction that started
     # deferred could otherwise fail with "database is locked" at its first write
     # instead of waiting for the busy timeout.

@@ -112,7 +112,9 @@ class CircleMember(Base):
     circle_id: Mapped[int] = mapped_column(
         ForeignKey("circles.id", ondelete="CASCADE"), primary_key=True
     )
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
 
 
 class Thread(Base):
@@ -128,9 +130,7 @@ class Thread(Base):
     participants: Mapped[list[ThreadParticipant]] = relationship(
         back_populates="thread", order_by="ThreadParticipant.user_id"
     )
-    messages: Mapped[list[Message]] = relationship(
-        back_populates="thread", order_by="Message.id"
-    )
+    messages: Mapped[list[Message]] = relationship(back_populates="thread", order_by="Message.id")
 
 
 class ThreadParticipant(Base):
@@ -139,7 +139,9 @@ class ThreadParticipant(Base):
     thread_id: Mapped[int] = mapped_column(
         ForeignKey("threads.id", ondelete="CASCADE"), primary_key=True
     )
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
     last_read_message_id: Mapped[int | None] = mapped_column(Integer)
 
     thread: Mapped[Thread] = relationship(back_populates="participants")

@@ -1,0 +1,292 @@
+"""The thin domain service: send, reply, file an inbound reply, notify.
+
+Used alike by the CLI, the portal and the threading engine. Every change and
+the notifications it causes are written in one transaction; nothing is sent
+from here (the outbound worker delivers the outbox).
+
+Privacy rule: a message to several people (or a Circle) starts one private
+thread per recipient with the sender, so recipients never see each other.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from replygate.config import Settings
+from replygate.errors import Invalid, NotFound
+from replygate.outbound.compose import Notification, compose
+from replygate.store import directory, outbox, tokens
+from replygate.store.db import transaction
+from replygate.store.models import (
+    Message,
+    OutboxMessage,
+    Thread,
+    ThreadParticipant,
+    User,
+    utcnow,
+)
+from replygate.threading import reply_token
+
+CIRCLE_PREFIX = "circle:"
+TOKEN_MIN_REMAINING = timedelta(days=7)
+MAX_SUBJECT = 500
+
+
+@dataclass(frozen=True)
+class SentThread:
+    id: int
+    recipient: str
+
+
+@dataclass(frozen=True)
+class SendResult:
+    threads: list[SentThread]
+    messages: list[int]
+
+
+class Messaging:
+    """Domain operations over one store, configured by one ``Settings``."""
+
+    def __init__(self, factory: sessionmaker[Session], settings: Settings) -> None:
+        self.factory = factory
+        self.settings = settings
+
+    # -- sending --------------------------------------------------------------------------
+
+    def send(self, *, sender: str, to: list[str], subject: str, body: str) -> SendResult:
+        """Start one private thread per recipient (Circles expanded) and notify each."""
+        subject = " ".join(subject.split())[:MAX_SUBJECT]
+        if not subject:
+            raise Invalid("a message needs a subject")
+        if not body.strip():
+            raise Invalid("a message needs a body")
+        if not to:
+            raise Invalid("a message needs at least one recipient")
+        with transaction(self.factory) as session:
+            author = directory.user(session, sender)
+            recipients = self._expand(session, to, author)
+            if author.role == "client" and any(r.role == "client" for r in recipients):
+                raise Invalid("clients can write to staff only")
+            now = utcnow()
+            threads: list[SentThread] = []
+            messages: list[int] = []
+            for person in recipients:
+                thread = Thread(
+                    subject=subject, created_by_id=author.id, created_at=now, last_activity_at=now
+                )
+                session.add(thread)
+                session.flush()
+                session.add_all(
+                    [
+                        ThreadParticipant(thread_id=thread.id, user_id=author.id),
+                        ThreadParticipant(thread_id=thread.id, user_id=person.id),
+                    ]
+                )
+                message = self._add_message(session, thread, author, body, source="portal")
+                self._notify(session, thread, message, author)
+                threads.append(SentThread(id=thread.id, recipient=person.email))
+                messages.append(message.id)
+            return SendResult(threads=threads, messages=messages)
+
+    def reply(self, *, thread_id: int, author: str, body: str) -> int:
+        """Add a portal reply to a thread the author takes part in, and notify the others."""
+        if not body.strip():
+            raise Invalid("a reply needs a body")
+        with transaction(self.factory) as session:
+            user = directory.user(session, author)
+            thread = self.thread_for(session, thread_id, user)
+            message = self._add_message(session, thread, user, body, source="portal")
+            self._notify(session, thread, message, user)
+            return message.id
+
+    def file_email_reply(
+        self,
+        session: Session,
+        *,
+        thread_id: int,
+        author_id: int,
+        body: str,
+        quote: str | None,
+        signature: str | None,
+        inbound_id: int,
+        email_message_id: str | None,
+        body_html: str | None = None,
+    ) -> Message | None:
+        """File a reply that came by email, in the caller's transaction.
+
+        Returns ``None`` when this mail (same Message-ID, same thread and
+        author) was filed already: a second delivery files nothing.
+        """
+        if email_message_id:
+            existing = session.scalars(
+                select(Message).where(
+                    Message.thread_id == thread_id,
+                    Message.author_id == author_id,
+                    Message.email_message_id == email_message_id,
+                )
+            ).first()
+            if existing is not None:
+                return None
+        thread = session.get(Thread, thread_id)
+        author = session.get(User, author_id)
+        if thread is None or author is None:
+            raise NotFound("the thread or the person this reply address names no longer exists")
+        message = self._add_message(
+            session,
+            thread,
+            author,
+            body,
+            source="email",
+            quote=quote or None,
+            signature=signature or None,
+            inbound_id=inbound_id,
+            email_message_id=email_message_id,
+            body_html=body_html,
+        )
+        self._notify(session, thread, message, author)
+        return message
+
+    # -- settings ---------------------------------------------------------------------------
+
+    def set_convenience_mode(
+        self, *, on: bool, acknowledged_by: str | None = None, acknowledge_hipaa: bool = False
+    ) -> int:
+        """Switch Convenience Mode; returns how many reply tokens were voided (when off).
+
+        Turning it on requires an explicit HIPAA acknowledgement, recorded
+        with who gave it and when.
+        """
+        with transaction(self.factory) as session:
+            org = directory.organisation(session, default_name=self.settings.organisation_name)
+            now = utcnow()
+            if on:
+                if not acknowledge_hipaa:
+                    raise Invalid(
+                        "Convenience Mode puts message content in email; it needs an explicit "
+                        "HIPAA acknowledgement"
+                    )
+                org.convenience_mode = True
+                org.hipaa_acknowledged_by = acknowledged_by or "operator (command line)"
+                org.hipaa_acknowledged_at = now
+                return 0
+            org.convenience_mode = False
+            return tokens.revoke_all(session, now=now)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    @staticmethod
+    def thread_for(session: Session, thread_id: int, user: User) -> Thread:
+        """The thread, if ``user`` takes part in it; otherwise it does not exist for them."""
+        thread = session.get(Thread, thread_id)
+        if thread is None or not any(p.user_id == user.id for p in thread.participants):
+            raise NotFound(f"no thread {thread_id}")
+        return thread
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _expand(self, session: Session, to: list[str], author: User) -> list[User]:
+        """Resolve addresses and ``circle:NAME`` entries to distinct users, in order."""
+        seen: dict[int, User] = {}
+        for entry in to:
+            entry = entry.strip()
+            if entry.lower().startswith(CIRCLE_PREFIX):
+                members = directory.circle(session, entry[len(CIRCLE_PREFIX) :]).members
+                if not members:
+                    raise Invalid(f"Circle {entry[len(CIRCLE_PREFIX) :]!r} has no members")
+            else:
+                members = [directory.user(session, entry)]
+            for member in members:
+                if member.id != author.id:
+                    seen.setdefault(member.id, member)
+        if not seen:
+            raise Invalid("a message needs at least one recipient other than its author")
+        return list(seen.values())
+
+    @staticmethod
+    def _add_message(
+        session: Session, thread: Thread, author: User, body: str, *, source: str, **extra: object
+    ) -> Message:
+        message = Message(
+            thread_id=thread.id, author_id=author.id, body=body, source=source, **extra
+        )
+        session.add(message)
+        thread.last_activity_at = utcnow()
+        session.flush()
+        # The author has read what they wrote.
+        for p in thread.participants:
+            if p.user_id == author.id:
+                p.last_read_message_id = message.id
+        return message
+
+    def _notify(self, session: Session, thread: Thread, message: Message, author: User) -> None:
+        """Write one outbox notification per other participant, in this transaction."""
+        org = directory.organisation(session, default_name=self.settings.organisation_name)
+        now = utcnow()
+        for participant in thread.participants:
+            person = participant.user
+            if person.id == author.id:
+                continue
+            notification_id = secrets.token_hex(10)
+            base = dict(
+                notification_id=notification_id,
+                to_address=person.email,
+                to_name=person.name,
+                from_address=self.settings.notification_from,
+                organisation=org.name,
+                reply_domain=self.settings.reply_domain,
+                portal_link=f"{self.settings.portal_url.rstrip('/')}/threads/{thread.id}",
+            )
+            if org.convenience_mode:
+                previous = self._previous_notification(session, thread.id, person.id)
+                notification = Notification(
+                    mode="content",
+                    subject=thread.subject,
+                    body=message.body,
+                    author_name=author.name,
+                    reply_address=reply_token.reply_address(
+                        self._token_for(session, thread.id, person.id, now),
+                        self.settings.reply_domain,
+                    ),
+                    in_reply_to=previous,
+                    references=(previous,) if previous else (),
+                    **base,
+                )
+            else:
+                notification = Notification(mode="secure", **base)
+            row = outbox.add(
+                session,
+                compose(notification),
+                kind=notification.mode,
+                user_id=person.id,
+                thread_id=thread.id,
+                message_id=message.id,
+            )
+            if person.address_status == "suppressed":
+                row.status = "suppressed"
+                row.last_error = "address suppressed after repeated hard bounces"
+
+    def _token_for(self, session: Session, thread_id: int, user_id: int, now: datetime) -> str:
+        """The recipient's live token for this thread, issuing a new one when needed."""
+        row = tokens.current(
+            session, thread_id, user_id, now=now, min_remaining=TOKEN_MIN_REMAINING
+        )
+        if row is not None:
+            return row.token
+        token = reply_token.new_token(self.settings.secret_key)
+        expires = now + timedelta(days=self.settings.token_ttl_days)
+        tokens.add(session, token, thread_id, user_id, now=now, expires_at=expires)
+        return token
+
+    @staticmethod
+    def _previous_notification(session: Session, thread_id: int, user_id: int) -> str | None:
+        return session.scalars(
+            select(OutboxMessage.header_message_id)
+            .where(OutboxMessage.thread_id == thread_id, OutboxMessage.user_id == user_id)
+            .order_by(OutboxMessage.id.desc())
+            .limit(1)
+        ).first()

@@ -1,0 +1,88 @@
+"""People and settings: the organisation row, users and Circles."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from replygate.errors import Invalid, NotFound
+from replygate.store.models import ROLES, Circle, CircleMember, Organisation, User
+
+
+def organisation(session: Session, *, default_name: str = "Our practice") -> Organisation:
+    """The deployment's one organisation, created on first use."""
+    org = session.scalars(select(Organisation).order_by(Organisation.id).limit(1)).first()
+    if org is None:
+        org = Organisation(name=default_name, convenience_mode=False, sender_policy="reject")
+        session.add(org)
+        session.flush()
+    return org
+
+
+def normalise_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def add_user(session: Session, email: str, name: str, role: str) -> User:
+    email = normalise_email(email)
+    if role not in ROLES:
+        raise Invalid(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    if "@" not in email or email.startswith("@") or email.endswith("@"):
+        raise Invalid(f"{email!r} is not an email address")
+    if find_user(session, email) is not None:
+        raise Invalid(f"a user with email {email} already exists")
+    user = User(email=email, name=name.strip() or email, role=role)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def find_user(session: Session, email: str) -> User | None:
+    return session.scalars(select(User).where(User.email == normalise_email(email))).first()
+
+
+def user(session: Session, email: str) -> User:
+    found = find_user(session, email)
+    if found is None:
+        raise NotFound(f"no user with email {normalise_email(email)}")
+    return found
+
+
+def list_users(session: Session) -> list[User]:
+    return list(session.scalars(select(User).order_by(User.id)))
+
+
+def add_circle(session: Session, name: str) -> Circle:
+    name = name.strip()
+    if not name:
+        raise Invalid("a Circle needs a name")
+    if find_circle(session, name) is not None:
+        raise Invalid(f"a Circle named {name!r} already exists")
+    circle = Circle(name=name)
+    session.add(circle)
+    session.flush()
+    return circle
+
+
+def find_circle(session: Session, name: str) -> Circle | None:
+    return session.scalars(select(Circle).where(Circle.name == name.strip())).first()
+
+
+def circle(session: Session, name: str) -> Circle:
+    found = find_circle(session, name)
+    if found is None:
+        raise NotFound(f"no Circle named {name!r}")
+    return found
+
+
+def list_circles(session: Session) -> list[Circle]:
+    return list(session.scalars(select(Circle).order_by(Circle.name)))
+
+
+def add_member(session: Session, circle_name: str, email: str) -> None:
+    c = circle(session, circle_name)
+    u = user(session, email)
+    exists = session.get(CircleMember, (c.id, u.id))
+    if exists is None:
+        session.add(CircleMember(circle_id=c.id, user_id=u.id))
+        session.flush()
