@@ -1,6 +1,7 @@
 """Alembic environment: run migrations against the URL the caller configured."""
 
 from alembic import context
+
 from replygate.store.db import make_engine
 from replygate.store.models import Base
 
