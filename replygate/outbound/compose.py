@@ -1,0 +1,222 @@
+"""Compose notification emails, one pure function per notification.
+
+Two modes, decided by the organisation and passed in by the caller:
+
+- ``secure``: the mail says only that a message is waiting and where to log
+  in. No subject, no body, no author, no attachment names: whatever the
+  caller passes in those fields is ignored, so a mistake upstream cannot leak.
+- ``content`` (Convenience Mode): subject, body and author, a tokenized
+  ``Reply-To`` and the "reply above this line" marker the threading engine
+  cuts replies at.
+
+Both modes stamp headers that keep machines quiet and let us recognise our own
+mail coming back: ``Auto-Submitted: auto-generated`` (RFC 3834),
+``X-Auto-Response-Suppress: All`` (Exchange/Outlook), ``Precedence: bulk``
+(RFC 3834 tells responders not to rely on it, but legacy vacation programs
+still honour it and it costs nothing), and ``LOOP_HEADER`` naming the
+notification. The body is UTF-8 text/plain in quoted-printable, which is
+7-bit clean and so passes any relay without 8BITMIME or SMTPUTF8.
+
+Stdlib only: no store, no settings, no clock except the ``Date`` header
+(which the caller may fix with ``now``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email import policy
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime
+from typing import Literal
+
+from replygate.markers import LOOP_HEADER, MESSAGE_ID_PREFIX, REPLY_ABOVE_LINE
+
+SECURE_SUBJECT = "You have a new secure message"
+
+# Local part "bounces+<id>" must fit 64 octets; ids are url-safe so they need no quoting.
+_NOTIFICATION_ID = re.compile(r"^[A-Za-z0-9_-]{1,56}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_MSG_ID = re.compile(r"^<[^<>\s]+@[^<>\s]+>$")
+
+
+@dataclass(frozen=True)
+class Notification:
+    """Everything one notification email needs, already decided by the caller."""
+
+    mode: Literal["secure", "content"]
+    notification_id: str  # unique, url-safe; goes into Message-ID and the VERP envelope sender
+    to_address: str
+    to_name: str
+    from_address: str  # e.g. notifications@reply.localhost
+    organisation: str  # shown as the From display name
+    reply_domain: str
+    portal_link: str  # link that opens the thread after login
+    subject: str | None = None  # content mode only
+    body: str | None = None  # content mode only
+    author_name: str | None = None  # content mode only
+    reply_address: str | None = None  # content mode only: reply+<token>@<domain>
+    in_reply_to: str | None = None  # earlier Message-ID in this thread, for client threading
+    references: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ComposedMail:
+    """The wire form of a notification plus the envelope to send it with."""
+
+    raw: bytes
+    message_id: str
+    envelope_from: str
+    recipient: str
+
+
+def message_id_for(notification_id: str, reply_domain: str) -> str:
+    """The Message-ID of a notification, recognisable in a reply's In-Reply-To."""
+    _check_id(notification_id)
+    return f"<{MESSAGE_ID_PREFIX}n.{notification_id}@{_clean_domain(reply_domain)}>"
+
+
+def verp_sender(notification_id: str, reply_domain: str) -> str:
+    """The envelope sender: a bounce to it names the notification that failed."""
+    _check_id(notification_id)
+    return f"bounces+{notification_id}@{_clean_domain(reply_domain)}"
+
+
+def compose(n: Notification, *, now: datetime | None = None) -> ComposedMail:
+    """Render ``n`` as RFC 5322 bytes (CRLF line endings) with its envelope.
+
+    Raises ``ValueError`` for a malformed id, address or mode; header text
+    (names, subject) is cleaned of control characters instead, so a CR/LF in
+    user-supplied text can never start a header of its own.
+    """
+    if n.mode not in ("secure", "content"):
+        raise ValueError(f"unknown notification mode: {n.mode!r}")
+    message_id = message_id_for(n.notification_id, n.reply_domain)
+    envelope_from = verp_sender(n.notification_id, n.reply_domain)
+    recipient = _check_address(n.to_address)
+
+    msg = EmailMessage(policy=policy.SMTP)
+    if n.mode == "secure":
+        from_name = _one_line(n.organisation)
+        subject = SECURE_SUBJECT
+        text = _secure_body(n)
+    else:
+        author = _one_line(n.author_name or "")
+        organisation = _one_line(n.organisation)
+        from_name = (
+            f"{author} via {organisation}" if author and organisation else (author or organisation)
+        )
+        subject = _content_subject(n)
+        text = _content_body(n)
+
+    msg["From"] = Address(display_name=from_name, addr_spec=_check_address(n.from_address))
+    msg["To"] = Address(display_name=_one_line(n.to_name), addr_spec=recipient)
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime((now or datetime.now(UTC)).astimezone(UTC))
+    msg["Message-ID"] = message_id
+    if n.mode == "content":
+        if not n.reply_address:
+            raise ValueError("a content notification needs its reply address")
+        msg["Reply-To"] = Address(addr_spec=_check_address(n.reply_address))
+        in_reply_to, references = _threading_headers(n)
+        if in_reply_to:
+            msg["In-Reply-To"] = in_reply_to
+        if references:
+            msg["References"] = " ".join(references)
+    msg["Auto-Submitted"] = "auto-generated"
+    msg["X-Auto-Response-Suppress"] = "All"
+    msg["Precedence"] = "bulk"
+    msg[LOOP_HEADER] = n.notification_id
+    msg.set_content(text, charset="utf-8", cte="quoted-printable")
+    return ComposedMail(
+        raw=msg.as_bytes(),
+        message_id=message_id,
+        envelope_from=envelope_from,
+        recipient=recipient,
+    )
+
+
+def _secure_body(n: Notification) -> str:
+    greeting = _one_line(n.to_name)
+    organisation = _one_line(n.organisation) or "Your provider"
+    return (
+        f"Hello{' ' + greeting if greeting else ''},\n"
+        "\n"
+        f"{organisation} has sent you a new secure message.\n"
+        "For your privacy it is not included in this email. Sign in to read it:\n"
+        "\n"
+        f"{_one_line(n.portal_link)}\n"
+        "\n"
+        "Replies to this email are not read.\n"
+    )
+
+
+def _content_body(n: Notification) -> str:
+    body = (n.body or "").replace("\r\n", "\n").replace("\r", "\n").rstrip()
+    author = _one_line(n.author_name or "") or "Someone"
+    # The blank line above the marker is where the reply is typed; every mail
+    # client's quoted copy then carries the marker, which is where the
+    # threading engine cuts the reply.
+    return (
+        "\n"
+        f"{REPLY_ABOVE_LINE}\n"
+        "\n"
+        f"{author} wrote:\n"
+        "\n"
+        f"{body}\n"
+        "\n"
+        "Reply to this email, or read the whole conversation in the portal:\n"
+        f"{_one_line(n.portal_link)}\n"
+    )
+
+
+def _content_subject(n: Notification) -> str:
+    subject = _one_line(n.subject or "") or "New message"
+    # A notification that continues a thread reads as a reply in mail clients.
+    if n.in_reply_to and not re.match(r"(?i)^re\s*:", subject):
+        subject = f"Re: {subject}"
+    return subject
+
+
+def _threading_headers(n: Notification) -> tuple[str | None, list[str]]:
+    """Valid Message-IDs only: a malformed one is dropped, not passed on."""
+    refs = [r.strip() for r in n.references if _MSG_ID.match(r.strip())]
+    in_reply_to = n.in_reply_to.strip() if n.in_reply_to else None
+    if in_reply_to and not _MSG_ID.match(in_reply_to):
+        in_reply_to = None
+    if in_reply_to and in_reply_to not in refs:
+        refs.append(in_reply_to)
+    return in_reply_to, refs
+
+
+def _one_line(text: str) -> str:
+    """Header-safe text: control characters (CR, LF, NUL, TAB...) become one space."""
+    return _CONTROL.sub(" ", text).strip()
+
+
+def _check_id(notification_id: str) -> None:
+    if not _NOTIFICATION_ID.match(notification_id):
+        raise ValueError(f"notification id is not url-safe or too long: {notification_id!r}")
+
+
+def _clean_domain(domain: str) -> str:
+    if not re.match(r"^[A-Za-z0-9.-]+$", domain) or domain.startswith((".", "-")):
+        raise ValueError(f"not a domain name: {domain!r}")
+    return domain.lower()
+
+
+def _check_address(address: str) -> str:
+    """An addr-spec with no display name, no whitespace and no control characters."""
+    if (
+        not address
+        or _CONTROL.search(address)
+        or any(c in address for c in ' <>,;"')
+        or address.count("@") != 1
+    ):
+        raise ValueError(f"not a plain email address: {address!r}")
+    local, domain = address.split("@")
+    if not local or not domain:
+        raise ValueError(f"not a plain email address: {address!r}")
+    return address

@@ -1,0 +1,194 @@
+"""Transports: the I/O seam between the outbound worker and the world.
+
+A transport delivers one claimed outbox row and either returns (delivered)
+or raises one of two errors, which decide what the worker does next::
+
+    DeliveryError
+    ├── TransientDeliveryError   try again later (4xx, connection trouble, local I/O)
+    └── PermanentDeliveryError   never retry this mail (5xx)
+
+Foreign exceptions (aiosmtplib's, ``OSError``) are mapped here, at the
+boundary, with ``raise … from exc``; the worker never sees them.
+
+- ``SmtpTransport``: hands the mail to a smarthost with the VERP envelope
+  sender, so bounces name the notification.
+- ``MaildirTransport``: the embedded default, writes into a local Maildir
+  that a mail client, a test or ``mutt -f`` can read.
+- ``MemoryTransport``: a fake that records mails and can be told to fail,
+  for tests of anything that drives a transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mailbox
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import aiosmtplib
+
+from replygate.store.outbox import Claimed
+
+if TYPE_CHECKING:
+    from replygate.config import Settings
+
+DEFAULT_SMTP_TIMEOUT = 30.0
+
+
+class DeliveryError(Exception):
+    """Base of the two outcomes a transport may raise instead of returning."""
+
+
+class TransientDeliveryError(DeliveryError):
+    """Raised when delivery failed but may succeed later: a 4xx reply, a
+    refused or dropped connection, a timeout, a smarthost that refuses our
+    session (greeting, HELO, AUTH, STARTTLS as configured), or a local write
+    error (disk full)."""
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Raised when the receiving side refused the mail for good (a 5xx reply
+    to the sender, the recipient or the data); retrying would only repeat it."""
+
+
+class Transport(Protocol):
+    """Delivers one mail, or raises ``TransientDeliveryError``/``PermanentDeliveryError``."""
+
+    name: str
+
+    async def send(self, mail: Claimed) -> None: ...
+
+
+class MaildirTransport:
+    """Deliver into a Maildir (created if missing), as a local MDA would.
+
+    The file gets ``Return-Path`` (the VERP envelope sender) and
+    ``Delivered-To`` prepended, and LF line endings as Maildir readers expect.
+    Writing happens in a thread so the event loop never waits on the disk.
+    """
+
+    name = "maildir"
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    async def send(self, mail: Claimed) -> None:
+        await asyncio.to_thread(self._write, mail)
+
+    def _write(self, mail: Claimed) -> None:
+        trace = f"Return-Path: <{mail.envelope_from}>\nDelivered-To: {mail.recipient}\n"
+        data = trace.encode("utf-8") + mail.raw.replace(b"\r\n", b"\n")
+        try:
+            box = mailbox.Maildir(self.path, create=True)
+            box.add(data)
+        except OSError as exc:
+            raise TransientDeliveryError(f"cannot write to Maildir {self.path}: {exc}") from exc
+
+
+class SmtpTransport:
+    """Hand mail to an SMTP smarthost, one connection per mail.
+
+    ``starttls``: True requires STARTTLS, False never uses it, None uses it
+    when offered. ``implicit_tls`` speaks TLS from the first byte (port 465).
+    """
+
+    name = "smtp"
+
+    def __init__(
+        self,
+        host: str,
+        port: int = 25,
+        starttls: bool | None = True,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = DEFAULT_SMTP_TIMEOUT,
+        *,
+        implicit_tls: bool = False,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.starttls = starttls
+        self.username = username or None
+        self.password = password or None
+        self.timeout = timeout
+        self.implicit_tls = implicit_tls
+
+    def __repr__(self) -> str:  # never show the password
+        return f"SmtpTransport(host={self.host!r}, port={self.port!r})"
+
+    async def send(self, mail: Claimed) -> None:
+        try:
+            await aiosmtplib.send(
+                mail.raw,
+                sender=mail.envelope_from,
+                recipients=[mail.recipient],
+                hostname=self.host,
+                port=self.port,
+                username=self.username,
+                password=self.password,
+                start_tls=False if self.implicit_tls else self.starttls,
+                use_tls=self.implicit_tls,
+                timeout=self.timeout,
+            )
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refusals = exc.recipients
+            code = refusals[0].code if refusals else 451
+            message = "; ".join(f"{r.code} {r.message}" for r in refusals) or str(exc)
+            raise _by_code(code, f"recipient refused: {message}") from exc
+        except (
+            aiosmtplib.SMTPAuthenticationError,
+            aiosmtplib.SMTPConnectResponseError,
+            aiosmtplib.SMTPHeloError,
+        ) as exc:
+            # A refusal of us (credentials, greeting, HELO), not of this mail:
+            # the operator can fix it before the attempts run out.
+            raise TransientDeliveryError(
+                f"smarthost {self.host}:{self.port} refused the session: {exc.code} {exc.message}"
+            ) from exc
+        except aiosmtplib.SMTPSenderRefused as exc:
+            raise _by_code(exc.code, f"sender refused: {exc.code} {exc.message}") from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            raise _by_code(exc.code, f"smarthost replied {exc.code} {exc.message}") from exc
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise TransientDeliveryError(
+                f"smarthost {self.host}:{self.port} unavailable: {exc}"
+            ) from exc
+
+
+class MemoryTransport:
+    """A fake transport: records what it is given, or raises what ``fail`` returns.
+
+    ``fail(mail)`` may return an exception to raise for that mail, or None.
+    """
+
+    name = "memory"
+
+    def __init__(self, fail: Callable[[Claimed], Exception | None] | None = None) -> None:
+        self.sent: list[Claimed] = []
+        self.fail = fail
+
+    async def send(self, mail: Claimed) -> None:
+        if self.fail is not None and (error := self.fail(mail)) is not None:
+            raise error
+        self.sent.append(mail)
+
+
+def transport_from_settings(settings: Settings) -> Transport:
+    """The smarthost when one is configured, else the Maildir outbox."""
+    if settings.smarthost_host:
+        return SmtpTransport(
+            settings.smarthost_host,
+            settings.smarthost_port,
+            starttls=settings.smarthost_starttls and settings.smarthost_port != 465,
+            username=settings.smarthost_username,
+            password=settings.smarthost_password,
+            implicit_tls=settings.smarthost_port == 465,
+        )
+    return MaildirTransport(settings.outbox_maildir)
+
+
+def _by_code(code: int, message: str) -> DeliveryError:
+    if 500 <= code < 600:
+        return PermanentDeliveryError(message)
+    return TransientDeliveryError(message)

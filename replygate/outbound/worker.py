@@ -1,0 +1,193 @@
+"""The outbound worker: delivers due outbox rows through a transport.
+
+Each round claims a batch (``store.outbox.claim_due``), delivers the mails
+concurrently and records each outcome:
+
+- delivered → ``sent``;
+- ``TransientDeliveryError`` → ``queued`` again after an exponential backoff
+  with jitter, capped, until ``max_attempts`` claims have been used;
+- ``PermanentDeliveryError``, attempts used up, or any unexpected error on the
+  last attempt → ``failed`` with the error, for an operator to read and replay.
+
+Database calls run in a thread (``asyncio.to_thread``) so the event loop that
+also serves SMTP never waits on the database. Every delivery logs one
+canonical line, ``outbox.delivery``, and never the mail's content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from replygate.logs import get_logger
+from replygate.outbound.deliver import (
+    PermanentDeliveryError,
+    TransientDeliveryError,
+    Transport,
+)
+from replygate.store import outbox
+from replygate.store.models import utcnow
+from replygate.store.outbox import Claimed
+
+log = get_logger("replygate.outbound")
+
+MAX_BACKOFF_SECONDS = 3600.0
+
+
+def backoff_delay(
+    attempt: int,
+    base_seconds: float,
+    *,
+    cap_seconds: float = MAX_BACKOFF_SECONDS,
+    rng: Callable[[], float] = random.random,
+) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (1-based).
+
+    ``base * 2**(attempt-1)``, capped, then "equal jitter": somewhere in the
+    upper half of that, so retries of many mails that failed together (a
+    smarthost outage) spread out, yet none comes back sooner than half the
+    intended delay.
+    """
+    exponent = min(max(attempt - 1, 0), 32)
+    delay = min(cap_seconds, base_seconds * 2**exponent)
+    return delay / 2 + rng() * delay / 2
+
+
+class OutboundWorker:
+    """Delivers the outbox; one instance per process, any number of processes."""
+
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        transport: Transport,
+        *,
+        max_attempts: int,
+        backoff_seconds: float,
+        batch: int = 50,
+        lease_seconds: float = 300,
+        concurrency: int = 8,
+        max_backoff_seconds: float = MAX_BACKOFF_SECONDS,
+        clock: Callable[[], datetime] = utcnow,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self.factory = factory
+        self.transport = transport
+        self.max_attempts = max_attempts
+        self.backoff_seconds = backoff_seconds
+        self.batch = batch
+        self.lease_seconds = lease_seconds
+        self.max_backoff_seconds = max_backoff_seconds
+        self.clock = clock
+        self.rng = rng
+        self.concurrency = concurrency
+
+    async def run_once(self) -> int:
+        """Claim one batch of due mail and deliver it; returns how many were claimed."""
+        claimed = await asyncio.to_thread(
+            outbox.claim_due,
+            self.factory,
+            limit=self.batch,
+            now=self.clock(),
+            lease_seconds=self.lease_seconds,
+        )
+        if claimed:
+            slots = asyncio.Semaphore(self.concurrency)
+            results = await asyncio.gather(
+                *(self._deliver_one(item, slots) for item in claimed), return_exceptions=True
+            )
+            for item, result in zip(claimed, results, strict=True):
+                if isinstance(result, BaseException):
+                    # Outcome not recorded (database away): the lease brings it back.
+                    log.error("outbox.record_failed", outbox_id=item.id, error=repr(result))
+        return len(claimed)
+
+    async def run(self, stop: asyncio.Event, poll_seconds: float) -> None:
+        """Deliver until ``stop`` is set, polling every ``poll_seconds`` when idle.
+
+        A full batch goes straight on to the next; an error in a round (the
+        database away) is logged and the round tried again after the poll
+        interval, so the worker outlives outages.
+        """
+        while not stop.is_set():
+            try:
+                count = await self.run_once()
+            except Exception:
+                log.exception("outbox.round_failed")
+                count = 0
+            if count >= self.batch:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=poll_seconds)
+
+    async def _deliver_one(self, item: Claimed, slots: asyncio.Semaphore) -> None:
+        async with slots:
+            started = time.monotonic()
+            fields: dict[str, object] = {
+                "outbox_id": item.id,
+                "kind": item.kind,
+                "recipient": item.recipient,
+                "message_id": item.header_message_id,
+                "attempt": item.attempts,
+                "transport": getattr(self.transport, "name", type(self.transport).__name__),
+            }
+            if item.attempts > self.max_attempts:
+                # Claimed again and again without an outcome: workers keep dying on it.
+                error = f"no outcome after {item.attempts - 1} claims; giving up"
+                owned = await asyncio.to_thread(outbox.mark_failed, self.factory, item, error=error)
+                self._log(fields, started, "failed", owned, error=error)
+                return
+            try:
+                await self.transport.send(item)
+            except PermanentDeliveryError as exc:
+                error = str(exc)
+                owned = await asyncio.to_thread(outbox.mark_failed, self.factory, item, error=error)
+                self._log(fields, started, "failed", owned, error=error)
+            except Exception as exc:
+                # Transient, or a bug in a transport: neither should lose the mail at once.
+                error = str(exc) if isinstance(exc, TransientDeliveryError) else repr(exc)
+                await self._retry_or_fail(item, error, fields, started)
+            else:
+                owned = await asyncio.to_thread(
+                    outbox.mark_sent, self.factory, item, now=self.clock()
+                )
+                self._log(fields, started, "sent", owned)
+
+    async def _retry_or_fail(
+        self, item: Claimed, error: str, fields: dict[str, object], started: float
+    ) -> None:
+        if item.attempts >= self.max_attempts:
+            error = f"gave up after {item.attempts} attempts: {error}"
+            owned = await asyncio.to_thread(outbox.mark_failed, self.factory, item, error=error)
+            self._log(fields, started, "failed", owned, error=error)
+            return
+        delay = backoff_delay(
+            item.attempts, self.backoff_seconds, cap_seconds=self.max_backoff_seconds, rng=self.rng
+        )
+        next_at = self.clock() + timedelta(seconds=delay)
+        owned = await asyncio.to_thread(
+            outbox.mark_retry, self.factory, item, error=error, next_attempt_at=next_at
+        )
+        self._log(fields, started, "retry", owned, error=error, next_attempt_at=next_at.isoformat())
+
+    def _log(
+        self,
+        fields: dict[str, object],
+        started: float,
+        outcome: str,
+        owned: bool,
+        **extra: object,
+    ) -> None:
+        duration_ms = round((time.monotonic() - started) * 1000, 1)
+        if not owned:
+            # Our lease ran out and another worker holds the row: its outcome counts.
+            extra["lease_lost"] = True
+        level = log.info if outcome == "sent" else log.warning
+        level("outbox.delivery", outcome=outcome, duration_ms=duration_ms, **fields, **extra)

@@ -1,0 +1,215 @@
+"""The outbox: notifications waiting for delivery, claimed by outbound workers.
+
+Life of a row::
+
+    queued ──claim──▶ sending ──▶ sent
+      ▲                  │ ├────▶ failed      (permanent error, or attempts used up)
+      └──── retry ───────┘ └─(lease expires: the worker died)─▶ claimable again
+
+While a row is ``sending``, ``next_attempt_at`` holds the end of the claim's
+lease: a row whose lease has passed is due again, so a worker that dies
+mid-delivery delays a notification but never loses it. ``attempts`` counts
+claims and doubles as a fencing token: a worker whose lease was taken over
+finds its ``mark_*`` call matching no row, and so cannot overwrite the result
+of the worker that holds the row now.
+
+Several workers on several hosts share the table: on PostgreSQL the claim
+selects with ``FOR UPDATE SKIP LOCKED``, so two claimers never take the same
+row and never wait for each other; SQLite takes its write lock at ``BEGIN``
+(see ``db.py``), so its claims simply run one after another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from replygate.store.models import OutboxMessage, utcnow
+
+# Error texts are kept for operators, not whole SMTP transcripts.
+MAX_ERROR_LENGTH = 2000
+
+
+class ComposedLike(Protocol):
+    """What ``add`` needs of a composed notification (``outbound.compose.ComposedMail``)."""
+
+    @property
+    def raw(self) -> bytes: ...
+    @property
+    def message_id(self) -> str: ...
+    @property
+    def envelope_from(self) -> str: ...
+    @property
+    def recipient(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """One outbox row taken by a worker: a plain value, detached from any session.
+
+    ``attempts`` includes this claim; pass the object back to ``mark_*``.
+    """
+
+    id: int
+    kind: str
+    recipient: str
+    envelope_from: str
+    header_message_id: str
+    raw: bytes
+    attempts: int
+
+
+def add(
+    session: Session,
+    composed: ComposedLike,
+    *,
+    kind: str,
+    user_id: int | None,
+    thread_id: int | None,
+    message_id: int | None,
+    now: datetime | None = None,
+) -> OutboxMessage:
+    """Queue a notification in the caller's transaction (no commit), due at once.
+
+    ``message_id`` is the ``messages.id`` that caused it; the header Message-ID
+    comes from ``composed``.
+    """
+    now = now or utcnow()
+    row = OutboxMessage(
+        kind=kind,
+        recipient=composed.recipient,
+        user_id=user_id,
+        thread_id=thread_id,
+        message_id=message_id,
+        envelope_from=composed.envelope_from,
+        header_message_id=composed.message_id,
+        raw=composed.raw,
+        status="queued",
+        attempts=0,
+        created_at=now,
+        next_attempt_at=now,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def claim_due(
+    factory: sessionmaker[Session], *, limit: int, now: datetime, lease_seconds: float
+) -> list[Claimed]:
+    """Take up to ``limit`` due rows for delivery and commit the claim.
+
+    Due means ``queued`` with ``next_attempt_at <= now``, or ``sending`` whose
+    lease has run out. Each claimed row becomes ``sending`` with a lease of
+    ``lease_seconds`` and one more attempt.
+    """
+    lease_until = now + timedelta(seconds=lease_seconds)
+    # SKIP LOCKED is PostgreSQL's; SQLAlchemy leaves FOR UPDATE out on SQLite,
+    # where BEGIN IMMEDIATE already serialises the whole transaction.
+    stmt = (
+        select(OutboxMessage)
+        .where(
+            OutboxMessage.status.in_(("queued", "sending")),
+            OutboxMessage.next_attempt_at <= now,
+        )
+        .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    with factory() as session, session.begin():
+        rows = session.scalars(stmt).all()
+        claimed: list[Claimed] = []
+        for row in rows:
+            row.status = "sending"
+            row.attempts += 1
+            row.next_attempt_at = lease_until
+            claimed.append(
+                Claimed(
+                    id=row.id,
+                    kind=row.kind,
+                    recipient=row.recipient,
+                    envelope_from=row.envelope_from,
+                    header_message_id=row.header_message_id,
+                    raw=row.raw,
+                    attempts=row.attempts,
+                )
+            )
+    return claimed
+
+
+def mark_sent(factory: sessionmaker[Session], item: Claimed, *, now: datetime) -> bool:
+    """Record a delivery. False when the claim was lost to another worker."""
+    return _finish(factory, item, status="sent", sent_at=now, last_error=None)
+
+
+def mark_retry(
+    factory: sessionmaker[Session], item: Claimed, *, error: str, next_attempt_at: datetime
+) -> bool:
+    """Put the row back in the queue until ``next_attempt_at``. False when the claim was lost."""
+    return _finish(
+        factory, item, status="queued", next_attempt_at=next_attempt_at, last_error=_clip(error)
+    )
+
+
+def mark_failed(factory: sessionmaker[Session], item: Claimed, *, error: str) -> bool:
+    """Give up on the row, keeping the error for the operator. False when the claim was lost."""
+    return _finish(factory, item, status="failed", last_error=_clip(error))
+
+
+def list_outbox(
+    session: Session,
+    *,
+    status: str | Sequence[str] | None = None,
+    limit: int | None = 100,
+) -> list[OutboxMessage]:
+    """Rows for inspection, newest first, optionally of one or several statuses."""
+    stmt = select(OutboxMessage).order_by(OutboxMessage.id.desc())
+    if isinstance(status, str):
+        stmt = stmt.where(OutboxMessage.status == status)
+    elif status is not None:
+        stmt = stmt.where(OutboxMessage.status.in_(tuple(status)))
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return list(session.scalars(stmt))
+
+
+def get(session: Session, outbox_id: int) -> OutboxMessage | None:
+    return session.get(OutboxMessage, outbox_id)
+
+
+def requeue(session: Session, outbox_ids: Sequence[int], *, now: datetime) -> int:
+    """Queue ``failed`` rows again, due at once (an operator's replay). Returns the count."""
+    if not outbox_ids:
+        return 0
+    result = session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.id.in_(tuple(outbox_ids)), OutboxMessage.status == "failed")
+        .values(status="queued", next_attempt_at=now, attempts=0)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)
+
+
+def _finish(factory: sessionmaker[Session], item: Claimed, **values: object) -> bool:
+    # Matching on attempts fences off a worker whose lease was taken over.
+    with factory() as session, session.begin():
+        result = session.execute(
+            update(OutboxMessage)
+            .where(
+                OutboxMessage.id == item.id,
+                OutboxMessage.status == "sending",
+                OutboxMessage.attempts == item.attempts,
+            )
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount)
+
+
+def _clip(error: str) -> str:
+    return error if len(error) <= MAX_ERROR_LENGTH else error[: MAX_ERROR_LENGTH - 1] + "…"
