@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
@@ -119,19 +119,22 @@ class Messaging:
     ) -> Message | None:
         """File a reply that came by email, in the caller's transaction.
 
-        Returns ``None`` when this mail (same Message-ID, same thread and
-        author) was filed already: a second delivery files nothing.
+        Returns ``None`` when this mail was filed already (the same queue
+        row replayed, or the same Message-ID delivered again to the same
+        thread by the same author): a second delivery files nothing.
         """
+        same_mail = Message.inbound_id == inbound_id
         if email_message_id:
-            existing = session.scalars(
-                select(Message).where(
+            same_mail = or_(
+                same_mail,
+                and_(
                     Message.thread_id == thread_id,
                     Message.author_id == author_id,
                     Message.email_message_id == email_message_id,
-                )
-            ).first()
-            if existing is not None:
-                return None
+                ),
+            )
+        if session.scalars(select(Message.id).where(same_mail)).first() is not None:
+            return None
         thread = session.get(Thread, thread_id)
         author = session.get(User, author_id)
         if thread is None or author is None:

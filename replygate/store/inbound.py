@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import Select, and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.errors import Invalid, NotFound
@@ -80,6 +80,17 @@ def claim(
             row.claimed_at = now
             row.attempts += 1
         return [row.id for row in rows]
+
+
+def claim_one(factory: sessionmaker[Session], inbound_id: int) -> bool:
+    """Claim one queued mail by id (an operator's replay); False if another worker has it."""
+    with factory() as session, session.begin():
+        result = session.execute(
+            update(InboundMail)
+            .where(InboundMail.id == inbound_id, InboundMail.status == "queued")
+            .values(status="processing", claimed_at=utcnow(), attempts=InboundMail.attempts + 1)
+        )
+        return bool(result.rowcount)
 
 
 def get(session: Session, inbound_id: int) -> InboundMail:

@@ -1,0 +1,48 @@
+# Two entry points for a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PG_TEST_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test test-sqlite test-postgres lint install system-deps bench-reply clean
+
+$(STAMP): pyproject.toml requirements/talon.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# talon without its scikit-learn stack: only its ML signature classifier needs it.
+	$(BIN)/pip install -q --no-deps -r requirements/talon.txt
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Seed a demo organisation on SQLite + Maildir, then run everything until Ctrl-C.
+run: $(STAMP)
+	$(BIN)/replygate demo
+	$(BIN)/replygate serve
+
+## Debian packages the tests drive for real (headless Chromium); installed when missing.
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "Chromium is missing: sudo apt-get install chromium" >&2; exit 1; fi; }
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+test-sqlite: $(STAMP) system-deps
+	$(BIN)/python -m pytest -q
+
+test-postgres: $(STAMP) system-deps
+	REPLYGATE_TEST_DATABASE_URL=$(PG_TEST_URL) $(BIN)/python -m pytest -q
+
+## Lint, then the whole suite on SQLite and on PostgreSQL.
+test: lint test-sqlite test-postgres
+
+bench-reply: $(STAMP)
+	$(BIN)/python bench/reply_accuracy.py --corpus ../shared/corpus/reply
+
+clean:
+	rm -rf $(VENV) var
