@@ -1,0 +1,107 @@
+"""Running the parts together: gateway, engine worker, outbound worker, portal.
+
+One asyncio loop holds whichever parts the role asks for; SIGINT/SIGTERM set
+one stop event and every part finishes its current unit of work and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from replygate.config import Settings
+from replygate.logs import get_logger
+from replygate.outbound.deliver import transport_from_settings
+from replygate.outbound.worker import OutboundWorker
+from replygate.threading.engine import Engine
+
+log = get_logger("replygate.service")
+
+ROLES = {
+    "all": ("gateway", "engine", "outbound", "portal"),
+    "gateway": ("gateway",),
+    "worker": ("engine", "outbound"),
+    "portal": ("portal",),
+}
+
+
+def outbound_worker(settings: Settings, factory: sessionmaker[Session]) -> OutboundWorker:
+    return OutboundWorker(
+        factory,
+        transport_from_settings(settings),
+        max_attempts=settings.delivery_max_attempts,
+        backoff_seconds=settings.delivery_backoff_seconds,
+    )
+
+
+async def run_service(
+    settings: Settings,
+    factory: sessionmaker[Session],
+    *,
+    role: str = "all",
+    smtp_addr: tuple[str, int] | None = None,
+    portal_addr: tuple[str, int] | None = None,
+    stop: asyncio.Event | None = None,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Run the parts of ``role`` until ``stop`` is set (or a signal arrives)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+    parts = ROLES[role]
+    tasks: list[asyncio.Task[None]] = []
+    gateway = None
+    try:
+        if "gateway" in parts:
+            from replygate.gateway.server import start_gateway
+
+            host, port = smtp_addr or (settings.smtp_host, settings.smtp_port)
+            gateway = await start_gateway(settings, factory, host=host, port=port)
+            log.info("gateway.listening", host=host, port=gateway.port)
+        if "engine" in parts:
+            tasks.append(asyncio.create_task(Engine(factory, settings).run(stop)))
+        if "outbound" in parts:
+            worker = outbound_worker(settings, factory)
+            tasks.append(asyncio.create_task(worker.run(stop, settings.worker_poll_seconds)))
+        if "portal" in parts:
+            from replygate.portal.app import run_portal
+
+            host, port = portal_addr or (settings.portal_host, settings.portal_port)
+            started = asyncio.Event()
+            tasks.append(
+                asyncio.create_task(
+                    run_portal(settings, factory, stop, host=host, port=port, started=started)
+                )
+            )
+            await started.wait()
+            log.info("portal.listening", url=f"http://{host}:{port}")
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+    finally:
+        stop.set()
+        if gateway is not None:
+            await gateway.stop()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        log.info("service.stopped", role=role)
+
+
+def drain_once(settings: Settings, factory: sessionmaker[Session]) -> tuple[int, int]:
+    """Process the inbound queue, then deliver the outbox, once each."""
+    processed = Engine(factory, settings).drain()
+    worker = outbound_worker(settings, factory)
+
+    async def deliver() -> int:
+        total = 0
+        while n := await worker.run_once():
+            total += n
+        return total
+
+    return processed, asyncio.run(deliver())

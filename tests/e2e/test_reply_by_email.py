@@ -1,0 +1,148 @@
+"""The whole path over real sockets, through the real command line:
+
+``replygate send`` in Convenience Mode → the notification lands in the
+Maildir with a tokenized Reply-To → a reply written the way Gmail, Outlook
+or an iPhone writes it goes over SMTP to a running ``replygate serve`` →
+``threads show`` has the reply text without quote or signature → the
+original sender's content notification is in the Maildir.
+"""
+
+from __future__ import annotations
+
+import json
+import mailbox
+import os
+import signal
+import smtplib
+import subprocess
+import sys
+from collections.abc import Iterator
+from email import message_from_bytes
+from email.message import EmailMessage
+from email.policy import default
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from replygate.cli import main
+from replygate.config import Settings
+from tests.conftest import FIXTURES
+from tests.helpers import free_port, port_open, wait_for
+
+CLIENTS = ["gmail", "outlook", "iphone"]
+
+
+class Deployment:
+    """A configured replygate: environment for the CLI and a running ``serve``."""
+
+    def __init__(self, settings: Settings, tmp: Path) -> None:
+        self.smtp_port = free_port()
+        self.portal_port = free_port()
+        self.maildir = tmp / "outbox"
+        self.env = {
+            "REPLYGATE_DATABASE_URL": settings.database_url,
+            "REPLYGATE_SECRET_KEY": settings.secret_key,
+            "REPLYGATE_VAR_DIR": str(tmp / "var"),
+            "REPLYGATE_OUTBOX_MAILDIR": str(self.maildir),
+            "REPLYGATE_REPLY_DOMAIN": "reply.test",
+            "REPLYGATE_SMTP_PORT": str(self.smtp_port),
+            "REPLYGATE_PORTAL_PORT": str(self.portal_port),
+            "REPLYGATE_WORKER_POLL_SECONDS": "0.05",
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def cli(self, *args: str) -> str:
+        result = CliRunner().invoke(main, list(args), env=self.env, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    def start(self) -> None:
+        env = {**os.environ, **self.env}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "replygate", "serve"], env=env, stderr=subprocess.PIPE
+        )
+        wait_for(
+            lambda: port_open("127.0.0.1", self.smtp_port) or self._died(),
+            what="the SMTP gateway to listen",
+        )
+
+    def _died(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+            raise AssertionError(f"replygate serve exited: {err[-3000:]}")
+        return False
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            assert self.proc.wait(timeout=20) == 0, "serve did not stop cleanly on Ctrl-C"
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+    def mails_to(self, address: str) -> list[EmailMessage]:
+        if not self.maildir.exists():
+            return []
+        box = mailbox.Maildir(self.maildir, create=False)
+        found = []
+        for key in box.keys():
+            msg = message_from_bytes(box.get_bytes(key), policy=default)
+            if address in str(msg["To"]):
+                found.append(msg)
+        return found
+
+
+@pytest.fixture
+def deployment(settings: Settings, tmp_path: Path) -> Iterator[Deployment]:
+    d = Deployment(settings, tmp_path)
+    d.cli("users", "add", "dana@staff.test", "--name", "Dana Staff", "--role", "staff")
+    d.cli("users", "add", "cleo@example.com", "--name", "Cleo Client", "--role", "client")
+    d.cli("settings", "convenience", "on", "--acknowledge-hipaa", "--by", "dana@staff.test")
+    d.start()
+    yield d
+    d.stop()
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_reply_from_a_mail_client_is_filed_and_notified(deployment: Deployment, client: str) -> None:
+    out = deployment.cli(
+        "send", "--from", "dana@staff.test", "--to", "cleo@example.com",
+        "--subject", "Tuesday appointment", "--body", "Can you make Tuesday at 10?", "--json",
+    )
+    sent = json.loads(out)
+    thread_id = sent["threads"][0]["id"]
+    assert sent["threads"][0]["recipient"] == "cleo@example.com"
+
+    (notification,) = wait_for(
+        lambda: deployment.mails_to("cleo@example.com"), what="Cleo's notification in the Maildir"
+    )
+    reply_to = str(notification["Reply-To"])
+    assert reply_to.startswith("reply+") and reply_to.endswith("@reply.test")
+    assert "Can you make Tuesday at 10?" in notification.get_body(("plain",)).get_content()
+
+    raw = (FIXTURES / "replies" / f"{client}.eml").read_bytes()
+    raw = raw.replace(b"reply+TOKEN@reply.test", reply_to.encode())
+    expected = (FIXTURES / "replies" / f"{client}.expected.txt").read_text().strip()
+    with smtplib.SMTP("127.0.0.1", deployment.smtp_port, timeout=10) as smtp:
+        refused = smtp.sendmail("cleo@example.com", [reply_to], raw)
+    assert refused == {}
+
+    def filed() -> dict | None:
+        shown = json.loads(deployment.cli("threads", "show", str(thread_id), "--json"))
+        return shown if len(shown["messages"]) == 2 else None
+
+    shown = wait_for(filed, what="the reply to be filed")
+    reply = shown["messages"][1]
+    assert reply["author"] == "cleo@example.com"
+    assert reply["source"] == "email"
+    assert reply["body"].strip() == expected
+
+    (to_dana,) = wait_for(
+        lambda: deployment.mails_to("dana@staff.test"), what="Dana's content notification"
+    )
+    assert expected.splitlines()[0] in to_dana.get_body(("plain",)).get_content()
+    queue = json.loads(deployment.cli("queue", "list", "--json"))
+    assert [(q["status"], q["rcpt"]) for q in queue] == [("filed", reply_to)]

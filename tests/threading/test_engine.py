@@ -1,0 +1,195 @@
+"""The engine files each accepted reply exactly once, whatever happens:
+the same mail delivered twice, a worker killed between claim and commit,
+an operator replaying it afterwards."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from email.message import EmailMessage
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from replygate.cli import main
+from replygate.config import Settings
+from replygate.messaging import Messaging
+from replygate.store import directory, inbound
+from replygate.store.db import transaction
+from replygate.store.models import InboundMail, Message, OutboxMessage, ReplyToken
+from replygate.threading.engine import Engine
+
+
+@pytest.fixture
+def reply_address(sessions: sessionmaker[Session], settings: Settings) -> tuple[int, str]:
+    with transaction(sessions) as s:
+        directory.add_user(s, "dana@staff.test", "Dana Staff", "staff")
+        directory.add_user(s, "cleo@example.com", "Cleo Client", "client")
+    messaging = Messaging(sessions, settings)
+    messaging.set_convenience_mode(on=True, acknowledge_hipaa=True)
+    sent = messaging.send(
+        sender="dana@staff.test", to=["cleo@example.com"], subject="Hello", body="How are you?"
+    )
+    with sessions() as s:
+        token = s.scalars(select(ReplyToken.token)).one()
+    return sent.threads[0].id, f"reply+{token}@{settings.reply_domain}"
+
+
+def reply_mail(to: str, *, message_id: str = "<r1@mail.example.com>", sender: str = "cleo@example.com",
+               headers: dict[str, str] | None = None) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = f"Cleo Client <{sender}>"
+    msg["To"] = to
+    msg["Subject"] = "Re: Hello"
+    msg["Message-ID"] = message_id
+    for k, v in (headers or {}).items():
+        msg[k] = v
+    msg.set_content("I am well, thank you!\n\nOn Mon, Dana Staff wrote:\n> How are you?\n")
+    return msg.as_bytes()
+
+
+def enqueue(sessions: sessionmaker[Session], rcpt: str, raw: bytes, mail_from: str = "cleo@example.com") -> int:
+    with transaction(sessions) as s:
+        return inbound.enqueue(s, mail_from=mail_from, rcpt=rcpt, raw=raw, message_id=None).id
+
+
+def count(sessions: sessionmaker[Session], model: type) -> int:
+    with sessions() as s:
+        return int(s.scalar(select(func.count()).select_from(model)))
+
+
+def test_a_reply_is_filed_and_the_sender_notified(
+    sessions: sessionmaker[Session], settings: Settings, reply_address: tuple[int, str]
+) -> None:
+    thread_id, address = reply_address
+    queue_id = enqueue(sessions, address, reply_mail(address))
+    assert Engine(sessions, settings).drain() == 1
+    with sessions() as s:
+        row = s.get(InboundMail, queue_id)
+        assert (row.status, row.thread_id) == ("filed", thread_id)
+        message = s.scalars(select(Message).where(Message.source == "email")).one()
+        assert message.body.strip() == "I am well, thank you!"
+        assert "How are you?" in (message.quote or "")
+        notified = s.scalars(select(OutboxMessage).where(OutboxMessage.message_id == message.id)).one()
+        assert notified.recipient == "dana@staff.test"
+        assert b"I am well, thank you!" in notified.raw
+
+
+def test_the_same_mail_delivered_twice_is_filed_once(
+    sessions: sessionmaker[Session], settings: Settings, reply_address: tuple[int, str]
+) -> None:
+    _, address = reply_address
+    enqueue(sessions, address, reply_mail(address))
+    enqueue(sessions, address, reply_mail(address))
+    Engine(sessions, settings).drain()
+    assert count(sessions, Message) == 2  # the original and one reply
+    assert count(sessions, OutboxMessage) == 2  # Cleo's notification and Dana's, once
+    with sessions() as s:
+        statuses = sorted(s.scalars(select(InboundMail.status)))
+        reasons = [r for r in s.scalars(select(InboundMail.reason)) if r]
+    assert statuses == ["filed", "filed"]
+    assert reasons == ["already filed (same Message-ID delivered again)"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "mail_from", "needle"),
+    [
+        ({"Auto-Submitted": "auto-replied"}, "cleo@example.com", "Auto-Submitted"),
+        ({}, "", "bounce"),
+    ],
+)
+def test_automatic_mail_is_recorded_ignored_never_filed(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    reply_address: tuple[int, str],
+    headers: dict[str, str],
+    mail_from: str,
+    needle: str,
+) -> None:
+    _, address = reply_address
+    queue_id = enqueue(sessions, address, reply_mail(address, headers=headers), mail_from=mail_from)
+    Engine(sessions, settings).drain()
+    with sessions() as s:
+        row = s.get(InboundMail, queue_id)
+        assert row.status == "ignored"
+        assert needle.lower() in (row.reason or "").lower()
+    assert count(sessions, Message) == 1
+    assert count(sessions, OutboxMessage) == 1
+
+
+def test_a_forged_from_is_rejected_by_the_engine_too(
+    sessions: sessionmaker[Session], settings: Settings, reply_address: tuple[int, str]
+) -> None:
+    _, address = reply_address
+    queue_id = enqueue(sessions, address, reply_mail(address, sender="mallory@evil.test"))
+    Engine(sessions, settings).drain()
+    with sessions() as s:
+        assert s.get(InboundMail, queue_id).status == "rejected"
+    assert count(sessions, Message) == 1
+
+
+KILL_AFTER_CLAIM = """
+import os, signal, sys
+from replygate.store.db import make_engine, session_factory
+from replygate.store import inbound
+ids = inbound.claim(session_factory(make_engine(sys.argv[1])), limit=10)
+assert ids, "nothing claimed"
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_worker_killed_after_its_claim_leaves_the_mail_replayable(
+    sessions: sessionmaker[Session], settings: Settings, reply_address: tuple[int, str]
+) -> None:
+    _, address = reply_address
+    queue_id = enqueue(sessions, address, reply_mail(address))
+    proc = subprocess.run([sys.executable, "-c", KILL_AFTER_CLAIM, settings.database_url])
+    assert proc.returncode == -9
+    with sessions() as s:
+        assert s.get(InboundMail, queue_id).status == "processing"
+    assert count(sessions, Message) == 1
+
+    env = {
+        "REPLYGATE_DATABASE_URL": settings.database_url,
+        "REPLYGATE_SECRET_KEY": settings.secret_key,
+        "REPLYGATE_REPLY_DOMAIN": settings.reply_domain,
+        "REPLYGATE_VAR_DIR": str(settings.var_dir),
+    }
+    runner = CliRunner()
+    for _ in range(2):  # replaying twice still files once
+        result = runner.invoke(main, ["queue", "replay", str(queue_id)], env=env)
+        assert result.exit_code == 0, result.output
+    assert count(sessions, Message) == 2
+    assert count(sessions, OutboxMessage) == 2
+    listed = runner.invoke(main, ["queue", "list", "--json"], env=env)
+    (row,) = json.loads(listed.output)
+    assert set(row) >= {"id", "status", "reason", "mail_from", "rcpt", "message_id"}
+    assert row["status"] == "filed"
+
+
+def test_an_unexpected_error_marks_the_mail_failed_and_replay_files_it(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    reply_address: tuple[int, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, address = reply_address
+    queue_id = enqueue(sessions, address, reply_mail(address))
+    engine = Engine(sessions, settings)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("extractor exploded")
+
+    monkeypatch.setattr("replygate.threading.engine.extract_from_parts", broken)
+    engine.drain()
+    with sessions() as s:
+        row = s.get(InboundMail, queue_id)
+        assert row.status == "failed" and "extractor exploded" in row.reason
+    monkeypatch.undo()
+    with transaction(sessions) as s:
+        assert inbound.requeue(s, inbound.failed_ids(s)) == [queue_id]
+    engine.drain()
+    assert count(sessions, Message) == 2
