@@ -1,0 +1,192 @@
+"""Recognising the lines that introduce quoted mail, in the languages our clients write.
+
+Every test here is applied to one line (or two or three lines joined, for
+headers a client wrapped), and every line longer than ``MAX_HEADER_LINE`` is
+rejected before any pattern runs, so the cost stays linear in the body.
+"""
+
+from __future__ import annotations
+
+import regex as re
+
+# Real quote headers are short; anything longer is prose (and expensive to scan).
+MAX_HEADER_LINE = 400
+
+# Verbs of "X wrote:" in the languages we support (en fr de es it pt nl sv no da pl ru uk ...).
+_WROTE = (
+    r"wrote|writes|sent|a\s+écrit|écrit|schrieb|escribió|escribio|ha\s+scritto|scrisse"
+    r"|escreveu|schreef|het\s+volgende\s+geschreven|skrev(?:\s+følgende)?|napisał\(a\)|napisał"
+    r"|napisała|pisze|написал\(а\)|написала|написал|пишет|написав\(ла\)|написав|написала"
+    r"|kirjoitti|írta|napsal|đã\s+viết|yazdı"
+)
+
+# Words a quote header opens with ("On", "Le", "Am", "El", "Il giorno", "Em", "Op", "Den", ...).
+_OPENERS = r"On|Le|Am|El|Il(?:\s+giorno)?|Em|Op|Den|Dnia|W\s+dniu|Vào|Pe|Dne|Dana|På|Van|От|От кого"
+
+# "On <date>, <name> wrote:" and its translations: a colon ends the line, a wrote-verb precedes it.
+RE_WROTE_TAIL = re.compile(rf"(?:^|[\s,(\"'])(?:{_WROTE})(?:\s[^:：]{{0,80}})?\s*[:：]$", re.I)
+
+# A header that opens with a known word ("On ...", "Am ...") and contains a wrote-verb.
+RE_OPENER = re.compile(rf"^(?:{_OPENERS})\b", re.I)
+
+# Japanese and Chinese headers: "…のメッセージ:", "…さんは書きました:", "在…写道：", "…寫道：".
+RE_CJK_WROTE = re.compile(
+    r"(?:写道|寫道|のメッセージ|は書きました|が書きました|書きました)\s*[:：]?$"
+)
+
+# Something that makes "… wrote:" a header rather than prose: a digit (date) or an address.
+RE_HEADER_EVIDENCE = re.compile(r"[0-9@]|&lt;")
+
+# "-----Original Message-----" and its translations, dashes optional on one side.
+RE_ORIGINAL_MESSAGE = re.compile(
+    r"^\s*[-_=*]{2,}\s*(?:original\s+message|original\s+e-?mail|ursprüngliche\s+nachricht"
+    r"|originalnachricht|message\s+d'origine|mensaje\s+original|messaggio\s+originale"
+    r"|mensagem\s+original|oorspronkelijk\s+bericht|origineel\s+bericht"
+    r"|ursprungligt\s+meddelande|opprinnelig\s+melding|oprindelig\s+meddelelse"
+    r"|original\s+meddelelse|wiadomość\s+oryginalna|oryginalna\s+wiadomość"
+    r"|исходное\s+сообщение|оригинальное\s+сообщение|原始邮件|原始郵件|元のメッセージ"
+    r"|reply\s+message|original\s+besked)\s*[-_=*]*\s*$",
+    re.I,
+)
+
+# A forwarded message's banner ("---------- Forwarded message ---------", "Begin forwarded message:").
+RE_FORWARD = re.compile(
+    r"^\s*(?:[-_=*]{2,}\s*(?:forwarded\s+message|weitergeleitete\s+nachricht|message\s+transféré"
+    r"|mensaje\s+reenviado|messaggio\s+inoltrato|mensagem\s+encaminhada|doorgestuurd\s+bericht"
+    r"|vidarebefordrat\s+meddelande|przekazana\s+wiadomość|пересылаемое\s+сообщение"
+    r"|переслане\s+повідомлення)\s*[-_=*]*"
+    r"|begin\s+forwarded\s+message\s*:|anfang\s+der\s+weitergeleiteten\s+nachricht\s*:"
+    r"|début\s+du\s+message\s+réexpédié\s*:)\s*$",
+    re.I,
+)
+
+# Android/K-9 style "---- On <date>, <name> wrote ----" with dashes around.
+RE_DASHED_WROTE = re.compile(rf"^\s*-{{2,}}.*\b(?:{_WROTE})\b.*-{{2,}}\s*$", re.I)
+
+# Any short title between dashes ("-----Antwort Nachricht-----"): how clients in every
+# language mark where the previous message starts.
+RE_DASHED_TITLE = re.compile(r"^\s*-{3,}\s*[^\W\d_][\w' ]{2,40}?\s*-{3,}\s*$")
+
+# Field names of an Outlook-style header block, per language (From / Sent / To / Subject / ...).
+_FROM = (
+    r"from|von|de|da|van|från|fra|od|от|від|lähettäjä|feladó|od\s+kogo|发件人|發件人|寄件者"
+    r"|差出人|từ|kimden"
+)
+_OTHER_FIELDS = (
+    r"sent|date|to|cc|bcc|subject|reply-to|gesendet|datum|an|betreff|envoyé|date\s+d'envoi|à|a"
+    r"|objet|enviado|enviada|fecha|para|asunto|inviato|data|oggetto|enviado\s+em|assunto"
+    r"|verzonden|aan|onderwerp|skickat|till|ämne|sendt|til|emne|wysłano|wysłane|do|temat"
+    r"|отправлено|дата|кому|тема|надіслано|кому|тема|发送时间|發送時間|日期|收件人|主题|主旨"
+    r"|送信日時|宛先|件名|gửi|đến|chủ\s+đề|ngày|lähetetty|vastaanottaja|aihe|tárgy|címzett"
+    r"|sent\s+on"
+)
+
+# One field of such a block: optional bold/quote decoration, the name, a colon.
+RE_FROM_FIELD = re.compile(rf"^\s*[*_]{{0,2}}(?:{_FROM})\s*[*_]{{0,2}}\s*[:：]", re.I)
+RE_OTHER_FIELD = re.compile(rf"^\s*[*_]{{0,2}}(?:{_OTHER_FIELDS})\s*[*_]{{0,2}}\s*[:：]", re.I)
+
+# A rule of underscores (or dashes) that Outlook draws above its header block.
+RE_RULE = re.compile(r"^\s*(?:_{5,}|-{5,})\s*$")
+
+
+def strip_quote_prefix(line: str) -> str:
+    """The line without its leading ``>`` markers (and the spaces between them)."""
+    return line.lstrip(" \t>")
+
+
+def is_wrote_header(text: str) -> bool:
+    """True for "On <date>, <name> wrote:" and its translations (``text`` may be joined lines)."""
+    text = text.strip().strip("*_").strip()
+    if not text or len(text) > MAX_HEADER_LINE:
+        return False
+    if RE_CJK_WROTE.search(text) or is_date_address_header(text):
+        return True
+    if text[-1] not in ":：":
+        # Dutch and Danish clients put the name after the verb and nothing else.
+        return bool(RE_OPENER.match(text) and re.search(rf"\b(?:{_WROTE})\b", text, re.I)) and (
+            text.endswith(("geschreven", "skrev"))
+        )
+    if RE_WROTE_TAIL.search(text):
+        return bool(RE_OPENER.match(text) or RE_HEADER_EVIDENCE.search(text))
+    # German/Scandinavian order: "Am <date> schrieb <name>:", verb before the name.
+    return bool(
+        RE_OPENER.match(text)
+        and RE_HEADER_EVIDENCE.search(text)
+        and re.search(rf"\b(?:{_WROTE})\b", text, re.I)
+    )
+
+
+# "2014-10-17 11:28 GMT+03:00 Name <addr>:", "26.06.2014, 14:41, "Name" <addr>:": a date,
+# then an address closing the line, with or without a colon (Gmail locales, Yandex, mail.ru).
+RE_DATE_ADDR = re.compile(
+    r"^\s*(?:\w{2,4},?\s+)?\d{1,4}[-./年]\d{1,2}[-./月]\d{1,4}.{0,200}"
+    r"(?:<[^<>\s]+@[^<>\s]+>|\([^()\s]+@[^()\s]+\)|\S+@\S+\.\w+)\s*[:：]?$"
+)
+# "… от Name <addr>:" (mail.ru): the Russian "from" before a trailing address.
+RE_OT_ADDR = re.compile(r"\d.{0,200}\sот\s.{0,120}<[^<>\s]+@[^<>\s]+>\s*:$")
+
+
+def could_open_header(text: str) -> bool:
+    """Whether a line may be the first of a wrapped header (not ordinary prose)."""
+    text = text.strip().strip("*_").strip()
+    return bool(RE_OPENER.match(text) or RE_HEADER_EVIDENCE.search(text) or text[:1] in "\"'<")
+
+
+def is_date_address_header(text: str) -> bool:
+    text = text.strip()
+    if not text or len(text) > MAX_HEADER_LINE:
+        return False
+    return bool(RE_DATE_ADDR.match(text) or RE_OT_ADDR.search(text))
+
+
+def is_separator(line: str) -> bool:
+    """True for "-----Original Message-----" lines and dashed "---- X wrote ----" lines."""
+    if len(line) > MAX_HEADER_LINE:
+        return False
+    return bool(
+        RE_ORIGINAL_MESSAGE.match(line)
+        or RE_DASHED_WROTE.match(line)
+        or RE_DASHED_TITLE.match(line)
+    )
+
+
+def is_forward(line: str) -> bool:
+    return len(line) <= MAX_HEADER_LINE and bool(RE_FORWARD.match(line))
+
+
+def header_block_at(lines: list[str], i: int) -> bool:
+    """True when ``lines[i]`` opens an Outlook-style block: a From (or Date) field and
+    at least one more known field within the next few lines."""
+    line = strip_quote_prefix(lines[i])
+    if len(line) > MAX_HEADER_LINE:
+        return False
+    opens_with_from = bool(RE_FROM_FIELD.match(line))
+    opens_with_date = not opens_with_from and bool(
+        re.match(r"^\s*[*_]{0,2}(?:date|datum|fecha|data|дата|日期)\s*[*_]{0,2}\s*:", line, re.I)
+    )
+    if not (opens_with_from or opens_with_date):
+        return False
+    for follower in lines[i + 1 : i + 7]:
+        follower = strip_quote_prefix(follower)
+        if len(follower) > MAX_HEADER_LINE:
+            break
+        if RE_OTHER_FIELD.match(follower) or (opens_with_date and RE_FROM_FIELD.match(follower)):
+            return True
+    return False
+
+
+# Where a header may begin inside a line: an opener word after a space or dashes.
+RE_INNER_OPENER = re.compile(rf"(?:\s+|\s*-{{2,}}\s*)(?=(?:{_OPENERS})\s)")
+
+
+def split_shared_line(line: str) -> tuple[str, str] | None:
+    """``("reply", "On … wrote:")`` when a client glued its header to the reply's last line."""
+    if len(line) > MAX_HEADER_LINE or not line.rstrip().endswith((":", "：")):
+        return None
+    if is_wrote_header(line):
+        return None
+    for m in RE_INNER_OPENER.finditer(line):
+        head, rest = line[: m.start()], line[m.end() :]
+        if head.strip() and is_wrote_header(rest):
+            return head.rstrip(" -"), rest
+    return None

@@ -1,0 +1,161 @@
+"""Finding the signature at the end of a reply (quote already removed).
+
+Rules, surest first; each returns the index of the first signature line:
+
+1. the ``-- `` delimiter (or a bare ``--``/``---`` line) followed by a short block;
+2. mobile and app footers ("Sent from my iPhone", "Envoyé de mon iPhone",
+   "Get Outlook for Android", ...) in many languages, with what follows them;
+3. a ``-Name`` line ending the mail (email_reply_parser's convention);
+4. a trailing contact block: short lines after a blank line holding a phone
+   number, an e-mail address or a web address;
+5. talon's brute-force detector, accepted only when what it found is more
+   than a plain sign-off ("Thanks,\\nCleo" is part of what the person wrote).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+
+import regex as re
+
+import talon
+
+# talon's ``signature/__init__`` imports scikit-learn for its ML classifier, which we
+# never install; registering the package as a bare namespace lets ``bruteforce`` load.
+# This is the one place that does it.
+if "talon.signature" not in sys.modules:
+    _stub = types.ModuleType("talon.signature")
+    _stub.__path__ = [os.path.join(os.path.dirname(talon.__file__), "signature")]
+    sys.modules["talon.signature"] = _stub
+from talon.signature import bruteforce  # noqa: E402
+
+# Signatures are short: the rules only look at the last lines of a reply.
+MAX_SIGNATURE_LINES = 12
+# A line this long is prose, never part of a signature.
+MAX_SIGNATURE_LINE = 120
+
+# "-- " (RFC 3676), and the bare "--"/"---" most clients and people type instead.
+RE_DELIMITER = re.compile(r"^-{2,3}\s*$")
+
+# Mobile and app footers: "Sent from my iPhone", "Sent from Mail for Windows", "Get Outlook for iOS".
+RE_MOBILE = re.compile(
+    r"^\s*(?:"
+    r"sent\s+(?:wirelessly\s+)?(?:from|via|with|using)\s+(?:my\s+)?\S.*"
+    r"|sent\s+\S+\s+from\s+my\s+.*"
+    r"|get\s+outlook\s+for\s+\S+"
+    r"|envoyé\s+(?:de|depuis|avec|à\s+partir\s+de)\s+.*"
+    r"|von\s+meinem\s+.*gesendet.*|gesendet\s+(?:von|mit|vom)\s+.*"
+    r"|enviado\s+(?:desde|do|de|com|con|a\s+partir\s+do)\s+.*"
+    r"|inviato\s+da\s+.*"
+    r"|verzonden\s+(?:vanaf|met|van)\s+.*|verstuurd\s+(?:vanaf|met|van)\s+.*"
+    r"|skickat\s+från\s+.*|sendt\s+fra\s+.*"
+    r"|wysłane\s+z\s+.*|wysłano\s+z\s+.*"
+    r"|отправлено\s+(?:с|из)\s+.*|надіслано\s+з\s+.*"
+    r"|从我的.*发送|從我的.*傳送|发自我的.*|.*から送信"
+    r"|via\s+mobile|typed\s+on\s+(?:a\s+|my\s+)?\S+.*"
+    r")\s*$",
+    re.I,
+)
+
+# "-Lev." / "- roman": a dash and a name alone on the last line.
+RE_DASH_NAME = re.compile(r"^\s*-\s?[A-Za-zÀ-ÿ][\w.'’ -]{0,30}$")
+
+# Contact details that make a trailing block a signature rather than a sign-off.
+RE_CONTACT = re.compile(
+    r"(?:\+?\(?\d{1,4}\)?[\s.-]?\d{2,4}[\s.-]\d{3,4}(?:[\s.-]\d{2,4})?"
+    r"|[\w.+-]+@[\w-]+\.[\w.-]+|https?://|www\.\w|\w\.(?:com|org|net)\b|skype\s*:)",
+    re.I,
+)
+
+# A sign-off on its own ("Thanks,", "Best regards", "Cheers!"): what people type, so it stays.
+RE_SIGN_OFF = re.compile(
+    r"^\s*(?:thanks|thank\s+you|thx|regards|best(?:\s+regards|\s+wishes)?|kind\s+regards"
+    r"|cheers|sincerely|yours|cordialement|merci|grüße|gruß|saludos|saluti|abraços|groeten"
+    r"|hälsningar|pozdrawiam|с\s+уважением)\b.*$",
+    re.I,
+)
+
+
+def talon_bruteforce(text: str) -> tuple[str, str]:
+    """talon's brute-force signature split, as ``(text, signature)`` (``''`` when none)."""
+    body, signature = bruteforce.extract_signature(text)
+    return body, signature or ""
+
+
+def _is_short_block(lines: list[str]) -> bool:
+    content = [line for line in lines if line.strip()]
+    return 0 < len(content) <= MAX_SIGNATURE_LINES and all(
+        len(line) <= MAX_SIGNATURE_LINE for line in content
+    )
+
+
+def find_signature(lines: list[str]) -> tuple[int | None, str]:
+    """Index of the first signature line in ``lines`` and the rule's name, or ``(None, '')``."""
+    n = len(lines)
+    start = max(0, n - MAX_SIGNATURE_LINES - 4)
+    first_text = next((i for i, line in enumerate(lines) if line.strip()), n)
+    for i in range(start, n):
+        if i > first_text and RE_DELIMITER.match(lines[i]) and _is_short_block(lines[i + 1 :]):
+            return i, "signature:delimiter"
+    for i in range(start, n):
+        line = lines[i]
+        if (
+            i > first_text
+            and len(line) <= MAX_SIGNATURE_LINE
+            and RE_MOBILE.match(line)
+            and _is_short_block(lines[i:])
+        ):
+            return i, "signature:mobile"
+    last = _last_content(lines)
+    if last is not None and last > first_text and RE_DASH_NAME.match(lines[last]):
+        return last, "signature:dash_name"
+    contact = _contact_block(lines, first_text)
+    if contact is not None:
+        return contact, "signature:contact"
+    return _bruteforce(lines, first_text)
+
+
+def _last_content(lines: list[str]) -> int | None:
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].strip():
+            return i
+    return None
+
+
+def _contact_block(lines: list[str], first_text: int) -> int | None:
+    """Start of a trailing block, after a blank line, of short lines with contact details."""
+    last = _last_content(lines)
+    if last is None:
+        return None
+    i = last
+    while i > first_text and lines[i - 1].strip():
+        i -= 1
+    block = lines[i : last + 1]
+    if i <= first_text or not _is_short_block(block) or len(block) < 2:
+        return None
+    contacts = sum(bool(RE_CONTACT.search(line)) for line in block)
+    # A sign-off and a name stay with the text; a block of addresses and numbers does not.
+    if contacts and not RE_SIGN_OFF.match(block[0]) and len(block[0].split()) <= 4:
+        return i
+    return None
+
+
+def _bruteforce(lines: list[str], first_text: int) -> tuple[int | None, str]:
+    tail_start = max(first_text, len(lines) - MAX_SIGNATURE_LINES - 4)
+    tail = "\n".join(line[:MAX_SIGNATURE_LINE] for line in lines[tail_start:])
+    body, signature = talon_bruteforce(tail)
+    if not signature:
+        return None, ""
+    sig_lines = signature.split("\n")
+    content = [line for line in sig_lines if line.strip()]
+    # A sign-off with a name under it is what the person typed; only richer blocks are cut.
+    if all(RE_SIGN_OFF.match(line) or len(line.split()) <= 3 for line in content) and not any(
+        RE_DELIMITER.match(line) or line.lstrip().startswith("-") for line in content
+    ):
+        return None, ""
+    index = len(lines) - len(sig_lines)
+    if index <= first_text:
+        return None, ""
+    return index, "signature:bruteforce"
