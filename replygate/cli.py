@@ -227,6 +227,20 @@ def users_set_password(app: App, email: str) -> None:
     click.echo(f"password set for {email.strip().lower()}")
 
 
+@users_group.command("reset-bounces")
+@click.argument("email")
+@pass_app
+@clean_errors
+def users_reset_bounces(app: App, email: str) -> None:
+    """Mark an address good again after its bounces were dealt with."""
+    from replygate.store import directory
+
+    with transaction(app.factory) as session:
+        user = directory.user(session, email)
+        user.bounce_count, user.address_status = 0, "ok"
+    click.echo(f"{email.strip().lower()}: address ok, notifications resume")
+
+
 @main.group("circles")
 def circles_group() -> None:
     """Circles: named groups of users."""
@@ -328,6 +342,21 @@ def settings_convenience(
         click.echo("Convenience Mode is on: notifications carry content and accept replies.")
     else:
         click.echo(f"Convenience Mode is off: {voided} outstanding reply address(es) voided.")
+
+
+@settings_group.command("sender-policy")
+@click.argument("policy", type=click.Choice(["reject", "hold"]))
+@pass_app
+@clean_errors
+def settings_sender_policy(app: App, policy: str) -> None:
+    """What to do with a reply whose From is not the token's recipient."""
+    from replygate.store import directory
+
+    with transaction(app.factory) as session:
+        directory.organisation(
+            session, default_name=app.settings.organisation_name
+        ).sender_policy = policy
+    click.echo(f"sender policy: {policy}")
 
 
 # -- messages -----------------------------------------------------------------------------
@@ -525,27 +554,59 @@ def _queue_json(row: Any) -> dict[str, Any]:
 
 @queue_group.command("list")
 @click.option("--status", help="Only mail with this status.")
+@click.option("--older-than", "older_than", type=float, help="Received more than DAYS ago.")
+@click.option("--newer-than", "newer_than", type=float, help="Received within the last DAYS.")
+@click.option("--sender", help="Only mail with this envelope sender.")
+@click.option("--thread", "thread_id", type=int, help="Only mail filed into this thread.")
 @click.option("--limit", default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 @clean_errors
-def queue_list(app: App, status: str | None, limit: int, as_json: bool) -> None:
+def queue_list(
+    app: App,
+    status: str | None,
+    older_than: float | None,
+    newer_than: float | None,
+    sender: str | None,
+    thread_id: int | None,
+    limit: int,
+    as_json: bool,
+) -> None:
     """List inbound mail, newest first."""
     from replygate.store import inbound
 
     with app.factory() as session:
-        data = [_queue_json(r) for r in inbound.list_mail(session, status=status, limit=limit)]
+        rows = inbound.list_mail(
+            session,
+            status=status,
+            limit=limit,
+            older_than=_days_ago(older_than),
+            newer_than=_days_ago(newer_than),
+            sender=sender,
+            thread_id=thread_id,
+        )
+        data = [_queue_json(r) for r in rows]
 
     def text() -> None:
         if not data:
             click.echo("no inbound mail")
+            return
+        click.echo(f"{'ID':>6}  {'STATUS':<9} {'RECEIVED':<19}  {'FROM':<28} REASON")
         for r in data:
             click.echo(
-                f"{r['id']:>6}  {r['status']:<10}  {r['mail_from'] or '<>':<30} -> "
-                f"{r['rcpt']}  {r['reason'] or ''}"
+                f"{r['id']:>6}  {r['status']:<9} {r['received_at'][:19]:<19}  "
+                f"{(r['mail_from'] or '<>')[:28]:<28} {r['reason'] or ''}"
             )
 
     emit(data, as_json, text)
+
+
+def _days_ago(days: float | None) -> Any:
+    from datetime import timedelta
+
+    from replygate.store.models import utcnow
+
+    return None if days is None else utcnow() - timedelta(days=days)
 
 
 @queue_group.command("show")
@@ -604,6 +665,95 @@ def queue_replay(app: App, ids: tuple[int, ...], failed: bool) -> None:
         )
     if not requeued:
         click.echo("nothing to replay")
+
+
+@queue_group.command("release")
+@click.argument("inbound_id", type=int)
+@pass_app
+@clean_errors
+def queue_release(app: App, inbound_id: int) -> None:
+    """File a held mail (an operator vouches for its sender)."""
+    from replygate.store import inbound
+    from replygate.threading.engine import Engine
+
+    with transaction(app.factory) as session:
+        row = inbound.lock(session, inbound_id)
+        if row.status != "held":
+            raise ReplygateError(f"mail {inbound_id} is {row.status}, not held")
+        row.status, row.claimed_at = "processing", None
+        inbound.note(row, {"stage": "operator", "action": "release"})
+    outcome = Engine(app.factory, app.settings).process(inbound_id, released=True)
+    click.echo(
+        f"{inbound_id}: {outcome.status}" + (f" ({outcome.reason})" if outcome.reason else "")
+    )
+
+
+@queue_group.command("reject")
+@click.argument("inbound_id", type=int)
+@click.option("--reason", default="rejected by an operator", show_default=True)
+@pass_app
+@clean_errors
+def queue_reject(app: App, inbound_id: int, reason: str) -> None:
+    """Drop a held mail without filing it."""
+    from replygate.store import inbound
+
+    with transaction(app.factory) as session:
+        row = inbound.lock(session, inbound_id)
+        if row.status != "held":
+            raise ReplygateError(f"mail {inbound_id} is {row.status}, not held")
+        inbound.record(row, "rejected", reason, {"stage": "operator", "action": "reject"})
+    click.echo(f"{inbound_id}: rejected")
+
+
+@queue_group.command("explain")
+@click.argument("inbound_id", type=int)
+@pass_app
+@clean_errors
+def queue_explain(app: App, inbound_id: int) -> None:
+    """Say in plain words what was decided about a mail, and why."""
+    from replygate.explain import explain
+    from replygate.store import inbound
+
+    with app.factory() as session:
+        row = inbound.get(session, inbound_id)
+        lines = explain(_queue_json(row), row.decisions or [])
+    for line in lines:
+        click.echo(line)
+
+
+@queue_group.command("stats")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+@clean_errors
+def queue_stats(app: App, as_json: bool) -> None:
+    """Count inbound mail by status and reason."""
+    from replygate.store import inbound
+
+    with app.factory() as session:
+        data = [{"status": st, "reason": r, "count": n} for st, r, n in inbound.stats(session)]
+    emit(
+        data,
+        as_json,
+        lambda: [
+            click.echo(f"{d['count']:>7}  {d['status']:<9} {d['reason'] or ''}") for d in data
+        ],
+    )
+
+
+@queue_group.command("purge")
+@click.option(
+    "--older-than", "older_than", type=float, default=None, help="DAYS (default: retention)."
+)
+@pass_app
+@clean_errors
+def queue_purge(app: App, older_than: float | None) -> None:
+    """Delete raw mail past retention; filed messages and queue records stay."""
+    from replygate.store import inbound
+
+    days = app.settings.retention_days if older_than is None else older_than
+    with transaction(app.factory) as session:
+        n = inbound.purge(session, older_than=_days_ago(days))
+    click.echo(f"purged the raw bytes of {n} mail(s) received more than {days:g} days ago")
 
 
 # -- running ------------------------------------------------------------------------------

@@ -55,6 +55,11 @@ class Settings:
 
     worker_poll_seconds: float = 0.5
     worker_max_attempts: int = 5
+    retention_days: int = 30
+    bounce_suppress_after: int = 3
+    breaker_max_replies: int = 20
+    breaker_window_minutes: int = 10
+    sender_allow_plus_tags: bool = False
     log_json: bool = False
 
     @property

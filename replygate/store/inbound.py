@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import Select, and_, or_, select, update
+from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.errors import Invalid, NotFound
@@ -48,12 +48,21 @@ def enqueue(
     return row
 
 
+RETRY_DELAY = timedelta(seconds=30)
+
+
 def _claimable(now: datetime, lease: timedelta) -> Select[tuple[InboundMail]]:
+    """Queued mail (a retry only once its delay has passed) and expired claims."""
     return (
         select(InboundMail)
         .where(
             or_(
-                InboundMail.status == "queued",
+                and_(
+                    InboundMail.status == "queued",
+                    or_(
+                        InboundMail.claimed_at.is_(None), InboundMail.claimed_at < now - RETRY_DELAY
+                    ),
+                ),
                 and_(InboundMail.status == "processing", InboundMail.claimed_at < now - lease),
             )
         )
@@ -122,15 +131,83 @@ def record(row: InboundMail, status: str, reason: str | None, decision: dict | N
         row.decisions = [*(row.decisions or []), decision]
 
 
+def note(row: InboundMail, decision: dict) -> None:
+    """Append a decision without changing the status."""
+    row.decisions = [*(row.decisions or []), decision]
+
+
+def recent_filed(session: Session, *, rcpt: str, mail_from: str, since: datetime) -> int:
+    """How many mails from ``mail_from`` to ``rcpt`` were filed since ``since`` (flood brake)."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(InboundMail)
+            .where(
+                InboundMail.rcpt == rcpt,
+                InboundMail.mail_from == mail_from,
+                InboundMail.status == "filed",
+                InboundMail.received_at >= since,
+            )
+        )
+        or 0
+    )
+
+
 def list_mail(
-    session: Session, *, status: str | None = None, limit: int = 100
+    session: Session,
+    *,
+    status: str | None = None,
+    limit: int = 100,
+    older_than: datetime | None = None,
+    newer_than: datetime | None = None,
+    sender: str | None = None,
+    thread_id: int | None = None,
 ) -> Sequence[InboundMail]:
     stmt = select(InboundMail).order_by(InboundMail.id.desc()).limit(limit)
     if status is not None:
         if status not in INBOUND_STATUSES:
             raise Invalid(f"status must be one of {', '.join(INBOUND_STATUSES)}")
         stmt = stmt.where(InboundMail.status == status)
+    if older_than is not None:
+        stmt = stmt.where(InboundMail.received_at < older_than)
+    if newer_than is not None:
+        stmt = stmt.where(InboundMail.received_at >= newer_than)
+    if sender:
+        stmt = stmt.where(func.lower(InboundMail.mail_from) == sender.strip().lower())
+    if thread_id is not None:
+        stmt = stmt.where(InboundMail.thread_id == thread_id)
     return session.scalars(stmt).all()
+
+
+def stats(session: Session) -> list[tuple[str, str | None, int]]:
+    """Counts by (status, reason), largest first."""
+    rows = session.execute(
+        select(InboundMail.status, InboundMail.reason, func.count())
+        .group_by(InboundMail.status, InboundMail.reason)
+        .order_by(func.count().desc())
+    ).all()
+    return [(status, reason, int(n)) for status, reason, n in rows]
+
+
+FINAL = ("filed", "rejected", "ignored", "failed")
+
+
+def purge(session: Session, *, older_than: datetime) -> int:
+    """Drop the raw bytes of finished mail received before ``older_than``.
+
+    The queue row (envelope, status, decisions) and every filed message stay;
+    queued, processing and held mail is never purged.
+    """
+    result = session.execute(
+        update(InboundMail)
+        .where(
+            InboundMail.received_at < older_than,
+            InboundMail.status.in_(FINAL),
+            InboundMail.raw.is_not(None),
+        )
+        .values(raw=None)
+    )
+    return int(result.rowcount or 0)
 
 
 def requeue(session: Session, ids: Sequence[int]) -> list[int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -18,10 +19,10 @@ from replygate.config import Settings
 from replygate.errors import InboundRefused
 from replygate.logs import get_logger
 from replygate.messaging import Messaging
-from replygate.store import inbound
+from replygate.store import directory, inbound
 from replygate.store.db import transaction
 from replygate.store.models import InboundMail, utcnow
-from replygate.threading import classify, routing
+from replygate.threading import bounces, classify, routing
 from replygate.threading.extract import extract_from_parts
 from replygate.threading.parse import parse_message
 from replygate.threading.sender import same_sender
@@ -77,14 +78,15 @@ class Engine:
 
     # -- one mail ---------------------------------------------------------------------------
 
-    def process(self, inbound_id: int) -> Outcome:
+    def process(self, inbound_id: int, *, released: bool = False) -> Outcome:
+        """Decide one claimed mail; ``released`` is an operator's release of held mail."""
         started = time.perf_counter()
         try:
             with transaction(self.factory) as session:
                 row = inbound.lock(session, inbound_id)
                 if row.status != "processing":
                     return Outcome(inbound_id, row.status, "not claimed; left as it is")
-                outcome = self._decide(session, row)
+                outcome = self._decide(session, row, released=released)
         except Exception as exc:
             outcome = self._fail(inbound_id, exc)
         log.info(
@@ -93,48 +95,65 @@ class Engine:
             status=outcome.status,
             reason=outcome.reason,
             message=outcome.message_id,
+            released=released or None,
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
         return outcome
 
-    def _decide(self, session: Session, row: InboundMail) -> Outcome:
+    def _decide(self, session: Session, row: InboundMail, *, released: bool) -> Outcome:
+        """The pipeline: classify, route, check the sender, brake floods, extract, file."""
+        s = self.settings
         parsed = parse_message(row.raw or b"")
-        verdict = classify.classify(
-            parsed, mail_from=row.mail_from, our_domain=self.settings.reply_domain
-        )
+        verdict = classify.classify(parsed, mail_from=row.mail_from, our_domain=s.reply_domain)
         if verdict.kind != "reply":
             reason = "; ".join(verdict.reasons) or verdict.kind
-            inbound.record(
-                row,
-                "ignored",
-                reason,
-                {"stage": "classify", "kind": verdict.kind, "reason": reason},
-            )
-            return Outcome(row.id, "ignored", reason)
+            decision = {"stage": "classify", "kind": verdict.kind, "reasons": list(verdict.reasons)}
+            if verdict.kind == "bounce" and verdict.bounce is not None:
+                decision["address"] = bounces.record_bounce(
+                    session, verdict.bounce, rcpt=row.rcpt, settings=s
+                )
+            return self._finish(row, "ignored", reason, decision)
 
         try:
             route = routing.resolve(
-                session,
-                row.rcpt,
-                secret=self.settings.secret_key,
-                reply_domain=self.settings.reply_domain,
-                now=utcnow(),
+                session, row.rcpt, secret=s.secret_key, reply_domain=s.reply_domain, now=utcnow()
             )
         except InboundRefused as exc:
-            inbound.record(row, "rejected", str(exc), {"stage": "route", "refused": str(exc)})
-            return Outcome(row.id, "rejected", str(exc))
+            return self._finish(row, "rejected", str(exc), {"stage": "route", "refused": str(exc)})
+        row.thread_id = route.thread_id
+        inbound.note(
+            row, {"stage": "route", "thread": route.thread_id, "recipient": route.user_email}
+        )
 
-        if not same_sender(parsed.from_address, route.user_email):
-            reason = f"From {parsed.from_address or '(none)'} is not the address the token names"
-            inbound.record(row, "rejected", reason, {"stage": "sender", "refused": reason})
-            return Outcome(row.id, "rejected", reason)
+        if not released:
+            policy = directory.organisation(session).sender_policy
+            if not same_sender(
+                parsed.from_address, route.user_email, allow_plus_tags=s.sender_allow_plus_tags
+            ):
+                reason = (
+                    f"From {parsed.from_address or '(none)'} is not {route.user_email}, "
+                    "the address this reply address was issued to"
+                )
+                status = "held" if policy == "hold" else "rejected"
+                return self._finish(row, status, reason, {"stage": "sender", "policy": policy})
+            flood = inbound.recent_filed(
+                session,
+                rcpt=row.rcpt,
+                mail_from=row.mail_from,
+                since=utcnow() - timedelta(minutes=s.breaker_window_minutes),
+            )
+            if flood >= s.breaker_max_replies:
+                reason = (
+                    f"{flood} replies from {row.mail_from} to this address in "
+                    f"{s.breaker_window_minutes} minutes; held until an operator releases it"
+                )
+                return self._finish(row, "held", reason, {"stage": "breaker", "count": flood})
 
         parts = extract_from_parts(parsed.text_plain, parsed.text_html)
         layers = {"stage": "extract", "layers": list(parts.layers), "degraded": parts.degraded}
         if not parts.reply.strip():
             reason = "the reply is empty once quoted text and signature are removed"
-            inbound.record(row, "ignored", reason, layers)
-            return Outcome(row.id, "ignored", reason)
+            return self._finish(row, "ignored", reason, layers)
 
         message = self.messaging.file_email_reply(
             session,
@@ -145,20 +164,30 @@ class Engine:
             signature=parts.signature,
             inbound_id=row.id,
             email_message_id=parsed.message_id,
+            body_html=parsed.text_html if parsed.text_plain is None else None,
         )
-        row.thread_id = route.thread_id
         if message is None:
             reason = "already filed (same Message-ID delivered again)"
-            inbound.record(row, "filed", reason, {**layers, "duplicate": True})
-            return Outcome(row.id, "filed", reason)
-        inbound.record(row, "filed", None, {**layers, "message": message.id})
+            return self._finish(row, "filed", reason, {**layers, "duplicate": True})
+        self._finish(row, "filed", None, {**layers, "message": message.id})
         return Outcome(row.id, "filed", None, message.id)
 
+    @staticmethod
+    def _finish(row: InboundMail, status: str, reason: str | None, decision: dict) -> Outcome:
+        inbound.record(row, status, reason, decision)
+        return Outcome(row.id, status, reason)
+
     def _fail(self, inbound_id: int, exc: Exception) -> Outcome:
-        """Record an unexpected error on the row; it stays replayable."""
+        """Record an unexpected error: retried later, quarantined as ``failed``
+        after ``worker_max_attempts``; either way it stays replayable."""
         reason = f"{type(exc).__name__}: {exc}"[:2000]
-        log.error("inbound.failed", queue_id=inbound_id, error=reason)
         with transaction(self.factory) as session:
             row = inbound.lock(session, inbound_id)
-            inbound.record(row, "failed", reason, {"stage": "error", "error": reason})
-        return Outcome(inbound_id, "failed", reason)
+            if row.attempts < self.settings.worker_max_attempts:
+                status = "queued"
+                row.claimed_at = utcnow()  # retried once the retry delay has passed
+            else:
+                status = "failed"
+            inbound.record(row, status, reason, {"stage": "error", "error": reason})
+        log.error("inbound.error", queue_id=inbound_id, error=reason, then=status)
+        return Outcome(inbound_id, status, reason)
