@@ -9,6 +9,7 @@ claimable again, and a mail processed twice is filed once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -57,10 +58,8 @@ class Engine:
                 log.exception("engine.loop_error")
                 done = 0
             if not done:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self.settings.worker_poll_seconds)
-                except TimeoutError:
-                    pass
 
     def run_once(self, limit: int = 20) -> int:
         """Claim and process up to ``limit`` mails; returns how many were processed."""

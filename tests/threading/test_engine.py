@@ -4,9 +4,11 @@ an operator replaying it afterwards."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
+from datetime import timedelta
 from email.message import EmailMessage
 
 import pytest
@@ -19,7 +21,7 @@ from replygate.config import Settings
 from replygate.messaging import Messaging
 from replygate.store import directory, inbound
 from replygate.store.db import transaction
-from replygate.store.models import InboundMail, Message, OutboxMessage, ReplyToken
+from replygate.store.models import InboundMail, Message, OutboxMessage, ReplyToken, utcnow
 from replygate.threading.engine import Engine
 
 
@@ -38,8 +40,13 @@ def reply_address(sessions: sessionmaker[Session], settings: Settings) -> tuple[
     return sent.threads[0].id, f"reply+{token}@{settings.reply_domain}"
 
 
-def reply_mail(to: str, *, message_id: str = "<r1@mail.example.com>", sender: str = "cleo@example.com",
-               headers: dict[str, str] | None = None) -> bytes:
+def reply_mail(
+    to: str,
+    *,
+    message_id: str = "<r1@mail.example.com>",
+    sender: str = "cleo@example.com",
+    headers: dict[str, str] | None = None,
+) -> bytes:
     msg = EmailMessage()
     msg["From"] = f"Cleo Client <{sender}>"
     msg["To"] = to
@@ -51,7 +58,9 @@ def reply_mail(to: str, *, message_id: str = "<r1@mail.example.com>", sender: st
     return msg.as_bytes()
 
 
-def enqueue(sessions: sessionmaker[Session], rcpt: str, raw: bytes, mail_from: str = "cleo@example.com") -> int:
+def enqueue(
+    sessions: sessionmaker[Session], rcpt: str, raw: bytes, mail_from: str = "cleo@example.com"
+) -> int:
     with transaction(sessions) as s:
         return inbound.enqueue(s, mail_from=mail_from, rcpt=rcpt, raw=raw, message_id=None).id
 
@@ -73,7 +82,9 @@ def test_a_reply_is_filed_and_the_sender_notified(
         message = s.scalars(select(Message).where(Message.source == "email")).one()
         assert message.body.strip() == "I am well, thank you!"
         assert "How are you?" in (message.quote or "")
-        notified = s.scalars(select(OutboxMessage).where(OutboxMessage.message_id == message.id)).one()
+        notified = s.scalars(
+            select(OutboxMessage).where(OutboxMessage.message_id == message.id)
+        ).one()
         assert notified.recipient == "dana@staff.test"
         assert b"I am well, thank you!" in notified.raw
 
@@ -178,7 +189,7 @@ def test_an_unexpected_error_marks_the_mail_failed_and_replay_files_it(
 ) -> None:
     _, address = reply_address
     queue_id = enqueue(sessions, address, reply_mail(address))
-    engine = Engine(sessions, settings)
+    engine = Engine(sessions, dataclasses.replace(settings, worker_max_attempts=2))
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("extractor exploded")
@@ -187,7 +198,13 @@ def test_an_unexpected_error_marks_the_mail_failed_and_replay_files_it(
     engine.drain()
     with sessions() as s:
         row = s.get(InboundMail, queue_id)
-        assert row.status == "failed" and "extractor exploded" in row.reason
+        assert row.status == "queued" and "extractor exploded" in row.reason  # retried later
+    assert inbound.claim(sessions) == []  # not before its retry delay
+    assert inbound.claim(sessions, now=utcnow() + timedelta(minutes=5)) == [queue_id]
+    engine.process(queue_id)
+    with sessions() as s:
+        row = s.get(InboundMail, queue_id)
+        assert row.status == "failed" and row.attempts == 2  # quarantined
     monkeypatch.undo()
     with transaction(sessions) as s:
         assert inbound.requeue(s, inbound.failed_ids(s)) == [queue_id]
