@@ -88,7 +88,7 @@ class Deployment:
             return []
         box = mailbox.Maildir(self.maildir, create=False)
         found = []
-        for key in box.keys():
+        for key in box.iterkeys():
             msg = message_from_bytes(box.get_bytes(key), policy=default)
             if address in str(msg["To"]):
                 found.append(msg)
@@ -107,10 +107,20 @@ def deployment(settings: Settings, tmp_path: Path) -> Iterator[Deployment]:
 
 
 @pytest.mark.parametrize("client", CLIENTS)
-def test_reply_from_a_mail_client_is_filed_and_notified(deployment: Deployment, client: str) -> None:
+def test_reply_from_a_mail_client_is_filed_and_notified(
+    deployment: Deployment, client: str
+) -> None:
     out = deployment.cli(
-        "send", "--from", "dana@staff.test", "--to", "cleo@example.com",
-        "--subject", "Tuesday appointment", "--body", "Can you make Tuesday at 10?", "--json",
+        "send",
+        "--from",
+        "dana@staff.test",
+        "--to",
+        "cleo@example.com",
+        "--subject",
+        "Tuesday appointment",
+        "--body",
+        "Can you make Tuesday at 10?",
+        "--json",
     )
     sent = json.loads(out)
     thread_id = sent["threads"][0]["id"]
