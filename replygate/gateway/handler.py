@@ -1,0 +1,189 @@
+"""The aiosmtpd handler: RCPT and DATA decisions for the inbound gateway.
+
+aiosmtpd's ``SMTP`` owns the grammar and the size limit; this object only
+decides. RCPT refuses early (no backscatter): the recipient must be a live
+reply token or our bounce address. DATA checks size and sender, then commits
+the raw bytes before answering 250. Every database call runs in a worker
+thread (``asyncio.to_thread``): the event loop serving other connections
+never waits on the store. The answers come from ``replies.CATALOGUE``.
+
+Logging: one line per refused recipient (``inbound.rcpt``), and one
+canonical line per message at the end of DATA (``inbound.mail``) with the
+envelope, decision, reason and queue ids; never the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+from weakref import WeakKeyDictionary
+
+from aiosmtpd.smtp import SMTP, Envelope
+from aiosmtpd.smtp import Session as SMTPSession
+from sqlalchemy.orm import Session, sessionmaker
+
+from replygate.config import Settings
+from replygate.errors import InboundRefused
+from replygate.gateway import intake, replies
+from replygate.gateway.intake import Recipient, StoreUnavailable
+from replygate.gateway.replies import Condition
+from replygate.logs import get_logger
+from replygate.store.models import utcnow
+
+log = get_logger("replygate.gateway")
+
+# RFC 5321 4.5.3.1.8: a server must accept at least 100 recipients per message.
+MAX_RECIPIENTS = 100
+
+
+def peer_of(session: SMTPSession) -> str | None:
+    """The client's address as ``host:port`` (what the queue row and logs record)."""
+    peer = session.peer
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer) if peer else None
+
+
+class GatewayHandler:
+    """Decides RCPT and DATA for one gateway; shared by all its connections."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        factory: sessionmaker[Session],
+        *,
+        max_recipients: int = MAX_RECIPIENTS,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.factory = factory
+        self.max_recipients = max_recipients
+        self.clock = clock
+        # The routes accepted at RCPT, per transaction; aiosmtpd makes a new
+        # envelope after DATA and RSET, so finished transactions drop out.
+        self._accepted: WeakKeyDictionary[Envelope, list[Recipient]] = WeakKeyDictionary()
+
+    def _render(self, condition: Condition, address: str | None = None) -> str:
+        return replies.reply(condition).render(address, limit=self.settings.max_message_size)
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: SMTPSession,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        accepted = self._accepted.setdefault(envelope, [])
+        if any(r.address.lower() == address.lower() for r in accepted):
+            return self._render(Condition.RECIPIENT_OK, address)  # listed once, stored once
+        if len(accepted) >= self.max_recipients:
+            self._log_rcpt(session, envelope, address, Condition.TOO_MANY_RECIPIENTS, None)
+            return self._render(Condition.TOO_MANY_RECIPIENTS, address)
+        try:
+            recipient = await asyncio.to_thread(
+                intake.check_recipient, self.factory, self.settings, address, now=self.clock()
+            )
+        except InboundRefused as exc:
+            condition = replies.condition_for(exc)
+            self._log_rcpt(session, envelope, address, condition, str(exc))
+            return self._render(condition, address)
+        except StoreUnavailable as exc:
+            self._log_rcpt(session, envelope, address, Condition.STORE_UNAVAILABLE, str(exc))
+            return self._render(Condition.STORE_UNAVAILABLE, address)
+        accepted.append(recipient)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        if recipient.kind == "bounce":
+            return self._render(Condition.BOUNCE_RECIPIENT_OK, address)
+        return self._render(Condition.RECIPIENT_OK, address)
+
+    async def handle_DATA(self, server: SMTP, session: SMTPSession, envelope: Envelope) -> str:
+        started = time.perf_counter()
+        recipients = self._accepted.pop(envelope, [])
+        raw = envelope.original_content or b""
+        fields: dict[str, Any] = {
+            "via": "smtp",
+            "peer": peer_of(session),
+            "mail_from": intake.envelope_sender(envelope.mail_from),
+            "rcpt": [r.address for r in recipients],
+            "size": len(raw),
+        }
+        if not recipients:  # aiosmtpd refuses DATA before any RCPT; this is belt and braces
+            return self._finish(Condition.INTERNAL_ERROR, "no accepted recipient", fields, started)
+        try:
+            accepted = await asyncio.to_thread(
+                intake.accept,
+                self.factory,
+                self.settings,
+                mail_from=fields["mail_from"],
+                recipients=recipients,
+                raw=raw,
+                peer=fields["peer"],
+                via="smtp",
+            )
+        except InboundRefused as exc:
+            return self._finish(replies.condition_for(exc), str(exc), fields, started)
+        except StoreUnavailable as exc:
+            return self._finish(Condition.STORE_UNAVAILABLE, str(exc), fields, started)
+        fields.update(queue_ids=accepted.queue_ids, message_id=accepted.message_id)
+        return self._finish(Condition.ACCEPTED, None, fields, started)
+
+    async def handle_exception(self, error: Exception) -> str:
+        """A bug or an unexpected failure: answer 4xx so the sending MTA retries, log it."""
+        log.error("inbound.error", error=f"{type(error).__name__}: {error}", exc_info=error)
+        return self._render(Condition.INTERNAL_ERROR)
+
+    def refused_oversize(self, session: SMTPSession | None, envelope: Envelope | None) -> str:
+        """The reply (and the log line) when aiosmtpd itself stops an oversize message."""
+        recipients = self._accepted.pop(envelope, []) if envelope is not None else []
+        fields: dict[str, Any] = {
+            "via": "smtp",
+            "peer": peer_of(session) if session is not None else None,
+            "mail_from": intake.envelope_sender(envelope.mail_from if envelope else None),
+            "rcpt": [r.address for r in recipients],
+        }
+        reason = f"message exceeds the limit of {self.settings.max_message_size} bytes"
+        return self._finish(Condition.MESSAGE_TOO_LARGE, reason, fields, time.perf_counter())
+
+    def _finish(
+        self, condition: Condition, reason: str | None, fields: dict[str, Any], started: float
+    ) -> str:
+        """Write the canonical line for one message and return its reply."""
+        reply = replies.reply(condition)
+        decision = {2: "accepted", 4: "deferred"}.get(reply.code // 100, "refused")
+        log_at = log.warning if decision == "deferred" else log.info
+        log_at(
+            "inbound.mail",
+            decision=decision,
+            condition=str(condition),
+            reply=f"{reply.code} {reply.status}",
+            reason=reason,
+            ms=round((time.perf_counter() - started) * 1000, 1),
+            **fields,
+        )
+        return self._render(condition)
+
+    def _log_rcpt(
+        self,
+        session: SMTPSession,
+        envelope: Envelope,
+        address: str,
+        condition: Condition,
+        reason: str | None,
+    ) -> None:
+        reply = replies.reply(condition)
+        log.info(
+            "inbound.rcpt",
+            decision="deferred" if reply.code // 100 == 4 else "refused",
+            condition=str(condition),
+            reply=f"{reply.code} {reply.status}",
+            reason=reason,
+            via="smtp",
+            peer=peer_of(session),
+            mail_from=intake.envelope_sender(envelope.mail_from),
+            recipient=address,
+        )

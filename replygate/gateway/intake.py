@@ -1,0 +1,245 @@
+"""The checks and the durable enqueue shared by the SMTP handler and the pipe ingress.
+
+Both ingresses make the same decisions through these functions, so a reply
+refused over SMTP is refused through ``replygate ingest`` for the same reason:
+
+- recipient: a live reply token of ours (``routing.resolve``), or our VERP
+  bounce address ``bounces+<id>@<reply domain>`` (accepted unrouted, so
+  delivery reports about our notifications reach the engine); anything else
+  raises the ``InboundRefused`` subclass that says why;
+- size: at most ``settings.max_message_size`` bytes;
+- sender: the message's single From header names the address each token was
+  issued to (not checked for bounce addresses: a DSN comes from a mailer);
+- enqueue: one queue row per accepted recipient, all in one transaction,
+  committed before the caller may answer 250.
+
+Everything here is synchronous and may touch the database: the SMTP handler
+runs it in a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from typing import Any, Literal
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from replygate.config import Settings
+from replygate.errors import MessageTooLarge, SenderMismatch
+from replygate.store import inbound
+from replygate.store.db import transaction
+from replygate.threading import routing
+from replygate.threading.routing import Route
+
+try:
+    from replygate.threading.sender import same_sender
+except ImportError:  # pragma: no cover - until the shared sender check is in the tree
+    from email.utils import parseaddr
+
+    def same_sender(
+        from_header_or_address: str, issued_to: str, *, allow_plus_tags: bool = False
+    ) -> bool:
+        """Exact, case-insensitive comparison of the one address in the header."""
+        address = parseaddr(from_header_or_address)[1].strip().lower()
+        return bool(address) and address == issued_to.strip().lower()
+
+
+BOUNCE_PREFIX = "bounces+"
+_BOUNCE_ID = re.compile(r"[a-z0-9][a-z0-9._=-]{0,55}")
+MAX_MESSAGE_ID = 998
+
+Decision = dict[str, Any]
+
+
+class StoreUnavailable(Exception):
+    """Raised when the database cannot be read or cannot commit.
+
+    Always temporary from the sender's side: the gateway answers 451 (or the
+    pipe exits 75) and the sending MTA keeps the message and retries.
+    """
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """An envelope recipient we accept, and the decision recorded on its queue row."""
+
+    address: str
+    kind: Literal["reply", "bounce"]
+    route: Route | None
+    decision: Decision
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A message durably queued: one row per recipient."""
+
+    queue_ids: list[int]
+    message_id: str | None
+    decisions: list[Decision] = field(default_factory=list)
+
+
+def bounce_id(address: str, reply_domain: str) -> str | None:
+    """The id in ``bounces+<id>@<reply domain>``, or ``None`` when the address is not one."""
+    addr = address.strip().strip("<>").strip().lower()
+    local, at, domain = addr.rpartition("@")
+    if not at or domain != reply_domain.lower().rstrip("."):
+        return None
+    if not local.startswith(BOUNCE_PREFIX):
+        return None
+    ident = local[len(BOUNCE_PREFIX) :]
+    return ident if _BOUNCE_ID.fullmatch(ident) else None
+
+
+def check_recipient(
+    factory: sessionmaker[Session], settings: Settings, address: str, *, now: datetime
+) -> Recipient:
+    """Accept ``address`` or raise the ``InboundRefused`` that says why (``StoreUnavailable``
+    when the database cannot answer)."""
+    ident = bounce_id(address, settings.reply_domain)
+    if ident is not None:
+        decision = {"stage": "rcpt", "recipient": address, "kind": "bounce", "bounce_id": ident}
+        return Recipient(address, "bounce", None, decision)
+    try:
+        with factory() as session, session.begin():
+            route = routing.resolve(
+                session,
+                address,
+                secret=settings.secret_key,
+                reply_domain=settings.reply_domain,
+                now=now,
+            )
+    except (SQLAlchemyError, OSError) as exc:
+        raise StoreUnavailable(f"cannot look up the reply address: {exc}") from exc
+    decision = {
+        "stage": "rcpt",
+        "recipient": address,
+        "kind": "reply",
+        "token": "ok",
+        "token_id": route.token_id,
+        "thread_id": route.thread_id,
+        "user_id": route.user_id,
+    }
+    return Recipient(address, "reply", route, decision)
+
+
+def check_size(settings: Settings, size: int) -> None:
+    if size > settings.max_message_size:
+        raise MessageTooLarge(
+            f"message of {size} bytes exceeds the limit of {settings.max_message_size}"
+        )
+
+
+@dataclass(frozen=True)
+class Headers:
+    """The few header values the gateway needs, read without parsing the body."""
+
+    from_values: list[str]
+    message_id: str | None
+
+
+def read_headers(raw: bytes) -> Headers:
+    """Parse only the header block (a 25 MB body is never walked here)."""
+    end = len(raw)
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        pos = raw.find(sep)
+        if pos != -1:
+            end = min(end, pos + len(sep))
+    if raw.startswith((b"\r\n", b"\n")):
+        end = 0
+    msg = BytesHeaderParser(policy=compat32).parsebytes(raw[:end])
+    from_values = [str(v) for v in msg.get_all("From", [])]
+    message_id = msg.get("Message-ID")
+    message_id = str(message_id).strip()[:MAX_MESSAGE_ID] if message_id else None
+    return Headers(from_values=from_values, message_id=message_id or None)
+
+
+def check_sender(headers: Headers, recipients: list[Recipient]) -> Decision:
+    """Refuse unless the one From header names the address every token was issued to.
+
+    A message to several reply addresses of different people has one From
+    and so cannot be theirs at once: it is refused whole (DATA has one reply).
+    """
+    replies = [r for r in recipients if r.route is not None]
+    if not replies:
+        return {"stage": "data", "sender": "not checked", "reason": "delivery report address"}
+    if len(headers.from_values) != 1:
+        found = "no From header" if not headers.from_values else "several From headers"
+        raise SenderMismatch(f"the message has {found}")
+    from_value = headers.from_values[0]
+    for r in replies:
+        assert r.route is not None
+        if not same_sender(from_value, r.route.user_email):
+            raise SenderMismatch(
+                f"From {from_value!r} is not the address reply token {r.route.token_id} "
+                "was issued to"
+            )
+    return {"stage": "data", "sender": "ok"}
+
+
+def enqueue(
+    factory: sessionmaker[Session],
+    *,
+    mail_from: str,
+    recipients: list[Recipient],
+    raw: bytes,
+    message_id: str | None,
+    peer: str | None,
+    decisions: list[Decision],
+) -> list[int]:
+    """Store the raw bytes once per recipient in one transaction, committed on return."""
+    try:
+        with transaction(factory) as session:
+            rows = [
+                inbound.enqueue(
+                    session,
+                    mail_from=mail_from,
+                    rcpt=r.address,
+                    raw=raw,
+                    message_id=message_id,
+                    peer=peer,
+                    decisions=[r.decision, *decisions],
+                )
+                for r in recipients
+            ]
+            ids = [row.id for row in rows]
+    except (SQLAlchemyError, OSError) as exc:
+        raise StoreUnavailable(f"cannot store the message: {exc}") from exc
+    return ids
+
+
+def accept(
+    factory: sessionmaker[Session],
+    settings: Settings,
+    *,
+    mail_from: str,
+    recipients: list[Recipient],
+    raw: bytes,
+    peer: str | None,
+    via: Literal["smtp", "pipe"],
+) -> Accepted:
+    """Size and sender checks, then the durable enqueue; raises what refuses the message."""
+    check_size(settings, len(raw))
+    headers = read_headers(raw)
+    sender = check_sender(headers, recipients)
+    decisions = [sender, {"stage": "accept", "via": via, "size": len(raw)}]
+    ids = enqueue(
+        factory,
+        mail_from=mail_from,
+        recipients=recipients,
+        raw=raw,
+        message_id=headers.message_id,
+        peer=peer,
+        decisions=decisions,
+    )
+    return Accepted(queue_ids=ids, message_id=headers.message_id, decisions=decisions)
+
+
+def envelope_sender(mail_from: str | None) -> str:
+    """The envelope sender as stored: the null reverse-path ``<>`` becomes ``""``."""
+    value = (mail_from or "").strip()
+    return "" if value in ("", "<>") else value
