@@ -29,7 +29,7 @@ from email.message import EmailMessage
 from replygate.markers import REPLY_ABOVE_LINE
 from replygate.threading import quote_headers as qh
 from replygate.threading.html_quotes import html_to_text, split_html
-from replygate.threading.signatures import RE_DELIMITER, find_signature
+from replygate.threading.signatures import RE_DASH_NAME, RE_DELIMITER, find_signature
 
 __all__ = [
     "ReplyParts",
@@ -76,18 +76,38 @@ def extract_reply(body: str, *, html: bool = False, budget_s: float = 0.5) -> Re
     html_quote = ""
     try:
         if html:
-            body, html_quote, rule = split_html(body)
+            markup = body
+            body, html_quote, rule = split_html(markup)
             if rule:
                 layers.append(rule)
             clock.check()
+            if rule == "html:quote_only":
+                # Everything is one blockquote: that quote is all the person sent; keep it.
+                text = body.strip("\n")
+                return ReplyParts(text, "", html_quote, text, False, tuple(layers))
         parts = _extract_text(_normalise_newlines(body), clock, layers)
     except _Overrun:
         text = html_to_text(body) if html and "<" in body else body
         return _degraded(_normalise_newlines(text), html_quote)
-    if html_quote:
+    if html:
+        # The "> " prefixes were drawn by our rendering of <blockquote>, not typed: kept
+        # quotes lose them again.
         quote = "\n".join(q for q in (parts.quote, html_quote) if q.strip())
-        parts = ReplyParts(parts.reply, parts.signature, quote, parts.unquoted, False, parts.layers)
+        parts = ReplyParts(
+            _unprefix(parts.reply),
+            parts.signature,
+            quote,
+            _unprefix(parts.unquoted),
+            False,
+            parts.layers,
+        )
     return parts
+
+
+def _unprefix(text: str) -> str:
+    return "\n".join(
+        line.lstrip("> ") if line.startswith(">") else line for line in text.split("\n")
+    )
 
 
 def extract_from_parts(
@@ -183,6 +203,10 @@ def _extract_text(text: str, clock: _Clock, layers: list[str]) -> ReplyParts:
     if sig_rule:
         signature_at = len(kept) - len(_trim(lines[sig_at:]))
         rule = sig_rule
+        # A "-Name" sign-off just above a list footer belongs to the signature too.
+        above = _trim(kept[:signature_at])
+        if above and RE_DASH_NAME.match(above[-1]) and len(above) > 1:
+            signature_at = len(above) - 1
     if signature_at is not None:
         layers.append(rule)
         reply_lines, sig_lines = kept[:signature_at], kept[signature_at:]
@@ -201,12 +225,16 @@ def _extract_text(text: str, clock: _Clock, layers: list[str]) -> ReplyParts:
     )
 
 
+# Whitespace plus the invisible marks trackers leave on a line of their own (Gmail's "ᐧ").
+_INVISIBLE = " \t\u00a0\u200b\u200c\u200d\u2060\ufeff\u1427"
+
+
 def _trim(lines: list[str]) -> list[str]:
     """Drop leading and trailing blank lines."""
     start, end = 0, len(lines)
-    while start < end and not lines[start].strip():
+    while start < end and not lines[start].strip(_INVISIBLE):
         start += 1
-    while end > start and not lines[end - 1].strip():
+    while end > start and not lines[end - 1].strip(_INVISIBLE):
         end -= 1
     return lines[start:end]
 
@@ -335,6 +363,9 @@ def _wrote_header_span(lines: list[str], i: int) -> int:
         nxt = lines[i + span - 1]
         if not nxt.strip() or len(nxt) > qh.MAX_HEADER_LINE or (span > 1 and _is_quoted(nxt)):
             break
+        # A later line that opens a header itself starts the header; this line is reply.
+        if span > 1 and qh.RE_OPENER.match(nxt.strip()):
+            return 0
         joined = f"{joined} {nxt.strip()}" if joined else nxt.strip()
         if qh.is_wrote_header(joined):
             return span
@@ -455,9 +486,13 @@ def _remove_quotes(
             continue
         if kind == QUOTED:
             later = runs[idx + 1 :]
+            if any(k == HEADER for k, _, _ in later):
+                continue  # the header below starts the quoted history; this is the reply's
             if not any(k == TEXT for k, _, _ in later) and text_seen:
                 _drop_run(drop, (kind, start, len(lines)))  # a quote ending the mail
                 break
+            if text_seen and not _answered_inline(lines, later):
+                _drop_run(drop, (kind, start, end))  # a quote between text and a short footer
     return _apply(lines, drop, layers)
 
 

@@ -9,6 +9,7 @@ told apart.
 from __future__ import annotations
 
 import re
+from copy import deepcopy
 
 from lxml import etree
 from lxml import html as lxml_html
@@ -25,7 +26,6 @@ _QUOTE_CLASSES = (
     "gmail_quote",
     "yahoo_quoted",
     "protonmail_quote",
-    "moz-cite-prefix",
     "zmail_extra",
     "aolreplyhead",
     "gmail_extra",
@@ -42,12 +42,15 @@ def _drop_from(el: etree._Element) -> str:
     """Remove ``el`` and every later sibling, climbing to the body; return the removed text."""
     removed: list[str] = []
     node = el
+    first = True
     while node is not None and node.tag not in ("body", "html"):
         parent = node.getparent()
         if parent is None:
             break
         siblings = list(parent)
-        idx = siblings.index(node)
+        # The quote's own element goes; above it, only what follows the branch we came up.
+        idx = siblings.index(node) + (0 if first else 1)
+        first = False
         for sib in siblings[idx:]:
             removed.append(render(sib))
             tail = sib.tail
@@ -71,6 +74,9 @@ def find_quote_start(root: etree._Element) -> tuple[etree._Element | None, str]:
         if not isinstance(el.tag, str):
             continue
         classes = _classes(el)
+        # A lone blockquote.gmail_quote with no attribution is a quote pasted on purpose.
+        if el.tag == "blockquote" and "gmail_quote" in classes and not _attributed(el):
+            continue
         for name in _QUOTE_CLASSES:
             if name in classes:
                 # Gmail keeps its own signature inside gmail_extra; only the quote goes.
@@ -81,16 +87,39 @@ def find_quote_start(root: etree._Element) -> tuple[etree._Element | None, str]:
                 return el, f"html:{name}"
         if el.get("id") in _QUOTE_IDS:
             return el, f"html:{el.get('id')}"
-        # Apple Mail and Thunderbird: <blockquote type="cite"> holds the quoted message.
-        if el.tag == "blockquote" and el.get("type") == "cite":
-            return el, "html:blockquote_cite"
         if el.tag == "div" and _is_border_top_separator(el):
             return el, "html:border_top"
+        # Hotmail: the quote sits in a block that a rule followed by "From:"/"Date:" opens.
+        if el.tag == "hr" and _RE_FIELD.match((el.tail or "") + _next_text(el)):
+            parent = el.getparent()
+            return (parent if parent is not None and parent.tag != "body" else el), "html:hr"
     return None, ""
+
+
+_RE_FIELD = re.compile(r"^\s*(?:from|date|de|von|van|da|od|от)\s*:", re.I)
+
+
+def _next_text(el: etree._Element) -> str:
+    nxt = el.getnext()
+    return nxt.text_content()[:40] if nxt is not None else ""
+
+
+def _attributed(el: etree._Element) -> bool:
+    """Whether the text just before ``el`` is an attribution line ending in a colon."""
+    prev = el.getprevious()
+    text = (prev.text_content() if prev is not None else (el.getparent().text or "")) or ""
+    return text.rstrip().endswith((":", "："))
+
+
+_XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")
 
 
 def parse(markup: str) -> etree._Element:
     """Parse mail HTML leniently (lxml's HTML parser never raises on tag soup)."""
+    # lxml refuses a str that still carries an encoding declaration (Hotmail sends one).
+    markup = _XML_DECLARATION.sub("", markup, count=1)
+    if not markup.strip():
+        markup = "<html><body></body></html>"
     try:
         root = lxml_html.document_fromstring(markup)
     except (etree.ParserError, ValueError):
@@ -99,17 +128,56 @@ def parse(markup: str) -> etree._Element:
 
 
 def split_html(markup: str) -> tuple[str, str, str]:
-    """``(text of the reply part, text of the quote, rule name)`` for a mail's HTML."""
+    """``(text of the reply part, text of the quote, rule name)`` for a mail's HTML.
+
+    A client's quote container is cut with everything after it; a quote the
+    client forwarded whole, with nothing above it, is kept. ``<blockquote>``
+    content is rendered with ``>`` prefixes so the text rules decide about it
+    (inline answers, bottom posting) exactly as they do for plain mail.
+    """
     root = parse(markup)
     start, rule = find_quote_start(root)
     quote = ""
     if start is not None:
-        # Thunderbird's cite prefix sits just before the blockquote it introduces.
+        kept = deepcopy(root)
         quote = _drop_from(start)
-    return render(root), quote, rule
+        if not render(root).strip() and _starts_with_forward(quote):
+            root, quote, rule = kept, "", ""
+    for lone in root.iter("blockquote"):
+        if "gmail_quote" in _classes(lone) and not _attributed(lone):
+            lone.tag = "div"  # pasted on purpose: ordinary text, not a quote
+    for cite in root.iter("div"):
+        # Thunderbird's attribution sits in its own div above the blockquote it introduces.
+        if "moz-cite-prefix" in _classes(cite):
+            rule = rule or "html:moz-cite-prefix"
+    if not _has_text_outside_blockquotes(root):
+        return render(root), quote, "html:quote_only"
+    return render(root, quote_prefix=True), quote, rule
 
 
-def render(root: etree._Element) -> str:
+def _starts_with_forward(text: str) -> bool:
+    first = next((line for line in text.split("\n") if line.strip()), "")
+    return "forwarded message" in first.lower() or "message transféré" in first.lower()
+
+
+def _has_text_outside_blockquotes(root: etree._Element) -> bool:
+    """True unless every word is inside a blockquote (then the quote is all there is)."""
+    depth = 0
+    for event, el in etree.iterwalk(root, events=("start", "end")):
+        is_quote = el.tag == "blockquote"
+        if event == "start":
+            depth += is_quote
+            if not depth and isinstance(el.tag, str) and el.tag not in _SKIP:
+                if (el.text or "").strip():
+                    return True
+        else:
+            depth -= is_quote
+            if not depth and el is not root and (el.tail or "").strip():
+                return True
+    return False
+
+
+def render(root: etree._Element, *, quote_prefix: bool = False) -> str:
     """Text of an element: block elements and ``<br>`` become line breaks, nothing is guessed.
 
     Walked with ``iterwalk`` rather than recursion, so deeply nested quotes cost no stack.
@@ -124,18 +192,42 @@ def render(root: etree._Element) -> str:
                 continue
             if skipping:
                 continue
-            if tag in _BLOCK or tag == "br":
+            if quote_prefix and tag == "blockquote":
+                out.append(_OPEN_QUOTE)
+            elif tag in _BLOCK or tag == "br":
                 out.append("\n")
             if el.text:
                 out.append(el.text)
         else:
             if tag in _SKIP or not tag:
                 skipping -= 1
+            elif not skipping and quote_prefix and tag == "blockquote":
+                out.append(_CLOSE_QUOTE)
             elif not skipping and tag in _BLOCK:
                 out.append("\n")
             if not skipping and el is not root and el.tail:
                 out.append(el.tail)
-    return _collapse("".join(out))
+    text = "".join(out)
+    return _prefix_quotes(_collapse(text)) if quote_prefix else _collapse(text)
+
+
+# Markers for blockquote nesting in the rendering, replaced by "> " prefixes afterwards.
+_OPEN_QUOTE, _CLOSE_QUOTE = "\n\x01\n", "\n\x02\n"
+
+
+def _prefix_quotes(text: str) -> str:
+    out: list[str] = []
+    depth = 0
+    for line in text.split("\n"):
+        if line == "\x01":
+            depth += 1
+        elif line == "\x02":
+            depth = max(0, depth - 1)
+        elif depth and line.strip():
+            out.append("> " * depth + line)
+        else:
+            out.append(line)
+    return _BLANKS.sub("\n\n", "\n".join(out)).strip("\n")
 
 
 _SPACES = re.compile(r"[ \t\r\f\v\u00a0]+")

@@ -17,14 +17,16 @@ _WROTE = (
     r"wrote|writes|sent|a\s+écrit|écrit|schrieb|escribió|escribio|ha\s+scritto|scrisse"
     r"|escreveu|schreef|het\s+volgende\s+geschreven|skrev(?:\s+følgende)?|napisał\(a\)|napisał"
     r"|napisała|pisze|написал\(а\)|написала|написал|пишет|написав\(ла\)|написав|написала"
-    r"|kirjoitti|írta|napsal|đã\s+viết|yazdı"
+    r"|пише|kirjoitti|írta|napsal|đã\s+viết|yazdı"
 )
 
 # Words a quote header opens with ("On", "Le", "Am", "El", "Il giorno", "Em", "Op", "Den", ...).
 _OPENERS = r"On|Le|Am|El|Il(?:\s+giorno)?|Em|Op|Den|Dnia|W\s+dniu|Vào|Pe|Dne|Dana|På|Van|От|От кого"
 
 # "On <date>, <name> wrote:" and its translations: a colon ends the line, a wrote-verb precedes it.
-RE_WROTE_TAIL = re.compile(rf"(?:^|[\s,(\"'])(?:{_WROTE})(?:\s[^:：]{{0,80}})?\s*[:：]$", re.I)
+RE_WROTE_TAIL = re.compile(
+    rf"(?:^|[\s,(\"'])(?:{_WROTE})(?:\s(?:[^:：]|:\d){{0,80}})?\s*[:：]$", re.I
+)
 
 # A header that opens with a known word ("On ...", "Am ...") and contains a wrote-verb.
 RE_OPENER = re.compile(rf"^(?:{_OPENERS})\b", re.I)
@@ -65,7 +67,7 @@ RE_DASHED_WROTE = re.compile(rf"^\s*-{{2,}}.*\b(?:{_WROTE})\b.*-{{2,}}\s*$", re.
 
 # Any short title between dashes ("-----Antwort Nachricht-----"): how clients in every
 # language mark where the previous message starts.
-RE_DASHED_TITLE = re.compile(r"^\s*-{3,}\s*[^\W\d_][\w' ]{2,40}?\s*-{3,}\s*$")
+RE_DASHED_TITLE = re.compile(r"^\s*-{3,}\s*[^\W\d_][\w']{1,25}(?: [\w']{1,25})?\s*-{3,}\s*$")
 
 # Field names of an Outlook-style header block, per language (From / Sent / To / Subject / ...).
 _FROM = (
@@ -120,9 +122,13 @@ def is_wrote_header(text: str) -> bool:
 # then an address closing the line, with or without a colon (Gmail locales, Yandex, mail.ru).
 RE_DATE_ADDR = re.compile(
     r"^\s*(?:\w{2,4},?\s+)?\d{1,4}[-./年]\d{1,2}[-./月]\d{1,4}.{0,200}"
-    r"(?:<[^<>\s]+@[^<>\s]+>|\([^()\s]+@[^()\s]+\)|\S+@\S+\.\w+)\s*[:：]?$"
+    r"(?:<\s*[^<>\s]+@[^<>\s]+>|\([^()\s]+@[^()\s]+\)|\S+@\S+\.\w+)\s*[:：]?$"
 )
 # "… от Name <addr>:" (mail.ru): the Russian "from" before a trailing address.
+# Gmail's date-first attribution with no address: "2016-03-03 17:21 GMT+01:00 Some One".
+RE_GMAIL_DATE_NAME = re.compile(
+    r"^\s*\d{4}-\d{2}-\d{2}\s+\d{1,2}:\d{2}\s+GMT[+-]\d{1,2}:?\d{2}\s+\S.{0,100}$"
+)
 RE_OT_ADDR = re.compile(r"\d.{0,200}\sот\s.{0,120}<[^<>\s]+@[^<>\s]+>\s*:$")
 
 
@@ -136,7 +142,9 @@ def is_date_address_header(text: str) -> bool:
     text = text.strip()
     if not text or len(text) > MAX_HEADER_LINE:
         return False
-    return bool(RE_DATE_ADDR.match(text) or RE_OT_ADDR.search(text))
+    return bool(
+        RE_DATE_ADDR.match(text) or RE_OT_ADDR.search(text) or RE_GMAIL_DATE_NAME.match(text)
+    )
 
 
 def is_separator(line: str) -> bool:
@@ -183,7 +191,7 @@ def split_shared_line(line: str) -> tuple[str, str] | None:
     """``("reply", "On … wrote:")`` when a client glued its header to the reply's last line."""
     if len(line) > MAX_HEADER_LINE or not line.rstrip().endswith((":", "：")):
         return None
-    if is_wrote_header(line):
+    if RE_OPENER.match(line.strip()) or is_date_address_header(line):
         return None
     for m in RE_INNER_OPENER.finditer(line):
         head, rest = line[: m.start()], line[m.end() :]

@@ -33,6 +33,8 @@ from talon.signature import bruteforce  # noqa: E402
 
 # Signatures are short: the rules only look at the last lines of a reply.
 MAX_SIGNATURE_LINES = 12
+# People who stack footers from several devices: the block under the first one may run longer.
+MAX_FOOTER_LINES = 20
 # A line this long is prose, never part of a signature.
 MAX_SIGNATURE_LINE = 120
 
@@ -42,8 +44,11 @@ RE_DELIMITER = re.compile(r"^-{2,3}\s*$")
 # Mobile and app footers: "Sent from my iPhone", "Sent from Mail for Windows", "Get Outlook for iOS".
 RE_MOBILE = re.compile(
     r"^\s*(?:"
-    r"sent\s+(?:wirelessly\s+)?(?:from|via|with|using)\s+(?:my\s+)?\S.*"
-    r"|sent\s+\S+\s+from\s+my\s+.*"
+    r"sent\s+(?:wirelessly\s+)?(?:from|via|with|using)\s+(?:my|mon|a\s+mobile)\s+[^,.;]{1,40}[.!]?"
+    r"|sent\s+(?:from|via|with|using)\s+(?-i:[A-Z0-9])[\w-]*(?:\s+[\w-]+){0,5}[.!]?"
+    r"|sent\s+(?:from|via|with)\s+(?:mobile|phone)|(?:from|sent\s+from)\s+my\s+i\w+(?:\s+\w+)?"
+    r"|\w+\s+from\s+mobile"
+    r"|sent\s+\S+\s+from\s+my\s+.*|diese\s+nachricht\s+wurde\s+von\s+meinem\s+.*gesendet\.?"
     r"|get\s+outlook\s+for\s+\S+"
     r"|envoyé\s+(?:de|depuis|avec|à\s+partir\s+de)\s+.*"
     r"|von\s+meinem\s+.*gesendet.*|gesendet\s+(?:von|mit|vom)\s+.*"
@@ -55,9 +60,15 @@ RE_MOBILE = re.compile(
     r"|отправлено\s+(?:с|из)\s+.*|надіслано\s+з\s+.*"
     r"|从我的.*发送|從我的.*傳送|发自我的.*|.*から送信"
     r"|via\s+mobile|typed\s+on\s+(?:a\s+|my\s+)?\S+.*"
-    r")\s*$",
+    r")(?:\s*<[^<>\s]*>|\s*\(https?://[^()\s]*\))?\s*$",
     re.I,
 )
+
+# A rule of many dashes: a signature delimiter only when contact details follow it.
+RE_LONG_RULE = re.compile(r"^\s*-{4,}\s*$")
+
+# One to three capitalised words: a name signing a footer.
+RE_NAME = re.compile(r"^\s*(?-i:[A-Z][\w.'’-]*)(?:\s+(?-i:[A-Z][\w.'’-]*)){0,2}\s*$")
 
 # "-Lev." / "- roman": a dash and a name alone on the last line.
 RE_DASH_NAME = re.compile(r"^\s*-\s?[A-Za-zÀ-ÿ][\w.'’ -]{0,30}$")
@@ -84,20 +95,26 @@ def talon_bruteforce(text: str) -> tuple[str, str]:
     return body, signature or ""
 
 
-def _is_short_block(lines: list[str]) -> bool:
+def _is_short_block(lines: list[str], limit: int = MAX_SIGNATURE_LINES) -> bool:
     content = [line for line in lines if line.strip()]
-    return 0 < len(content) <= MAX_SIGNATURE_LINES and all(
-        len(line) <= MAX_SIGNATURE_LINE for line in content
-    )
+    return 0 < len(content) <= limit and all(len(line) <= MAX_SIGNATURE_LINE for line in content)
 
 
 def find_signature(lines: list[str]) -> tuple[int | None, str]:
     """Index of the first signature line in ``lines`` and the rule's name, or ``(None, '')``."""
     n = len(lines)
-    start = max(0, n - MAX_SIGNATURE_LINES - 4)
+    start = max(0, n - MAX_FOOTER_LINES - 4)
     first_text = next((i for i, line in enumerate(lines) if line.strip()), n)
     for i in range(start, n):
         if i > first_text and RE_DELIMITER.match(lines[i]) and _is_short_block(lines[i + 1 :]):
+            return i, "signature:delimiter"
+        # A long rule of dashes over a block of contact details (logo, name, numbers, links).
+        if (
+            i > first_text
+            and RE_LONG_RULE.match(lines[i])
+            and _is_short_block(lines[i + 1 :])
+            and sum(bool(RE_CONTACT.search(x)) for x in lines[i + 1 :]) >= 2
+        ):
             return i, "signature:delimiter"
     for i in range(start, n):
         line = lines[i]
@@ -105,8 +122,11 @@ def find_signature(lines: list[str]) -> tuple[int | None, str]:
             i > first_text
             and len(line) <= MAX_SIGNATURE_LINE
             and RE_MOBILE.match(line)
-            and _is_short_block(lines[i:])
+            and _is_short_block(lines[i:], MAX_FOOTER_LINES)
         ):
+            # A name alone on the line above a footer ("Stavros\nvia mobile") signs it.
+            if i >= 2 and RE_NAME.match(lines[i - 1]) and not lines[i - 2].strip():
+                return i - 1, "signature:mobile"
             return i, "signature:mobile"
     last = _last_content(lines)
     if last is not None and last > first_text and RE_DASH_NAME.match(lines[last]):
