@@ -283,7 +283,12 @@ def _is_quoted(line: str) -> bool:
     """``>`` quoting, including supercite's initials ("C> ...")."""
     stripped = line.lstrip()
     if stripped.startswith(">"):
-        return True
+        # ">>> banner <<<" is decoration framing a line, not a quote.
+        return not stripped.rstrip().endswith("<<")
+    return _is_supercite(stripped)
+
+
+def _is_supercite(stripped: str) -> bool:
     head = stripped[:4]
     return ">" in head and head[: head.index(">")].isalpha() and head.index(">") <= 3
 

@@ -141,6 +141,13 @@ def split_html(markup: str) -> tuple[str, str, str]:
     if start is not None:
         kept = deepcopy(root)
         quote = _drop_from(start)
+        if rule == "html:hr" and start.tag != "hr" and not render(root).strip():
+            # The rule shares its block with the reply: cut at the rule itself instead.
+            root = deepcopy(kept)
+            hr = next(
+                el for el in root.iter("hr") if _RE_FIELD.match((el.tail or "") + _next_text(el))
+            )
+            quote = _drop_from(hr)
         if not render(root).strip() and _starts_with_forward(quote):
             root, quote, rule = kept, "", ""
     for lone in root.iter("blockquote"):

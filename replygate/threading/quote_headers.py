@@ -191,10 +191,12 @@ def split_shared_line(line: str) -> tuple[str, str] | None:
     """``("reply", "On … wrote:")`` when a client glued its header to the reply's last line."""
     if len(line) > MAX_HEADER_LINE or not line.rstrip().endswith((":", "：")):
         return None
-    if RE_OPENER.match(line.strip()) or is_date_address_header(line):
+    if RE_OPENER.match(line.strip()) or line.lstrip().startswith(">"):
+        return None
+    if is_date_address_header(line):
         return None
     for m in RE_INNER_OPENER.finditer(line):
         head, rest = line[: m.start()], line[m.end() :]
-        if head.strip() and is_wrote_header(rest):
+        if any(ch.isalnum() for ch in head) and is_wrote_header(rest):
             return head.rstrip(" -"), rest
     return None

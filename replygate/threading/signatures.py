@@ -103,7 +103,7 @@ def _is_short_block(lines: list[str], limit: int = MAX_SIGNATURE_LINES) -> bool:
 def find_signature(lines: list[str]) -> tuple[int | None, str]:
     """Index of the first signature line in ``lines`` and the rule's name, or ``(None, '')``."""
     n = len(lines)
-    start = max(0, n - MAX_FOOTER_LINES - 4)
+    start = max(0, n - 2 * MAX_FOOTER_LINES)
     first_text = next((i for i, line in enumerate(lines) if line.strip()), n)
     for i in range(start, n):
         if i > first_text and RE_DELIMITER.match(lines[i]) and _is_short_block(lines[i + 1 :]):
@@ -129,7 +129,14 @@ def find_signature(lines: list[str]) -> tuple[int | None, str]:
                 return i - 1, "signature:mobile"
             return i, "signature:mobile"
     last = _last_content(lines)
-    if last is not None and last > first_text and RE_DASH_NAME.match(lines[last]):
+    # ... unless it is the last item of a dashed list.
+    prev = _last_content(lines[:last]) if last is not None else None
+    if (
+        last is not None
+        and last > first_text
+        and RE_DASH_NAME.match(lines[last])
+        and not (prev is not None and lines[prev].lstrip().startswith("-"))
+    ):
         return last, "signature:dash_name"
     contact = _contact_block(lines, first_text)
     if contact is not None:
@@ -157,7 +164,13 @@ def _contact_block(lines: list[str], first_text: int) -> int | None:
         return None
     contacts = sum(bool(RE_CONTACT.search(line)) for line in block)
     # A sign-off and a name stay with the text; a block of addresses and numbers does not.
-    if contacts and not RE_SIGN_OFF.match(block[0]) and len(block[0].split()) <= 4:
+    # Prose that happens to hold a link is not a card: most lines must be contact details.
+    if (
+        (contacts >= 2 or contacts * 2 >= len(block))
+        and all(len(line) <= 60 for line in block)
+        and not RE_SIGN_OFF.match(block[0])
+        and len(block[0].split()) <= 4
+    ):
         return i
     return None
 
