@@ -9,7 +9,9 @@ refused over SMTP is refused through ``replygate ingest`` for the same reason:
   raises the ``InboundRefused`` subclass that says why;
 - size: at most ``settings.max_message_size`` bytes;
 - sender: the message's single From header names the address each token was
-  issued to (not checked for bounce addresses: a DSN comes from a mailer);
+  issued to (not checked for bounce addresses: a DSN comes from a mailer).
+  When the organisation's sender policy is ``hold``, a mismatch is accepted
+  and recorded instead, so the engine holds it for an operator;
 - enqueue: one queue row per accepted recipient, all in one transaction,
   committed before the caller may answer 250.
 
@@ -31,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
 from replygate.errors import MessageTooLarge, SenderMismatch
-from replygate.store import inbound
+from replygate.store import directory, inbound
 from replygate.store.db import transaction
 from replygate.threading import routing
 from replygate.threading.routing import Route
@@ -50,7 +52,8 @@ except ImportError:  # pragma: no cover - until the shared sender check is in th
 
 
 BOUNCE_PREFIX = "bounces+"
-_BOUNCE_ID = re.compile(r"[a-z0-9][a-z0-9._=-]{0,55}")
+# The notification ids ``outbound.compose`` puts into its VERP envelope sender.
+_BOUNCE_ID = re.compile(r"[A-Za-z0-9_-]{1,56}")
 MAX_MESSAGE_ID = 998
 
 Decision = dict[str, Any]
@@ -72,6 +75,7 @@ class Recipient:
     kind: Literal["reply", "bounce"]
     route: Route | None
     decision: Decision
+    sender_policy: str = "reject"
 
 
 @dataclass(frozen=True)
@@ -85,11 +89,11 @@ class Accepted:
 
 def bounce_id(address: str, reply_domain: str) -> str | None:
     """The id in ``bounces+<id>@<reply domain>``, or ``None`` when the address is not one."""
-    addr = address.strip().strip("<>").strip().lower()
+    addr = address.strip().strip("<>").strip()
     local, at, domain = addr.rpartition("@")
-    if not at or domain != reply_domain.lower().rstrip("."):
+    if not at or domain.lower() != reply_domain.lower().rstrip("."):
         return None
-    if not local.startswith(BOUNCE_PREFIX):
+    if not local.lower().startswith(BOUNCE_PREFIX):
         return None
     ident = local[len(BOUNCE_PREFIX) :]
     return ident if _BOUNCE_ID.fullmatch(ident) else None
@@ -113,6 +117,7 @@ def check_recipient(
                 reply_domain=settings.reply_domain,
                 now=now,
             )
+            policy = directory.organisation(session).sender_policy
     except (SQLAlchemyError, OSError) as exc:
         raise StoreUnavailable(f"cannot look up the reply address: {exc}") from exc
     decision = {
@@ -124,7 +129,7 @@ def check_recipient(
         "thread_id": route.thread_id,
         "user_id": route.user_id,
     }
-    return Recipient(address, "reply", route, decision)
+    return Recipient(address, "reply", route, decision, sender_policy=policy)
 
 
 def check_size(settings: Settings, size: int) -> None:
@@ -158,27 +163,38 @@ def read_headers(raw: bytes) -> Headers:
     return Headers(from_values=from_values, message_id=message_id or None)
 
 
-def check_sender(headers: Headers, recipients: list[Recipient]) -> Decision:
+def check_sender(
+    headers: Headers, recipients: list[Recipient], *, allow_plus_tags: bool = False
+) -> Decision:
     """Refuse unless the one From header names the address every token was issued to.
 
     A message to several reply addresses of different people has one From
     and so cannot be theirs at once: it is refused whole (DATA has one reply).
+    Under the ``hold`` sender policy the mismatch is returned as the decision
+    instead of raised, and the engine holds the mail for review.
     """
     replies = [r for r in recipients if r.route is not None]
     if not replies:
         return {"stage": "data", "sender": "not checked", "reason": "delivery report address"}
+    reason = None
     if len(headers.from_values) != 1:
         found = "no From header" if not headers.from_values else "several From headers"
-        raise SenderMismatch(f"the message has {found}")
-    from_value = headers.from_values[0]
-    for r in replies:
-        assert r.route is not None
-        if not same_sender(from_value, r.route.user_email):
-            raise SenderMismatch(
-                f"From {from_value!r} is not the address reply token {r.route.token_id} "
-                "was issued to"
-            )
-    return {"stage": "data", "sender": "ok"}
+        reason = f"the message has {found}"
+    else:
+        from_value = headers.from_values[0]
+        for r in replies:
+            assert r.route is not None
+            if not same_sender(from_value, r.route.user_email, allow_plus_tags=allow_plus_tags):
+                reason = (
+                    f"From {from_value!r} is not the address reply token {r.route.token_id} "
+                    "was issued to"
+                )
+                break
+    if reason is None:
+        return {"stage": "data", "sender": "ok"}
+    if all(r.sender_policy == "hold" for r in replies):
+        return {"stage": "data", "sender": "mismatch", "policy": "hold", "reason": reason}
+    raise SenderMismatch(reason)
 
 
 def enqueue(
@@ -225,7 +241,7 @@ def accept(
     """Size and sender checks, then the durable enqueue; raises what refuses the message."""
     check_size(settings, len(raw))
     headers = read_headers(raw)
-    sender = check_sender(headers, recipients)
+    sender = check_sender(headers, recipients, allow_plus_tags=settings.sender_allow_plus_tags)
     decisions = [sender, {"stage": "accept", "via": via, "size": len(raw)}]
     ids = enqueue(
         factory,

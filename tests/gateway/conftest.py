@@ -110,7 +110,7 @@ def queued(sessions: sessionmaker[Session]) -> list[InboundMail]:
 
 
 @pytest.fixture
-def start_gateway(
+def start(
     sessions: sessionmaker[Session],
 ) -> Iterator[Callable[[Settings], GatewayThread]]:
     """Start a gateway on an ephemeral port with the given settings; stopped at teardown."""
@@ -130,8 +130,8 @@ def start_gateway(
 
 
 @pytest.fixture
-def gateway(settings: Settings, start_gateway: Callable[..., GatewayThread]) -> GatewayThread:
-    return start_gateway(settings)
+def gateway(settings: Settings, start: Callable[..., GatewayThread]) -> GatewayThread:
+    return start(settings)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from replygate.store.models import Thread, ThreadParticipant
 from tests.gateway.conftest import World, add_reply_address, queued, reply_message
 
 BODY_MARK = "Tuesday at 10 works for me."
+BOUNCES = "bounces+9f2c41d0a7b35e6c8d12@reply.test"
 
 
 def _session() -> SMTPSession:
@@ -74,18 +75,24 @@ def test_bounce_address_accepted_without_token_and_without_from_check(
     """DSNs for our notifications reach the engine; a DSN's From is a mailer, not checked."""
     raw = reply_message(from_="Mail Delivery System <mailer-daemon@mx.client.test>", to="x")
     answers, data = asyncio.run(
-        _transaction(GatewayHandler(settings, sessions), "", ["bounces+42.ab@reply.test"], raw)
+        _transaction(GatewayHandler(settings, sessions), "", [BOUNCES], raw)
     )
     assert answers[0].startswith("250 2.1.5")
     assert data == "250 2.0.0 Message accepted for delivery"
     (row,) = queued(sessions)
-    assert row.rcpt == "bounces+42.ab@reply.test" and row.mail_from == ""
+    assert row.rcpt == BOUNCES and row.mail_from == ""
     assert row.decisions[0]["kind"] == "bounce"
 
 
 @pytest.mark.parametrize(
     "address",
-    ["bounces+@reply.test", "bounces+x@elsewhere.test", "bounces@reply.test", "postmaster@x.y"],
+    [
+        "bounces+@reply.test",
+        "bounces+a.b@reply.test",
+        "bounces+x@elsewhere.test",
+        "bounces@reply.test",
+        "postmaster@x.y",
+    ],
 )
 def test_anything_else_is_refused(
     settings: Settings, sessions: sessionmaker[Session], address: str
@@ -101,7 +108,7 @@ def test_too_many_recipients(
 ) -> None:
     handler = GatewayHandler(settings, sessions, max_recipients=1)
     answers, _ = asyncio.run(
-        _transaction(handler, world.client_email, [world.address, "bounces+1@reply.test"], b"")
+        _transaction(handler, world.client_email, [world.address, BOUNCES], b"")
     )
     assert answers[0].startswith("250 ")
     assert answers[1].startswith("452 4.5.3 ")
@@ -170,6 +177,22 @@ def test_missing_or_doubled_from_is_refused(
     )
     assert data is not None and data.startswith("550 5.7.1 ")
     assert queued(sessions) == []
+
+
+def test_hold_policy_accepts_a_mismatch_for_the_engine_to_hold(
+    settings: Settings, sessions: sessionmaker[Session], world: World
+) -> None:
+    """Under ``sender_policy = hold`` the gateway queues the mail and records why."""
+    with transaction(sessions) as session:
+        directory.organisation(session).sender_policy = "hold"
+    raw = reply_message(from_="someone@else.test", to=world.address)
+    _, data = asyncio.run(
+        _transaction(GatewayHandler(settings, sessions), "someone@else.test", [world.address], raw)
+    )
+    assert data is not None and data.startswith("250 2.0.0")
+    (row,) = queued(sessions)
+    sender = row.decisions[1]
+    assert sender["sender"] == "mismatch" and sender["policy"] == "hold"
 
 
 def test_from_is_read_from_the_headers_not_the_body(
