@@ -94,6 +94,9 @@ class GatewayHandler:
         except StoreUnavailable as exc:
             self._log_rcpt(session, envelope, address, Condition.STORE_UNAVAILABLE, str(exc))
             return self._render(Condition.STORE_UNAVAILABLE, address)
+        except Exception as exc:  # a bug: answer 4xx so the MTA retries after the fix
+            log.error("inbound.error", stage="rcpt", recipient=address, exc_info=exc)
+            return self._render(Condition.INTERNAL_ERROR, address)
         accepted.append(recipient)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
@@ -129,6 +132,10 @@ class GatewayHandler:
             return self._finish(replies.condition_for(exc), str(exc), fields, started)
         except StoreUnavailable as exc:
             return self._finish(Condition.STORE_UNAVAILABLE, str(exc), fields, started)
+        except Exception as exc:  # a bug: 4xx keeps the message at the sender's MTA
+            log.error("inbound.error", stage="data", exc_info=exc)
+            error = f"{type(exc).__name__}: {exc}"
+            return self._finish(Condition.INTERNAL_ERROR, error, fields, started)
         fields.update(queue_ids=accepted.queue_ids, message_id=accepted.message_id)
         return self._finish(Condition.ACCEPTED, None, fields, started)
 

@@ -14,6 +14,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
+from replygate.gateway import intake
 from replygate.gateway.server import GatewayThread, start_gateway
 from replygate.store import inbound
 from replygate.threading import reply_token
@@ -216,6 +217,28 @@ def test_store_unavailable_answers_451_430(
     # The MTA retries later and the same message is accepted.
     client.sendmail(world.client_email, [world.address], raw)
     assert [r.raw for r in queued(sessions)] == [raw]
+
+
+def test_a_bug_answers_451_and_the_session_goes_on(
+    sessions: sessionmaker[Session],
+    world: World,
+    client: smtplib.SMTP,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Never a 5xx for our own failure: the sender's MTA keeps the mail and retries."""
+
+    def crash(raw: bytes) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(intake, "read_headers", crash)
+    raw = reply_message(from_=world.client_email, to=world.address)
+    client.mail(world.client_email)
+    client.rcpt(world.address)
+    code, text = client.data(raw)
+    assert code == 451 and text.decode().startswith("4.3.0 ")
+    monkeypatch.undo()
+    client.sendmail(world.client_email, [world.address], raw)
+    assert len(queued(sessions)) == 1
 
 
 def test_delivery_report_to_the_bounce_address_is_accepted(
