@@ -21,6 +21,7 @@ import statistics
 import sys
 import time
 import unicodedata
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -143,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", type=Path, required=True)
     parser.add_argument("--failures", action="store_true", help="list replygate's misses")
     args = parser.parse_args(argv)
+    # html5lib (inside talon) warns on Outlook's namespaced tags; noise for a report.
+    warnings.filterwarnings("ignore", module="html5lib")
     manifest = json.loads((args.corpus / "manifest.json").read_text("utf-8"))
     cases = manifest["cases"]
     inputs = {c["id"]: (args.corpus / c["input_path"]).read_bytes() for c in cases}

@@ -313,11 +313,8 @@ def _classify(lines: list[str], layers: list[str]) -> list[str]:
             layers.append("quote_header:separator")
             # The Outlook block under "-----Original Message-----" belongs to it.
             j = i + 1
-            while (
-                j < n
-                and lines[j].strip()
-                and qh.RE_OTHER_FIELD.match(lines[j])
-                or (j < n and qh.RE_FROM_FIELD.match(lines[j]))
+            while (j < n and lines[j].strip() and qh.RE_OTHER_FIELD.match(lines[j])) or (
+                j < n and qh.RE_FROM_FIELD.match(lines[j])
             ):
                 kinds[j] = HEADER
                 j += 1

@@ -16,8 +16,41 @@ from lxml import html as lxml_html
 
 # Elements rendered as line breaks around their text.
 _BLOCK = frozenset(
-    "address article aside blockquote dd div dl dt fieldset figure footer form h1 h2 h3 h4 h5 h6"
-    " header hr li main nav ol p pre section table tbody thead tfoot tr ul".split()
+    [
+        "address",
+        "article",
+        "aside",
+        "blockquote",
+        "dd",
+        "div",
+        "dl",
+        "dt",
+        "fieldset",
+        "figure",
+        "footer",
+        "form",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "header",
+        "hr",
+        "li",
+        "main",
+        "nav",
+        "ol",
+        "p",
+        "pre",
+        "section",
+        "table",
+        "tbody",
+        "thead",
+        "tfoot",
+        "tr",
+        "ul",
+    ]
 )
 _SKIP = frozenset(("head", "script", "style", "title", "template"))
 

@@ -21,7 +21,7 @@ _WROTE = (
 )
 
 # Words a quote header opens with ("On", "Le", "Am", "El", "Il giorno", "Em", "Op", "Den", ...).
-_OPENERS = r"On|Le|Am|El|Il(?:\s+giorno)?|Em|Op|Den|Dnia|W\s+dniu|Vào|Pe|Dne|Dana|På|Van|От|От кого"
+_OPENERS = r"On|Le|Am|El|Il(?:\s+giorno)?|Em|Op|Den|Dnia|W\s+dniu|Vào|Pe|Dne|På|От"
 
 # "On <date>, <name> wrote:" and its translations: a colon ends the line, a wrote-verb precedes it.
 RE_WROTE_TAIL = re.compile(

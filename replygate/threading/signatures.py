@@ -19,7 +19,6 @@ import sys
 import types
 
 import regex as re
-
 import talon
 
 # talon's ``signature/__init__`` imports scikit-learn for its ML classifier, which we
@@ -29,7 +28,7 @@ if "talon.signature" not in sys.modules:
     _stub = types.ModuleType("talon.signature")
     _stub.__path__ = [os.path.join(os.path.dirname(talon.__file__), "signature")]
     sys.modules["talon.signature"] = _stub
-from talon.signature import bruteforce  # noqa: E402
+from talon.signature import bruteforce
 
 # Signatures are short: the rules only look at the last lines of a reply.
 MAX_SIGNATURE_LINES = 12

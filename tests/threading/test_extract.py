@@ -1,0 +1,122 @@
+"""Reply extraction on fixtures written as each mail client and language produces them."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from replygate.markers import REPLY_ABOVE_LINE
+from replygate.threading.extract import ReplyParts, extract_from_message, extract_reply
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "replies"
+
+
+def _cases(suffix: str) -> list[Path]:
+    return sorted(p for p in FIXTURES.glob(f"*{suffix}") if not p.name.endswith(".expected.txt"))
+
+
+def _expected(path: Path) -> str:
+    return (FIXTURES / f"{path.name.split('.')[0]}.expected.txt").read_text("utf-8").strip("\n")
+
+
+@pytest.mark.parametrize("path", _cases(".txt"), ids=lambda p: p.stem)
+def test_plain_fixture(path: Path) -> None:
+    """Each client's and language's plain reply yields exactly what was typed."""
+    parts = extract_reply(path.read_text("utf-8"))
+    assert parts.reply == _expected(path)
+    assert not parts.degraded
+
+
+@pytest.mark.parametrize("path", _cases(".html"), ids=lambda p: p.stem)
+def test_html_fixture(path: Path) -> None:
+    """HTML quotes are cut by the client's own markup before rendering."""
+    parts = extract_reply(path.read_text("utf-8"), html=True)
+    assert parts.reply == _expected(path)
+    assert REPLY_ABOVE_LINE not in parts.unquoted
+
+
+@pytest.mark.parametrize("path", _cases(".eml"), ids=lambda p: p.stem)
+def test_message_fixture(path: Path) -> None:
+    """Whole messages: the best part is chosen and decoded, our quoted notification dropped."""
+    parts = extract_from_message(path.read_bytes())
+    assert parts.reply == _expected(path)
+    assert REPLY_ABOVE_LINE in parts.quote
+
+
+def test_marker_takes_header_above_it() -> None:
+    """Our marker cuts the mail and the client's "On … wrote:" line just above it."""
+    header = "On Fri, May 3, 2024 at 9:12 AM Dana <x@reply.test> wrote:"
+    body = f"Fine.\n\n{header}\n\n{REPLY_ABOVE_LINE}\n"
+    parts = extract_reply(body)
+    assert parts.reply == "Fine."
+    assert "marker" in parts.layers
+    assert parts.quote.startswith("On Fri")
+
+
+def test_signature_kept_in_unquoted() -> None:
+    """``unquoted`` keeps the signature as written; ``reply`` and ``signature`` split it."""
+    parts = extract_reply("All done.\n\n-- \nCleo Client\n+1 555 0100\n\n> old text\n")
+    assert parts == ReplyParts(
+        reply="All done.",
+        signature="-- \nCleo Client\n+1 555 0100",
+        quote="> old text",
+        unquoted="All done.\n\n-- \nCleo Client\n+1 555 0100",
+        layers=parts.layers,
+    )
+
+
+def test_plain_sign_off_stays() -> None:
+    """A sign-off and a name are what the person typed, not a signature."""
+    parts = extract_reply("See you Monday.\n\nThanks,\nCleo")
+    assert parts.reply == "See you Monday.\n\nThanks,\nCleo"
+    assert parts.signature == ""
+
+
+def test_prose_mentioning_wrote_is_not_a_header() -> None:
+    """ "… wrote:" without a date or an address is prose."""
+    body = "Here is what my lawyer wrote:\nThe contract is fine."
+    assert extract_reply(body).reply == body
+
+
+def test_quote_only_mail_is_kept() -> None:
+    """A mail that is nothing but a quote keeps it (the person forwarded by quoting)."""
+    assert extract_reply("> Please keep this.").reply == "> Please keep this."
+
+
+def test_wrapped_header_over_three_lines() -> None:
+    body = "Yes.\n\nOn Fri, May 3, 2024 at 9:12 AM,\nDana Staff\n<dana@example.com> wrote:\n\n> Q?"
+    assert extract_reply(body).reply == "Yes."
+
+
+def test_budget_overrun_degrades_to_first_header() -> None:
+    """With no time left, the text above the first quote header is filed and flagged."""
+    body = "Short answer.\nOn Fri, May 3, 2024 at 9:12 AM Dana <d@example.com> wrote:\n> q\n"
+    parts = extract_reply(body, budget_s=-1)
+    assert parts.degraded
+    assert parts.reply == "Short answer."
+
+
+def test_pathological_body_is_bounded() -> None:
+    """A 5 MB body with a 1 MB line and 10,000 quote levels finishes well within bounds."""
+    body = (
+        "Reply.\n"
+        + "x" * 1_000_000
+        + "\n"
+        + "\n".join(">" * i + " On Mon wrote:" for i in range(1, 10_001))
+        + "\n"
+        + ("word " * 80 + "\n") * 8_000
+    )
+    start = time.perf_counter()
+    parts = extract_reply(body, budget_s=0.5)
+    assert time.perf_counter() - start < 2.0
+    assert parts.reply.startswith("Reply.")
+
+
+def test_pathological_html_is_bounded() -> None:
+    markup = "<div>Reply</div>" + "<blockquote>" * 10_000 + "q" + "</blockquote>" * 10_000
+    start = time.perf_counter()
+    parts = extract_reply(markup, html=True)
+    assert time.perf_counter() - start < 2.0
+    assert parts.reply == "Reply"
