@@ -400,11 +400,13 @@ def _tail_signature(lines: list[str], kinds: list[str]) -> tuple[int, str]:
         return n, ""
     for i in range(start, n):
         line = lines[i]
-        if i > 0 and (RE_DELIMITER.match(line) or _RE_UNDERSCORES.match(line)):
-            if any(k in (TEXT, QUOTED) for k in kinds[:i]) and any(
-                line.strip() for line in lines[i + 1 :]
-            ):
-                return i, "signature:delimiter"
+        if (
+            i > 0
+            and (RE_DELIMITER.match(line) or _RE_UNDERSCORES.match(line))
+            and any(k in (TEXT, QUOTED) for k in kinds[:i])
+            and any(rest.strip() for rest in lines[i + 1 :])
+        ):
+            return i, "signature:delimiter"
     at, rule = find_signature(lines[start:])
     if at is not None and rule == "signature:mobile" and any(k == QUOTED for k in kinds[:start]):
         return start + at, rule

@@ -207,9 +207,13 @@ def _has_text_outside_blockquotes(root: etree._Element) -> bool:
         is_quote = el.tag == "blockquote"
         if event == "start":
             depth += is_quote
-            if not depth and isinstance(el.tag, str) and el.tag not in _SKIP:
-                if (el.text or "").strip():
-                    return True
+            if (
+                not depth
+                and isinstance(el.tag, str)
+                and el.tag not in _SKIP
+                and (el.text or "").strip()
+            ):
+                return True
         else:
             depth -= is_quote
             if not depth and el is not root and (el.tail or "").strip():

@@ -51,7 +51,7 @@ RE_ORIGINAL_MESSAGE = re.compile(
     re.I,
 )
 
-# A forwarded message's banner ("---------- Forwarded message ---------", "Begin forwarded message:").
+# A forwarded message's banner ("----- Forwarded message -----", "Begin forwarded message:").
 RE_FORWARD = re.compile(
     r"^\s*(?:[-_=*]{2,}\s*(?:forwarded\s+message|weitergeleitete\s+nachricht|message\s+transféré"
     r"|mensaje\s+reenviado|messaggio\s+inoltrato|mensagem\s+encaminhada|doorgestuurd\s+bericht"

@@ -40,7 +40,7 @@ MAX_SIGNATURE_LINE = 120
 # "-- " (RFC 3676), and the bare "--"/"---" most clients and people type instead.
 RE_DELIMITER = re.compile(r"^-{2,3}\s*$")
 
-# Mobile and app footers: "Sent from my iPhone", "Sent from Mail for Windows", "Get Outlook for iOS".
+# Mobile and app footers: "Sent from my iPhone", "Sent from Mailbox", "Get Outlook for iOS".
 RE_MOBILE = re.compile(
     r"^\s*(?:"
     r"sent\s+(?:wirelessly\s+)?(?:from|via|with|using)\s+(?:my|mon|a\s+mobile)\s+[^,.;]{1,40}[.!]?"
@@ -177,7 +177,7 @@ def _contact_block(lines: list[str], first_text: int) -> int | None:
 def _bruteforce(lines: list[str], first_text: int) -> tuple[int | None, str]:
     tail_start = max(first_text, len(lines) - MAX_SIGNATURE_LINES - 4)
     tail = "\n".join(line[:MAX_SIGNATURE_LINE] for line in lines[tail_start:])
-    body, signature = talon_bruteforce(tail)
+    _body, signature = talon_bruteforce(tail)
     if not signature:
         return None, ""
     sig_lines = signature.split("\n")
