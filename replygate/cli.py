@@ -451,6 +451,15 @@ def threads_show(app: App, thread_id: int, as_json: bool) -> None:
                     "body": m.body,
                     "source": m.source,
                     "created_at": m.created_at.isoformat(),
+                    "attachments": [
+                        {
+                            "id": a.id,
+                            "filename": a.filename,
+                            "content_type": a.content_type,
+                            "size": a.size,
+                        }
+                        for a in m.attachments
+                    ],
                 }
                 for m in thread.messages
             ],
@@ -464,6 +473,11 @@ def threads_show(app: App, thread_id: int, as_json: bool) -> None:
                 f"\n--- message {m['id']} from {m['author']} via {m['source']}, {m['created_at']}"
             )
             click.echo(m["body"])
+            for a in m["attachments"]:
+                click.echo(
+                    f"[attachment {a['id']}: {a['filename']}, {a['content_type']}, "
+                    f"{a['size']} bytes]"
+                )
 
     emit(data, as_json, text)
 

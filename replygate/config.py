@@ -56,6 +56,13 @@ class Settings:
     worker_poll_seconds: float = 0.5
     worker_max_attempts: int = 5
     retention_days: int = 30
+    attachment_max_bytes: int = 10 * 1024 * 1024
+    attachments_total_max_bytes: int = 20 * 1024 * 1024
+    attachment_types: str = (
+        "application/pdf,image/png,image/jpeg,image/gif,image/heic,text/plain,text/csv,"
+        "application/msword,application/vnd.openxmlformats-officedocument.*,"
+        "application/vnd.oasis.opendocument.*,application/rtf"
+    )
     bounce_suppress_after: int = 3
     breaker_max_replies: int = 20
     breaker_window_minutes: int = 10

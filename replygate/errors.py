@@ -11,7 +11,9 @@
         ├── TokenRevoked       token revoked, or voided when Convenience Mode went off
         ├── ConvenienceModeOff the organisation does not accept replies by email
         ├── SenderMismatch     From is not the address the token was issued to
-        └── MessageTooLarge    message exceeds the configured size limit
+        ├── MessageTooLarge    message exceeds the configured size limit
+        ├── AttachmentTooLarge an attachment, or all of them, exceed their size limits
+        └── AttachmentTypeRefused an attachment's content type is not on the allow-list
 
 The gateway maps each ``InboundRefused`` subclass to one SMTP reply in
 ``replygate.gateway.replies``; nothing else decides SMTP codes.
@@ -66,3 +68,11 @@ class SenderMismatch(InboundRefused):
 
 class MessageTooLarge(InboundRefused):
     """Raised when a message exceeds the size limit."""
+
+
+class AttachmentTooLarge(InboundRefused):
+    """Raised when one attachment or their total exceeds the configured limits."""
+
+
+class AttachmentTypeRefused(InboundRefused):
+    """Raised when an attachment's content type is outside the allow-list."""

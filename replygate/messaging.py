@@ -11,6 +11,7 @@ thread per recipient with the sender, so recipients never see each other.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -24,6 +25,7 @@ from replygate.store import directory, outbox, tokens
 from replygate.store.db import transaction
 from replygate.store.models import (
     Message,
+    MessageAttachment,
     OutboxMessage,
     Thread,
     ThreadParticipant,
@@ -35,6 +37,13 @@ from replygate.threading import reply_token
 CIRCLE_PREFIX = "circle:"
 TOKEN_MIN_REMAINING = timedelta(days=7)
 MAX_SUBJECT = 500
+
+
+@dataclass(frozen=True)
+class FileUpload:
+    filename: str
+    content_type: str
+    data: bytes
 
 
 @dataclass(frozen=True)
@@ -116,6 +125,7 @@ class Messaging:
         inbound_id: int,
         email_message_id: str | None,
         body_html: str | None = None,
+        attachments: Sequence[FileUpload] = (),
     ) -> Message | None:
         """File a reply that came by email, in the caller's transaction.
 
@@ -150,6 +160,16 @@ class Messaging:
             inbound_id=inbound_id,
             email_message_id=email_message_id,
             body_html=body_html,
+        )
+        session.add_all(
+            MessageAttachment(
+                message_id=message.id,
+                filename=f.filename,
+                content_type=f.content_type,
+                size=len(f.data),
+                data=f.data,
+            )
+            for f in attachments
         )
         self._notify(session, thread, message, author)
         return message

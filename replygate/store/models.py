@@ -197,6 +197,9 @@ class Message(Base):
 
     thread: Mapped[Thread] = relationship(back_populates="messages")
     author: Mapped[User] = relationship()
+    attachments: Mapped[list[MessageAttachment]] = relationship(
+        order_by="MessageAttachment.id", cascade="all, delete-orphan"
+    )
 
 
 class ReplyToken(Base):
@@ -292,3 +295,21 @@ class LoginAttempt(Base):
 
 
 __all__ += ["CannedResponse", "LoginAttempt"]
+
+
+class MessageAttachment(Base):
+    """A file that came with a reply by email, readable by the thread's participants only."""
+
+    __tablename__ = "message_attachments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[int] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), index=True
+    )
+    filename: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+__all__ += ["MessageAttachment"]

@@ -19,11 +19,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from replygate.config import Settings
 from replygate.errors import InboundRefused
 from replygate.logs import get_logger
-from replygate.messaging import Messaging
+from replygate.messaging import FileUpload, Messaging
 from replygate.store import directory, inbound
 from replygate.store.db import transaction
 from replygate.store.models import InboundMail, utcnow
-from replygate.threading import bounces, classify, routing
+from replygate.threading import attachments, bounces, classify, routing
 from replygate.threading.extract import extract_from_parts
 from replygate.threading.parse import parse_message
 from replygate.threading.sender import same_sender
@@ -148,6 +148,16 @@ class Engine:
                 )
                 return self._finish(row, "held", reason, {"stage": "breaker", "count": flood})
 
+        try:
+            files = attachments.files_to_keep(
+                parsed.attachments,
+                max_file=s.attachment_max_bytes,
+                max_total=s.attachments_total_max_bytes,
+                allowed=attachments.parse_allow_list(s.attachment_types),
+            )
+        except InboundRefused as exc:
+            return self._finish(row, "rejected", str(exc), {"stage": "attachments"})
+
         parts = extract_from_parts(parsed.text_plain, parsed.text_html)
         layers = {"stage": "extract", "layers": list(parts.layers), "degraded": parts.degraded}
         if not parts.reply.strip():
@@ -164,6 +174,7 @@ class Engine:
             inbound_id=row.id,
             email_message_id=parsed.message_id,
             body_html=parsed.text_html if parsed.text_plain is None else None,
+            attachments=[FileUpload(f.filename, f.content_type, f.payload) for f in files],
         )
         if message is None:
             reason = "already filed (same Message-ID delivered again)"
