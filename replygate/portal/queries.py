@@ -1,0 +1,397 @@
+"""Store reads (and the few small writes) behind the portal's pages.
+
+Everything here returns plain dataclasses, so templates never touch a live
+SQLAlchemy session and no lazy load happens while a page renders.
+Sending, replying and Convenience Mode go through ``Messaging``, not here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import and_, func, select
+from sqlalchemy.orm import Session, selectinload
+
+from replygate.errors import Invalid, NotFound
+from replygate.messaging import CIRCLE_PREFIX, Messaging
+from replygate.store import directory
+from replygate.store.models import (
+    CannedResponse,
+    Circle,
+    CircleMember,
+    Message,
+    Thread,
+    ThreadParticipant,
+    User,
+    utcnow,
+)
+
+PAGE_SIZE = 50
+PREVIEW_LENGTH = 140
+STAFF_ROLES = ("admin", "staff")
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """The logged-in person, as pages need them."""
+
+    id: int
+    email: str
+    name: str
+    role: str
+
+    @property
+    def is_staff(self) -> bool:
+        return self.role in STAFF_ROLES
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclass(frozen=True)
+class ThreadRow:
+    id: int
+    subject: str
+    with_names: str
+    last_activity_at: datetime
+    preview: str
+    unread: int
+
+
+@dataclass(frozen=True)
+class SentRow:
+    thread_id: int
+    message_id: int
+    subject: str
+    to_names: str
+    created_at: datetime
+    preview: str
+
+
+@dataclass(frozen=True)
+class MessageView:
+    id: int
+    author_name: str
+    author_email: str
+    author_is_viewer: bool
+    created_at: datetime
+    by_email: bool
+    body: str
+    quote: str | None
+    signature: str | None
+    body_html: str | None
+    new: bool
+
+
+@dataclass(frozen=True)
+class ThreadView:
+    id: int
+    subject: str
+    participants: list[tuple[str, str, str]]
+    messages: list[MessageView]
+    previous_id: int | None
+    next_id: int | None
+
+
+@dataclass(frozen=True)
+class Recipient:
+    value: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Canned:
+    id: int
+    name: str
+    subject: str
+    body: str
+
+
+@dataclass(frozen=True)
+class OrganisationView:
+    name: str
+    convenience_mode: bool
+    acknowledged_by: str | None
+    acknowledged_at: datetime | None
+
+
+def viewer(user: User) -> Viewer:
+    return Viewer(id=user.id, email=user.email, name=user.name, role=user.role)
+
+
+def _preview(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= PREVIEW_LENGTH else flat[: PREVIEW_LENGTH - 1] + "…"
+
+
+def _unread_count(user_id: int):
+    """Correlated count of messages by others after the participant's read mark."""
+    return (
+        select(func.count(Message.id))
+        .where(
+            Message.thread_id == ThreadParticipant.thread_id,
+            Message.author_id != user_id,
+            Message.id > func.coalesce(ThreadParticipant.last_read_message_id, 0),
+        )
+        .correlate(ThreadParticipant)
+        .scalar_subquery()
+    )
+
+
+def _inbox_order():
+    return (Thread.last_activity_at.desc(), Thread.id.desc())
+
+
+def inbox(session: Session, user_id: int, page: int = 0) -> tuple[list[ThreadRow], bool]:
+    """Threads the user takes part in, newest activity first; and whether more follow."""
+    unread = _unread_count(user_id).label("unread")
+    rows = session.execute(
+        select(Thread, unread)
+        .join(
+            ThreadParticipant,
+            and_(ThreadParticipant.thread_id == Thread.id, ThreadParticipant.user_id == user_id),
+        )
+        .options(selectinload(Thread.participants).selectinload(ThreadParticipant.user))
+        .order_by(*_inbox_order())
+        .offset(page * PAGE_SIZE)
+        .limit(PAGE_SIZE + 1)
+    ).all()
+    more = len(rows) > PAGE_SIZE
+    rows = rows[:PAGE_SIZE]
+    last = _last_messages(session, [t.id for t, _ in rows])
+    return [
+        ThreadRow(
+            id=t.id,
+            subject=t.subject,
+            with_names=_others(t, user_id),
+            last_activity_at=t.last_activity_at,
+            preview=_preview(last.get(t.id, "")),
+            unread=n or 0,
+        )
+        for t, n in rows
+    ], more
+
+
+def unread_threads(session: Session, user_id: int) -> int:
+    """How many of the user's threads hold something they have not read."""
+    return session.scalar(
+        select(func.count())
+        .select_from(ThreadParticipant)
+        .where(ThreadParticipant.user_id == user_id, _unread_count(user_id) > 0)
+    )
+
+
+def sent(session: Session, user_id: int, page: int = 0) -> tuple[list[SentRow], bool]:
+    """Messages the user wrote (in the portal or by email), newest first."""
+    rows = session.scalars(
+        select(Message)
+        .where(Message.author_id == user_id)
+        .options(
+            selectinload(Message.thread)
+            .selectinload(Thread.participants)
+            .selectinload(ThreadParticipant.user)
+        )
+        .order_by(Message.id.desc())
+        .offset(page * PAGE_SIZE)
+        .limit(PAGE_SIZE + 1)
+    ).all()
+    more = len(rows) > PAGE_SIZE
+    return [
+        SentRow(
+            thread_id=m.thread_id,
+            message_id=m.id,
+            subject=m.thread.subject,
+            to_names=_others(m.thread, user_id),
+            created_at=m.created_at,
+            preview=_preview(m.body),
+        )
+        for m in rows[:PAGE_SIZE]
+    ], more
+
+
+def read_thread(session: Session, thread_id: int, user: User) -> ThreadView:
+    """The thread with every message, marking it read for ``user``.
+
+    Raises ``NotFound`` unless the user takes part (the same answer as for a
+    thread that does not exist).
+    """
+    thread = Messaging.thread_for(session, thread_id, user)
+    me = next(p for p in thread.participants if p.user_id == user.id)
+    read_up_to = me.last_read_message_id or 0
+    messages = session.scalars(
+        select(Message)
+        .where(Message.thread_id == thread.id)
+        .options(selectinload(Message.author))
+        .order_by(Message.id)
+    ).all()
+    views = [
+        MessageView(
+            id=m.id,
+            author_name=m.author.name,
+            author_email=m.author.email,
+            author_is_viewer=m.author_id == user.id,
+            created_at=m.created_at,
+            by_email=m.source == "email",
+            body=m.body,
+            quote=m.quote,
+            signature=m.signature,
+            body_html=m.body_html,
+            new=m.id > read_up_to and m.author_id != user.id,
+        )
+        for m in messages
+    ]
+    if messages and messages[-1].id > read_up_to:
+        me.last_read_message_id = messages[-1].id
+    previous_id, next_id = _neighbours(session, thread, user.id)
+    return ThreadView(
+        id=thread.id,
+        subject=thread.subject,
+        participants=[(p.user.name, p.user.email, p.user.role) for p in thread.participants],
+        messages=views,
+        previous_id=previous_id,
+        next_id=next_id,
+    )
+
+
+def _neighbours(session: Session, thread: Thread, user_id: int) -> tuple[int | None, int | None]:
+    """The threads just above and below this one in the user's inbox order."""
+    mine = select(ThreadParticipant.thread_id).where(ThreadParticipant.user_id == user_id)
+    newer = session.scalars(
+        select(Thread.id)
+        .where(
+            Thread.id.in_(mine),
+            (Thread.last_activity_at > thread.last_activity_at)
+            | and_(Thread.last_activity_at == thread.last_activity_at, Thread.id > thread.id),
+        )
+        .order_by(Thread.last_activity_at.asc(), Thread.id.asc())
+        .limit(1)
+    ).first()
+    older = session.scalars(
+        select(Thread.id)
+        .where(
+            Thread.id.in_(mine),
+            (Thread.last_activity_at < thread.last_activity_at)
+            | and_(Thread.last_activity_at == thread.last_activity_at, Thread.id < thread.id),
+        )
+        .order_by(*_inbox_order())
+        .limit(1)
+    ).first()
+    return newer, older
+
+
+def _others(thread: Thread, user_id: int) -> str:
+    names = [p.user.name for p in thread.participants if p.user_id != user_id]
+    return ", ".join(names) or "only you"
+
+
+def _last_messages(session: Session, thread_ids: list[int]) -> dict[int, str]:
+    if not thread_ids:
+        return {}
+    last_ids = (
+        select(func.max(Message.id))
+        .where(Message.thread_id.in_(thread_ids))
+        .group_by(Message.thread_id)
+        .scalar_subquery()
+    )
+    rows = session.execute(select(Message.thread_id, Message.body).where(Message.id.in_(last_ids)))
+    return {thread_id: body for thread_id, body in rows}
+
+
+# -- compose ------------------------------------------------------------------------------
+
+
+def recipients(session: Session, me: Viewer) -> tuple[list[Recipient], list[Recipient]]:
+    """(Circles, people) the viewer may write to: staff reach everyone, clients reach staff."""
+    people_query = select(User).where(User.id != me.id).order_by(User.name, User.email)
+    if not me.is_staff:
+        people_query = people_query.where(User.role.in_(STAFF_ROLES))
+    people = [
+        Recipient(value=u.email, label=f"{u.name} <{u.email}> · {u.role}")
+        for u in session.scalars(people_query)
+    ]
+    if not me.is_staff:
+        return [], people
+    counts = dict(
+        session.execute(
+            select(CircleMember.circle_id, func.count()).group_by(CircleMember.circle_id)
+        ).all()
+    )
+    circles = [
+        Recipient(
+            value=f"{CIRCLE_PREFIX}{c.name}",
+            label=f"{c.name} · Circle of {counts.get(c.id, 0)}",
+        )
+        for c in session.scalars(select(Circle).order_by(Circle.name))
+    ]
+    return circles, people
+
+
+# -- canned responses ---------------------------------------------------------------------
+
+
+def canned_list(session: Session) -> list[Canned]:
+    return [
+        Canned(id=c.id, name=c.name, subject=c.subject or "", body=c.body)
+        for c in session.scalars(select(CannedResponse).order_by(CannedResponse.name))
+    ]
+
+
+def canned_get(session: Session, canned_id: int) -> Canned:
+    c = session.get(CannedResponse, canned_id)
+    if c is None:
+        raise NotFound(f"no canned response {canned_id}")
+    return Canned(id=c.id, name=c.name, subject=c.subject or "", body=c.body)
+
+
+def canned_save(
+    session: Session, *, canned_id: int | None, name: str, subject: str, body: str, author_id: int
+) -> int:
+    """Create (``canned_id`` None) or update a canned response; names are unique."""
+    name = " ".join(name.split())[:200]
+    subject = " ".join(subject.split())[:500]
+    if not name:
+        raise Invalid("a canned response needs a name")
+    if not body.strip():
+        raise Invalid("a canned response needs a body")
+    clash = session.scalars(select(CannedResponse.id).where(CannedResponse.name == name)).first()
+    if clash is not None and clash != canned_id:
+        raise Invalid(f"a canned response named {name!r} already exists")
+    if canned_id is None:
+        row = CannedResponse(name=name, created_by_id=author_id, body=body)
+        session.add(row)
+    else:
+        row = session.get(CannedResponse, canned_id)
+        if row is None:
+            raise NotFound(f"no canned response {canned_id}")
+    row.name, row.subject, row.body, row.updated_at = name, subject or None, body, utcnow()
+    session.flush()
+    return row.id
+
+
+def canned_delete(session: Session, canned_id: int) -> None:
+    row = session.get(CannedResponse, canned_id)
+    if row is None:
+        raise NotFound(f"no canned response {canned_id}")
+    session.delete(row)
+
+
+# -- organisation -------------------------------------------------------------------------
+
+
+def organisation(session: Session, default_name: str) -> OrganisationView:
+    org = directory.organisation(session, default_name=default_name)
+    return OrganisationView(
+        name=org.name,
+        convenience_mode=org.convenience_mode,
+        acknowledged_by=org.hipaa_acknowledged_by,
+        acknowledged_at=org.hipaa_acknowledged_at,
+    )
+
+
+def rename_organisation(session: Session, name: str, default_name: str) -> None:
+    name = " ".join(name.split())[:200]
+    if not name:
+        raise Invalid("the organisation needs a name")
+    directory.organisation(session, default_name=default_name).name = name
