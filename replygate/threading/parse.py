@@ -35,6 +35,7 @@ from __future__ import annotations
 import codecs
 import email
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from email import policy
 from email.header import decode_header
@@ -142,7 +143,7 @@ _DETECTABLE = frozenset(
      "shift_jis", "euc-jp", "iso-2022-jp", "gb18030", "gb2312", "big5", "euc-kr",
      "euc-tw", "windows-874", "tis-620", "iso-8859-11"}
 )  # fmt: skip
-_DETECT_CONFIDENCE = 0.9
+_DETECT_CONFIDENCE = 0.8
 _DETECT_MIN_BYTES = 32
 
 # windows-1252 leaves 0x81, 0x8D, 0x8F, 0x90, 0x9D undefined; WHATWG maps them to
@@ -309,7 +310,9 @@ def _filename(part: Message, index: int, defects: list[str]) -> str | None:
         return None
     # Outlook and others put RFC 2047 words in the filename parameter, which
     # RFC 2231 does not allow but every client reads.
-    return decode_header_value(name).replace("/", "_").replace("\\", "_").strip() or None
+    # macOS writes names decomposed (NFD); compose them so names compare as typed.
+    name = unicodedata.normalize("NFC", decode_header_value(name))
+    return name.replace("/", "_").replace("\\", "_").strip() or None
 
 
 def _content_id(part: Message) -> str | None:

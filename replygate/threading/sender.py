@@ -86,7 +86,8 @@ def same_sender(
 
 # -- RFC 8601 Authentication-Results -----------------------------------------------------------
 
-_TOKEN = re.compile(r'"(?:\\.|[^"\\])*"|[^\s;]+')
+# A word of a result: bare characters and quoted strings, e.g. header.s="sel;1".
+_TOKEN = re.compile(r'(?:[^\s"]|"(?:\\.|[^"\\])*")+')
 
 
 def _strip_comments(value: str) -> str:
