@@ -8,6 +8,9 @@ refused over SMTP is refused through ``replygate ingest`` for the same reason:
   delivery reports about our notifications reach the engine); anything else
   raises the ``InboundRefused`` subclass that says why;
 - size: at most ``settings.max_message_size`` bytes;
+- attachments: within the per-file and total limits and of an allowed type
+  (the engine's own rules, ``threading.attachments``), checked here so the
+  sender hears why instead of the reply vanishing;
 - sender: the message's single From header names the address each token was
   issued to (not checked for bounce addresses: a DSN comes from a mailer).
   When the organisation's sender policy is ``hold``, a mismatch is accepted
@@ -21,7 +24,6 @@ runs it in a worker thread, never on the event loop.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.parser import BytesHeaderParser
@@ -35,25 +37,12 @@ from replygate.config import Settings
 from replygate.errors import MessageTooLarge, SenderMismatch
 from replygate.store import directory, inbound
 from replygate.store.db import transaction
-from replygate.threading import routing
+from replygate.threading import attachments, routing
+from replygate.threading.classify import verp_notification_id
+from replygate.threading.parse import parse_message
 from replygate.threading.routing import Route
+from replygate.threading.sender import same_sender
 
-try:
-    from replygate.threading.sender import same_sender
-except ImportError:  # pragma: no cover - until the shared sender check is in the tree
-    from email.utils import parseaddr
-
-    def same_sender(
-        from_header_or_address: str, issued_to: str, *, allow_plus_tags: bool = False
-    ) -> bool:
-        """Exact, case-insensitive comparison of the one address in the header."""
-        address = parseaddr(from_header_or_address)[1].strip().lower()
-        return bool(address) and address == issued_to.strip().lower()
-
-
-BOUNCE_PREFIX = "bounces+"
-# The notification ids ``outbound.compose`` puts into its VERP envelope sender.
-_BOUNCE_ID = re.compile(r"[A-Za-z0-9_-]{1,56}")
 MAX_MESSAGE_ID = 998
 
 Decision = dict[str, Any]
@@ -87,24 +76,12 @@ class Accepted:
     decisions: list[Decision] = field(default_factory=list)
 
 
-def bounce_id(address: str, reply_domain: str) -> str | None:
-    """The id in ``bounces+<id>@<reply domain>``, or ``None`` when the address is not one."""
-    addr = address.strip().strip("<>").strip()
-    local, at, domain = addr.rpartition("@")
-    if not at or domain.lower() != reply_domain.lower().rstrip("."):
-        return None
-    if not local.lower().startswith(BOUNCE_PREFIX):
-        return None
-    ident = local[len(BOUNCE_PREFIX) :]
-    return ident if _BOUNCE_ID.fullmatch(ident) else None
-
-
 def check_recipient(
     factory: sessionmaker[Session], settings: Settings, address: str, *, now: datetime
 ) -> Recipient:
     """Accept ``address`` or raise the ``InboundRefused`` that says why (``StoreUnavailable``
     when the database cannot answer)."""
-    ident = bounce_id(address, settings.reply_domain)
+    ident = verp_notification_id(address, settings.reply_domain)
     if ident is not None:
         decision = {"stage": "rcpt", "recipient": address, "kind": "bounce", "bounce_id": ident}
         return Recipient(address, "bounce", None, decision)
@@ -145,6 +122,7 @@ class Headers:
 
     from_values: list[str]
     message_id: str | None
+    content_type: str = "text/plain"
 
 
 def read_headers(raw: bytes) -> Headers:
@@ -160,7 +138,10 @@ def read_headers(raw: bytes) -> Headers:
     from_values = [str(v) for v in msg.get_all("From", [])]
     message_id = msg.get("Message-ID")
     message_id = str(message_id).strip()[:MAX_MESSAGE_ID] if message_id else None
-    return Headers(from_values=from_values, message_id=message_id or None)
+    content_type = str(msg.get("Content-Type") or "text/plain").strip().lower()
+    return Headers(
+        from_values=from_values, message_id=message_id or None, content_type=content_type
+    )
 
 
 def check_sender(
@@ -175,7 +156,12 @@ def check_sender(
     """
     replies = [r for r in recipients if r.route is not None]
     if not replies:
-        return {"stage": "data", "sender": "not checked", "reason": "delivery report address"}
+        return {
+            "stage": "data",
+            "check": "sender",
+            "sender": "not checked",
+            "reason": "delivery report address",
+        }
     reason = None
     if len(headers.from_values) != 1:
         found = "no From header" if not headers.from_values else "several From headers"
@@ -191,10 +177,38 @@ def check_sender(
                 )
                 break
     if reason is None:
-        return {"stage": "data", "sender": "ok"}
+        return {"stage": "data", "check": "sender", "sender": "ok"}
     if all(r.sender_policy == "hold" for r in replies):
-        return {"stage": "data", "sender": "mismatch", "policy": "hold", "reason": reason}
+        return {
+            "stage": "data",
+            "check": "sender",
+            "sender": "mismatch",
+            "policy": "hold",
+            "reason": reason,
+        }
     raise SenderMismatch(reason)
+
+
+def check_attachments(
+    settings: Settings, raw: bytes, headers: Headers, recipients: list[Recipient]
+) -> Decision:
+    """Refuse attachments the engine would refuse; a plain-text reply is not parsed at all."""
+    if not any(r.route is not None for r in recipients):
+        return {
+            "stage": "data",
+            "check": "attachments",
+            "attachments": "not checked",
+            "reason": "delivery report",
+        }
+    if headers.content_type.startswith("text/"):
+        return {"stage": "data", "check": "attachments", "attachments": 0}
+    kept = attachments.files_to_keep(
+        parse_message(raw).attachments,
+        max_file=settings.attachment_max_bytes,
+        max_total=settings.attachments_total_max_bytes,
+        allowed=attachments.parse_allow_list(settings.attachment_types),
+    )
+    return {"stage": "data", "check": "attachments", "attachments": len(kept)}
 
 
 def enqueue(
@@ -242,7 +256,8 @@ def accept(
     check_size(settings, len(raw))
     headers = read_headers(raw)
     sender = check_sender(headers, recipients, allow_plus_tags=settings.sender_allow_plus_tags)
-    decisions = [sender, {"stage": "accept", "via": via, "size": len(raw)}]
+    files = check_attachments(settings, raw, headers, recipients)
+    decisions = [sender, files, {"stage": "accept", "via": via, "size": len(raw)}]
     ids = enqueue(
         factory,
         mail_from=mail_from,

@@ -17,6 +17,8 @@ from enum import StrEnum
 from types import MappingProxyType
 
 from replygate.errors import (
+    AttachmentTooLarge,
+    AttachmentTypeRefused,
     ConvenienceModeOff,
     InboundRefused,
     MessageTooLarge,
@@ -48,6 +50,8 @@ class Condition(StrEnum):
     SENDER_MISMATCH = "sender_mismatch"
     REFUSED = "refused"
     MESSAGE_TOO_LARGE = "message_too_large"
+    ATTACHMENT_TOO_LARGE = "attachment_too_large"
+    ATTACHMENT_TYPE_REFUSED = "attachment_type_refused"
     TOO_MANY_RECIPIENTS = "too_many_recipients"
     STORE_UNAVAILABLE = "store_unavailable"
     INTERNAL_ERROR = "internal_error"
@@ -132,6 +136,20 @@ CATALOGUE: Mapping[Condition, Reply] = MappingProxyType(
             "or attach large files in the portal",
             EX_NOPERM,
         ),
+        Condition.ATTACHMENT_TOO_LARGE: Reply(
+            552,
+            "5.3.4",
+            "an attachment is larger than we accept by email; please send large files "
+            "through the portal",
+            EX_NOPERM,
+        ),
+        Condition.ATTACHMENT_TYPE_REFUSED: Reply(
+            554,
+            "5.6.1",
+            "an attachment is of a type we do not accept; please send documents as PDF or "
+            "images, or through the portal",
+            EX_NOPERM,
+        ),
         Condition.TOO_MANY_RECIPIENTS: Reply(
             452,
             "4.5.3",
@@ -163,6 +181,8 @@ REFUSALS: Mapping[type[InboundRefused], Condition] = MappingProxyType(
         ConvenienceModeOff: Condition.CONVENIENCE_MODE_OFF,
         SenderMismatch: Condition.SENDER_MISMATCH,
         MessageTooLarge: Condition.MESSAGE_TOO_LARGE,
+        AttachmentTooLarge: Condition.ATTACHMENT_TOO_LARGE,
+        AttachmentTypeRefused: Condition.ATTACHMENT_TYPE_REFUSED,
     }
 )
 

@@ -139,3 +139,21 @@ def client(gateway: GatewayThread) -> Iterator[smtplib.SMTP]:
     with smtplib.SMTP("127.0.0.1", gateway.port, timeout=10) as smtp:
         smtp.ehlo("mx.client.test")
         yield smtp
+
+
+def reply_with_attachment(
+    *, from_: str, to: str, filename: str, content_type: str, payload: bytes
+) -> bytes:
+    """A reply carrying one attached file, as a mail client builds it."""
+    from email.message import EmailMessage
+    from email.policy import SMTP
+
+    msg = EmailMessage()
+    msg["From"] = from_
+    msg["To"] = to
+    msg["Subject"] = "Re: Your appointment"
+    msg["Message-ID"] = make_msgid(domain="client.test")
+    msg.set_content("Here is the form.\n")
+    maintype, subtype = content_type.split("/", 1)
+    msg.add_attachment(payload, maintype=maintype, subtype=subtype, filename=filename)
+    return msg.as_bytes(policy=SMTP)

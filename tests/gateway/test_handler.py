@@ -17,7 +17,13 @@ from replygate.gateway.handler import GatewayHandler
 from replygate.store import directory, inbound
 from replygate.store.db import make_engine, session_factory, transaction
 from replygate.store.models import Thread, ThreadParticipant
-from tests.gateway.conftest import World, add_reply_address, queued, reply_message
+from tests.gateway.conftest import (
+    World,
+    add_reply_address,
+    queued,
+    reply_message,
+    reply_with_attachment,
+)
 
 BODY_MARK = "Tuesday at 10 works for me."
 BOUNCES = "bounces+9f2c41d0a7b35e6c8d12@reply.test"
@@ -136,7 +142,7 @@ def test_two_reply_addresses_of_one_person_make_two_rows_in_one_transaction(
     assert [r.rcpt for r in rows] == [world.address, second]
     assert all(r.raw == raw and r.status == "queued" for r in rows)
     stages = [d["stage"] for d in rows[0].decisions]
-    assert stages == ["rcpt", "data", "accept"]
+    assert stages == ["rcpt", "data", "data", "accept"]
     assert rows[0].decisions[0]["token"] == "ok"
     assert rows[0].decisions[0]["thread_id"] == world.thread_id
     assert rows[1].decisions[0]["thread_id"] == other_id
@@ -305,3 +311,41 @@ def test_refusal_log_lines_say_why(
     mail = next(e for e in logs if e["event"] == "inbound.mail")
     assert rcpt["condition"] == "not_a_reply_address" and rcpt["decision"] == "refused"
     assert mail["condition"] == "message_too_large" and "limit of 10" in mail["reason"]
+
+
+@pytest.mark.parametrize(
+    ("filename", "content_type", "size", "expected"),
+    [
+        ("form.pdf", "application/pdf", 2_000, "250 2.0.0 "),
+        ("setup.exe", "application/x-msdownload", 2_000, "554 5.6.1 "),
+        ("scan.pdf", "application/pdf", 6_000, "552 5.3.4 "),
+    ],
+    ids=["allowed", "type refused", "file too large"],
+)
+def test_attachments_are_checked_at_data_with_the_engines_rules(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    world: World,
+    filename: str,
+    content_type: str,
+    size: int,
+    expected: str,
+) -> None:
+    """Refused at DATA so the sender hears why, rather than the reply vanishing later."""
+    limited = dataclasses.replace(settings, attachment_max_bytes=5_000)
+    raw = reply_with_attachment(
+        from_=world.client_email,
+        to=world.address,
+        filename=filename,
+        content_type=content_type,
+        payload=b"%PDF-1.4 " + b"x" * size,
+    )
+    _, data = asyncio.run(
+        _transaction(GatewayHandler(limited, sessions), world.client_email, [world.address], raw)
+    )
+    assert data is not None and data.startswith(expected), data
+    rows = queued(sessions)
+    if expected.startswith("250"):
+        assert rows[0].raw == raw and rows[0].decisions[2]["attachments"] == 1
+    else:
+        assert rows == []

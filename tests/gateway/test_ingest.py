@@ -20,6 +20,7 @@ from tests.gateway.conftest import (
     add_reply_address,
     queued,
     reply_message,
+    reply_with_attachment,
     set_convenience_mode,
 )
 
@@ -151,3 +152,18 @@ def test_delivery_report_to_the_bounce_address_exits_0(
     code, _ = ingest(settings, sessions, rcpt="bounces+a1b2c3@reply.test", sender="", raw=raw)
     assert code == EX_OK
     assert queued(sessions)[0].mail_from == ""
+
+
+def test_refused_attachment_type_exits_77(
+    settings: Settings, sessions: sessionmaker[Session], world: World
+) -> None:
+    raw = reply_with_attachment(
+        from_=world.client_email,
+        to=world.address,
+        filename="run.js",
+        content_type="application/javascript",
+        payload=b"alert(1)",
+    )
+    code, reason = ingest(settings, sessions, rcpt=world.address, sender="", raw=raw)
+    assert code == EX_NOPERM and reason.startswith("5.6.1 ")
+    assert queued(sessions) == []

@@ -66,7 +66,7 @@ def test_valid_reply_is_queued_byte_for_byte(
     assert row.message_id == "<abc.123@client.test>"
     assert row.status == "queued"
     assert row.peer is not None and row.peer.startswith("127.0.0.1:")
-    assert [d["stage"] for d in row.decisions] == ["rcpt", "data", "accept"]
+    assert [d["stage"] for d in row.decisions] == ["rcpt", "data", "data", "accept"]
 
 
 def test_dot_stuffed_lines_arrive_unstuffed(
