@@ -156,7 +156,7 @@ def null_reverse_path(mail_from: str) -> list[str]:
     - ``MAIL FROM:<>`` reaches us as ``""`` or ``"<>"`` depending on the ingress.
     """
     if mail_from.strip() in ("", "<>"):
-        return ["null reverse-path (MAIL FROM:<>)"]
+        return ["null reverse-path (MAIL FROM:<>), as bounces and auto-replies are sent"]
     return []
 
 

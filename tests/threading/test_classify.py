@@ -20,6 +20,7 @@ DOMAIN = "reply.example.com"
 REPLY_RCPT = "reply+a3k9x2m7qz@reply.example.com"
 VERP_RCPT = "bounces+Vb7Kq2xP@reply.example.com"
 PERSON = "client@example.org"
+NULL = "null reverse-path (MAIL FROM:<>), as bounces and auto-replies are sent"
 
 
 def mail(name: str) -> ParsedMail:
@@ -84,7 +85,7 @@ def test_sieve_vacation_from_null_sender_is_an_auto_reply_not_a_bounce() -> None
     assert result.reasons == (
         "Auto-Submitted: auto-replied (RFC 3834)",
         "Precedence: bulk",
-        "null reverse-path (MAIL FROM:<>)",
+        NULL,
     )
 
 
@@ -135,7 +136,7 @@ def test_postfix_dsn_via_verp() -> None:
     assert result.kind == "bounce"
     assert result.reasons == (
         "multipart/report; report-type=delivery-status (RFC 3464 DSN)",
-        "null reverse-path (MAIL FROM:<>)",
+        NULL,
         "delivery to client@example.org failed (5.1.1)",
     )
     assert result.bounce == BounceReport(
@@ -193,7 +194,7 @@ def test_exim_bounce_beats_its_auto_submitted_header() -> None:
     assert result.kind == "bounce"
     assert result.reasons == (
         "X-Failed-Recipients: nobody@example.co.uk (Exim bounce)",
-        "null reverse-path (MAIL FROM:<>)",
+        NULL,
         "delivery to nobody@example.co.uk failed (5.1.1)",
     )
     assert result.bounce == BounceReport(
@@ -204,7 +205,7 @@ def test_exim_bounce_beats_its_auto_submitted_header() -> None:
 def test_qmail_bounce_is_known_by_its_null_sender() -> None:
     result = verdict("null_sender_bounce.eml", mail_from="", rcpt=VERP_RCPT)
     assert result.kind == "bounce"
-    assert result.reasons[0] == "null reverse-path (MAIL FROM:<>)"
+    assert result.reasons[0] == NULL
     assert result.bounce is not None
     assert result.bounce.notification_id == "Vb7Kq2xP"
     assert result.bounce.status == "5.1.1"
