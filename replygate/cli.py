@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -845,6 +846,8 @@ def ingest(app: App, rcpt: str, sender: str) -> None:
     """Accept one message on stdin, for a Postfix pipe transport (sysexits codes)."""
     from replygate.gateway.ingest import ingest as run_ingest
 
+    # Postfix's pipe copies our stderr into the bounce it sends: only the reason goes there.
+    logs.configure(json=app.settings.log_json, level=logging.ERROR)
     try:
         raw = sys.stdin.buffer.read()
         code, reason = run_ingest(app.settings, app.factory, rcpt=rcpt, sender=sender, raw=raw)
