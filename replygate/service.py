@@ -69,16 +69,15 @@ async def run_service(
             worker = outbound_worker(settings, factory)
             tasks.append(asyncio.create_task(worker.run(stop, settings.worker_poll_seconds)))
         if "portal" in parts:
-            from replygate.portal.app import run_portal
+            from replygate.portal.server import run_portal
 
             host, port = portal_addr or (settings.portal_host, settings.portal_port)
             started = asyncio.Event()
-            tasks.append(
-                asyncio.create_task(
-                    run_portal(settings, factory, stop, host=host, port=port, started=started)
-                )
+            portal = asyncio.create_task(
+                run_portal(settings, factory, stop, host=host, port=port, started=started)
             )
-            await started.wait()
+            tasks.append(portal)
+            await _until_started(portal, started)
             log.info("portal.listening", url=f"http://{host}:{port}")
         if ready is not None:
             ready.set()
@@ -91,6 +90,16 @@ async def run_service(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         log.info("service.stopped", role=role)
+
+
+async def _until_started(task: asyncio.Task[None], started: asyncio.Event) -> None:
+    """Wait until the part says it listens; if it ends first (port taken), raise its error."""
+    waiter = asyncio.create_task(started.wait())
+    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if not started.is_set():
+        waiter.cancel()
+        task.result()  # raises what stopped it
+        raise RuntimeError("the portal stopped before it listened")
 
 
 def drain_once(settings: Settings, factory: sessionmaker[Session]) -> tuple[int, int]:
