@@ -32,6 +32,8 @@ def configure(*, json: bool = False, level: int = logging.INFO) -> None:
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
+    # mail-parser warns about every part type it does not handle (e.g. DSN headers).
+    logging.getLogger("mailparser").setLevel(logging.ERROR)
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:

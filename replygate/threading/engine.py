@@ -103,7 +103,9 @@ class Engine:
         """The pipeline: classify, route, check the sender, brake floods, extract, file."""
         s = self.settings
         parsed = parse_message(row.raw or b"")
-        verdict = classify.classify(parsed, mail_from=row.mail_from, our_domain=s.reply_domain)
+        verdict = classify.classify(
+            parsed, mail_from=row.mail_from, our_domain=s.reply_domain, rcpt=row.rcpt
+        )
         if verdict.kind != "reply":
             reason = "; ".join(verdict.reasons) or verdict.kind
             decision = {"stage": "classify", "kind": verdict.kind, "reasons": list(verdict.reasons)}
