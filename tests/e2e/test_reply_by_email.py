@@ -156,3 +156,60 @@ def test_reply_from_a_mail_client_is_filed_and_notified(
     assert expected.splitlines()[0] in to_dana.get_body(("plain",)).get_content()
     queue = json.loads(deployment.cli("queue", "list", "--json"))
     assert [(q["status"], q["rcpt"]) for q in queue] == [("filed", reply_to)]
+
+
+def _rcpt_refusal(port: int, address: str) -> tuple[int, bytes]:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+        smtp.ehlo()
+        smtp.mail("cleo@example.com")
+        return smtp.rcpt(address)
+
+
+def test_secure_mode_leaks_nothing_and_a_reply_to_it_is_refused(deployment: Deployment) -> None:
+    deployment.cli("settings", "convenience", "off")
+    deployment.cli(
+        "send",
+        "--from",
+        "dana@staff.test",
+        "--to",
+        "cleo@example.com",
+        "--subject",
+        "Biopsy results walrus",
+        "--body",
+        "Your results show a pelican marker.",
+    )
+    (notification,) = wait_for(
+        lambda: deployment.mails_to("cleo@example.com"), what="the secure notification"
+    )
+    raw = notification.as_bytes().lower()
+    for word in (b"biopsy", b"walrus", b"pelican"):
+        assert word not in raw
+    assert notification["Reply-To"] is None
+    # Replying goes to the notification's From, which names no thread: refused at RCPT.
+    code, text = _rcpt_refusal(
+        deployment.smtp_port, str(notification["From"].addresses[0].addr_spec)
+    )
+    assert code == 550 and text.startswith(b"5.1.1")
+    assert json.loads(deployment.cli("queue", "list", "--json")) == []
+
+
+def test_switching_convenience_off_refuses_replies_to_notifications_already_sent(
+    deployment: Deployment,
+) -> None:
+    deployment.cli(
+        "send",
+        "--from",
+        "dana@staff.test",
+        "--to",
+        "cleo@example.com",
+        "--subject",
+        "Hello",
+        "--body",
+        "Hello Cleo",
+    )
+    (notification,) = wait_for(lambda: deployment.mails_to("cleo@example.com"), what="notification")
+    reply_to = str(notification["Reply-To"])
+    deployment.cli("settings", "convenience", "off")
+    code, text = _rcpt_refusal(deployment.smtp_port, reply_to)
+    assert code == 550 and text.startswith(b"5.7.1")
+    assert json.loads(deployment.cli("queue", "list", "--json")) == []
