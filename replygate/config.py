@@ -67,11 +67,17 @@ class Settings:
     breaker_max_replies: int = 20
     breaker_window_minutes: int = 10
     sender_allow_plus_tags: bool = False
+    trusted_authserv_ids: str = ""
     log_json: bool = False
 
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def trusted_authserv(self) -> set[str]:
+        """authserv-ids whose Authentication-Results we believe (our own MTAs)."""
+        return {t.strip().lower() for t in self.trusted_authserv_ids.split(",") if t.strip()}
 
     @property
     def uses_smarthost(self) -> bool:

@@ -40,6 +40,8 @@ def _sentence(d: dict[str, Any]) -> str:
         return f"The reply address names thread {d.get('thread')} and {d.get('recipient')}."
     if stage == "sender":
         return f"The From address did not match (sender policy: {d.get('policy', 'reject')})."
+    if stage == "dmarc":
+        return "A trusted Authentication-Results header says DMARC failed for the From domain."
     if stage == "breaker":
         return f"Flood brake: {d.get('count')} recent replies from this sender to this address."
     if stage == "extract":

@@ -26,7 +26,7 @@ from replygate.store.models import InboundMail, utcnow
 from replygate.threading import attachments, bounces, classify, routing
 from replygate.threading.extract import extract_from_parts
 from replygate.threading.parse import parse_message
-from replygate.threading.sender import same_sender
+from replygate.threading.sender import dmarc_failed, same_sender
 
 log = get_logger("replygate.engine")
 
@@ -137,6 +137,13 @@ class Engine:
                 )
                 status = "held" if policy == "hold" else "rejected"
                 return self._finish(row, status, reason, {"stage": "sender", "policy": policy})
+            if s.trusted_authserv and dmarc_failed(
+                parsed.header_all("authentication-results"),
+                s.trusted_authserv,
+                parsed.from_address.rpartition("@")[2] or None,
+            ):
+                reason = f"DMARC failed for {parsed.from_address} (trusted Authentication-Results)"
+                return self._finish(row, "rejected", reason, {"stage": "dmarc", "result": "fail"})
             flood = inbound.recent_filed(
                 session,
                 rcpt=row.rcpt,

@@ -210,3 +210,81 @@ def test_an_unexpected_error_marks_the_mail_failed_and_replay_files_it(
         assert inbound.requeue(s, inbound.failed_ids(s)) == [queue_id]
     engine.drain()
     assert count(sessions, Message) == 2
+
+
+def test_dmarc_fail_from_a_trusted_relay_is_rejected_and_untrusted_ones_are_ignored(
+    sessions: sessionmaker[Session], settings: Settings, reply_address: tuple[int, str]
+) -> None:
+    _, address = reply_address
+    trusted = dataclasses.replace(settings, trusted_authserv_ids="mx.ours.test")
+    fail = "mx.ours.test; dmarc=fail (p=reject) header.from=example.com"
+    forged = "mx.evil.test; dmarc=fail header.from=example.com"
+    a = enqueue(sessions, address, reply_mail(address, headers={"Authentication-Results": fail}))
+    b = enqueue(
+        sessions,
+        address,
+        reply_mail(address, message_id="<r2@x>", headers={"Authentication-Results": forged}),
+    )
+    Engine(sessions, trusted).drain()
+    with sessions() as s:
+        assert s.get(InboundMail, a).status == "rejected"
+        assert "DMARC" in s.get(InboundMail, a).reason
+        assert s.get(InboundMail, b).status == "filed"
+
+
+def test_hold_policy_holds_a_mismatched_sender_until_an_operator_decides(
+    sessions: sessionmaker[Session], settings: Settings, reply_address: tuple[int, str]
+) -> None:
+    _, address = reply_address
+    with transaction(sessions) as s:
+        directory.organisation(s).sender_policy = "hold"
+    queue_id = enqueue(sessions, address, reply_mail(address, sender="cleo.work@corp.test"))
+    Engine(sessions, settings).drain()
+    with sessions() as s:
+        assert s.get(InboundMail, queue_id).status == "held"
+    assert count(sessions, Message) == 1
+    env = {
+        "REPLYGATE_DATABASE_URL": settings.database_url,
+        "REPLYGATE_SECRET_KEY": settings.secret_key,
+        "REPLYGATE_REPLY_DOMAIN": settings.reply_domain,
+        "REPLYGATE_VAR_DIR": str(settings.var_dir),
+    }
+    explained = CliRunner().invoke(main, ["queue", "explain", str(queue_id)], env=env)
+    assert "did not match" in explained.output and "held" in explained.output
+    released = CliRunner().invoke(main, ["queue", "release", str(queue_id)], env=env)
+    assert released.exit_code == 0 and "filed" in released.output
+    assert count(sessions, Message) == 2
+
+
+def test_a_bounce_for_a_notification_marks_the_address_and_suppresses_after_repeats(
+    sessions: sessionmaker[Session], settings: Settings, reply_address: tuple[int, str]
+) -> None:
+    with sessions() as s:
+        header_id = s.scalars(select(OutboxMessage.header_message_id)).one()
+    notification_id = header_id.split(".")[2].split("@")[0]
+    verp = f"bounces+{notification_id}@{settings.reply_domain}"
+    dsn = (
+        "From: MAILER-DAEMON@mx.example.com\r\nTo: " + verp + "\r\n"
+        "Subject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n\r\n'
+        "--b\r\nContent-Type: text/plain\r\n\r\nI'm sorry.\r\n"
+        "--b\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; mx.example.com\r\n\r\n"
+        "Final-Recipient: rfc822; cleo@example.com\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
+        "--b--\r\n"
+    ).encode()
+    tight = dataclasses.replace(settings, bounce_suppress_after=2)
+    for _ in range(2):
+        enqueue(sessions, verp, dsn, mail_from="")
+        Engine(sessions, tight).drain()
+        with sessions() as s:
+            cleo = directory.user(s, "cleo@example.com")
+            state = (cleo.address_status, cleo.bounce_count)
+    assert state == ("suppressed", 2)
+    # A suppressed address gets no more notifications (recorded, not sent).
+    Messaging(sessions, tight).send(
+        sender="dana@staff.test", to=["cleo@example.com"], subject="Again", body="Hello?"
+    )
+    with sessions() as s:
+        last = s.scalars(select(OutboxMessage).order_by(OutboxMessage.id.desc())).first()
+        assert last.status == "suppressed"
