@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from replygate import sdnotify
+from replygate.config import Settings
+from tests.helpers import free_port, port_open, wait_for
 
 
 class Listener:
@@ -71,3 +76,56 @@ def test_reads_the_process_environment_by_default(
     monkeypatch.setenv("NOTIFY_SOCKET", listener.env["NOTIFY_SOCKET"])
     assert sdnotify.ready()
     assert listener.received() == {"READY": "1"}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="replygate.service.run_service does not call sdnotify.ready() yet; "
+    "remove this mark when it does",
+)
+@pytest.mark.parametrize("role", ["gateway", "portal"])
+def test_serve_tells_systemd_when_it_is_ready(
+    settings: Settings, tmp_path: Path, role: str
+) -> None:
+    """What ``Type=notify`` in replygate-gateway.service and -portal.service relies on."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    smtp_port, portal_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "NOTIFY_SOCKET": str(tmp_path / "notify"),
+        "REPLYGATE_DATABASE_URL": settings.database_url,
+        "REPLYGATE_SECRET_KEY": settings.secret_key,
+        "REPLYGATE_VAR_DIR": str(tmp_path / "var"),
+        "REPLYGATE_SMTP_PORT": str(smtp_port),
+        "REPLYGATE_PORTAL_PORT": str(portal_port),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "replygate", "serve", "--role", role],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    port = smtp_port if role == "gateway" else portal_port
+    try:
+        wait_for(
+            lambda: port_open("127.0.0.1", port) or proc.poll() is not None,
+            what=f"replygate serve --role {role} to listen",
+            timeout=30,
+        )
+        assert proc.poll() is None, "serve exited"
+        # READY=1 is due as soon as the socket listens.
+        sock.settimeout(5)
+        try:
+            state = sock.recv(4096).decode()
+        except TimeoutError:
+            raise AssertionError("listening, but no READY=1 within 5 s") from None
+        assert "READY=1" in state.splitlines()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        sock.close()

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Debian packages the test suite drives for real, installed when missing:
+#   postfix   tests/deploy/test_postfix.py starts its own Postfix on loopback
+#   systemd   systemd-analyze, for tests/deploy/test_systemd_units.py
+#   python3   the pipe-transport test runs replygate as an unprivileged user; when the
+#             virtualenv's interpreter is not readable by that user, Debian's is used
+#   chromium  the portal tests drive a real headless browser
+# Postfix is preseeded "No configuration": nothing is configured or started system-wide;
+# the tests start and stop their own instance. Needs root (or sudo) for apt-get.
+# Usage: .ci/system-deps.sh [--check]    (--check: only report what is missing, exit 1 if any)
+set -euo pipefail
+
+declare -A PROVIDES=(
+  [postfix]=/usr/sbin/postfix
+  [systemd]=/usr/bin/systemd-analyze
+  [python3]=/usr/bin/python3
+  [chromium]=/usr/bin/chromium
+)
+
+missing=()
+for pkg in postfix systemd python3 chromium; do
+  [ -x "${PROVIDES[$pkg]}" ] || missing+=("$pkg")
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "${1:-}" = "--check" ]; then
+  echo "system-deps: missing ${missing[*]}" >&2
+  exit 1
+fi
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then
+    SUDO="sudo"
+  else
+    echo "system-deps: need root to install ${missing[*]} (apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+fi
+
+echo "system-deps: installing ${missing[*]}" >&2
+echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+  -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+  "${missing[@]}" >/dev/null
+
+for pkg in "${missing[@]}"; do
+  if [ ! -x "${PROVIDES[$pkg]}" ]; then
+    echo "system-deps: $pkg installed but ${PROVIDES[$pkg]} is missing" >&2
+    exit 1
+  fi
+done
