@@ -213,3 +213,35 @@ def test_switching_convenience_off_refuses_replies_to_notifications_already_sent
     code, text = _rcpt_refusal(deployment.smtp_port, reply_to)
     assert code == 550 and text.startswith(b"5.7.1")
     assert json.loads(deployment.cli("queue", "list", "--json")) == []
+
+
+def test_a_forwarded_notification_answered_by_someone_else_is_refused(
+    deployment: Deployment,
+) -> None:
+    deployment.cli(
+        "send",
+        "--from",
+        "dana@staff.test",
+        "--to",
+        "cleo@example.com",
+        "--subject",
+        "Hello",
+        "--body",
+        "Hello Cleo",
+    )
+    (notification,) = wait_for(lambda: deployment.mails_to("cleo@example.com"), what="notification")
+    reply_to = str(notification["Reply-To"])
+    forwarded = EmailMessage()
+    forwarded["From"] = "Eve Third <eve@elsewhere.test>"
+    forwarded["To"] = reply_to
+    forwarded["Subject"] = "Re: Fwd: Hello"
+    forwarded["Message-ID"] = "<eve-1@elsewhere.test>"
+    forwarded.set_content("Cleo sent me this; what is it about?\n")
+    with smtplib.SMTP("127.0.0.1", deployment.smtp_port, timeout=10) as smtp:
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            smtp.sendmail("eve@elsewhere.test", [reply_to], forwarded.as_bytes())
+    assert refused.value.smtp_code == 550
+    assert refused.value.smtp_error.startswith(b"5.7.1")
+    assert json.loads(deployment.cli("queue", "list", "--json")) == []
+    shown = json.loads(deployment.cli("threads", "show", "1", "--json"))
+    assert len(shown["messages"]) == 1
