@@ -237,9 +237,11 @@ def test_a_forwarded_notification_answered_by_someone_else_is_refused(
     forwarded["Subject"] = "Re: Fwd: Hello"
     forwarded["Message-ID"] = "<eve-1@elsewhere.test>"
     forwarded.set_content("Cleo sent me this; what is it about?\n")
-    with smtplib.SMTP("127.0.0.1", deployment.smtp_port, timeout=10) as smtp:
-        with pytest.raises(smtplib.SMTPDataError) as refused:
-            smtp.sendmail("eve@elsewhere.test", [reply_to], forwarded.as_bytes())
+    with (
+        smtplib.SMTP("127.0.0.1", deployment.smtp_port, timeout=10) as smtp,
+        pytest.raises(smtplib.SMTPDataError) as refused,
+    ):
+        smtp.sendmail("eve@elsewhere.test", [reply_to], forwarded.as_bytes())
     assert refused.value.smtp_code == 550
     assert refused.value.smtp_error.startswith(b"5.7.1")
     assert json.loads(deployment.cli("queue", "list", "--json")) == []
