@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import json
 import logging
 import sys
@@ -631,8 +632,11 @@ def _days_ago(days: float | None) -> Any:
 @pass_app
 @clean_errors
 def queue_show(app: App, inbound_id: int, raw: bool, as_json: bool) -> None:
-    """Show one inbound mail: envelope, status, decisions (or --raw bytes)."""
+    """Show one inbound mail: envelope, headers, decisions, extracted reply (or --raw)."""
+    from replygate.explain import explain
     from replygate.store import inbound
+    from replygate.threading.extract import extract_from_parts
+    from replygate.threading.parse import parse_message
 
     with app.factory() as session:
         row = inbound.get(session, inbound_id)
@@ -642,15 +646,41 @@ def queue_show(app: App, inbound_id: int, raw: bool, as_json: bool) -> None:
             sys.stdout.buffer.write(row.raw)
             sys.stdout.buffer.flush()
             return
-        data = {**_queue_json(row), "decisions": row.decisions or []}
-    emit(
-        data,
-        as_json,
-        lambda: [
-            click.echo(f"{k}: {json.dumps(v, default=str) if k == 'decisions' else v}")
-            for k, v in data.items()
-        ],
-    )
+        data: dict[str, Any] = {**_queue_json(row), "decisions": row.decisions or []}
+        raw_bytes = row.raw
+    data["headers"], data["reply"] = {}, None
+    if raw_bytes is not None:
+        parsed = parse_message(raw_bytes)
+        data["headers"] = {name: value for name, value in parsed.headers if name in SHOWN_HEADERS}
+        data["reply"] = extract_from_parts(parsed.text_plain, parsed.text_html).reply
+
+    def text() -> None:
+        for line in explain(data, data["decisions"]):
+            click.echo(line)
+        click.echo("\nHeaders:")
+        for name, value in data["headers"].items():
+            click.echo(f"  {name}: {value}")
+        if data["reply"] is None:
+            click.echo("\n(raw bytes purged)")
+        else:
+            click.echo("\nExtracted reply:")
+            click.echo("  " + data["reply"].replace("\n", "\n  "))
+
+    emit(data, as_json, text)
+
+
+SHOWN_HEADERS = (
+    "from",
+    "to",
+    "subject",
+    "date",
+    "message-id",
+    "in-reply-to",
+    "auto-submitted",
+    "precedence",
+    "authentication-results",
+    "content-type",
+)
 
 
 @queue_group.command("replay")
@@ -667,17 +697,24 @@ def queue_replay(app: App, ids: tuple[int, ...], failed: bool) -> None:
         raise click.UsageError("give queue ids or --failed")
     with transaction(app.factory) as session:
         chosen = list(ids) + (inbound.failed_ids(session) if failed else [])
+        previous = {i: inbound.get(session, i).status for i in chosen}
         requeued = inbound.requeue(session, chosen)
     engine = Engine(app.factory, app.settings)
-    for inbound_id in requeued:
-        claimed = inbound.claim_one(app.factory, inbound_id)
-        if not claimed:
-            click.echo(f"{inbound_id}: taken by a running worker")
-            continue
-        outcome = engine.process(inbound_id)
-        click.echo(
-            f"{inbound_id}: {outcome.status}" + (f" ({outcome.reason})" if outcome.reason else "")
-        )
+    lines: list[str] = []
+    with click.progressbar(
+        requeued, label="replaying", file=sys.stderr if len(requeued) > 5 else io.StringIO()
+    ) as bar:
+        for inbound_id in bar:
+            if not inbound.claim_one(app.factory, inbound_id):
+                lines.append(f"{inbound_id}: taken by a running worker")
+                continue
+            outcome = engine.process(inbound_id)
+            lines.append(
+                f"{inbound_id}: {previous[inbound_id]} -> {outcome.status}"
+                + (f" ({outcome.reason})" if outcome.reason else "")
+            )
+    for line in lines:
+        click.echo(line)
     if not requeued:
         click.echo("nothing to replay")
 

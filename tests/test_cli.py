@@ -1,0 +1,150 @@
+"""The command line: one-line errors, masked secrets, the --json contracts,
+and the operator's queue tools (show, stats, purge)."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from replygate.cli import main
+from replygate.config import Settings
+from replygate.store import inbound
+from replygate.store.db import transaction
+from replygate.store.models import InboundMail, utcnow
+
+
+@pytest.fixture
+def env(settings: Settings) -> dict[str, str]:
+    return {
+        "REPLYGATE_DATABASE_URL": settings.database_url,
+        "REPLYGATE_SECRET_KEY": settings.secret_key,
+        "REPLYGATE_REPLY_DOMAIN": settings.reply_domain,
+        "REPLYGATE_VAR_DIR": str(settings.var_dir),
+        "REPLYGATE_SMARTHOST_PASSWORD": "hunter2-smarthost",
+    }
+
+
+def run(env: dict[str, str], *args: str, code: int = 0, stdin: str | None = None) -> Result:
+    result = CliRunner().invoke(main, list(args), env=env, input=stdin)
+    assert result.exit_code == code, result.output
+    return result
+
+
+def test_config_show_masks_secrets(env: dict[str, str], settings: Settings) -> None:
+    out = run(env, "config", "show", "--json").output
+    data = json.loads(out)
+    assert data["secret_key"] == "********" and data["smarthost_password"] == "********"
+    assert settings.secret_key not in out and "hunter2" not in out
+    assert data["reply_domain"] == "reply.test"
+
+
+def test_errors_are_one_line_and_non_zero(env: dict[str, str]) -> None:
+    result = run(env, "threads", "show", "999", code=1)
+    assert result.output.strip() == "Error: no thread 999"
+    result = run(env, "users", "add", "not-an-address", "--name", "X", "--role", "staff", code=1)
+    assert "Traceback" not in result.output and "is not an email address" in result.output
+    bad = run(
+        env,
+        "send",
+        "--from",
+        "a@b.test",
+        "--to",
+        "c@d.test",
+        "--subject",
+        "s",
+        "--body",
+        "b",
+        code=1,
+    )
+    assert bad.output.strip() == "Error: no user with email a@b.test"
+
+
+def test_a_database_without_schema_says_to_upgrade(tmp_path: Path) -> None:
+    env = {
+        "REPLYGATE_VAR_DIR": str(tmp_path),
+        "REPLYGATE_DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
+    }
+    result = run(env, "users", "list", code=1)
+    assert "replygate db upgrade" in result.output
+    assert "revision" in run(env, "db", "upgrade").output
+    assert json.loads(run(env, "users", "list", "--json").output) == []
+
+
+def test_people_circles_and_send_json_contract(env: dict[str, str]) -> None:
+    run(env, "users", "add", "dana@staff.test", "--name", "Dana", "--role", "staff")
+    run(env, "users", "add", "Cleo@Example.com", "--name", "Cleo", "--role", "client")
+    run(env, "users", "add", "carl@example.com", "--name", "Carl", "--role", "client")
+    run(env, "circles", "add", "Group A")
+    run(env, "circles", "add-member", "Group A", "cleo@example.com")
+    run(env, "circles", "add-member", "Group A", "carl@example.com")
+    sent = json.loads(
+        run(
+            env,
+            "send",
+            "--from",
+            "dana@staff.test",
+            "--to",
+            "circle:Group A",
+            "--subject",
+            "Hi",
+            "--body",
+            "-",
+            "--json",
+            stdin="Body from stdin\n",
+        ).output
+    )
+    assert [t["recipient"] for t in sent["threads"]] == ["cleo@example.com", "carl@example.com"]
+    assert len(sent["messages"]) == 2 and all("id" in m for m in sent["messages"])
+    shown = json.loads(run(env, "threads", "show", str(sent["threads"][0]["id"]), "--json").output)
+    assert shown["subject"] == "Hi"
+    (message,) = shown["messages"]
+    assert message["author"] == "dana@staff.test" and message["source"] == "portal"
+    assert message["body"] == "Body from stdin\n"
+    users = json.loads(run(env, "users", "list", "--json").output)
+    assert {u["email"]: u["address_status"] for u in users}["cleo@example.com"] == "ok"
+
+
+def _seed_queue(sessions: sessionmaker[Session]) -> tuple[int, int]:
+    raw = b"From: a@b.test\r\nSubject: old\r\nMessage-ID: <m@b>\r\n\r\nHello there\r\n"
+    with transaction(sessions) as s:
+        old = inbound.enqueue(
+            s, mail_from="a@b.test", rcpt="reply+x@reply.test", raw=raw, message_id="<m@b>"
+        )
+        new = inbound.enqueue(
+            s, mail_from="a@b.test", rcpt="reply+x@reply.test", raw=raw, message_id="<n@b>"
+        )
+        inbound.record(old, "ignored", "Auto-Submitted: auto-replied (RFC 3834)")
+        inbound.record(new, "ignored", "Auto-Submitted: auto-replied (RFC 3834)")
+        s.execute(
+            update(InboundMail)
+            .where(InboundMail.id == old.id)
+            .values(received_at=utcnow() - timedelta(days=40))
+        )
+        return old.id, new.id
+
+
+def test_queue_show_stats_and_purge(env: dict[str, str], sessions: sessionmaker[Session]) -> None:
+    old, new = _seed_queue(sessions)
+    shown = run(env, "queue", "show", str(old)).output
+    assert "subject: old" in shown and "Hello there" in shown and "Now ignored" in shown
+    assert run(env, "queue", "show", str(old), "--raw").output.startswith("From: a@b.test")
+    stats = json.loads(run(env, "queue", "stats", "--json").output)
+    assert stats == [
+        {"status": "ignored", "reason": "Auto-Submitted: auto-replied (RFC 3834)", "count": 2}
+    ]
+    assert [
+        r["id"]
+        for r in json.loads(run(env, "queue", "list", "--older-than", "30", "--json").output)
+    ] == [old]
+    assert "1 mail(s)" in run(env, "queue", "purge").output
+    with sessions() as s:
+        assert s.get(InboundMail, old).raw is None
+        assert s.get(InboundMail, new).raw is not None
+    purged = run(env, "queue", "show", str(old), "--raw", code=1)
+    assert "purged" in purged.output
