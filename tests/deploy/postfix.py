@@ -179,12 +179,12 @@ class PostfixInstance:
 
     def start(self) -> None:
         self.write_config()
+        self.started = True  # from here on, stop() cleans up whatever did start
         result = self.postfix("start", check=False)
         if result.returncode != 0:
             raise AssertionError(
                 f"postfix start failed:\n{result.stdout}{result.stderr}{self.log()}"
             )
-        self.started = True
         wait_for(
             lambda: port_open("127.0.0.1", self.smtpd_port),
             what="Postfix smtpd to listen",
@@ -192,7 +192,10 @@ class PostfixInstance:
         )
 
     def stop(self) -> None:
-        if not self.started:
+        if not self.started or not (self.config_dir / "main.cf").exists():
+            return
+        if not self.master_running():
+            self.started = False
             return
         self.postfix("stop", check=False)
         wait_for(lambda: not self.master_running(), what="Postfix to stop", timeout=30)

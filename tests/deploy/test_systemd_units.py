@@ -134,7 +134,7 @@ def test_gateway_binds_port_25_with_only_that_capability() -> None:
     assert found["Type"] == ["notify"]
     assert found["AmbientCapabilities"] == ["CAP_NET_BIND_SERVICE"]
     assert found["CapabilityBoundingSet"] == ["CAP_NET_BIND_SERVICE"]
-    assert found["ExecStart"] == [f"{INSTALLED_PROGRAM} serve --role gateway"]
+    assert found["ExecStart"] == [f"{INSTALLED_PROGRAM} --log-json serve --role gateway"]
     assert "REPLYGATE_SMTP_PORT=25" in " ".join(found["Environment"])
 
 
@@ -148,12 +148,14 @@ def test_other_services_have_no_capabilities(name: str) -> None:
 
 
 def test_commands() -> None:
-    assert directives("replygate-worker@.service")["ExecStart"] == [f"{INSTALLED_PROGRAM} worker"]
+    assert directives("replygate-worker@.service")["ExecStart"] == [
+        f"{INSTALLED_PROGRAM} --log-json worker"
+    ]
     assert directives("replygate-portal.service")["ExecStart"] == [
-        f"{INSTALLED_PROGRAM} serve --role portal"
+        f"{INSTALLED_PROGRAM} --log-json serve --role portal"
     ]
     assert directives("replygate-purge.service")["ExecStart"] == [
-        f"{INSTALLED_PROGRAM} queue purge --older-than 30"
+        f"{INSTALLED_PROGRAM} --log-json queue purge --older-than 30"
     ]
     timer = directives("replygate-purge.timer")
     assert timer["OnCalendar"] == ["daily"]
