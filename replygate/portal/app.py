@@ -39,6 +39,7 @@ from replygate.portal.security import (
     SecurityHeaders,
     csrf_token,
     csrf_valid,
+    origin_of,
     safe_next,
     sanitise_email_html,
 )
@@ -85,6 +86,7 @@ class Portal:
         self.factory = factory
         self.messaging = Messaging(factory, settings)
         self.https = settings.portal_url.lower().startswith("https://")
+        self.trusted_origin = origin_of(settings.portal_url)
         self.templates = Environment(
             loader=PackageLoader("replygate.portal", "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
@@ -149,7 +151,7 @@ class Portal:
     async def form(self, request: Request) -> FormData:
         """The submitted form, refused with 403 unless its CSRF token is this session's."""
         form = await request.form(max_files=0, max_fields=MAX_FORM_FIELDS)
-        if not csrf_valid(request, form.get(CSRF_FIELD)):
+        if not csrf_valid(request, form.get(CSRF_FIELD), self.trusted_origin):
             raise HTTPException(
                 403,
                 "This form has expired or did not come from this site. "

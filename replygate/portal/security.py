@@ -97,8 +97,17 @@ def csrf_token(request: Request) -> str:
     return token
 
 
-def csrf_valid(request: Request, submitted: object) -> bool:
-    """True when the form carries the session's token and no foreign Origin says otherwise."""
+def origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def csrf_valid(request: Request, submitted: object, trusted_origin: str = "") -> bool:
+    """True when the form carries the session's token and no foreign Origin says otherwise.
+
+    The Origin may be the one the request arrived on or the configured portal
+    URL's (the one a browser sees behind a TLS-terminating proxy).
+    """
     expected = request.session.get(CSRF_FIELD)
     if not isinstance(expected, str) or not expected or not isinstance(submitted, str):
         return False
@@ -106,8 +115,8 @@ def csrf_valid(request: Request, submitted: object) -> bool:
         return False
     origin = request.headers.get("origin")
     if origin and origin != "null":
-        own = f"{request.url.scheme}://{request.url.netloc}"
-        if origin.rstrip("/") != own:
+        allowed = {origin_of(str(request.url)), trusted_origin.lower()}
+        if origin.rstrip("/").lower() not in allowed:
             return False
     return True
 

@@ -91,7 +91,7 @@ async def run_portal(
     port = settings.portal_port if port is None else port
 
     def listening() -> None:
-        log.info("portal_listening", host=host, port=server.bound_port, url=settings.portal_url)
+        log.debug("portal.bound", host=host, port=server.bound_port)
         if started is not None:
             started.set()
 
@@ -107,7 +107,7 @@ async def run_portal(
             if not server.started:
                 raise OSError(f"the portal could not listen on {host}:{port}")
             return
-        log.info("portal_stopping")
+        log.debug("portal.stopping")
         server.should_exit = True
         await serving
     except BaseException:

@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
 from replygate.messaging import Messaging
-from replygate.portal import create_app, set_password
+from replygate.portal import create_app
+from replygate.portal.accounts import hash_password
 from replygate.portal.server import PortalServer, portal_config
 from replygate.store import directory
 from replygate.store.db import transaction
@@ -36,8 +37,14 @@ class People:
     client2: str = "dan@example.test"
 
 
+@pytest.fixture(scope="session")
+def password_hash() -> str:
+    """PASSWORD hashed once: argon2 is slow on purpose, and every test needs people."""
+    return hash_password(PASSWORD)
+
+
 @pytest.fixture
-def people(sessions: sessionmaker[Session]) -> People:
+def people(sessions: sessionmaker[Session], password_hash: str) -> People:
     """An admin, a staff member and two clients in one Circle, all with PASSWORD."""
     p = People()
     with transaction(sessions) as s:
@@ -47,8 +54,7 @@ def people(sessions: sessionmaker[Session]) -> People:
             (p.client1, "Carol Client", "client"),
             (p.client2, "Dan Client", "client"),
         ]:
-            directory.add_user(s, email, name, role)
-            set_password(s, email, PASSWORD)
+            directory.add_user(s, email, name, role).password_hash = password_hash
         directory.add_circle(s, CIRCLE)
         directory.add_member(s, CIRCLE, p.client1)
         directory.add_member(s, CIRCLE, p.client2)

@@ -180,6 +180,13 @@ def test_staff_writes_to_a_circle_and_a_client_replies(
     expect(staff.locator("#reply")).to_have_value("c")
     expect(staff).to_have_url(re.compile(rf"/threads/{carol_thread}$"))
 
+    # Esc leaves the field; then j/k step through conversations in inbox order.
+    staff.keyboard.press("Escape")
+    staff.keyboard.press("j")
+    expect(staff).to_have_url(re.compile(rf"/threads/{dan_thread}$"))
+    staff.keyboard.press("k")
+    expect(staff).to_have_url(re.compile(rf"/threads/{carol_thread}$"))
+
     staff.goto("/inbox")
     expect(staff.locator(".thread-row.unread")).to_have_count(0)
 
