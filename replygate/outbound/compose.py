@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email import policy
+from email import message_from_bytes, policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -38,8 +38,13 @@ SECURE_SUBJECT = "You have a new secure message"
 
 # Local part "bounces+<id>" must fit 64 octets; ids are url-safe so they need no quoting.
 _NOTIFICATION_ID = re.compile(r"^[A-Za-z0-9_-]{1,56}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+# C0 and C1 controls and Unicode line separators: all of them break a header line.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _MSG_ID = re.compile(r"^<[^<>\s]+@[^<>\s]+>$")
+# Python before 3.12.8/3.13.1 drops the quotes around a display name that it
+# has to fold across lines, so "Smith, John" would turn into two mailboxes.
+# Names this short never need folding; ``_verify`` checks the result anyway.
+MAX_DISPLAY_NAME = 64
 
 
 @dataclass(frozen=True)
@@ -111,8 +116,9 @@ def compose(n: Notification, *, now: datetime | None = None) -> ComposedMail:
         subject = _content_subject(n)
         text = _content_body(n)
 
-    msg["From"] = Address(display_name=from_name, addr_spec=_check_address(n.from_address))
-    msg["To"] = Address(display_name=_one_line(n.to_name), addr_spec=recipient)
+    from_address = _check_address(n.from_address)
+    msg["From"] = Address(display_name=_display_name(from_name), addr_spec=from_address)
+    msg["To"] = Address(display_name=_display_name(n.to_name), addr_spec=recipient)
     msg["Subject"] = subject
     msg["Date"] = format_datetime((now or datetime.now(UTC)).astimezone(UTC))
     msg["Message-ID"] = message_id
@@ -130,8 +136,11 @@ def compose(n: Notification, *, now: datetime | None = None) -> ComposedMail:
     msg["Precedence"] = "bulk"
     msg[LOOP_HEADER] = n.notification_id
     msg.set_content(text, charset="utf-8", cte="quoted-printable")
+    raw = msg.as_bytes()
+    reply_to = n.reply_address if n.mode == "content" else None
+    _verify(raw, {"From": from_address, "To": recipient, "Reply-To": reply_to})
     return ComposedMail(
-        raw=msg.as_bytes(),
+        raw=raw,
         message_id=message_id,
         envelope_from=envelope_from,
         recipient=recipient,
@@ -194,6 +203,26 @@ def _threading_headers(n: Notification) -> tuple[str | None, list[str]]:
 def _one_line(text: str) -> str:
     """Header-safe text: control characters (CR, LF, NUL, TAB...) become one space."""
     return _CONTROL.sub(" ", text).strip()
+
+
+def _display_name(text: str) -> str:
+    return _one_line(text)[:MAX_DISPLAY_NAME].rstrip()
+
+
+def _verify(raw: bytes, expected: dict[str, str | None]) -> None:
+    """Parse the result back: each address header names exactly the mailbox we meant.
+
+    A guard against folding bugs in the email package: a notification must
+    never go to, or claim to be from, anyone else.
+    """
+    parsed = message_from_bytes(raw, policy=policy.default)
+    for header, address in expected.items():
+        if address is None:
+            continue
+        found = parsed[header]
+        mailboxes = [a.addr_spec for a in found.addresses] if found is not None else []
+        if mailboxes != [address]:
+            raise ValueError(f"{header} did not survive rendering: {mailboxes!r}")
 
 
 def _check_id(notification_id: str) -> None:
