@@ -51,6 +51,19 @@ T = TypeVar("T")
 
 SESSION_MAX_AGE = 8 * 60 * 60  # idle seconds before a login expires
 MAX_BODY_CHARS = 100_000
+# Types a browser may show as they are; anything else downloads as octet-stream.
+INLINE_SAFE_TYPES = frozenset({"application/pdf", "image/png", "image/jpeg", "image/gif"})
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with an ASCII fallback and the RFC 6266 UTF-8 name."""
+    ascii_name = (
+        "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in filename)
+        or "attachment"
+    )
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
 MAX_FORM_FIELDS = 200
 STATIC_DIR = Path(str(resources.files("replygate.portal") / "static"))
 
@@ -262,6 +275,33 @@ class Portal:
         current = await self.current(request)  # unread count after marking this one read
         context = {"section": "inbox", "thread": view, "max_body": MAX_BODY_CHARS}
         return self.render(request, "thread.html", context, current=current)
+
+    async def attachment(self, request: Request) -> Response:
+        """Download a file that came with a reply: participants only, never rendered inline."""
+        me = (await self.require(request))[0]
+        attachment_id = request.path_params["attachment_id"]
+
+        def load(session: Session) -> tuple[str, str, bytes]:
+            found = queries.attachment_for(
+                session, attachment_id, directory.user(session, me.email)
+            )
+            return found.filename, found.content_type, found.data
+
+        try:
+            filename, content_type, data = await self.db(load)
+        except NotFound as exc:
+            raise HTTPException(404, "There is no such file.") from exc
+        return Response(
+            data,
+            media_type=content_type
+            if content_type in INLINE_SAFE_TYPES
+            else "application/octet-stream",
+            headers={
+                "Content-Disposition": content_disposition(filename),
+                "X-Content-Type-Options": "nosniff",
+                "Cache-Control": "private, no-store",
+            },
+        )
 
     async def reply(self, request: Request) -> Response:
         me = (await self.require(request))[0]
@@ -502,6 +542,7 @@ class Portal:
             Route("/sent", self.sent),
             Route("/threads/{thread_id:int}", self.thread),
             Route("/threads/{thread_id:int}/reply", self.reply, methods=["POST"]),
+            Route("/attachments/{attachment_id:int}", self.attachment),
             Route("/compose", self.compose_page, methods=["GET"]),
             Route("/compose", self.compose, methods=["POST"]),
             Route("/canned", self.canned_index),

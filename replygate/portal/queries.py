@@ -21,6 +21,7 @@ from replygate.store.models import (
     Circle,
     CircleMember,
     Message,
+    MessageAttachment,
     Thread,
     ThreadParticipant,
     User,
@@ -83,6 +84,15 @@ class MessageView:
     signature: str | None
     body_html: str | None
     new: bool
+    attachments: tuple[AttachmentView, ...] = ()
+
+
+@dataclass(frozen=True)
+class AttachmentView:
+    id: int
+    filename: str
+    content_type: str
+    size: int
 
 
 @dataclass(frozen=True)
@@ -223,7 +233,7 @@ def read_thread(session: Session, thread_id: int, user: User) -> ThreadView:
     messages = session.scalars(
         select(Message)
         .where(Message.thread_id == thread.id)
-        .options(selectinload(Message.author))
+        .options(selectinload(Message.author), selectinload(Message.attachments))
         .order_by(Message.id)
     ).all()
     views = [
@@ -239,6 +249,9 @@ def read_thread(session: Session, thread_id: int, user: User) -> ThreadView:
             signature=m.signature,
             body_html=m.body_html,
             new=m.id > read_up_to and m.author_id != user.id,
+            attachments=tuple(
+                AttachmentView(a.id, a.filename, a.content_type, a.size) for a in m.attachments
+            ),
         )
         for m in messages
     ]
@@ -395,3 +408,13 @@ def rename_organisation(session: Session, name: str, default_name: str) -> None:
     if not name:
         raise Invalid("the organisation needs a name")
     directory.organisation(session, default_name=default_name).name = name
+
+
+def attachment_for(session: Session, attachment_id: int, user: User) -> MessageAttachment:
+    """An attachment, if ``user`` takes part in its thread; otherwise it does not exist for them."""
+    found = session.get(MessageAttachment, attachment_id)
+    if found is None:
+        raise NotFound(f"no attachment {attachment_id}")
+    message = session.get(Message, found.message_id)
+    Messaging.thread_for(session, message.thread_id, user)  # NotFound unless a participant
+    return found

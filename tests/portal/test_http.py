@@ -357,3 +357,43 @@ def test_run_portal_reports_a_port_in_use(
 
         with pytest.raises(OSError):
             asyncio.run(scenario())
+
+
+def test_attachments_are_listed_and_downloadable_by_participants_only(
+    client_for: Callable[[], Client],
+    people: People,
+    messaging: Messaging,
+    sessions: sessionmaker[Session],
+) -> None:
+    """A file that came by email downloads for the thread's people; anyone else gets 404."""
+    from replygate.store.models import MessageAttachment
+
+    thread_id = _send_to_circle(messaging, people)[people.client1]
+    message_id = file_email_reply(
+        sessions, messaging, thread_id=thread_id, author=people.client1, body="Form attached"
+    )
+    with transaction(sessions) as s:
+        row = MessageAttachment(
+            message_id=message_id,
+            filename="intake <form>.html",
+            content_type="text/html",
+            size=31,
+            data=b"<script>alert('stored')</script>",
+        )
+        s.add(row)
+        s.flush()
+        attachment_id = row.id
+    staff = client_for()
+    staff.login(people.staff)
+    page = staff.get(f"/threads/{thread_id}")
+    assert f'href="/attachments/{attachment_id}"' in page.text
+    assert "intake &lt;form&gt;.html" in page.text
+    got = staff.get(f"/attachments/{attachment_id}")
+    assert got.status == 200
+    assert got.headers["content-type"] == "application/octet-stream"  # never rendered as HTML
+    assert got.headers["content-disposition"].startswith("attachment;")
+    assert got.headers["x-content-type-options"] == "nosniff"
+    other = client_for()
+    other.login(people.client2)
+    assert other.get(f"/attachments/{attachment_id}").status == 404
+    assert other.get("/attachments/999999").status == 404
