@@ -12,6 +12,7 @@ import functools
 import io
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -115,10 +116,12 @@ def main(
     app = App(config_file=config_file, overrides=overrides)
     ctx.obj = app
     ctx.call_on_close(lambda: app._engine.dispose() if app._engine else None)
-    try:
-        logs.configure(json=bool(log_json))
-    except Exception as exc:  # pragma: no cover - logging set-up never fails in practice
-        raise click.ClickException(str(exc)) from exc
+    json_logs = (
+        log_json
+        if log_json is not None
+        else os.environ.get("REPLYGATE_LOG_JSON", "").strip().lower() in ("1", "true", "yes", "on")
+    )
+    logs.configure(json=json_logs)
 
 
 # -- config and database ----------------------------------------------------------------

@@ -12,6 +12,7 @@ import signal
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from replygate import sdnotify
 from replygate.config import Settings
 from replygate.logs import get_logger
 from replygate.outbound.deliver import transport_from_settings
@@ -81,8 +82,10 @@ async def run_service(
             log.info("portal.listening", url=f"http://{host}:{port}")
         if ready is not None:
             ready.set()
+        sdnotify.ready(f"replygate {role} running")  # every part listens by now
         await stop.wait()
     finally:
+        sdnotify.stopping()
         stop.set()
         if gateway is not None:
             await gateway.stop()

@@ -78,11 +78,6 @@ def test_reads_the_process_environment_by_default(
     assert listener.received() == {"READY": "1"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="replygate.service.run_service does not call sdnotify.ready() yet; "
-    "remove this mark when it does",
-)
 @pytest.mark.parametrize("role", ["gateway", "portal"])
 def test_serve_tells_systemd_when_it_is_ready(
     settings: Settings, tmp_path: Path, role: str
