@@ -22,11 +22,9 @@ run: $(STAMP)
 	$(BIN)/replygate demo
 	$(BIN)/replygate serve
 
-## Debian packages the tests drive for real (headless Chromium); installed when missing.
+## Debian packages the tests drive for real (Postfix, Chromium, systemd-analyze); installed when missing.
 system-deps:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "Chromium is missing: sudo apt-get install chromium" >&2; exit 1; fi; }
+	.ci/system-deps.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
