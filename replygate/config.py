@@ -38,6 +38,8 @@ class Settings:
     smtp_port: int = 2525
     smtp_hostname: str = ""
     max_message_size: int = 25 * 1024 * 1024
+    smtp_max_sessions: int = 512  # more concurrent connections are told 421 4.3.2
+    smtp_max_bytes_in_flight: int = 64 * 1024 * 1024  # message bytes held in memory at once
     token_ttl_days: int = 90
 
     outbox_maildir: Path = Path("")
@@ -54,6 +56,7 @@ class Settings:
     portal_url: str = ""
 
     worker_poll_seconds: float = 0.5
+    worker_lease_seconds: float = 300.0  # a claim older than this is taken over by another worker
     worker_max_attempts: int = 5
     retention_days: int = 30
     attachment_max_bytes: int = 10 * 1024 * 1024

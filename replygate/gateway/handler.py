@@ -2,10 +2,13 @@
 
 aiosmtpd's ``SMTP`` owns the grammar and the size limit; this object only
 decides. RCPT refuses early (no backscatter): the recipient must be a live
-reply token or our bounce address. DATA checks size and sender, then commits
-the raw bytes before answering 250. Every database call runs in a worker
-thread (``asyncio.to_thread``): the event loop serving other connections
-never waits on the store. The answers come from ``replies.CATALOGUE``.
+reply token or our bounce address. DATA checks size and sender, then hands
+the raw bytes to the process's group-commit writer (``InboundWriter``) and
+answers 250 only once the batch holding them has committed. No database
+call runs on the event loop: the RCPT lookup runs in a worker thread
+(``asyncio.to_thread``), the commit in the writer's thread, and the DATA
+checks run inline only for small plain-text mail (anything that may be
+parsed whole goes to a thread). The answers come from ``replies.CATALOGUE``.
 
 Logging: one line per refused recipient (``inbound.rcpt``), and one
 canonical line per message at the end of DATA (``inbound.mail``) with the
@@ -23,6 +26,7 @@ from weakref import WeakKeyDictionary
 
 from aiosmtpd.smtp import SMTP, Envelope
 from aiosmtpd.smtp import Session as SMTPSession
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
@@ -31,6 +35,7 @@ from replygate.gateway import intake, replies
 from replygate.gateway.intake import Recipient, StoreUnavailable
 from replygate.gateway.replies import Condition
 from replygate.logs import get_logger
+from replygate.store.inbound_writer import InboundWriter
 from replygate.store.models import utcnow
 
 log = get_logger("replygate.gateway")
@@ -62,6 +67,7 @@ class GatewayHandler:
         self.factory = factory
         self.max_recipients = max_recipients
         self.clock = clock
+        self.writer = InboundWriter(factory)
         # The routes accepted at RCPT, per transaction; aiosmtpd makes a new
         # envelope after DATA and RSET, so finished transactions drop out.
         self._accepted: WeakKeyDictionary[Envelope, list[Recipient]] = WeakKeyDictionary()
@@ -118,26 +124,36 @@ class GatewayHandler:
         if not recipients:  # aiosmtpd refuses DATA before any RCPT; this is belt and braces
             return self._finish(Condition.INTERNAL_ERROR, "no accepted recipient", fields, started)
         try:
-            accepted = await asyncio.to_thread(
-                intake.accept,
-                self.factory,
-                self.settings,
+            if intake.needs_parsing(raw):
+                checked = await asyncio.to_thread(
+                    intake.check, self.settings, recipients=recipients, raw=raw, via="smtp"
+                )
+            else:
+                checked = intake.check(self.settings, recipients=recipients, raw=raw, via="smtp")
+            rows = intake.queue_rows(
+                checked,
                 mail_from=fields["mail_from"],
                 recipients=recipients,
                 raw=raw,
                 peer=fields["peer"],
-                via="smtp",
+                now=self.clock(),
             )
+            queue_ids = await asyncio.wrap_future(self.writer.submit(rows))
         except InboundRefused as exc:
             return self._finish(replies.condition_for(exc), str(exc), fields, started)
-        except StoreUnavailable as exc:
-            return self._finish(Condition.STORE_UNAVAILABLE, str(exc), fields, started)
+        except (SQLAlchemyError, OSError) as exc:
+            reason = f"cannot store the message: {exc}"
+            return self._finish(Condition.STORE_UNAVAILABLE, reason, fields, started)
         except Exception as exc:  # a bug: 4xx keeps the message at the sender's MTA
             log.error("inbound.error", stage="data", exc_info=exc)
             error = f"{type(exc).__name__}: {exc}"
             return self._finish(Condition.INTERNAL_ERROR, error, fields, started)
-        fields.update(queue_ids=accepted.queue_ids, message_id=accepted.message_id)
+        fields.update(queue_ids=queue_ids, message_id=checked.message_id)
         return self._finish(Condition.ACCEPTED, None, fields, started)
+
+    def close(self) -> None:
+        """Commit what is queued and stop the writer thread."""
+        self.writer.close()
 
     async def handle_exception(self, error: Exception) -> str:
         """A bug or an unexpected failure: answer 4xx so the sending MTA retries, log it."""
@@ -145,7 +161,40 @@ class GatewayHandler:
         return self._render(Condition.INTERNAL_ERROR)
 
     def refused_oversize(self, session: SMTPSession | None, envelope: Envelope | None) -> str:
-        """The reply (and the log line) when aiosmtpd itself stops an oversize message."""
+        """The reply (and the log line) when the protocol stops an oversize message."""
+        reason = f"message exceeds the limit of {self.settings.max_message_size} bytes"
+        return self._refused_unread(Condition.MESSAGE_TOO_LARGE, reason, session, envelope)
+
+    def refused_line_too_long(self, session: SMTPSession | None, envelope: Envelope | None) -> str:
+        """The reply when a line of DATA is over the RFC 5321 limit."""
+        reason = "a line exceeds 1000 octets"
+        return self._refused_unread(Condition.LINE_TOO_LONG, reason, session, envelope)
+
+    def refused_no_room(self, session: SMTPSession | None, envelope: Envelope | None) -> str:
+        """The reply when the gateway's byte budget has no room for this message now."""
+        reason = "the gateway holds as many message bytes as it may"
+        return self._refused_unread(Condition.NO_ROOM, reason, session, envelope)
+
+    def refused_busy(self, session: SMTPSession | None) -> str:
+        """The greeting for a connection over the cap (the protocol then closes it)."""
+        reply = replies.reply(Condition.TOO_MANY_CONNECTIONS)
+        log.warning(
+            "inbound.connection",
+            decision="deferred",
+            condition=str(Condition.TOO_MANY_CONNECTIONS),
+            reply=f"{reply.code} {reply.status}",
+            peer=peer_of(session) if session is not None else None,
+        )
+        return self._render(Condition.TOO_MANY_CONNECTIONS)
+
+    def _refused_unread(
+        self,
+        condition: Condition,
+        reason: str,
+        session: SMTPSession | None,
+        envelope: Envelope | None,
+    ) -> str:
+        """Log and answer a message the protocol stopped before the handler saw it."""
         recipients = self._accepted.pop(envelope, []) if envelope is not None else []
         fields: dict[str, Any] = {
             "via": "smtp",
@@ -153,8 +202,7 @@ class GatewayHandler:
             "mail_from": intake.envelope_sender(envelope.mail_from if envelope else None),
             "rcpt": [r.address for r in recipients],
         }
-        reason = f"message exceeds the limit of {self.settings.max_message_size} bytes"
-        return self._finish(Condition.MESSAGE_TOO_LARGE, reason, fields, time.perf_counter())
+        return self._finish(condition, reason, fields, time.perf_counter())
 
     def _finish(
         self, condition: Condition, reason: str | None, fields: dict[str, Any], started: float

@@ -224,8 +224,9 @@ def enqueue(
     """Store the raw bytes once per recipient in one transaction, committed on return."""
     try:
         with transaction(factory) as session:
-            rows = [
-                inbound.enqueue(
+            rows = []
+            for r in recipients:
+                row = inbound.enqueue(
                     session,
                     mail_from=mail_from,
                     rcpt=r.address,
@@ -234,12 +235,89 @@ def enqueue(
                     peer=peer,
                     decisions=[r.decision, *decisions],
                 )
-                for r in recipients
-            ]
+                if r.route is not None:  # keeps one thread's replies in order (inbound.claim)
+                    row.thread_id = r.route.thread_id
+                rows.append(row)
+            session.flush()
             ids = [row.id for row in rows]
     except (SQLAlchemyError, OSError) as exc:
         raise StoreUnavailable(f"cannot store the message: {exc}") from exc
     return ids
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A message that passed the DATA checks, with what its queue rows record."""
+
+    message_id: str | None
+    decisions: list[Decision]
+
+
+def check(
+    settings: Settings, *, recipients: list[Recipient], raw: bytes, via: Literal["smtp", "pipe"]
+) -> Checked:
+    """Size, sender and attachment checks; raises what refuses the message."""
+    check_size(settings, len(raw))
+    headers = read_headers(raw)
+    sender = check_sender(headers, recipients, allow_plus_tags=settings.sender_allow_plus_tags)
+    files = check_attachments(settings, raw, headers, recipients)
+    decisions = [sender, files, {"stage": "accept", "via": via, "size": len(raw)}]
+    return Checked(headers.message_id, decisions)
+
+
+def needs_parsing(raw: bytes) -> bool:
+    """Whether ``check`` may walk the whole message (not only its header block).
+
+    Small messages are checked on the event loop; anything that may be parsed
+    for attachments, or is large, goes to a worker thread.
+    """
+    if len(raw) > INLINE_CHECK_MAX:
+        return True
+    end = raw.find(b"\r\n\r\n")
+    block = (raw if end == -1 else raw[:end]).lower()
+    at = block.find(b"\ncontent-type:")
+    if at == -1:
+        return block.startswith(b"content-type:") and not _text_at(block, 13)
+    return not _text_at(block, at + 14)
+
+
+def _text_at(block: bytes, at: int) -> bool:
+    return block[at : at + 64].lstrip(b" \t\r\n").startswith(b"text/")
+
+
+INLINE_CHECK_MAX = 256 * 1024
+
+
+def queue_rows(
+    checked: Checked,
+    *,
+    mail_from: str,
+    recipients: list[Recipient],
+    raw: bytes,
+    peer: str | None,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """The ``inbound_mail`` rows of one accepted message, one per recipient.
+
+    The thread a reply token names is recorded now, so workers can keep the
+    replies of one thread in arrival order (``inbound.claim``).
+    """
+    return [
+        {
+            "received_at": now,
+            "mail_from": mail_from,
+            "rcpt": r.address,
+            "peer": peer,
+            "message_id": checked.message_id,
+            "size": len(raw),
+            "raw": raw,
+            "status": "queued",
+            "attempts": 0,
+            "thread_id": r.route.thread_id if r.route is not None else None,
+            "decisions": [r.decision, *checked.decisions],
+        }
+        for r in recipients
+    ]
 
 
 def accept(
@@ -252,22 +330,19 @@ def accept(
     peer: str | None,
     via: Literal["smtp", "pipe"],
 ) -> Accepted:
-    """Size and sender checks, then the durable enqueue; raises what refuses the message."""
-    check_size(settings, len(raw))
-    headers = read_headers(raw)
-    sender = check_sender(headers, recipients, allow_plus_tags=settings.sender_allow_plus_tags)
-    files = check_attachments(settings, raw, headers, recipients)
-    decisions = [sender, files, {"stage": "accept", "via": via, "size": len(raw)}]
+    """The checks, then the durable enqueue (the pipe ingress: one message per process)."""
+    checked = check(settings, recipients=recipients, raw=raw, via=via)
+    headers_message_id, decisions = checked.message_id, checked.decisions
     ids = enqueue(
         factory,
         mail_from=mail_from,
         recipients=recipients,
         raw=raw,
-        message_id=headers.message_id,
+        message_id=headers_message_id,
         peer=peer,
         decisions=decisions,
     )
-    return Accepted(queue_ids=ids, message_id=headers.message_id, decisions=decisions)
+    return Accepted(queue_ids=ids, message_id=headers_message_id, decisions=decisions)
 
 
 def envelope_sender(mail_from: str | None) -> str:

@@ -53,6 +53,9 @@ class Condition(StrEnum):
     ATTACHMENT_TOO_LARGE = "attachment_too_large"
     ATTACHMENT_TYPE_REFUSED = "attachment_type_refused"
     TOO_MANY_RECIPIENTS = "too_many_recipients"
+    LINE_TOO_LONG = "line_too_long"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    NO_ROOM = "no_room"
     STORE_UNAVAILABLE = "store_unavailable"
     INTERNAL_ERROR = "internal_error"
 
@@ -154,6 +157,29 @@ CATALOGUE: Mapping[Condition, Reply] = MappingProxyType(
             452,
             "4.5.3",
             "too many recipients; please send to the rest in another message",
+            EX_TEMPFAIL,
+        ),
+        # RFC 5321 4.5.3.1.10 answers a text line over 4.5.3.1.6's limit with
+        # "500 Line too long"; 500 is a syntax error, whose RFC 3463 detail is X.5.2.
+        Condition.LINE_TOO_LONG: Reply(
+            500,
+            "5.5.2",
+            "a line of the message is longer than 1000 characters (RFC 5321); "
+            "please send it again from a standard mail program",
+            EX_NOPERM,
+        ),
+        # 421 closes the connection; X.3.2: the system is not accepting messages now.
+        Condition.TOO_MANY_CONNECTIONS: Reply(
+            421,
+            "4.3.2",
+            "too many connections right now; please try again later",
+            EX_TEMPFAIL,
+        ),
+        # 452 insufficient system storage (RFC 5321), X.3.1 mail system full (RFC 3463).
+        Condition.NO_ROOM: Reply(
+            452,
+            "4.3.1",
+            "we are receiving too much mail at once; please try again later",
             EX_TEMPFAIL,
         ),
         Condition.STORE_UNAVAILABLE: Reply(

@@ -11,53 +11,261 @@ tests.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import socket
+import sys
 import threading
+import types
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from types import TracebackType
-from typing import AnyStr, Self
+from typing import Any, AnyStr, Self
 from weakref import WeakSet
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import MISSING, SMTP, _AuthMechAttr, login_always_fail
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
+from replygate.gateway.data import DataReader, DataState
 from replygate.gateway.handler import GatewayHandler
+from replygate.gateway.limits import ByteBudget, Sessions
 
 IDENT = "replygate"
 STOP_GRACE_SECONDS = 5.0
+REUSE_PORT = sys.platform == "linux"
+BACKLOG = 1024
+# What a DATA transaction reserves when MAIL FROM declared no SIZE, and the
+# least it grows by; most replies are a few kilobytes.
+INITIAL_RESERVE = 64 * 1024
+GROW_STEP = 256 * 1024
+# How long a DATA command waits for room in the byte budget before 452 4.3.1
+# (Postfix waits 120 s for the reply to DATA).
+BUDGET_WAIT_SECONDS = 60.0
+# StreamReader.read(n) takes at most n bytes; this takes the whole buffer, so
+# bytes read past the end of data can be handed back in order (feed_data).
+READ_ALL = 1 << 30
+SMTP_TIMEOUT_SECONDS = 300
+
+
+def declared_size(mail_options: list[str]) -> int:
+    """The ``SIZE=`` a client declared at MAIL FROM (RFC 1870), or 0."""
+    for option in mail_options:
+        name, _, value = option.partition("=")
+        if name.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return 0
+
+
+@dataclass
+class Shared:
+    """What every connection of one gateway shares, built once.
+
+    aiosmtpd 1.4.6 rebuilds its hook and method tables with ``dir()`` and
+    ``inspect.getmembers()`` in every connection's ``__init__``; here they
+    are computed once per gateway and only bound per connection.
+    """
+
+    settings: Settings
+    handler: GatewayHandler
+    sessions: Sessions
+    budget: ByteBudget
+    handle_hooks: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    smtp_methods: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    auth_methods: dict[str, tuple[Callable[..., Any], bool]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, settings: Settings, handler: GatewayHandler) -> Shared:
+        shared = cls(
+            settings=settings,
+            handler=handler,
+            sessions=Sessions(settings.smtp_max_sessions),
+            budget=ByteBudget(settings.smtp_max_bytes_in_flight),
+        )
+        shared.handle_hooks = {
+            name.removeprefix("handle_"): getattr(handler, name)
+            for name in dir(handler)
+            if name.startswith("handle_")
+        }
+        if "EHLO" in shared.handle_hooks:  # pragma: no cover - our handler has none
+            raise RuntimeError("GatewaySMTP does not support a handle_EHLO hook")
+        shared.smtp_methods = {
+            name.removeprefix("smtp_"): getattr(GatewaySMTP, name)
+            for name in dir(GatewaySMTP)
+            if name.startswith("smtp_")
+        }
+        # aiosmtpd's own AUTH mechanisms (never offered: no TLS, AUTH not required),
+        # kept so the protocol answers AUTH exactly as the stock server does.
+        shared.auth_methods = {
+            getattr(func, "__auth_mechanism_name__", name[5:].replace("__", "-")): (func, True)
+            for name in dir(GatewaySMTP)
+            if name.startswith("auth_") and callable(func := getattr(GatewaySMTP, name))
+        }
+        for name in dir(handler):
+            if name.startswith("auth_"):  # pragma: no cover - our handler has none
+                func = getattr(handler, name)
+                mech = getattr(func, "__auth_mechanism_name__", name[5:].replace("__", "-"))
+                shared.auth_methods[mech] = (func, False)
+        return shared
 
 
 class GatewaySMTP(SMTP):
-    """aiosmtpd's protocol with its own size refusals answered from our catalogue.
+    """aiosmtpd's protocol with a fast DATA reader, limits, and our catalogue's replies.
 
-    aiosmtpd enforces ``data_size_limit`` itself (at ``MAIL FROM ... SIZE=``
-    and while reading DATA, without buffering the excess) but answers with no
-    enhanced status code; those two replies are the only ones rewritten.
+    - ``__init__`` sets what ``SMTP.__init__`` sets, from tables built once
+      (``Shared``), without ``socket.getfqdn()``;
+    - ``smtp_DATA`` reads the body in chunks (``data.DataReader``) under the
+      byte budget;
+    - connections over the cap hear ``421 4.3.2`` before the greeting;
+    - aiosmtpd's own size refusal at ``MAIL FROM ... SIZE=`` (no enhanced
+      status code) is rewritten from the catalogue.
     """
 
     event_handler: GatewayHandler
+
+    def __init__(self, shared: Shared, loop: asyncio.AbstractEventLoop) -> None:
+        asyncio.StreamReaderProtocol.__init__(
+            self,
+            asyncio.StreamReader(loop=loop, limit=self.line_length_limit),
+            client_connected_cb=self._cb_client_connected,
+            loop=loop,
+        )
+        settings = shared.settings
+        self.shared = shared
+        self.admitted = False
+        self.__ident__ = IDENT
+        self.loop = loop
+        self.event_handler = shared.handler
+        self.data_size_limit = settings.max_message_size  # advertised as SIZE in EHLO
+        self.enable_SMTPUTF8 = True
+        self._decode_data = False  # keep the raw bytes exactly as received
+        # Per connection (stock aiosmtpd clears one class-wide dict that every
+        # connection's EHLO then adds to).
+        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
+        self.hostname = settings.smtp_hostname or socket.getfqdn()
+        self.tls_context = None
+        self.require_starttls = None
+        self._timeout_duration = SMTP_TIMEOUT_SECONDS
+        self._timeout_handle = None
+        self._tls_handshake_okay = True
+        self._tls_protocol = None
+        self._original_transport = None
+        self.session = None
+        self.envelope = None
+        self.transport = None
+        self._handler_coroutine = None
+        self._auth_require_tls = True
+        self._proxy_timeout = None
+        self._authenticator = None
+        self._auth_callback = login_always_fail
+        self._auth_required = False
+        self._auth_methods = {
+            mech: _AuthMechAttr(types.MethodType(func, self) if builtin else func, builtin)
+            for mech, (func, builtin) in shared.auth_methods.items()
+        }
+        self._handle_hooks = shared.handle_hooks
+        self._ehlo_hook_ver = None
+        self._smtp_methods = {
+            name: types.MethodType(func, self) for name, func in shared.smtp_methods.items()
+        }
+        self._enforce_call_limit = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.admitted = self.shared.sessions.enter()
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        try:
+            super().connection_lost(error)
+        finally:
+            self.shared.sessions.leave()
+
+    async def _handle_client(self) -> None:
+        if not self.admitted:
+            await self.push(self.event_handler.refused_busy(self.session))
+            if self.transport is not None:
+                self.transport.close()
+            return
+        await super()._handle_client()
 
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str) and status.startswith("552 Error:"):
             status = self.event_handler.refused_oversize(self.session, self.envelope)
         await super().push(status)
 
+    async def smtp_DATA(self, arg: str) -> None:
+        """DATA as aiosmtpd 1.4.6 answers it, reading the body in chunks."""
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        budget = self.shared.budget
+        wanted = declared_size(self.envelope.mail_options) or INITIAL_RESERVE
+        held = await budget.take(wanted, BUDGET_WAIT_SECONDS)
+        if not held:
+            await self.push(self.event_handler.refused_no_room(self.session, self.envelope))
+            return
+        try:
+            status = await self._receive(held)
+        finally:
+            budget.give(self._held)
+        if status is None:
+            return
+        self._set_post_data_state()
+        await self.push(status)
+
+    async def _receive(self, held: int) -> str | None:
+        """Read one body and hand it to the handler; the reply, or None if the
+        connection went away."""
+        assert self.envelope is not None
+        self._held = held
+        budget = self.shared.budget
+        reader = DataReader(self.data_size_limit)
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        stream = self._reader
+        while not reader.done:
+            chunk = await stream.read(READ_ALL)
+            if not chunk:  # the client went away mid-message: no reply to give
+                self._writer.close()
+                return None
+            used = reader.feed(chunk)
+            if used < len(chunk) and not stream.at_eof():
+                stream.feed_data(chunk[used:])  # the next command, pipelined
+            if reader.state is DataState.NOMINAL and reader.size > self._held:
+                grow = max(reader.size - self._held, GROW_STEP)
+                if budget.try_take(grow):
+                    self._held += grow
+                else:
+                    reader.refuse(DataState.NO_ROOM)
+        handler = self.event_handler
+        if reader.state is DataState.TOO_LONG:
+            return handler.refused_line_too_long(self.session, self.envelope)
+        if reader.state is DataState.TOO_MUCH:
+            return handler.refused_oversize(self.session, self.envelope)
+        if reader.state is DataState.NO_ROOM:
+            return handler.refused_no_room(self.session, self.envelope)
+        raw = reader.content()
+        self.envelope.content = raw
+        self.envelope.original_content = raw
+        status = await self._call_handler_hook("DATA")
+        return "250 OK" if status is MISSING else status
+
 
 def protocol_factory(settings: Settings, handler: GatewayHandler) -> Callable[[], GatewaySMTP]:
-    """A new protocol per connection, all sharing ``handler``."""
+    """A new protocol per connection, all sharing ``handler`` and the limits."""
+    shared = Shared.build(settings, handler)
 
     def make() -> GatewaySMTP:
-        return GatewaySMTP(
-            handler,
-            data_size_limit=settings.max_message_size,  # advertised as SIZE in EHLO
-            hostname=settings.smtp_hostname,  # no getfqdn() per connection
-            ident=IDENT,
-            enable_SMTPUTF8=True,
-            decode_data=False,  # keep the raw bytes exactly as received
-            loop=asyncio.get_running_loop(),
-        )
+        return GatewaySMTP(shared, asyncio.get_running_loop())
 
+    make.shared = shared  # type: ignore[attr-defined]
     return make
 
 
@@ -90,7 +298,11 @@ class Gateway:
             return protocol
 
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(tracked, self.host, self.port)
+        # SO_REUSEPORT: several gateway processes on one host share the port and
+        # the kernel spreads connections over them.
+        self._server = await loop.create_server(
+            tracked, self.host, self.port, reuse_port=REUSE_PORT, backlog=BACKLOG
+        )
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
@@ -109,6 +321,7 @@ class Gateway:
                 protocol.transport.close()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(server.wait_closed(), grace)
+        await asyncio.to_thread(self.handler.close)
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from replygate.config import Settings
 from replygate.gateway.handler import GatewayHandler
-from replygate.store import directory, inbound
+from replygate.store import directory, inbound_writer
 from replygate.store.db import make_engine, session_factory, transaction
 from replygate.store.models import Thread, ThreadParticipant
 from tests.gateway.conftest import (
@@ -225,7 +225,7 @@ def test_store_failure_at_data_is_temporary_and_stores_nothing(
     def broken(*args: object, **kwargs: object) -> None:
         raise OperationalError("INSERT INTO inbound_mail", {}, Exception("disk I/O error"))
 
-    monkeypatch.setattr(inbound, "enqueue", broken)
+    monkeypatch.setattr(inbound_writer, "insert_rows", broken)
     raw = reply_message(from_=world.client_email, to=world.address)
     _, data = asyncio.run(
         _transaction(GatewayHandler(settings, sessions), world.client_email, [world.address], raw)

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from replygate.config import Settings
 from replygate.gateway import intake
 from replygate.gateway.server import GatewayThread, start_gateway
-from replygate.store import inbound
+from replygate.store import inbound_writer
 from replygate.threading import reply_token
 from tests.gateway.conftest import (
     World,
@@ -207,7 +207,7 @@ def test_store_unavailable_answers_451_430(
     def broken(*args: object, **kwargs: object) -> None:
         raise OperationalError("INSERT INTO inbound_mail", {}, Exception("database is locked"))
 
-    monkeypatch.setattr(inbound, "enqueue", broken)
+    monkeypatch.setattr(inbound_writer, "insert_rows", broken)
     raw = reply_message(from_=world.client_email, to=world.address)
     client.mail(world.client_email)
     client.rcpt(world.address)
