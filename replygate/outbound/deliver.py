@@ -80,6 +80,7 @@ class MaildirTransport:
         trace = f"Return-Path: <{mail.envelope_from}>\nDelivered-To: {mail.recipient}\n"
         data = trace.encode("utf-8") + mail.raw.replace(b"\r\n", b"\n")
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             box = mailbox.Maildir(self.path, create=True)
             box.add(data)
         except OSError as exc:

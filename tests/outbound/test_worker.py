@@ -1,0 +1,287 @@
+"""The outbound worker: outcomes recorded, backoff scheduled, one log line per delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import mailbox
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+from structlog.testing import capture_logs
+
+from replygate.outbound.deliver import (
+    MaildirTransport,
+    MemoryTransport,
+    PermanentDeliveryError,
+    SmtpTransport,
+    TransientDeliveryError,
+    Transport,
+)
+from replygate.outbound.worker import OutboundWorker, backoff_delay
+from replygate.store import outbox
+from replygate.store.models import OutboxMessage
+from tests.outbound.support import BODY_WORDS, Smarthost, free_port, queue_mail, wait_until
+
+T0 = datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
+BASE = 30.0
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: datetime = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def worker(
+    sessions: sessionmaker[Session], transport: Transport, clock: Clock, **kw: object
+) -> OutboundWorker:
+    options: dict[str, object] = dict(max_attempts=3, backoff_seconds=BASE, clock=clock)
+    options.update(kw)
+    # rng 0: the lower edge of the jitter, so scheduled times are exact.
+    return OutboundWorker(sessions, transport, rng=lambda: 0.0, **options)  # type: ignore[arg-type]
+
+
+def row(sessions: sessionmaker[Session], outbox_id: int) -> OutboxMessage:
+    with sessions() as session:
+        found = session.get(OutboxMessage, outbox_id)
+        assert found is not None
+        return found
+
+
+def deliveries(logs: list[dict]) -> list[dict]:
+    return [e for e in logs if e["event"] == "outbox.delivery"]
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
+    assert [backoff_delay(a, 30, rng=lambda: 0.0) for a in (1, 2, 3, 4)] == [15, 30, 60, 120]
+    assert [backoff_delay(a, 30, rng=lambda: 1.0) for a in (1, 2, 3)] == [30, 60, 120]
+    assert backoff_delay(50, 30, rng=lambda: 1.0) == 3600
+    assert backoff_delay(10_000, 30, cap_seconds=600, rng=lambda: 0.5) == 450
+
+
+def test_delivers_due_mail_and_logs_one_line_each(sessions: sessionmaker[Session]) -> None:
+    ids = queue_mail(sessions, 3, now=T0)
+    transport = MemoryTransport()
+    clock = Clock()
+    with capture_logs() as logs:
+        assert asyncio.run(worker(sessions, transport, clock).run_once()) == 3
+        assert asyncio.run(worker(sessions, transport, clock).run_once()) == 0
+    assert sorted(m.id for m in transport.sent) == ids
+    for oid in ids:
+        r = row(sessions, oid)
+        assert (r.status, r.attempts, r.sent_at) == ("sent", 1, T0)
+    lines = deliveries(logs)
+    assert sorted(e["outbox_id"] for e in lines) == ids
+    assert {e["outcome"] for e in lines} == {"sent"}
+    assert all("duration_ms" in e and e["transport"] == "memory" for e in lines)
+    assert BODY_WORDS.split()[0] not in repr(logs)
+
+
+def test_transient_errors_back_off_then_give_up(sessions: sessionmaker[Session]) -> None:
+    """Each transient failure schedules the next try later than the one before;
+    after max_attempts the row is failed with the last error, not retried forever."""
+    [oid] = queue_mail(sessions, now=T0)
+    transport = MemoryTransport(fail=lambda m: TransientDeliveryError("451 4.3.0 busy"))
+    clock = Clock()
+    w = worker(sessions, transport, clock, max_attempts=3)
+
+    with capture_logs() as logs:
+        assert asyncio.run(w.run_once()) == 1
+        r = row(sessions, oid)
+        assert (r.status, r.attempts, r.last_error) == ("queued", 1, "451 4.3.0 busy")
+        assert r.next_attempt_at == T0 + timedelta(seconds=BASE / 2)
+
+        assert asyncio.run(w.run_once()) == 0  # not due yet
+        clock.now = r.next_attempt_at
+        assert asyncio.run(w.run_once()) == 1
+        r = row(sessions, oid)
+        assert (r.status, r.attempts) == ("queued", 2)
+        assert r.next_attempt_at == clock.now + timedelta(seconds=BASE)
+
+        clock.now = r.next_attempt_at
+        assert asyncio.run(w.run_once()) == 1
+    r = row(sessions, oid)
+    assert (r.status, r.attempts) == ("failed", 3)
+    assert r.last_error == "gave up after 3 attempts: 451 4.3.0 busy"
+    assert [e["outcome"] for e in deliveries(logs)] == ["retry", "retry", "failed"]
+    clock.now += timedelta(days=30)
+    assert asyncio.run(w.run_once()) == 0
+
+
+def test_permanent_error_fails_at_once(sessions: sessionmaker[Session]) -> None:
+    [oid] = queue_mail(sessions, now=T0)
+    transport = MemoryTransport(fail=lambda m: PermanentDeliveryError("550 5.1.1 no such user"))
+    asyncio.run(worker(sessions, transport, Clock()).run_once())
+    r = row(sessions, oid)
+    assert (r.status, r.attempts, r.last_error) == ("failed", 1, "550 5.1.1 no such user")
+
+
+def test_unexpected_transport_error_is_retried_not_lost(sessions: sessionmaker[Session]) -> None:
+    [oid] = queue_mail(sessions, now=T0)
+    transport = MemoryTransport(fail=lambda m: RuntimeError("bug"))
+    asyncio.run(worker(sessions, transport, Clock()).run_once())
+    r = row(sessions, oid)
+    assert (r.status, r.last_error) == ("queued", "RuntimeError('bug')")
+
+
+def test_mail_of_a_dead_worker_is_delivered_after_its_lease(
+    sessions: sessionmaker[Session],
+) -> None:
+    [oid] = queue_mail(sessions, now=T0)
+    outbox.claim_due(sessions, limit=10, now=T0, lease_seconds=60)  # ...and the claimer dies
+    transport = MemoryTransport()
+    clock = Clock()
+    w = worker(sessions, transport, clock, lease_seconds=60)
+    assert asyncio.run(w.run_once()) == 0
+    clock.now = T0 + timedelta(seconds=61)
+    assert asyncio.run(w.run_once()) == 1
+    assert [m.id for m in transport.sent] == [oid]
+    assert (row(sessions, oid).status, row(sessions, oid).attempts) == ("sent", 2)
+
+
+def test_mail_that_keeps_killing_workers_is_failed(sessions: sessionmaker[Session]) -> None:
+    [oid] = queue_mail(sessions, now=T0)
+    clock = Clock()
+    for n in range(3):  # three claims, no outcome
+        outbox.claim_due(sessions, limit=1, now=T0 + timedelta(hours=n), lease_seconds=60)
+    clock.now = T0 + timedelta(hours=5)
+    transport = MemoryTransport()
+    asyncio.run(worker(sessions, transport, clock, max_attempts=3).run_once())
+    assert transport.sent == []
+    r = row(sessions, oid)
+    assert r.status == "failed"
+    assert "no outcome after 3 claims" in (r.last_error or "")
+
+
+def test_run_delivers_until_stopped(sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    """The loop picks up mail queued while it runs, and stops promptly when told."""
+    maildir = tmp_path / "outbox"
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        w = OutboundWorker(
+            sessions, MaildirTransport(maildir), max_attempts=3, backoff_seconds=BASE
+        )
+        task = asyncio.create_task(w.run(stop, poll_seconds=0.02))
+        await asyncio.to_thread(queue_mail, sessions, 2, now=datetime.now(UTC))
+        await wait_until(lambda: maildir.exists() and len(mailbox.Maildir(maildir)) == 2)
+        stop.set()
+        await asyncio.wait_for(task, timeout=5)
+
+    asyncio.run(scenario())
+    with sessions() as session:
+        assert {r.status for r in outbox.list_outbox(session)} == {"sent"}
+
+
+def test_run_survives_a_failing_round(sessions: sessionmaker[Session]) -> None:
+    calls = 0
+
+    class Flaky(OutboundWorker):
+        async def run_once(self) -> int:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise ConnectionError("database away")
+            return await super().run_once()
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        w = Flaky(sessions, MemoryTransport(), max_attempts=3, backoff_seconds=BASE)
+        task = asyncio.create_task(w.run(stop, poll_seconds=0.01))
+        await wait_until(lambda: calls >= 3)
+        stop.set()
+        await asyncio.wait_for(task, timeout=5)
+
+    with capture_logs() as logs:
+        asyncio.run(scenario())
+    assert any(e["event"] == "outbox.round_failed" for e in logs)
+
+
+# --- against a real smarthost -------------------------------------------------
+
+
+def smtp_worker(sessions: sessionmaker[Session], port: int, clock: Clock) -> OutboundWorker:
+    transport = SmtpTransport("127.0.0.1", port, starttls=False, timeout=5)
+    return worker(sessions, transport, clock)
+
+
+def test_smtp_success(sessions: sessionmaker[Session], smarthost: Smarthost) -> None:
+    [oid] = queue_mail(sessions, now=T0)
+    with capture_logs() as logs:
+        assert asyncio.run(smtp_worker(sessions, smarthost.port, Clock()).run_once()) == 1
+    [got] = smarthost.handler.received
+    assert got.mail_from == "bounces+n0001abc@reply.test"
+    assert got.rcpt_tos == ["client1@example.com"]
+    assert row(sessions, oid).status == "sent"
+    [line] = deliveries(logs)
+    assert (line["outcome"], line["transport"]) == ("sent", "smtp")
+
+
+def test_smtp_451_schedules_a_retry(sessions: sessionmaker[Session], smarthost: Smarthost) -> None:
+    smarthost.handler.rcpt_reply = "451 4.3.0 Greylisted, try again later"
+    [oid] = queue_mail(sessions, now=T0)
+    clock = Clock()
+    asyncio.run(smtp_worker(sessions, smarthost.port, clock).run_once())
+    r = row(sessions, oid)
+    assert (r.status, r.attempts) == ("queued", 1)
+    assert r.next_attempt_at == T0 + timedelta(seconds=BASE / 2)
+    assert "451" in (r.last_error or "")
+
+    # The smarthost accepts the retry.
+    smarthost.handler.rcpt_reply = None
+    clock.now = r.next_attempt_at
+    asyncio.run(smtp_worker(sessions, smarthost.port, clock).run_once())
+    assert row(sessions, oid).status == "sent"
+    assert len(smarthost.handler.received) == 1
+
+
+def test_smtp_550_fails(sessions: sessionmaker[Session], smarthost: Smarthost) -> None:
+    smarthost.handler.rcpt_reply = "550 5.1.1 No such user here"
+    [oid] = queue_mail(sessions, now=T0)
+    asyncio.run(smtp_worker(sessions, smarthost.port, Clock()).run_once())
+    r = row(sessions, oid)
+    assert r.status == "failed"
+    assert "550 5.1.1 No such user here" in (r.last_error or "")
+
+
+def test_smarthost_down_schedules_a_retry(sessions: sessionmaker[Session]) -> None:
+    [oid] = queue_mail(sessions, now=T0)
+    asyncio.run(smtp_worker(sessions, free_port(), Clock()).run_once())
+    r = row(sessions, oid)
+    assert (r.status, r.attempts) == ("queued", 1)
+    assert r.next_attempt_at == T0 + timedelta(seconds=BASE / 2)
+    assert "unavailable" in (r.last_error or "")
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_concurrent_workers_deliver_each_mail_once(
+    sessions: sessionmaker[Session], smarthost: Smarthost, workers: int
+) -> None:
+    """Several workers over one outbox and one smarthost: every mail arrives exactly once."""
+    queue_mail(sessions, 40, now=T0)
+
+    async def scenario() -> None:
+        clock = Clock()
+        pool = [
+            worker(
+                sessions,
+                SmtpTransport("127.0.0.1", smarthost.port, starttls=False, timeout=5),
+                clock,
+                batch=5,
+            )
+            for _ in range(workers)
+        ]
+        while sum(await asyncio.gather(*(w.run_once() for w in pool))):
+            pass
+
+    asyncio.run(scenario())
+    recipients = [r.rcpt_tos[0] for r in smarthost.handler.received]
+    assert sorted(recipients) == sorted(f"client{n}@example.com" for n in range(1, 41))
+    with sessions() as session:
+        assert {r.status for r in outbox.list_outbox(session, limit=None)} == {"sent"}
