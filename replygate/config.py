@@ -64,7 +64,7 @@ class Settings:
     attachment_types: str = (
         "application/pdf,image/png,image/jpeg,image/gif,image/heic,text/plain,text/csv,"
         "application/msword,application/vnd.openxmlformats-officedocument.*,"
-        "application/vnd.oasis.opendocument.*,application/rtf"
+        "application/vnd.oasis.opendocument.*,application/rtf,message/rfc822"
     )
     bounce_suppress_after: int = 3
     breaker_max_replies: int = 20

@@ -248,14 +248,21 @@ def _find_marker(lines: list[str]) -> int | None:
             # Skip blank (or bare ">") lines between the client's header and our marker.
             while j >= 0 and not qh.strip_quote_prefix(lines[j]).strip():
                 j -= 1
+            found = None
             for span in (1, 2, 3):
                 start = j - span + 1
                 if start < 0:
                     break
                 joined = " ".join(qh.strip_quote_prefix(x).strip() for x in lines[start : j + 1])
                 if qh.is_wrote_header(joined) or qh.header_block_at(lines, start):
-                    cut = start
-                    break
+                    # A wrapped header ("On …, Name\n<addr> wrote:") is cut whole: take the
+                    # shortest span that starts like a header opening ("On", "Le", "Am"…).
+                    found = start if found is None else found
+                    if qh.RE_OPENER.match(qh.strip_quote_prefix(lines[start]).strip()):
+                        found = start
+                        break
+            if found is not None:
+                cut = found
             else:
                 # An Outlook block ends with Subject:; find where it starts.
                 k = j

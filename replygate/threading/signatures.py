@@ -99,6 +99,11 @@ def _is_short_block(lines: list[str], limit: int = MAX_SIGNATURE_LINES) -> bool:
     return 0 < len(content) <= limit and all(len(line) <= MAX_SIGNATURE_LINE for line in content)
 
 
+RE_IMAGE_PLACEHOLDER = re.compile(
+    r"^\s*\[(?:image:[^\]]*|cid:[^\]]*|[^\]]{0,60}\b(?:logo|Logo|LOGO))\]\s*$"
+)
+
+
 def find_signature(lines: list[str]) -> tuple[int | None, str]:
     """Index of the first signature line in ``lines`` and the rule's name, or ``(None, '')``."""
     n = len(lines)
@@ -127,6 +132,15 @@ def find_signature(lines: list[str]) -> tuple[int | None, str]:
             if i >= 2 and RE_NAME.match(lines[i - 1]) and not lines[i - 2].strip():
                 return i - 1, "signature:mobile"
             return i, "signature:mobile"
+    # Placeholders clients write into the text part for inline images ("[image: logo.png]",
+    # "[cid:…]", Outlook's "[Company logo]") at the very end belong to the signature.
+    tail = n
+    while tail > first_text + 1 and (
+        not lines[tail - 1].strip() or RE_IMAGE_PLACEHOLDER.match(lines[tail - 1])
+    ):
+        tail -= 1
+    if tail < n and any(RE_IMAGE_PLACEHOLDER.match(x) for x in lines[tail:]):
+        return tail, "signature:image"
     last = _last_content(lines)
     # ... unless it is the last item of a dashed list.
     prev = _last_content(lines[:last]) if last is not None else None
