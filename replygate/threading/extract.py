@@ -29,7 +29,7 @@ from email.message import EmailMessage
 from replygate.markers import REPLY_ABOVE_LINE
 from replygate.threading import quote_headers as qh
 from replygate.threading.html_quotes import html_to_text, split_html
-from replygate.threading.signatures import RE_DASH_NAME, RE_DELIMITER, find_signature
+from replygate.threading.signatures import RE_DELIMITER, find_signature, is_dash_sign_off
 
 __all__ = [
     "ReplyParts",
@@ -203,9 +203,10 @@ def _extract_text(text: str, clock: _Clock, layers: list[str]) -> ReplyParts:
     if sig_rule:
         signature_at = len(kept) - len(_trim(lines[sig_at:]))
         rule = sig_rule
-        # A "-Name" sign-off just above a list footer belongs to the signature too.
+        # A "-Name" sign-off just above a trailing footer belongs to the signature too
+        # (not the last item of a dashed list).
         above = _trim(kept[:signature_at])
-        if above and RE_DASH_NAME.match(above[-1]) and len(above) > 1:
+        if len(above) > 1 and is_dash_sign_off(above, len(above) - 1):
             signature_at = len(above) - 1
     if signature_at is not None:
         layers.append(rule)
@@ -444,6 +445,8 @@ def _remove_quotes(
     if not runs:
         return list(lines), []
     drop = [False] * len(lines)
+    # Headers removed from the middle of kept text: the spacing around them stays as written.
+    elided: set[int] = set()
     has_text = any(kind == TEXT for kind, _, _ in runs)
 
     # Forward banner: keep the text above it, or the forwarded mail when nothing is above.
@@ -454,7 +457,7 @@ def _remove_quotes(
             if any(k == TEXT for k, _, _ in runs[:idx]):
                 for j in range(start, len(lines)):
                     drop[j] = True
-            return _apply(lines, drop, layers)
+            return _apply(lines, drop, layers, elided)
 
     if not has_text:
         # Nothing but quote: keep it (a forward by quoting), unless it is only headers.
@@ -484,6 +487,7 @@ def _remove_quotes(
             if nxt[0] == QUOTED:
                 after = runs[idx + 2 :]
                 if text_seen and _answered_inline(lines, after):
+                    elided.update(range(start, end))
                     continue  # interleaved: the quote stays with its answers
                 if not text_seen and any(k == QUOTED for k, _, _ in after[1:]):
                     continue  # inline answers under a header at the top
@@ -504,7 +508,7 @@ def _remove_quotes(
                 break
             if text_seen and not _answered_inline(lines, later):
                 _drop_run(drop, (kind, start, end))  # a quote between text and a short footer
-    return _apply(lines, drop, layers)
+    return _apply(lines, drop, layers, elided)
 
 
 def _answered_inline(lines: list[str], after: list[tuple[str, int, int]]) -> bool:
@@ -525,10 +529,12 @@ def _drop_run(drop: list[bool], run: tuple[str, int, int]) -> None:
         drop[j] = True
 
 
-def _apply(lines: list[str], drop: list[bool], layers: list[str]) -> tuple[list[str], list[str]]:
+def _apply(
+    lines: list[str], drop: list[bool], layers: list[str], elided: set[int] | None = None
+) -> tuple[list[str], list[str]]:
     # Blank lines right after a removed quote go with it, so the text keeps one separator.
     for i in range(1, len(lines)):
-        if not drop[i] and drop[i - 1] and not lines[i].strip():
+        if not drop[i] and drop[i - 1] and not lines[i].strip() and (i - 1) not in (elided or ()):
             drop[i] = True
     kept = [line for line, gone in zip(lines, drop, strict=True) if not gone]
     removed = [line for line, gone in zip(lines, drop, strict=True) if gone]

@@ -128,9 +128,15 @@ def find_signature(lines: list[str]) -> tuple[int | None, str]:
             and RE_MOBILE.match(line)
             and _is_short_block(lines[i:], MAX_FOOTER_LINES)
         ):
+            # Footers stacked above this one (one per device, blank lines between) go too.
+            i = _footer_stack_start(lines, i, first_text)
             # A name alone on the line above a footer ("Stavros\nvia mobile") signs it.
             if i >= 2 and RE_NAME.match(lines[i - 1]) and not lines[i - 2].strip():
                 return i - 1, "signature:mobile"
+            # So does a "-Name" sign-off just above it, even with a blank line between.
+            above = _last_content(lines[:i])
+            if above is not None and above > first_text and is_dash_sign_off(lines, above):
+                return above, "signature:mobile"
             return i, "signature:mobile"
     # Placeholders clients write into the text part for inline images ("[image: logo.png]",
     # "[cid:…]", Outlook's "[Company logo]") at the very end belong to the signature.
@@ -142,19 +148,35 @@ def find_signature(lines: list[str]) -> tuple[int | None, str]:
     if tail < n and any(RE_IMAGE_PLACEHOLDER.match(x) for x in lines[tail:]):
         return tail, "signature:image"
     last = _last_content(lines)
-    # ... unless it is the last item of a dashed list.
-    prev = _last_content(lines[:last]) if last is not None else None
-    if (
-        last is not None
-        and last > first_text
-        and RE_DASH_NAME.match(lines[last])
-        and not (prev is not None and lines[prev].lstrip().startswith("-"))
-    ):
+    if last is not None and last > first_text and is_dash_sign_off(lines, last):
         return last, "signature:dash_name"
     contact = _contact_block(lines, first_text)
     if contact is not None:
         return contact, "signature:contact"
     return _bruteforce(lines, first_text)
+
+
+def _footer_stack_start(lines: list[str], i: int, first_text: int) -> int:
+    """The first of the footers stacked directly above ``lines[i]`` (blank lines allowed)."""
+    start = i
+    j = i - 1
+    while j > first_text:
+        line = lines[j]
+        if line.strip():
+            if len(line) > MAX_SIGNATURE_LINE or not RE_MOBILE.match(line):
+                break
+            start = j
+        j -= 1
+    return start
+
+
+def is_dash_sign_off(lines: list[str], i: int) -> bool:
+    """Whether ``lines[i]`` is a "-Name" sign-off rather than the last item of a dashed list."""
+    if not RE_DASH_NAME.match(lines[i]):
+        return False
+    # The nearest line of text above it opening with a dash makes it one more list item.
+    prev = _last_content(lines[:i])
+    return not (prev is not None and lines[prev].lstrip().startswith("-"))
 
 
 def _last_content(lines: list[str]) -> int | None:

@@ -120,3 +120,37 @@ def test_pathological_html_is_bounded() -> None:
     parts = extract_reply(markup, html=True)
     assert time.perf_counter() - start < 2.0
     assert parts.reply == "Reply"
+
+
+def test_dash_name_above_footer_is_signature() -> None:
+    """A "-Name" sign-off above a device footer, a blank line between, goes with the footer."""
+    parts = extract_reply("Will do.\n\n-Ana\n\nSent from my Pixel")
+    assert parts.reply == "Will do."
+    assert parts.signature == "-Ana\n\nSent from my Pixel"
+
+
+def test_stacked_footers_go_whole() -> None:
+    """Footers stacked from several devices go from the first one, however long the stack."""
+    footers = ["Envoyé depuis mon iPhone", "", "Von meinem iPad gesendet", ""]
+    footers += [f"Sent from my phone number {i}" for i in range(25)]
+    parts = extract_reply("Agreed.\n\n" + "\n".join(footers))
+    assert parts.reply == "Agreed."
+    assert parts.signature.startswith("Envoyé")
+
+
+def test_dashed_list_keeps_last_item() -> None:
+    """The last item of a dashed list is text, even with a signature and a quote below it."""
+    body = (
+        "Two points:\n\n - the invoice\n - the receipt\n\n"
+        "On Fri, May 3, 2024 at 9:12 AM Dana <d@example.com> wrote:\n\n> Q?\n\n-- \nDana"
+    )
+    assert extract_reply(body).reply == "Two points:\n\n - the invoice\n - the receipt"
+
+
+def test_header_inside_kept_text_leaves_spacing() -> None:
+    """A header dropped above a quote answered inline leaves the blank lines around it."""
+    body = (
+        "First.\n\nOn Fri, May 3, 2024 at 9:12 AM Dana <d@example.com> wrote:\n\n"
+        "> q1\n\nAnswer one.\nMore.\nAnd more.\n"
+    )
+    assert extract_reply(body).reply == "First.\n\n\n> q1\n\nAnswer one.\nMore.\nAnd more."
