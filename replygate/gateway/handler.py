@@ -26,6 +26,7 @@ from weakref import WeakKeyDictionary
 
 from aiosmtpd.smtp import SMTP, Envelope
 from aiosmtpd.smtp import Session as SMTPSession
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,6 +36,7 @@ from replygate.gateway import intake, replies
 from replygate.gateway.intake import Recipient, StoreUnavailable
 from replygate.gateway.replies import Condition
 from replygate.logs import get_logger
+from replygate.store.db import make_read_engine, session_factory
 from replygate.store.inbound_writer import InboundWriter
 from replygate.store.models import utcnow
 
@@ -42,6 +44,13 @@ log = get_logger("replygate.gateway")
 
 # RFC 5321 4.5.3.1.8: a server must accept at least 100 recipients per message.
 MAX_RECIPIENTS = 100
+# How long an accepted reply address is trusted without asking the database
+# again. A reply storm hits the same few addresses; each lookup is several
+# round trips. A token revoked (or Convenience Mode switched off) within
+# this window may still be accepted at RCPT; the engine resolves the route
+# again before filing and rejects it, so nothing is filed.
+RCPT_CACHE_SECONDS = 2.0
+RCPT_CACHE_SIZE = 10_000
 
 
 def peer_of(session: SMTPSession) -> str | None:
@@ -50,6 +59,19 @@ def peer_of(session: SMTPSession) -> str | None:
     if isinstance(peer, tuple) and len(peer) >= 2:
         return f"{peer[0]}:{peer[1]}"
     return str(peer) if peer else None
+
+
+def _sqlite_read_engine(factory: sessionmaker[Session]) -> Engine | None:
+    """On SQLite, a second engine whose lookups never queue for the write lock.
+
+    ``db.make_engine`` begins every SQLite transaction IMMEDIATE (the write
+    lock); RCPT lookups holding it would take turns with the inbound writer's
+    commits and sleep in SQLite's busy handler.
+    """
+    bind = getattr(factory, "kw", {}).get("bind")
+    if not isinstance(bind, Engine) or bind.dialect.name != "sqlite":
+        return None
+    return make_read_engine(bind.url.render_as_string(hide_password=False))
 
 
 class GatewayHandler:
@@ -62,12 +84,19 @@ class GatewayHandler:
         *,
         max_recipients: int = MAX_RECIPIENTS,
         clock: Callable[[], datetime] = utcnow,
+        rcpt_cache_seconds: float = RCPT_CACHE_SECONDS,
     ) -> None:
         self.settings = settings
+        self.rcpt_cache_seconds = rcpt_cache_seconds
+        self._recipients: dict[str, tuple[float, Recipient]] = {}
         self.factory = factory
         self.max_recipients = max_recipients
         self.clock = clock
         self.writer = InboundWriter(factory)
+        self._read_engine = _sqlite_read_engine(factory)
+        self.read_factory = (
+            session_factory(self._read_engine) if self._read_engine is not None else factory
+        )
         # The routes accepted at RCPT, per transaction; aiosmtpd makes a new
         # envelope after DATA and RSET, so finished transactions drop out.
         self._accepted: WeakKeyDictionary[Envelope, list[Recipient]] = WeakKeyDictionary()
@@ -90,9 +119,7 @@ class GatewayHandler:
             self._log_rcpt(session, envelope, address, Condition.TOO_MANY_RECIPIENTS, None)
             return self._render(Condition.TOO_MANY_RECIPIENTS, address)
         try:
-            recipient = await asyncio.to_thread(
-                intake.check_recipient, self.factory, self.settings, address, now=self.clock()
-            )
+            recipient = await self._lookup(address)
         except InboundRefused as exc:
             condition = replies.condition_for(exc)
             self._log_rcpt(session, envelope, address, condition, str(exc))
@@ -109,6 +136,22 @@ class GatewayHandler:
         if recipient.kind == "bounce":
             return self._render(Condition.BOUNCE_RECIPIENT_OK, address)
         return self._render(Condition.RECIPIENT_OK, address)
+
+    async def _lookup(self, address: str) -> Recipient:
+        """The recipient behind ``address``, from the short-lived cache or the store."""
+        key = address.lower()
+        now = time.monotonic()
+        hit = self._recipients.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        recipient = await asyncio.to_thread(
+            intake.check_recipient, self.read_factory, self.settings, address, now=self.clock()
+        )
+        if self.rcpt_cache_seconds > 0:
+            if len(self._recipients) >= RCPT_CACHE_SIZE:
+                self._recipients.clear()
+            self._recipients[key] = (now + self.rcpt_cache_seconds, recipient)
+        return recipient
 
     async def handle_DATA(self, server: SMTP, session: SMTPSession, envelope: Envelope) -> str:
         started = time.perf_counter()
@@ -154,6 +197,8 @@ class GatewayHandler:
     def close(self) -> None:
         """Commit what is queued and stop the writer thread."""
         self.writer.close()
+        if self._read_engine is not None:
+            self._read_engine.dispose()
 
     async def handle_exception(self, error: Exception) -> str:
         """A bug or an unexpected failure: answer 4xx so the sending MTA retries, log it."""

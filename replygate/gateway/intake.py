@@ -24,6 +24,7 @@ runs it in a worker thread, never on the event loop.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.parser import BytesHeaderParser
@@ -170,7 +171,7 @@ def check_sender(
         from_value = headers.from_values[0]
         for r in replies:
             assert r.route is not None
-            if not same_sender(from_value, r.route.user_email, allow_plus_tags=allow_plus_tags):
+            if not _same_sender(from_value, r.route.user_email, allow_plus_tags):
                 reason = (
                     f"From {from_value!r} is not the address reply token {r.route.token_id} "
                     "was issued to"
@@ -187,6 +188,13 @@ def check_sender(
             "reason": reason,
         }
     raise SenderMismatch(reason)
+
+
+@functools.lru_cache(maxsize=4096)
+def _same_sender(from_value: str, issued_to: str, allow_plus_tags: bool) -> bool:
+    """``same_sender`` remembered: a pure function whose address parsing is the
+    costliest step of a small reply's DATA checks, and a burst repeats senders."""
+    return same_sender(from_value, issued_to, allow_plus_tags=allow_plus_tags)
 
 
 def check_attachments(

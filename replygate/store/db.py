@@ -44,6 +44,24 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
 
+def make_read_engine(url: str, *, pool_size: int = 10) -> Engine:
+    """An engine for read-only lookups (the gateway's RCPT checks).
+
+    On SQLite its transactions begin DEFERRED: they read a WAL snapshot and
+    never take, or queue for, the write lock that the inbound writer commits
+    under. Elsewhere it is an ordinary engine.
+    """
+    url = normalise_url(url)
+    if make_url(url).get_backend_name() != "sqlite":
+        return make_engine(url, pool_size=pool_size)
+    engine = create_engine(
+        url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "isolation_level": None}
+    )
+    event.listen(engine, "connect", _sqlite_pragmas)
+    event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
+    return engine
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")

@@ -1,0 +1,159 @@
+"""Ingest throughput: Postfix's smtp-source against the gateway, stock aiosmtpd and smtp-sink.
+
+    python bench/ingest.py                       # the full table
+    python bench/ingest.py --sessions 32 --sizes 4096 --quick
+
+Every server is measured in the same run, so the ratios compare like with
+like on a shared, noisy machine. One message per connection (smtp-source's
+default), as MTAs mostly deliver. Durable accept: the gateway answers 250
+only after the message is committed (SQLite WAL, ``synchronous=FULL``; or
+PostgreSQL), and each run checks afterwards that every message is stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from ingest_common import CLIENT, database, free_port, gateway, process, stock_server
+
+SMTP_SOURCE = "/usr/sbin/smtp-source"
+SMTP_SINK = "/usr/sbin/smtp-sink"
+
+
+def drive(port: int, sessions: int, size: int, messages: int, rcpt: str) -> float:
+    """Send ``messages`` with smtp-source; messages per second."""
+    args = [
+        SMTP_SOURCE,
+        "-s", str(sessions),
+        "-m", str(messages),
+        "-l", str(size),
+        "-f", CLIENT,
+        "-t", rcpt,
+        "-M", "client.test",
+        f"127.0.0.1:{port}",
+    ]  # fmt: skip
+    started = time.perf_counter()
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0 or done.stderr.strip():
+        raise RuntimeError(f"smtp-source failed: {done.stderr.strip()[:500]}")
+    return messages / elapsed
+
+
+def sink(port: int):
+    """Postfix's smtp-sink: accepts and discards, the practical upper bound."""
+    return process([SMTP_SINK, "-u", "nobody", f"127.0.0.1:{port}", "1024"], port=port)
+
+
+def count_for(size: int, sessions: int, quick: bool) -> int:
+    base = 6000 if size <= 16 * 1024 else 2000
+    if sessions == 1:
+        base //= 5
+    return base // 3 if quick else base
+
+
+def measure(name: str, start, port: int, sessions: int, size: int, n: int, rcpt: str, check=None):
+    """Best of ``repeats`` runs (the machine is shared), after a warm-up."""
+    rates = []
+    with start(port):
+        drive(port, min(sessions, 4), size, max(50, n // 20), rcpt)  # warm-up
+        if check is not None:
+            check.reset_inbound()
+        for _ in range(REPEATS):
+            rates.append(drive(port, sessions, size, n, rcpt))
+    if check is not None:
+        stored = check.count_inbound()
+        if stored != n * REPEATS:
+            raise RuntimeError(f"{name}: {stored} stored of {n * REPEATS} sent")
+    return statistics.median(rates)
+
+
+REPEATS = 3
+
+
+def main() -> None:
+    global REPEATS
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sessions", default="1,8,32")
+    parser.add_argument("--sizes", default="4096,204800")
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="fewer messages per run")
+    parser.add_argument("--no-pair", action="store_true", help="skip two gateways on one port")
+    args = parser.parse_args()
+    REPEATS = args.repeats
+    sessions_list = [int(s) for s in args.sessions.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",")]
+    backends = args.backends.split(",")
+
+    with (
+        tempfile.TemporaryDirectory(prefix="replygate-bench-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
+        worlds = {b: stack.enter_context(database(b, Path(tmp))) for b in backends}
+        rcpt = next(iter(worlds.values())).addresses[0]
+        rows = []
+        for size in sizes:
+            for sessions in sessions_list:
+                n = count_for(size, sessions, args.quick)
+                row = {"size": size, "sessions": sessions, "n": n}
+                row["smtp-sink"] = measure(
+                    "smtp-sink",
+                    sink,
+                    free_port(), sessions, size, n, rcpt,
+                )  # fmt: skip
+                row["stock"] = measure("stock", stock_server, free_port(), sessions, size, n, rcpt)
+                for backend, world in worlds.items():
+                    row[backend] = measure(
+                        backend,
+                        lambda p, w=world: gateway(w, p),
+                        free_port(), sessions, size, n, w_rcpt(world), check=world,
+                    )  # fmt: skip
+                if not args.no_pair and "postgresql" in worlds and size <= 16 * 1024:
+                    world = worlds["postgresql"]
+
+                    @contextlib.contextmanager
+                    def pair(p, w=world):
+                        with gateway(w, p), gateway(w, p):
+                            yield
+
+                    row["2×pg"] = measure(
+                        "2×pg", pair, free_port(), sessions, size, n, w_rcpt(world), check=world
+                    )
+                rows.append(row)
+                print_row(row, backends)
+        print()
+        print_table(rows, backends)
+
+
+def w_rcpt(world) -> str:
+    return world.addresses[0]
+
+
+def print_row(row: dict, backends: list[str]) -> None:
+    parts = [f"{k}={v:,.0f}" for k, v in row.items() if isinstance(v, float)]
+    print(f"size={row['size']} sessions={row['sessions']} n={row['n']}: " + " ".join(parts))
+
+
+def print_table(rows: list[dict], backends: list[str]) -> None:
+    cols = ["smtp-sink", "stock", *backends, "2×pg"]
+    head = "| size | sessions | " + " | ".join(f"{c} msg/s" for c in cols)
+    head += " | " + " | ".join(f"{b} ÷ stock" for b in backends) + " | 2×pg ÷ smtp-sink |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for row in rows:
+        cells = [f"{row['size'] // 1024} KB", str(row["sessions"])]
+        cells += [f"{row[c]:,.0f}" if c in row else "–" for c in cols]
+        cells += [f"{row[b] / row['stock']:.2f}×" for b in backends]
+        cells.append(f"{row['2×pg'] / row['smtp-sink']:.2f}×" if "2×pg" in row else "–")
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
