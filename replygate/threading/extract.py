@@ -3,7 +3,8 @@
 Pure: strings and bytes in, a ``ReplyParts`` value out. Layers run cheapest and
 surest first:
 
-1. our notification's "reply above this line" marker (``replygate.markers``);
+1. our notification's "reply above this line" marker (``replygate.markers``), and a
+   quoted or forwarded header block naming one of our Message-IDs;
 2. quote headers: "On … wrote:" in many languages (wrapped over up to three
    lines), Outlook "From:/Sent:" blocks, "-----Original Message-----";
 3. ``>``-quoted blocks: a quote ending the mail, or introduced by a header, is
@@ -164,6 +165,7 @@ def _degraded(text: str, quote: str) -> ReplyParts:
         if (
             head.lstrip().startswith(">")
             or REPLY_ABOVE_LINE in line
+            or qh.carries_own_message_id(head)
             or qh.is_separator(head)
             or (len(line) <= qh.MAX_HEADER_LINE and qh.is_wrote_header(line))
         ):
@@ -185,6 +187,13 @@ def _extract_text(text: str, clock: _Clock, layers: list[str]) -> ReplyParts:
         quote_parts.append("\n".join(lines[marker:]))
         lines = lines[:marker]
         layers.append("marker")
+    clock.check()
+    # Layer 1 too: a quoted header block naming one of our Message-IDs starts our notification.
+    own = _find_own_message_id(lines)
+    if own is not None:
+        quote_parts.insert(0, "\n".join(lines[own:]))
+        lines = lines[:own]
+        layers.append("own_message_id")
     clock.check()
 
     lines = _split_shared_lines(lines)
@@ -276,6 +285,70 @@ def _find_marker(lines: list[str]) -> int | None:
                 cut -= 1
             return cut
     return None
+
+
+# A quoted header block is short: fields (some wrapped) and the attribution above them.
+MAX_HEADER_BLOCK_LINES = 15
+
+
+def _find_own_message_id(lines: list[str]) -> int | None:
+    """Index where a quoted or forwarded header block naming one of our Message-IDs starts.
+
+    The block runs up from the Message-ID line over its other fields (values that wrap
+    stay inside it); a forward banner, separator, rule or "On … wrote:" just above it
+    (blank lines between allowed) is part of it too.
+    """
+    found = next(
+        (
+            i
+            for i, line in enumerate(lines)
+            if "rg." in line[: qh.MAX_ID_LINE].lower()
+            and qh.carries_own_message_id(line, lines[i - 1] if i else "")
+        ),
+        None,
+    )
+    if found is None:
+        return None
+    cut = found
+    j = found - 1
+    while j >= 0 and found - j <= MAX_HEADER_BLOCK_LINES:
+        if not qh.strip_quote_prefix(lines[j]).strip():
+            break
+        if qh.is_header_field(lines[j]):
+            cut = j
+        j -= 1
+    for _ in range(3):
+        j = cut - 1
+        while j >= 0 and cut - j <= 3 and not qh.strip_quote_prefix(lines[j]).strip():
+            j -= 1
+        if j < 0 or cut - j > 3:
+            break
+        above = lines[j]
+        if len(above) > qh.MAX_HEADER_LINE:
+            break
+        bare = qh.strip_quote_prefix(above)
+        if qh.is_forward(bare) or qh.is_separator(bare) or qh.RE_RULE.match(bare):
+            cut = j
+            continue
+        wrote = next(
+            (
+                start
+                for start in (j, j - 1, j - 2)
+                if start >= 0
+                and qh.is_wrote_header(
+                    " ".join(qh.strip_quote_prefix(x).strip() for x in lines[start : j + 1])
+                )
+            ),
+            None,
+        )
+        if wrote is None:
+            # In any language, a client's attribution is the line ending in a colon
+            # directly above the quoted block it introduces.
+            if j == cut - 1 and bare.rstrip().endswith((":", "：")) and _is_quoted(lines[cut]):
+                cut = j
+            break
+        cut = wrote
+    return cut
 
 
 def _split_shared_lines(lines: list[str]) -> list[str]:

@@ -14,6 +14,8 @@ from copy import deepcopy
 from lxml import etree
 from lxml import html as lxml_html
 
+from replygate.threading import quote_headers as qh
+
 # Elements rendered as line breaks around their text.
 _BLOCK = frozenset(
     [
@@ -106,6 +108,9 @@ def find_quote_start(root: etree._Element) -> tuple[etree._Element | None, str]:
     for el in root.iter():
         if not isinstance(el.tag, str):
             continue
+        # Our own notification, named by its Message-ID in a cite="mid:…" or data attribute.
+        if _names_own_message_id(el):
+            return _with_attribution(el), "html:own_message_id"
         classes = _classes(el)
         # A lone blockquote.gmail_quote with no attribution is a quote pasted on purpose.
         if el.tag == "blockquote" and "gmail_quote" in classes and not _attributed(el):
@@ -127,6 +132,28 @@ def find_quote_start(root: etree._Element) -> tuple[etree._Element | None, str]:
             parent = el.getparent()
             return (parent if parent is not None and parent.tag != "body" else el), "html:hr"
     return None, ""
+
+
+def _names_own_message_id(el: etree._Element) -> bool:
+    return any(
+        "rg." in value.lower() and qh.RE_OWN_MESSAGE_ID.search(value[: qh.MAX_ID_LINE])
+        for value in el.attrib.values()
+    )
+
+
+def _with_attribution(el: etree._Element) -> etree._Element:
+    """``el``, or the attribution line ("On … wrote:") just before it when there is one."""
+    prev = el.getprevious()
+    while prev is not None and prev.tag == "br" and not (prev.tail or "").strip():
+        prev = prev.getprevious()
+    if prev is None or not isinstance(prev.tag, str) or (prev.tail or "").strip():
+        return el
+    if {"moz-cite-prefix", "gmail_attr"} & set(_classes(prev)):
+        return prev
+    text = " ".join(prev.text_content().split())
+    # In any language, an attribution is a short line ending in a colon just above the quote.
+    attribution = len(text) <= qh.MAX_HEADER_LINE and text.endswith((":", "："))
+    return prev if attribution or qh.is_wrote_header(text) else el
 
 
 _RE_FIELD = re.compile(r"^\s*(?:from|date|de|von|van|da|od|от)\s*:", re.I)
@@ -181,7 +208,11 @@ def split_html(markup: str) -> tuple[str, str, str]:
                 el for el in root.iter("hr") if _RE_FIELD.match((el.tail or "") + _next_text(el))
             )
             quote = _drop_from(hr)
-        if not render(root).strip() and _starts_with_forward(quote):
+        if (
+            rule != "html:own_message_id"
+            and not render(root).strip()
+            and _starts_with_forward(quote)
+        ):
             root, quote, rule = kept, "", ""
     for lone in root.iter("blockquote"):
         if "gmail_quote" in _classes(lone) and not _attributed(lone):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import regex as re
 
+from replygate.markers import MESSAGE_ID_PREFIX
+
 # Real quote headers are short; anything longer is prose (and expensive to scan).
 MAX_HEADER_LINE = 400
 
@@ -200,3 +202,61 @@ def split_shared_line(line: str) -> tuple[str, str] | None:
         if any(ch.isalnum() for ch in head) and is_wrote_header(rest):
             return head.rstrip(" -"), rest
     return None
+
+
+# One of our Message-IDs ("<rg.n.ID@reply-domain>"): bracketed, HTML-escaped, percent-encoded,
+# or as the "mid:" URL (RFC 2392) clients put in a blockquote's cite attribute.
+RE_OWN_MESSAGE_ID = re.compile(
+    rf"(?:<|&lt;|%3C|\bmid:)\s*{re.escape(MESSAGE_ID_PREFIX)}[^\s<>@\"'%]+(?:@|%40)[\w-]+(?:\.[\w-]+)+",
+    re.I,
+)
+
+# Inside a field that carries Message-IDs, ours may also be written without its brackets.
+RE_OWN_BARE_ID = re.compile(
+    rf"(?:^|[\s<:,;]){re.escape(MESSAGE_ID_PREFIX)}[^\s<>@]+@[\w-]+(?:\.[\w-]+)+", re.I
+)
+
+# The header fields that carry Message-IDs, as a client quotes or forwards them.
+RE_ID_FIELD = re.compile(
+    r"^\s*[*_]{0,2}(?:message-id|in-reply-to|references)\s*[*_]{0,2}\s*:", re.I
+)
+
+# A line of nothing but bracketed Message-IDs: a References field wrapped onto more lines.
+RE_ID_CONTINUATION = re.compile(r"^\s*(?:<[^<>\s]+>\s*)+$")
+
+# Any RFC 5322 field ("X-Mailer:", "Reply-To:"): a name without spaces, a colon, a value.
+RE_RFC_FIELD = re.compile(r"^\s*[*_]{0,2}[A-Za-z][A-Za-z0-9-]{0,40}[*_]{0,2}:(?:\s|$)")
+
+# Message-ID fields are short; a References field of a long thread is the longest we read.
+MAX_ID_LINE = 4000
+
+
+def carries_own_message_id(line: str, previous: str = "") -> bool:
+    """True when a (possibly ``>``-quoted) header line names one of our Message-IDs.
+
+    ``previous`` is the line above, so a References field wrapped over several lines
+    is recognised on its continuation lines too.
+    """
+    if len(line) > MAX_ID_LINE:
+        return False
+    bare = strip_quote_prefix(line)
+    if RE_ID_FIELD.match(bare):
+        return bool(RE_OWN_MESSAGE_ID.search(bare) or RE_OWN_BARE_ID.search(bare.split(":", 1)[1]))
+    if RE_ID_CONTINUATION.match(bare) and len(previous) <= MAX_ID_LINE:
+        above = strip_quote_prefix(previous)
+        if RE_ID_FIELD.match(above) or RE_ID_CONTINUATION.match(above):
+            return bool(RE_OWN_MESSAGE_ID.search(bare))
+    return False
+
+
+def is_header_field(line: str) -> bool:
+    """True for one field of a quoted or forwarded header block, in any supported language."""
+    bare = strip_quote_prefix(line)
+    if len(bare) > MAX_ID_LINE:
+        return False
+    return bool(
+        RE_FROM_FIELD.match(bare)
+        or RE_OTHER_FIELD.match(bare)
+        or RE_ID_FIELD.match(bare)
+        or RE_RFC_FIELD.match(bare)
+    )

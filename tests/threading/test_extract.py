@@ -154,3 +154,45 @@ def test_header_inside_kept_text_leaves_spacing() -> None:
         "> q1\n\nAnswer one.\nMore.\nAnd more.\n"
     )
     assert extract_reply(body).reply == "First.\n\n\n> q1\n\nAnswer one.\nMore.\nAnd more."
+
+
+def test_own_message_id_cuts_forwarded_block() -> None:
+    """A forwarded header block naming our Message-ID, bracketless, starts our notification."""
+    body = (
+        "Forwarding for the record.\n\n---------- Forwarded message ---------\n"
+        "From: Portal <n@reply.test>\nMessage-ID: rg.n.42@reply.test\n\nYour document is ready."
+    )
+    parts = extract_reply(body)
+    assert parts.reply == "Forwarding for the record."
+    assert "own_message_id" in parts.layers
+    assert parts.quote.startswith("---------- Forwarded message")
+
+
+def test_someone_elses_message_id_does_not_cut() -> None:
+    """Only our own ``rg.`` Message-IDs are layer 1; other ids and prose mentions are not."""
+    body = (
+        "The id they quoted:\n\nMessage-ID: <abc.rg.1@mail.example>\n\n"
+        "I also wrote to rg.n.1@reply.test about it yesterday, and nobody answered."
+    )
+    parts = extract_reply(body)
+    assert "own_message_id" not in parts.layers
+    assert parts.reply == body
+
+
+def test_own_message_id_in_html_data_attribute() -> None:
+    """An element carrying our Message-ID in an attribute is cut with its attribution."""
+    markup = (
+        "<div>Done.</div><div>Le 6 mai 2024, Portal a écrit :</div>"
+        '<blockquote data-mid="&lt;rg.n.7@reply.test&gt;"><div>Sign it</div></blockquote>'
+    )
+    parts = extract_reply(markup, html=True)
+    assert parts.reply == "Done."
+    assert "html:own_message_id" in parts.layers
+
+
+def test_own_message_id_in_degraded_cut() -> None:
+    """With no time left, a quoted line naming our Message-ID still ends what is filed."""
+    body = "Short answer.\n> In-Reply-To: <rg.n.1@reply.test>\n> q\n"
+    parts = extract_reply(body, budget_s=-1)
+    assert parts.degraded
+    assert parts.reply == "Short answer."
