@@ -80,9 +80,11 @@ class MaildirTransport:
         trace = f"Return-Path: <{mail.envelope_from}>\nDelivered-To: {mail.recipient}\n"
         data = trace.encode("utf-8") + mail.raw.replace(b"\r\n", b"\n")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            box = mailbox.Maildir(self.path, create=True)
-            box.add(data)
+            # Made by hand, not by Maildir(create=True), which fails when two
+            # deliveries create the folder at the same moment.
+            for sub in ("tmp", "new", "cur"):
+                (self.path / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+            mailbox.Maildir(self.path, create=False).add(data)
         except OSError as exc:
             raise TransientDeliveryError(f"cannot write to Maildir {self.path}: {exc}") from exc
 

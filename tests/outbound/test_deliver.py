@@ -138,3 +138,15 @@ def test_transport_from_settings(settings: Settings) -> None:
     )
     assert isinstance(tls, SmtpTransport)
     assert (tls.starttls, tls.implicit_tls) == (False, True)
+
+
+def test_concurrent_first_deliveries_create_the_maildir_once(tmp_path: Path) -> None:
+    """Many deliveries racing to create a fresh Maildir all succeed."""
+    path = tmp_path / "fresh" / "outbox"
+    transport = MaildirTransport(path)
+
+    async def burst() -> None:
+        await asyncio.gather(*(transport.send(claimed(n)) for n in range(1, 21)))
+
+    asyncio.run(burst())
+    assert len(mailbox.Maildir(path, create=False)) == 20

@@ -170,11 +170,12 @@ def test_run_delivers_until_stopped(sessions: sessionmaker[Session], tmp_path: P
         )
         task = asyncio.create_task(w.run(stop, poll_seconds=0.02))
         await asyncio.to_thread(queue_mail, sessions, 2, now=datetime.now(UTC))
-        await wait_until(lambda: maildir.exists() and len(mailbox.Maildir(maildir)) == 2)
+        await wait_until(lambda: len(list(maildir.glob("new/*"))) == 2)
         stop.set()
         await asyncio.wait_for(task, timeout=5)
 
     asyncio.run(scenario())
+    assert len(mailbox.Maildir(maildir)) == 2
     with sessions() as session:
         assert {r.status for r in outbox.list_outbox(session)} == {"sent"}
 
