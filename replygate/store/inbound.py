@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import Select, and_, func, or_, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Select, and_, exists, func, or_, select, update
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from replygate.errors import Invalid, NotFound
 from replygate.store.models import INBOUND_STATUSES, InboundMail, utcnow
@@ -52,7 +52,18 @@ RETRY_DELAY = timedelta(seconds=30)
 
 
 def _claimable(now: datetime, lease: timedelta) -> Select[tuple[InboundMail]]:
-    """Queued mail (a retry only once its delay has passed) and expired claims."""
+    """Queued mail (a retry only once its delay has passed) and expired claims.
+
+    A reply waits while an earlier reply to the same thread is still queued
+    or being processed, so several workers file one thread's replies in
+    arrival order (the gateway records the thread at enqueue).
+    """
+    earlier = aliased(InboundMail)
+    waits_for_earlier = exists().where(
+        earlier.thread_id == InboundMail.thread_id,
+        earlier.id < InboundMail.id,
+        earlier.status.in_(("queued", "processing")),
+    )
     return (
         select(InboundMail)
         .where(
@@ -64,7 +75,8 @@ def _claimable(now: datetime, lease: timedelta) -> Select[tuple[InboundMail]]:
                     ),
                 ),
                 and_(InboundMail.status == "processing", InboundMail.claimed_at < now - lease),
-            )
+            ),
+            ~waits_for_earlier,
         )
         .order_by(InboundMail.id)
     )

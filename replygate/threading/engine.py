@@ -63,7 +63,9 @@ class Engine:
 
     def run_once(self, limit: int = 20) -> int:
         """Claim and process up to ``limit`` mails; returns how many were processed."""
-        ids = inbound.claim(self.factory, limit=limit)
+        ids = inbound.claim(
+            self.factory, limit=limit, lease_seconds=self.settings.worker_lease_seconds
+        )
         for inbound_id in ids:
             self.process(inbound_id)
         return len(ids)
