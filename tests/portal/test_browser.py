@@ -1,12 +1,13 @@
 """The portal in a real headless Chromium (Debian's ``chromium``, driven by
 Playwright): the staff-to-Circle conversation end to end, keyboard shortcuts,
-and the Convenience Mode acknowledgement. Saves the README's screenshots.
+and the Convenience Mode acknowledgement. Takes the README's screenshots.
 
 Without Chromium these tests fail rather than skip: CI installs it.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +34,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+# The README's screenshots: refreshed when REPLYGATE_SCREENSHOTS=1, else written to a temp dir
+# (every run would otherwise rewrite them, since they show the time).
+README_SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 CANNED_NAME = "Welcome"
 CANNED_SUBJECT = "Welcome to the Tuesday group"
 CANNED_BODY = (
@@ -76,6 +79,7 @@ def test_staff_writes_to_a_circle_and_a_client_replies(
     people: People,
     sessions: sessionmaker[Session],
     messaging: Messaging,
+    tmp_path: Path,
 ) -> None:
     """Canned response to a Circle; each client sees only their own thread; a reply
     shows as unread for staff; the shortcut reference opens and closes."""
@@ -147,8 +151,9 @@ def test_staff_writes_to_a_circle_and_a_client_replies(
     expect(unread).to_contain_text("2 new")
     expect(staff.locator("#unread-count")).to_have_text("1")
     expect(staff.locator(".thread-row:not(.unread)")).to_contain_text("Dan Client")
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    staff.screenshot(path=str(SCREENSHOTS / "inbox.png"))
+    shots = README_SCREENSHOTS if os.environ.get("REPLYGATE_SCREENSHOTS") == "1" else tmp_path
+    shots.mkdir(parents=True, exist_ok=True)
+    staff.screenshot(path=str(shots / "inbox.png"))
 
     staff.keyboard.press("j")
     staff.keyboard.press("Enter")
@@ -159,7 +164,9 @@ def test_staff_writes_to_a_circle_and_a_client_replies(
     expect(quoted.locator(".quoted")).to_be_hidden()
     staff.click("details.signature summary")
     expect(staff.locator("details.signature .body")).to_contain_text("Sent from my phone")
-    staff.screenshot(path=str(SCREENSHOTS / "thread.png"), full_page=True)
+    staff.screenshot(path=str(shots / "thread.png"), full_page=True)
+    for shot in ("inbox.png", "thread.png"):
+        assert (shots / shot).read_bytes().startswith(b"\x89PNG")
 
     shortcuts = staff.locator("#shortcuts")
     staff.keyboard.press("Control+/")
