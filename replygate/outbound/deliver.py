@@ -21,7 +21,10 @@ boundary, with ``raise … from exc``; the worker never sees them.
 from __future__ import annotations
 
 import asyncio
-import mailbox
+import os
+import secrets
+import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -84,9 +87,31 @@ class MaildirTransport:
             # deliveries create the folder at the same moment.
             for sub in ("tmp", "new", "cur"):
                 (self.path / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
-            mailbox.Maildir(self.path, create=False).add(data)
+            self._deliver_durably(data)
         except OSError as exc:
             raise TransientDeliveryError(f"cannot write to Maildir {self.path}: {exc}") from exc
+
+    def _deliver_durably(self, data: bytes) -> None:
+        """The Maildir protocol with fsyncs (``mailbox.Maildir.add`` has none): write
+        into tmp/, fsync, rename into new/, fsync new/ — so a row marked ``sent``
+        never points at a file a power cut could take back."""
+        name = f"{time.time_ns()}.P{os.getpid()}Q{secrets.token_hex(8)}.{socket.gethostname()}"
+        tmp, new = self.path / "tmp" / name, self.path / "new" / name
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.rename(tmp, new)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(self.path / "new", os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 class SmtpTransport:
