@@ -811,6 +811,69 @@ def queue_purge(app: App, older_than: float | None) -> None:
     click.echo(f"purged the raw bytes of {n} mail(s) received more than {days:g} days ago")
 
 
+@main.group("outbox")
+def outbox_group() -> None:
+    """Inspect and retry outgoing notifications."""
+
+
+@outbox_group.command("list")
+@click.option("--status", help="Only notifications with this status.")
+@click.option("--limit", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+@clean_errors
+def outbox_list(app: App, status: str | None, limit: int, as_json: bool) -> None:
+    """List notifications, newest first (never their content)."""
+    from replygate.store import outbox
+
+    with app.factory() as session:
+        data = [
+            {
+                "id": r.id,
+                "status": r.status,
+                "kind": r.kind,
+                "recipient": r.recipient,
+                "thread_id": r.thread_id,
+                "attempts": r.attempts,
+                "last_error": r.last_error,
+                "created_at": r.created_at.isoformat(),
+                "sent_at": r.sent_at.isoformat() if r.sent_at else None,
+            }
+            for r in outbox.list_outbox(session, status=status, limit=limit)
+        ]
+
+    def text() -> None:
+        if not data:
+            click.echo("no notifications")
+        for r in data:
+            click.echo(
+                f"{r['id']:>6}  {r['status']:<10} {r['kind']:<7} {r['recipient']:<32} "
+                f"{r['last_error'] or ''}"
+            )
+
+    emit(data, as_json, text)
+
+
+@outbox_group.command("retry")
+@click.argument("ids", type=int, nargs=-1)
+@click.option("--failed", is_flag=True, help="Retry every failed notification.")
+@pass_app
+@clean_errors
+def outbox_retry(app: App, ids: tuple[int, ...], failed: bool) -> None:
+    """Queue failed notifications again (the outbound worker delivers them)."""
+    from replygate.store import outbox
+    from replygate.store.models import utcnow
+
+    if not ids and not failed:
+        raise click.UsageError("give notification ids or --failed")
+    with transaction(app.factory) as session:
+        chosen = list(ids) or [
+            r.id for r in outbox.list_outbox(session, status="failed", limit=10_000)
+        ]
+        n = outbox.requeue(session, chosen, now=utcnow())
+    click.echo(f"{n} notification(s) queued again")
+
+
 # -- running ------------------------------------------------------------------------------
 
 

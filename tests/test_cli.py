@@ -148,3 +148,39 @@ def test_queue_show_stats_and_purge(env: dict[str, str], sessions: sessionmaker[
         assert s.get(InboundMail, new).raw is not None
     purged = run(env, "queue", "show", str(old), "--raw", code=1)
     assert "purged" in purged.output
+
+
+def test_outbox_list_shows_no_content_and_retry_requeues_failed(
+    env: dict[str, str], sessions: sessionmaker[Session]
+) -> None:
+    from replygate.store.models import OutboxMessage
+
+    run(env, "users", "add", "dana@staff.test", "--name", "Dana", "--role", "staff")
+    run(env, "users", "add", "cleo@example.com", "--name", "Cleo", "--role", "client")
+    run(
+        env,
+        "send",
+        "--from",
+        "dana@staff.test",
+        "--to",
+        "cleo@example.com",
+        "--subject",
+        "Secret subject",
+        "--body",
+        "Secret body",
+    )
+    listed = run(env, "outbox", "list", "--json").output
+    (row,) = json.loads(listed)
+    assert (row["status"], row["kind"], row["recipient"]) == (
+        "queued",
+        "secure",
+        "cleo@example.com",
+    )
+    assert "Secret" not in listed
+    with transaction(sessions) as s:
+        s.execute(
+            update(OutboxMessage).values(status="failed", last_error="550 5.1.1 no such user")
+        )
+    assert "no such user" in run(env, "outbox", "list", "--status", "failed").output
+    assert "1 notification(s)" in run(env, "outbox", "retry", "--failed").output
+    assert json.loads(run(env, "outbox", "list", "--json").output)[0]["status"] == "queued"
