@@ -1,0 +1,132 @@
+"""End-to-end latency at a steady rate: SMTP accept → filed → notification delivered.
+
+    python bench/latency.py [--rate 50] [--seconds 60] [--backend sqlite|postgresql]
+
+One gateway process (``replygate serve --role gateway``) and ``--workers``
+worker processes (``replygate worker``: engine and outbound, delivering to
+the default Maildir), polling every 50 ms when idle. Replies go to 250 threads
+(under the flood brake's 20 per address) at a fixed
+pace (each on its own connection); the clock starts when the client has the
+250. Filed is the message's ``created_at``, delivered the notification's
+``sent_at`` (same host, same clock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime
+from email.utils import make_msgid
+from pathlib import Path
+
+import aiosmtplib
+from ingest_common import CLIENT, REPLYGATE, database, free_port, gateway, process
+from sqlalchemy import text
+
+from replygate.store.db import make_engine
+
+# Enough threads that no address reaches the flood brake (20 replies in 10 minutes).
+THREADS = 250
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
+
+
+async def drive(port: int, addresses: list[str], rate: float, seconds: float) -> dict[str, float]:
+    accepted: dict[str, float] = {}
+    tasks = []
+
+    async def one(i: int) -> None:
+        address = addresses[i % len(addresses)]
+        mid = make_msgid(domain="client.test")
+        raw = (
+            f"From: {CLIENT}\r\nTo: {address}\r\nSubject: Re: hi\r\nMessage-ID: {mid}\r\n"
+            f"Content-Type: text/plain\r\n\r\nReply number {i}.\r\n"
+        ).encode()
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=30) as smtp:
+            errors, _ = await smtp.sendmail(CLIENT, [address], raw)
+        if not errors:
+            accepted[mid] = time.time()
+
+    start = time.perf_counter()
+    total = int(rate * seconds)
+    for i in range(total):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+    return accepted
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rate", type=float, default=50)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--backend", default="sqlite")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="replygate-latency-") as tmp:  # noqa: SIM117
+        with database(args.backend, Path(tmp), threads=THREADS) as world:
+            port = free_port()
+            env = world.env(REPLYGATE_WORKER_POLL_SECONDS="0.05")
+            worker = [REPLYGATE, "worker"]
+            with contextlib.ExitStack() as running:
+                running.enter_context(gateway(world, port))
+                for _ in range(args.workers):
+                    running.enter_context(process(worker, env=env))
+                accepted = asyncio.run(drive(port, world.addresses, args.rate, args.seconds))
+                engine = make_engine(world.url)
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:
+                    with engine.connect() as conn:
+                        left = conn.execute(
+                            text("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+                        ).scalar()
+                        filed = conn.execute(text("SELECT count(*) FROM messages")).scalar()
+                    if not left and filed >= len(accepted):
+                        break
+                    time.sleep(0.2)
+                with engine.connect() as conn:
+                    rows = conn.execute(
+                        text(
+                            "SELECT m.email_message_id, m.created_at, max(o.sent_at) "
+                            "FROM messages m JOIN outbox o ON o.message_id = m.id "
+                            "GROUP BY m.email_message_id, m.created_at"
+                        )
+                    ).all()
+                engine.dispose()
+
+    def ts(value: datetime | str) -> float:
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.timestamp()
+
+    to_filed, to_sent = [], []
+    for mid, created, sent in rows:
+        if mid in accepted and sent is not None:
+            to_filed.append((ts(created) - accepted[mid]) * 1000)
+            to_sent.append((ts(sent) - accepted[mid]) * 1000)
+    print(
+        f"{args.backend}: {len(accepted)} accepted at {args.rate:g}/s for {args.seconds:g}s, "
+        f"{len(to_sent)} filed and notified"
+    )
+    print("| from 250 to | p50 ms | p95 ms | p99 ms | max ms |")
+    print("|---|---|---|---|---|")
+    for name, values in (("filed", to_filed), ("notification delivered", to_sent)):
+        print(
+            f"| {name} | {statistics.median(values):.0f} | {pct(values, 95):.0f} | "
+            f"{pct(values, 99):.0f} | {max(values):.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
