@@ -153,7 +153,13 @@ class InboundMail(Base):
     committed before the gateway answers 250, then processed by the engine."""
 
     __tablename__ = "inbound_mail"
-    __table_args__ = (Index("ix_inbound_mail_status_id", "status", "id"),)
+    __table_args__ = (
+        Index("ix_inbound_mail_status_id", "status", "id"),
+        # The claim's "an earlier reply to this thread is still pending" check.
+        Index("ix_inbound_mail_thread_id_id", "thread_id", "id"),
+        # The flood brake's count of recent replies to one address.
+        Index("ix_inbound_mail_rcpt_received", "rcpt", "received_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)

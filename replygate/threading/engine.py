@@ -24,11 +24,22 @@ from replygate.store import directory, inbound
 from replygate.store.db import transaction
 from replygate.store.models import InboundMail, utcnow
 from replygate.threading import attachments, bounces, classify, routing
-from replygate.threading.extract import extract_from_parts
-from replygate.threading.parse import parse_message
+from replygate.threading.extract import ReplyParts, extract_from_parts
+from replygate.threading.parse import Attachment, ParsedMail, parse_message
 from replygate.threading.sender import dmarc_failed, same_sender
 
 log = get_logger("replygate.engine")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The database-free part of deciding one mail."""
+
+    parsed: ParsedMail
+    verdict: classify.Verdict
+    refused: str | None = None
+    files: tuple[Attachment, ...] = ()
+    parts: ReplyParts | None = None
 
 
 @dataclass(frozen=True)
@@ -80,14 +91,27 @@ class Engine:
     # -- one mail ---------------------------------------------------------------------------
 
     def process(self, inbound_id: int, *, released: bool = False) -> Outcome:
-        """Decide one claimed mail; ``released`` is an operator's release of held mail."""
+        """Decide one claimed mail; ``released`` is an operator's release of held mail.
+
+        The pure work (parsing, classification, attachment policy, extraction)
+        runs between a short read and the writing transaction, so the write
+        lock (all of SQLite's, one row's on PostgreSQL) is held only for the
+        database work itself.
+        """
         started = time.perf_counter()
         try:
+            with self.factory() as session:
+                row = session.get(InboundMail, inbound_id)
+                if row is None or row.status != "processing":
+                    status = row.status if row is not None else "missing"
+                    return Outcome(inbound_id, status, "not claimed; left as it is")
+                raw, mail_from, rcpt = row.raw or b"", row.mail_from, row.rcpt
+            prepared = self._prepare(raw, mail_from=mail_from, rcpt=rcpt)
             with transaction(self.factory) as session:
                 row = inbound.lock(session, inbound_id)
                 if row.status != "processing":
                     return Outcome(inbound_id, row.status, "not claimed; left as it is")
-                outcome = self._decide(session, row, released=released)
+                outcome = self._decide(session, row, prepared, released=released)
         except Exception as exc:
             outcome = self._fail(inbound_id, exc)
         log.info(
@@ -101,13 +125,33 @@ class Engine:
         )
         return outcome
 
-    def _decide(self, session: Session, row: InboundMail, *, released: bool) -> Outcome:
+    def _prepare(self, raw: bytes, *, mail_from: str, rcpt: str) -> Prepared:
+        """Everything about the mail that needs no database: pure and side-effect free."""
+        s = self.settings
+        parsed = parse_message(raw)
+        verdict = classify.classify(
+            parsed, mail_from=mail_from, our_domain=s.reply_domain, rcpt=rcpt
+        )
+        if verdict.kind != "reply":
+            return Prepared(parsed, verdict)
+        try:
+            files = attachments.files_to_keep(
+                parsed.attachments,
+                max_file=s.attachment_max_bytes,
+                max_total=s.attachments_total_max_bytes,
+                allowed=attachments.parse_allow_list(s.attachment_types),
+            )
+        except InboundRefused as exc:
+            return Prepared(parsed, verdict, refused=str(exc))
+        parts = extract_from_parts(parsed.text_plain, parsed.text_html)
+        return Prepared(parsed, verdict, files=tuple(files), parts=parts)
+
+    def _decide(
+        self, session: Session, row: InboundMail, prepared: Prepared, *, released: bool
+    ) -> Outcome:
         """The pipeline: classify, route, check the sender, brake floods, extract, file."""
         s = self.settings
-        parsed = parse_message(row.raw or b"")
-        verdict = classify.classify(
-            parsed, mail_from=row.mail_from, our_domain=s.reply_domain, rcpt=row.rcpt
-        )
+        parsed, verdict = prepared.parsed, prepared.verdict
         if verdict.kind != "reply":
             reason = "; ".join(verdict.reasons) or verdict.kind
             decision = {"stage": "classify", "kind": verdict.kind, "reasons": list(verdict.reasons)}
@@ -159,17 +203,10 @@ class Engine:
                 )
                 return self._finish(row, "held", reason, {"stage": "breaker", "count": flood})
 
-        try:
-            files = attachments.files_to_keep(
-                parsed.attachments,
-                max_file=s.attachment_max_bytes,
-                max_total=s.attachments_total_max_bytes,
-                allowed=attachments.parse_allow_list(s.attachment_types),
-            )
-        except InboundRefused as exc:
-            return self._finish(row, "rejected", str(exc), {"stage": "attachments"})
-
-        parts = extract_from_parts(parsed.text_plain, parsed.text_html)
+        if prepared.refused is not None:
+            return self._finish(row, "rejected", prepared.refused, {"stage": "attachments"})
+        parts, files = prepared.parts, prepared.files
+        assert parts is not None  # a reply that passed the attachment policy was extracted
         layers = {"stage": "extract", "layers": list(parts.layers), "degraded": parts.degraded}
         if not parts.reply.strip():
             reason = "the reply is empty once quoted text and signature are removed"
