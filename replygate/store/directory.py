@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import event, select
+from sqlalchemy.orm import Session, SessionTransaction
 
 from replygate.errors import Invalid, NotFound
 from replygate.store.models import ROLES, Circle, CircleMember, Organisation, User
 
 
 def organisation(session: Session, *, default_name: str = "Our practice") -> Organisation:
-    """The deployment's one organisation, created on first use."""
+    """The deployment's one organisation, created on first use.
+
+    Looked up once per transaction (kept in ``session.info`` and dropped when
+    the transaction ends): filing one reply asks for it several times.
+    """
+    org = session.info.get(_ORG_KEY)
+    if org is not None and org in session:
+        return org
     org = session.scalars(select(Organisation).order_by(Organisation.id).limit(1)).first()
     if org is None:
         org = Organisation(name=default_name, convenience_mode=False, sender_policy="reject")
         session.add(org)
         session.flush()
+    session.info[_ORG_KEY] = org
     return org
+
+
+_ORG_KEY = "replygate.organisation"
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_organisation(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # the outermost one, not a flush's or a savepoint's
+        session.info.pop(_ORG_KEY, None)
 
 
 def normalise_email(email: str) -> str:
