@@ -5,13 +5,16 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from replygate.store.models import ReplyToken
 
 
 def find(session: Session, token: str) -> ReplyToken | None:
-    return session.scalars(select(ReplyToken).where(ReplyToken.token == token)).first()
+    """The token's row with the person it names (routing needs both)."""
+    return session.scalars(
+        select(ReplyToken).where(ReplyToken.token == token).options(joinedload(ReplyToken.user))
+    ).first()
 
 
 def current(

@@ -192,10 +192,11 @@ class Engine:
             )
         except InboundRefused as exc:
             return self._finish(row, "rejected", str(exc), {"stage": "route", "refused": str(exc)})
-        row.thread_id = route.thread_id
-        inbound.note(
-            row, {"stage": "route", "thread": route.thread_id, "recipient": route.user_email}
-        )
+        # Noted with the outcome, not now: one UPDATE of the queue row per mail, not two.
+        routed = {"stage": "route", "thread": route.thread_id, "recipient": route.user_email}
+        with session.no_autoflush:
+            row.thread_id = route.thread_id
+            inbound.note(row, routed)
 
         if not released:
             policy = directory.organisation(session).sender_policy
