@@ -240,11 +240,11 @@ _INVISIBLE = " \t\u00a0\u200b\u200c\u200d\u2060\ufeff\u1427"
 
 
 def _trim(lines: list[str]) -> list[str]:
-    """Drop leading and trailing blank lines."""
+    """Drop leading and trailing blank lines (a bare ">" is a blank line of a quote)."""
     start, end = 0, len(lines)
-    while start < end and not lines[start].strip(_INVISIBLE):
+    while start < end and not lines[start].strip(_INVISIBLE + ">"):
         start += 1
-    while end > start and not lines[end - 1].strip(_INVISIBLE):
+    while end > start and not lines[end - 1].strip(_INVISIBLE + ">"):
         end -= 1
     return lines[start:end]
 
@@ -355,7 +355,9 @@ def _split_shared_lines(lines: list[str]) -> list[str]:
     """Put a quote header that shares a line with the reply ("ok On … wrote:") on its own."""
     out: list[str] = []
     for line in lines:
-        split = qh.split_shared_line(line) if line.rstrip().endswith((":", "：")) else None
+        # A quoted line (">" or supercite's "A>") holding a header is quote, never split.
+        shared = line.rstrip().endswith((":", "：")) and not _is_quoted(line)
+        split = qh.split_shared_line(line) if shared else None
         out.extend(split if split else (line,))
     return out
 
@@ -462,6 +464,9 @@ def _wrote_header_span(lines: list[str], i: int) -> int:
         for j in range(i, min(i + 6, len(lines))):
             if len(lines[j]) > qh.MAX_HEADER_LINE:
                 break
+            # Here too a later line opening a header itself is where the header starts.
+            if j > i and qh.RE_OPENER.match(lines[j].strip()):
+                return 0
             joined = f"{joined} {lines[j].strip()}"
             if j > i and qh.RE_WROTE_TAIL.search(joined.strip()) and qh.is_wrote_header(joined):
                 return j - i + 1

@@ -161,12 +161,15 @@ _RE_FIELD = re.compile(r"^\s*(?:from|date|de|von|van|da|od|от)\s*:", re.I)
 
 def _next_text(el: etree._Element) -> str:
     nxt = el.getnext()
-    return nxt.text_content()[:40] if nxt is not None else ""
+    # Comments and processing instructions between elements carry no text of their own.
+    return nxt.text_content()[:40] if nxt is not None and isinstance(nxt.tag, str) else ""
 
 
 def _attributed(el: etree._Element) -> bool:
     """Whether the text just before ``el`` is an attribution line ending in a colon."""
     prev = el.getprevious()
+    while prev is not None and not isinstance(prev.tag, str):
+        prev = prev.getprevious()  # a comment between them is not the attribution
     text = (prev.text_content() if prev is not None else (el.getparent().text or "")) or ""
     return text.rstrip().endswith((":", "："))
 
@@ -257,6 +260,8 @@ def render(root: etree._Element, *, quote_prefix: bool = False) -> str:
 
     Walked with ``iterwalk`` rather than recursion, so deeply nested quotes cost no stack.
     """
+    if not isinstance(root.tag, str):
+        return ""  # a comment or processing instruction renders as nothing
     out: list[str] = []
     skipping = 0
     for event, el in etree.iterwalk(root, events=("start", "end")):
