@@ -196,3 +196,14 @@ def test_own_message_id_in_degraded_cut() -> None:
     parts = extract_reply(body, budget_s=-1)
     assert parts.degraded
     assert parts.reply == "Short answer."
+
+
+def test_supercite_quoted_header_is_not_split() -> None:
+    """A header inside supercite quoting ("A> On … wrote:") is quote, not a shared line."""
+    parts = extract_reply("Fine.\nA> On Mon, May 6, 2024 at 10:00 AM Dana <d@example.com> wrote:")
+    assert parts.reply == "Fine."
+
+
+def test_bare_quote_markers_at_the_edges_are_blank() -> None:
+    """Empty quoted lines (a lone ">") before or after the reply are not filed."""
+    assert extract_reply(">\nSee you at ten.\n>").reply == "See you at ten."
