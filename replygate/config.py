@@ -40,6 +40,23 @@ class Settings:
     max_message_size: int = 25 * 1024 * 1024
     smtp_max_sessions: int = 512  # more concurrent connections are told 421 4.3.2
     smtp_max_bytes_in_flight: int = 64 * 1024 * 1024  # message bytes held in memory at once
+    smtp_max_recipients: int = 100  # per transaction (RFC 5321 4.5.3.1.8: at least 100)
+    smtp_command_timeout: float = 300.0  # idle seconds awaiting a command, then 421 4.4.2
+    smtp_data_timeout: float = 300.0  # idle seconds inside DATA, then 421 4.4.2
+    # A client IP refused this many unknown reply addresses within the window
+    # is deferred (450 4.7.1 at RCPT, 421 4.7.0 at connect) for the cool-down; 0 turns it off.
+    smtp_throttle_failures: int = 10
+    smtp_throttle_window_seconds: float = 600.0
+    smtp_throttle_cooldown_seconds: float = 900.0
+    # IPs or networks never throttled: the MTAs relaying to the gateway ("10.0.0.5, 10.1.0.0/16").
+    # Loopback by default, where the recommended front Postfix or Exim connects from.
+    smtp_trusted_relays: str = "127.0.0.0/8, ::1"
+    # STARTTLS is offered when both are set (PEM files); required before MAIL when asked.
+    smtp_tls_cert: str = ""
+    smtp_tls_key: str = ""
+    smtp_require_starttls: bool = False
+    # Behind a load balancer: every connection starts with a PROXY v1/v2 header.
+    smtp_proxy_protocol: bool = False
     token_ttl_days: int = 90
 
     outbox_maildir: Path = Path("")

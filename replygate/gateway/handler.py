@@ -10,6 +10,11 @@ call runs on the event loop: the RCPT lookup runs in a worker thread
 checks run inline only for small plain-text mail (anything that may be
 parsed whole goes to a thread). The answers come from ``replies.CATALOGUE``.
 
+A client IP that keeps naming unknown reply addresses is deferred for a
+while (``throttle.Throttle``); behind a load balancer speaking the PROXY
+protocol, the client is the one the header names, for the throttle, the
+logs and the queue row alike.
+
 Logging: one line per refused recipient (``inbound.rcpt``), and one
 canonical line per message at the end of DATA (``inbound.mail``) with the
 envelope, decision, reason and queue ids; never the body.
@@ -24,7 +29,8 @@ from datetime import datetime
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from aiosmtpd.smtp import SMTP, Envelope
+from aiosmtpd.proxy_protocol import ProxyData
+from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException
 from aiosmtpd.smtp import Session as SMTPSession
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -35,6 +41,7 @@ from replygate.errors import InboundRefused
 from replygate.gateway import intake, replies
 from replygate.gateway.intake import Recipient, StoreUnavailable
 from replygate.gateway.replies import Condition
+from replygate.gateway.throttle import Throttle, parse_networks
 from replygate.logs import get_logger
 from replygate.store.db import make_read_engine, session_factory
 from replygate.store.inbound_writer import InboundWriter
@@ -42,8 +49,9 @@ from replygate.store.models import utcnow
 
 log = get_logger("replygate.gateway")
 
-# RFC 5321 4.5.3.1.8: a server must accept at least 100 recipients per message.
-MAX_RECIPIENTS = 100
+# Refusals that count against a client IP: addresses we never issued. An
+# expired or revoked token is a real person replying late, not a guesser.
+THROTTLED_CONDITIONS = frozenset({Condition.UNKNOWN_TOKEN, Condition.NOT_A_REPLY_ADDRESS})
 # How long an accepted reply address is trusted without asking the database
 # again. A reply storm hits the same few addresses; each lookup is several
 # round trips. A token revoked (or Convenience Mode switched off) within
@@ -53,12 +61,40 @@ RCPT_CACHE_SECONDS = 2.0
 RCPT_CACHE_SIZE = 10_000
 
 
+def _proxied(session: SMTPSession) -> ProxyData | None:
+    """The PROXY header's data when it names a client (not a balancer's health check)."""
+    data = session.proxy_data
+    if data is not None and data.valid and data.src_addr is not None:
+        return data
+    return None
+
+
 def peer_of(session: SMTPSession) -> str | None:
-    """The client's address as ``host:port`` (what the queue row and logs record)."""
+    """The client's address as ``host:port`` (what the queue row and logs record).
+
+    Behind a load balancer speaking the PROXY protocol, the client it names.
+    """
+    proxied = _proxied(session)
+    if proxied is not None:
+        host = str(proxied.src_addr)
+        return f"[{host}]:{proxied.src_port}" if ":" in host else f"{host}:{proxied.src_port}"
     peer = session.peer
     if isinstance(peer, tuple) and len(peer) >= 2:
         return f"{peer[0]}:{peer[1]}"
     return str(peer) if peer else None
+
+
+def client_ip(session: SMTPSession | None) -> str | None:
+    """The client's IP address alone, as the throttle counts it."""
+    if session is None:
+        return None
+    proxied = _proxied(session)
+    if proxied is not None:
+        return str(proxied.src_addr)
+    peer = session.peer
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return None
 
 
 def _sqlite_read_engine(factory: sessionmaker[Session]) -> Engine | None:
@@ -82,15 +118,22 @@ class GatewayHandler:
         settings: Settings,
         factory: sessionmaker[Session],
         *,
-        max_recipients: int = MAX_RECIPIENTS,
+        max_recipients: int | None = None,
         clock: Callable[[], datetime] = utcnow,
         rcpt_cache_seconds: float = RCPT_CACHE_SECONDS,
+        throttle: Throttle | None = None,
     ) -> None:
         self.settings = settings
+        self.throttle = throttle or Throttle(
+            settings.smtp_throttle_failures,
+            settings.smtp_throttle_window_seconds,
+            settings.smtp_throttle_cooldown_seconds,
+            exempt=parse_networks(settings.smtp_trusted_relays),
+        )
         self.rcpt_cache_seconds = rcpt_cache_seconds
         self._recipients: dict[str, tuple[float, Recipient]] = {}
         self.factory = factory
-        self.max_recipients = max_recipients
+        self.max_recipients = max_recipients or settings.smtp_max_recipients
         self.clock = clock
         self.writer = InboundWriter(factory)
         self._read_engine = _sqlite_read_engine(factory)
@@ -103,6 +146,33 @@ class GatewayHandler:
 
     def _render(self, condition: Condition, address: str | None = None) -> str:
         return replies.reply(condition).render(address, limit=self.settings.max_message_size)
+
+    async def handle_PROXY(
+        self, server: SMTP, session: SMTPSession, envelope: Envelope, proxy_data: ProxyData
+    ) -> bool:
+        """Admit a connection once the load balancer's header names the client.
+
+        A client in its cool-down hears ``421 4.7.0`` here, the first moment
+        its address is known; False makes aiosmtpd close the connection.
+        """
+        refusal = self.refused_at_connect(session)
+        if refusal is not None:
+            await server.push(refusal)
+            return False
+        return True
+
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: SMTPSession,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        """Take the reverse-path as aiosmtpd would, answering with the catalogue's 2.1.0."""
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return self._render(Condition.SENDER_OK)
 
     async def handle_RCPT(
         self,
@@ -118,11 +188,26 @@ class GatewayHandler:
         if len(accepted) >= self.max_recipients:
             self._log_rcpt(session, envelope, address, Condition.TOO_MANY_RECIPIENTS, None)
             return self._render(Condition.TOO_MANY_RECIPIENTS, address)
+        ip = client_ip(session)
+        left = self.throttle.blocked(ip)
+        if left:
+            reason = f"{ip} named too many unknown addresses; {left:.0f} s of cool-down left"
+            self._log_rcpt(session, envelope, address, Condition.THROTTLED, reason)
+            return self._render(Condition.THROTTLED, address)
         try:
             recipient = await self._lookup(address)
         except InboundRefused as exc:
             condition = replies.condition_for(exc)
             self._log_rcpt(session, envelope, address, condition, str(exc))
+            if condition in THROTTLED_CONDITIONS and self.throttle.failed(ip):
+                log.warning(
+                    "inbound.throttle",
+                    decision="deferred",
+                    peer=peer_of(session),
+                    failures=self.throttle.max_failures,
+                    window_s=self.throttle.window,
+                    cooldown_s=self.throttle.cooldown,
+                )
             return self._render(condition, address)
         except StoreUnavailable as exc:
             self._log_rcpt(session, envelope, address, Condition.STORE_UNAVAILABLE, str(exc))
@@ -160,6 +245,7 @@ class GatewayHandler:
         fields: dict[str, Any] = {
             "via": "smtp",
             "peer": peer_of(session),
+            "tls": session.ssl is not None,
             "mail_from": intake.envelope_sender(envelope.mail_from),
             "rcpt": [r.address for r in recipients],
             "size": len(raw),
@@ -201,9 +287,37 @@ class GatewayHandler:
             self._read_engine.dispose()
 
     async def handle_exception(self, error: Exception) -> str:
-        """A bug or an unexpected failure: answer 4xx so the sending MTA retries, log it."""
-        log.error("inbound.error", error=f"{type(error).__name__}: {error}", exc_info=error)
+        """A bug or an unexpected failure: answer 4xx so the sending MTA retries, log it.
+
+        A failed TLS handshake is the client's business, logged without a
+        traceback; aiosmtpd closes that connection without a reply.
+        """
+        if isinstance(error, TLSSetupException):
+            cause = error.__cause__
+            log.info("inbound.tls", decision="failed", error=f"{type(cause).__name__}: {cause}")
+        else:
+            log.error("inbound.error", error=f"{type(error).__name__}: {error}", exc_info=error)
         return self._render(Condition.INTERNAL_ERROR)
+
+    def refused_at_connect(self, session: SMTPSession | None) -> str | None:
+        """``421 4.7.0`` for a client in its cool-down (then closed), else None."""
+        left = self.throttle.blocked(client_ip(session))
+        if not left:
+            return None
+        return self._refused_connection(
+            Condition.THROTTLED_AT_CONNECT, session, f"{left:.0f} s of cool-down left"
+        )
+
+    def timed_out(
+        self, session: SMTPSession | None, envelope: Envelope | None, *, in_data: bool
+    ) -> str:
+        """The ``421 4.4.2`` a stalled client hears before the connection is closed."""
+        condition = Condition.DATA_TIMEOUT if in_data else Condition.COMMAND_TIMEOUT
+        if in_data:
+            reason = f"no data for {self.settings.smtp_data_timeout} s"
+            return self._refused_unread(condition, reason, session, envelope)
+        reason = f"no command for {self.settings.smtp_command_timeout} s"
+        return self._refused_connection(condition, session, reason)
 
     def refused_oversize(self, session: SMTPSession | None, envelope: Envelope | None) -> str:
         """The reply (and the log line) when the protocol stops an oversize message."""
@@ -222,15 +336,22 @@ class GatewayHandler:
 
     def refused_busy(self, session: SMTPSession | None) -> str:
         """The greeting for a connection over the cap (the protocol then closes it)."""
-        reply = replies.reply(Condition.TOO_MANY_CONNECTIONS)
+        return self._refused_connection(Condition.TOO_MANY_CONNECTIONS, session, None)
+
+    def _refused_connection(
+        self, condition: Condition, session: SMTPSession | None, reason: str | None
+    ) -> str:
+        """Log and answer a connection the gateway closes outside a transaction."""
+        reply = replies.reply(condition)
         log.warning(
             "inbound.connection",
             decision="deferred",
-            condition=str(Condition.TOO_MANY_CONNECTIONS),
+            condition=str(condition),
             reply=f"{reply.code} {reply.status}",
+            reason=reason,
             peer=peer_of(session) if session is not None else None,
         )
-        return self._render(Condition.TOO_MANY_CONNECTIONS)
+        return self._render(condition)
 
     def _refused_unread(
         self,

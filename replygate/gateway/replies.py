@@ -7,10 +7,19 @@ code, a sentence the person who replied can act on (the sending MTA copies
 it into the bounce they receive), and the sysexits code the pipe ingress
 exits with for a Postfix ``pipe`` transport. Nothing else in the gateway
 decides wording or codes.
+
+The gateway advertises ENHANCEDSTATUSCODES (RFC 2034), so every reply after
+the greeting and EHLO carries one. aiosmtpd answers grammar errors itself
+without a code ("503 Error: need MAIL command"); ``with_status`` gives each
+of those the status of the catalogue's entry for its basic code
+(``PROTOCOL_BY_CODE``) and keeps aiosmtpd's words, which name the command
+or the syntax expected. Such an entry's text is what the gateway says when
+it answers that condition itself.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -58,6 +67,28 @@ class Condition(StrEnum):
     NO_ROOM = "no_room"
     STORE_UNAVAILABLE = "store_unavailable"
     INTERNAL_ERROR = "internal_error"
+    # Limits on the session and the client.
+    COMMAND_TIMEOUT = "command_timeout"
+    DATA_TIMEOUT = "data_timeout"
+    THROTTLED = "throttled"
+    THROTTLED_AT_CONNECT = "throttled_at_connect"
+    # The protocol's own answers (aiosmtpd's grammar), success and errors.
+    OK = "ok"
+    SENDER_OK = "sender_ok"
+    CLOSING = "closing"
+    TLS_READY = "tls_ready"
+    HELP = "help"
+    CANNOT_VERIFY = "cannot_verify"
+    SYNTAX_ERROR = "syntax_error"
+    BAD_ARGUMENTS = "bad_arguments"
+    NOT_IMPLEMENTED = "not_implemented"
+    BAD_SEQUENCE = "bad_sequence"
+    PARAMETER_NOT_IMPLEMENTED = "parameter_not_implemented"
+    PARAMETERS_UNRECOGNISED = "parameters_unrecognised"
+    MALFORMED_ADDRESS = "malformed_address"
+    TLS_UNAVAILABLE = "tls_unavailable"
+    STARTTLS_REQUIRED = "starttls_required"
+    INSECURE = "insecure"
 
 
 @dataclass(frozen=True)
@@ -194,8 +225,99 @@ CATALOGUE: Mapping[Condition, Reply] = MappingProxyType(
             "a temporary problem on our side; please try again later",
             EX_TEMPFAIL,
         ),
+        # RFC 5321 4.5.3.2: the server closes an idle session with 421;
+        # X.4.2 is "bad connection" (RFC 3463), what a stalled client is.
+        Condition.COMMAND_TIMEOUT: Reply(
+            421,
+            "4.4.2",
+            "timeout waiting for a command; closing the connection",
+            EX_TEMPFAIL,
+        ),
+        Condition.DATA_TIMEOUT: Reply(
+            421,
+            "4.4.2",
+            "timeout receiving the message; closing the connection, please send it again",
+            EX_TEMPFAIL,
+        ),
+        # X.7.1 delivery not authorized, X.7.0 other security status: a host that
+        # kept naming addresses we never issued waits out a cool-down.
+        Condition.THROTTLED: Reply(
+            450,
+            "4.7.1",
+            "too many unknown reply addresses from your server; please try again later",
+            EX_TEMPFAIL,
+        ),
+        Condition.THROTTLED_AT_CONNECT: Reply(
+            421,
+            "4.7.0",
+            "too many unknown reply addresses from your server; please try again later",
+            EX_TEMPFAIL,
+        ),
+        Condition.OK: Reply(250, "2.0.0", "OK", EX_OK),
+        Condition.SENDER_OK: Reply(250, "2.1.0", "sender ok", EX_OK),
+        Condition.CLOSING: Reply(221, "2.0.0", "Bye", EX_OK),
+        Condition.TLS_READY: Reply(220, "2.0.0", "Ready to start TLS", EX_OK),
+        Condition.HELP: Reply(250, "2.0.0", "Supported commands", EX_OK),
+        Condition.CANNOT_VERIFY: Reply(
+            252, "2.0.0", "Cannot VRFY user, but will accept message and attempt delivery", EX_OK
+        ),
+        Condition.SYNTAX_ERROR: Reply(
+            500, "5.5.2", "Error: command not recognized or bad syntax", EX_NOPERM
+        ),
+        Condition.BAD_ARGUMENTS: Reply(
+            501, "5.5.4", "Syntax error in parameters or arguments", EX_NOPERM
+        ),
+        Condition.NOT_IMPLEMENTED: Reply(502, "5.5.1", "Command not implemented", EX_NOPERM),
+        Condition.BAD_SEQUENCE: Reply(503, "5.5.1", "Error: bad sequence of commands", EX_NOPERM),
+        Condition.PARAMETER_NOT_IMPLEMENTED: Reply(
+            504, "5.5.4", "Command parameter not implemented", EX_NOPERM
+        ),
+        Condition.PARAMETERS_UNRECOGNISED: Reply(
+            555, "5.5.4", "MAIL FROM/RCPT TO parameters not recognized", EX_NOPERM
+        ),
+        Condition.MALFORMED_ADDRESS: Reply(553, "5.1.3", "Error: malformed address", EX_NOPERM),
+        Condition.TLS_UNAVAILABLE: Reply(454, "4.7.0", "TLS not available", EX_TEMPFAIL),
+        Condition.STARTTLS_REQUIRED: Reply(
+            530, "5.7.0", "Must issue a STARTTLS command first", EX_NOPERM
+        ),
+        Condition.INSECURE: Reply(
+            554, "5.7.0", "Command refused due to lack of security", EX_NOPERM
+        ),
     }
 )
+
+# The status of each basic code aiosmtpd answers with no enhanced code of its own.
+PROTOCOL_BY_CODE: Mapping[int, Condition] = MappingProxyType(
+    {
+        421: Condition.TOO_MANY_CONNECTIONS,
+        454: Condition.TLS_UNAVAILABLE,
+        500: Condition.SYNTAX_ERROR,
+        501: Condition.BAD_ARGUMENTS,
+        502: Condition.NOT_IMPLEMENTED,
+        503: Condition.BAD_SEQUENCE,
+        504: Condition.PARAMETER_NOT_IMPLEMENTED,
+        530: Condition.STARTTLS_REQUIRED,
+        552: Condition.MESSAGE_TOO_LARGE,
+        553: Condition.MALFORMED_ADDRESS,
+        554: Condition.INSECURE,
+        555: Condition.PARAMETERS_UNRECOGNISED,
+    }
+)
+
+# aiosmtpd's success replies, whole (the greeting and the HELO/EHLO replies,
+# which RFC 2034 exempts, never match).
+PROTOCOL_SUCCESS: Mapping[str, Condition] = MappingProxyType(
+    {
+        "250 OK": Condition.OK,
+        "221 Bye": Condition.CLOSING,
+        "220 Ready to start TLS": Condition.TLS_READY,
+        "252 Cannot VRFY user, but will accept message and attempt delivery": (
+            Condition.CANNOT_VERIFY
+        ),
+    }
+)
+_HELP_PREFIXES = ("250 Supported commands:", "250 Syntax:")
+_HAS_STATUS = re.compile(r"\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
 
 # Which condition each refusal of the core is; the most specific class wins.
 REFUSALS: Mapping[type[InboundRefused], Condition] = MappingProxyType(
@@ -223,6 +345,30 @@ def condition_for(error: InboundRefused) -> Condition:
 
 def reply(condition: Condition) -> Reply:
     return CATALOGUE[condition]
+
+
+def with_status(line: str) -> str:
+    """``line`` with the enhanced status code its basic code stands for, if it lacks one.
+
+    A 4xx/5xx line aiosmtpd wrote keeps its words after the catalogue's
+    status; a success line is rewritten only when it is one aiosmtpd's
+    stock answers, so the greeting and the HELO/EHLO replies stay as they
+    are. Anything else (354, continuation lines) is returned unchanged.
+    """
+    if len(line) < 4 or line[3] != " " or _HAS_STATUS.match(line):
+        return line
+    first = line[0]
+    if first in "45" and line[:3].isdigit():
+        basic = int(line[:3])
+        condition = PROTOCOL_BY_CODE.get(basic)
+        status = CATALOGUE[condition].status if condition is not None else f"{first}.0.0"
+        return f"{basic} {status} {line[4:]}"
+    success = PROTOCOL_SUCCESS.get(line)
+    if success is not None:
+        return CATALOGUE[success].render()
+    if line.startswith(_HELP_PREFIXES):
+        return f"250 {CATALOGUE[Condition.HELP].status} {line[4:]}"
+    return line
 
 
 def refusal(error: InboundRefused) -> Reply:

@@ -6,6 +6,12 @@ and returns a ``Gateway`` to ``stop()``. Port 0 binds an ephemeral port,
 reported as ``Gateway.port``. ``GatewayThread`` runs the same server on a
 loop in a background thread, for callers that block, such as ``smtplib``
 tests.
+
+Options from the settings: STARTTLS when ``smtp_tls_cert`` and
+``smtp_tls_key`` name a PEM certificate and key (required before MAIL with
+``smtp_require_starttls``); a PROXY protocol header expected first on every
+connection with ``smtp_proxy_protocol`` (the gateway must then be reachable
+from the load balancer only: whoever connects may name any client).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import asyncio
 import collections
 import contextlib
 import socket
+import ssl
 import sys
 import threading
 import types
@@ -23,10 +30,13 @@ from types import TracebackType
 from typing import Any, AnyStr, Self
 from weakref import WeakSet
 
-from aiosmtpd.smtp import MISSING, SMTP, _AuthMechAttr, login_always_fail
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, _AuthMechAttr, login_always_fail
+from aiosmtpd.smtp import Session as SMTPSession
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
+from replygate.errors import ConfigError
+from replygate.gateway import replies
 from replygate.gateway.data import DataReader, DataState
 from replygate.gateway.handler import GatewayHandler
 from replygate.gateway.limits import ByteBudget, Sessions
@@ -46,7 +56,35 @@ BUDGET_WAIT_SECONDS = 60.0
 # StreamReader.read(n) takes at most n bytes; this takes the whole buffer, so
 # bytes read past the end of data can be handed back in order (feed_data).
 READ_ALL = 1 << 30
-SMTP_TIMEOUT_SECONDS = 300
+# How long a connection may take to send its PROXY header (aiosmtpd warns below 3 s).
+PROXY_TIMEOUT_SECONDS = 10.0
+# Extensions the EHLO reply adds to aiosmtpd's (RFC 2034).
+EXTENSIONS = ("250-ENHANCEDSTATUSCODES",)
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The server context for STARTTLS, or None when no certificate is configured."""
+    cert, key = settings.smtp_tls_cert, settings.smtp_tls_key
+    if not cert and not key:
+        return None
+    if not (cert and key):
+        raise ConfigError("smtp_tls_cert and smtp_tls_key must be set together")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the gateway's TLS certificate {cert}: {exc}") from exc
+    return context
+
+
+async def ehlo_extensions(
+    server: SMTP, session: SMTPSession, envelope: Envelope, hostname: str, lines: list[str]
+) -> list[str]:
+    """aiosmtpd's EHLO reply plus ours, less AUTH (no mechanism here ever succeeds)."""
+    session.host_name = hostname
+    *head, last = lines
+    return [*(line for line in head if not line.startswith("250-AUTH")), *EXTENSIONS, last]
 
 
 def declared_size(mail_options: list[str]) -> int:
@@ -71,6 +109,7 @@ class Shared:
     handler: GatewayHandler
     sessions: Sessions
     budget: ByteBudget
+    tls_context: ssl.SSLContext | None = None
     handle_hooks: dict[str, Callable[..., Any]] = field(default_factory=dict)
     smtp_methods: dict[str, Callable[..., Any]] = field(default_factory=dict)
     auth_methods: dict[str, tuple[Callable[..., Any], bool]] = field(default_factory=dict)
@@ -82,6 +121,7 @@ class Shared:
             handler=handler,
             sessions=Sessions(settings.smtp_max_sessions),
             budget=ByteBudget(settings.smtp_max_bytes_in_flight),
+            tls_context=tls_context(settings),
         )
         shared.handle_hooks = {
             name.removeprefix("handle_"): getattr(handler, name)
@@ -90,6 +130,7 @@ class Shared:
         }
         if "EHLO" in shared.handle_hooks:  # pragma: no cover - our handler has none
             raise RuntimeError("GatewaySMTP does not support a handle_EHLO hook")
+        shared.handle_hooks["EHLO"] = ehlo_extensions
         shared.smtp_methods = {
             name.removeprefix("smtp_"): getattr(GatewaySMTP, name)
             for name in dir(GatewaySMTP)
@@ -117,9 +158,13 @@ class GatewaySMTP(SMTP):
       (``Shared``), without ``socket.getfqdn()``;
     - ``smtp_DATA`` reads the body in chunks (``data.DataReader``) under the
       byte budget;
-    - connections over the cap hear ``421 4.3.2`` before the greeting;
-    - aiosmtpd's own size refusal at ``MAIL FROM ... SIZE=`` (no enhanced
-      status code) is rewritten from the catalogue.
+    - connections over the cap hear ``421 4.3.2`` before the greeting, and
+      clients in their throttling cool-down ``421 4.7.0``;
+    - a client silent past the command timeout, or inside DATA past the
+      data timeout, hears ``421 4.4.2`` before the connection is closed;
+    - every reply carries an enhanced status code: aiosmtpd's own replies
+      get theirs from the catalogue (``replies.with_status``), and its size
+      refusal at ``MAIL FROM ... SIZE=`` becomes the catalogue's whole reply.
     """
 
     event_handler: GatewayHandler
@@ -144,9 +189,12 @@ class GatewaySMTP(SMTP):
         # connection's EHLO then adds to).
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
         self.hostname = settings.smtp_hostname or socket.getfqdn()
-        self.tls_context = None
-        self.require_starttls = None
-        self._timeout_duration = SMTP_TIMEOUT_SECONDS
+        self.tls_context = shared.tls_context
+        self.require_starttls = bool(shared.tls_context and settings.smtp_require_starttls)
+        self._timeout_duration = settings.smtp_command_timeout
+        self._data_timeout = settings.smtp_data_timeout
+        self._in_data = False
+        self._counted = False
         self._timeout_handle = None
         self._tls_handshake_okay = True
         self._tls_protocol = None
@@ -156,7 +204,7 @@ class GatewaySMTP(SMTP):
         self.transport = None
         self._handler_coroutine = None
         self._auth_require_tls = True
-        self._proxy_timeout = None
+        self._proxy_timeout = PROXY_TIMEOUT_SECONDS if settings.smtp_proxy_protocol else None
         self._authenticator = None
         self._auth_callback = login_always_fail
         self._auth_required = False
@@ -165,33 +213,63 @@ class GatewaySMTP(SMTP):
             for mech, (func, builtin) in shared.auth_methods.items()
         }
         self._handle_hooks = shared.handle_hooks
-        self._ehlo_hook_ver = None
+        self._ehlo_hook_ver = "new"
         self._smtp_methods = {
             name: types.MethodType(func, self) for name, func in shared.smtp_methods.items()
         }
         self._enforce_call_limit = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.admitted = self.shared.sessions.enter()
+        if self.transport is None:  # not the second call, made when STARTTLS completes
+            self.admitted = self.shared.sessions.enter()
+            self._counted = True
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
         try:
             super().connection_lost(error)
         finally:
-            self.shared.sessions.leave()
+            if self._counted:  # aiosmtpd calls it twice after a failed TLS handshake
+                self._counted = False
+                self.shared.sessions.leave()
 
     async def _handle_client(self) -> None:
+        handler = self.event_handler
+        refusal = None
         if not self.admitted:
-            await self.push(self.event_handler.refused_busy(self.session))
+            refusal = handler.refused_busy(self.session)
+        elif self._proxy_timeout is None:  # else the client is known after the PROXY header
+            refusal = handler.refused_at_connect(self.session)
+        if refusal is not None:
+            await self.push(refusal)
             if self.transport is not None:
                 self.transport.close()
             return
-        await super()._handle_client()
+        try:
+            await super()._handle_client()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            # Gone before its PROXY header was complete (aiosmtpd reads it outside
+            # its own error handling); nothing to answer.
+            if self.transport is not None:
+                self.transport.close()
+
+    def _timeout_cb(self) -> None:
+        """Say why before closing an idle connection (aiosmtpd closes it silently)."""
+        transport = self.transport
+        if transport is None:
+            return
+        waiting_for_proxy = self._proxy_timeout is not None and self.session.proxy_data is None
+        if not waiting_for_proxy and not transport.is_closing():
+            line = self.event_handler.timed_out(self.session, self.envelope, in_data=self._in_data)
+            transport.write(line.encode("ascii") + b"\r\n")
+        transport.close()
 
     async def push(self, status: AnyStr) -> None:
-        if isinstance(status, str) and status.startswith("552 Error:"):
-            status = self.event_handler.refused_oversize(self.session, self.envelope)
+        if isinstance(status, str):
+            if status.startswith("552 Error:"):
+                status = self.event_handler.refused_oversize(self.session, self.envelope)
+            else:
+                status = replies.with_status(status)
         await super().push(status)
 
     async def smtp_DATA(self, arg: str) -> None:
@@ -213,14 +291,17 @@ class GatewaySMTP(SMTP):
         if not held:
             await self.push(self.event_handler.refused_no_room(self.session, self.envelope))
             return
+        self._in_data = True
         try:
             status = await self._receive(held)
         finally:
+            self._in_data = False
             budget.give(self._held)
         if status is None:
             return
         self._set_post_data_state()
         await self.push(status)
+        self._reset_timeout()  # the command timeout runs again from the reply
 
     async def _receive(self, held: int) -> str | None:
         """Read one body and hand it to the handler; the reply, or None if the
@@ -231,7 +312,9 @@ class GatewaySMTP(SMTP):
         reader = DataReader(self.data_size_limit)
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         stream = self._reader
+        data_timeout = self._data_timeout
         while not reader.done:
+            self._reset_timeout(data_timeout)  # idle time: a slow link is not a stalled one
             chunk = await stream.read(READ_ALL)
             if not chunk:  # the client went away mid-message: no reply to give
                 self._writer.close()

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import smtplib
+import socket
+import subprocess
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from email.utils import make_msgid
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -157,3 +161,79 @@ def reply_with_attachment(
     maintype, subtype = content_type.split("/", 1)
     msg.add_attachment(payload, maintype=maintype, subtype=subtype, filename=filename)
     return msg.as_bytes(policy=SMTP)
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """A self-signed certificate for the gateway's name and 127.0.0.1, and its key."""
+
+    cert: Path
+    key: Path
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    """Made once per run with ``openssl req`` (an EC key: quick to generate)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-days", "2", "-subj", "/CN=reply.test",
+            "-addext", "subjectAltName=DNS:reply.test,IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    return TLSFiles(cert, key)
+
+
+DEADLINE_SECONDS = 10.0
+
+
+class Dialogue:
+    """A raw SMTP client: sends lines as given and reads whole replies."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE_SECONDS)
+        self.buffer = b""
+
+    def line(self) -> bytes:
+        """One reply line without its CRLF; b"" once the server has closed."""
+        while b"\r\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                rest, self.buffer = self.buffer, b""
+                return rest
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\r\n")
+        return line
+
+    def reply(self) -> list[bytes]:
+        """Every line of one reply (several for EHLO)."""
+        lines = [self.line()]
+        while lines[-1][3:4] == b"-":
+            lines.append(self.line())
+        return lines
+
+    def send(self, command: bytes) -> list[bytes]:
+        self.sock.sendall(command + b"\r\n")
+        return self.reply()
+
+    def closed(self) -> bool:
+        """Whether the server has closed the connection (waits up to the deadline)."""
+        return self.sock.recv(1) == b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@contextmanager
+def dialogue(port: int) -> Iterator[Dialogue]:
+    d = Dialogue(port)
+    try:
+        yield d
+    finally:
+        d.close()

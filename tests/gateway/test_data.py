@@ -139,6 +139,12 @@ class Recorder:
     def refused_busy(self, session: Any) -> str:
         return replies.reply(Condition.TOO_MANY_CONNECTIONS).render()
 
+    def refused_at_connect(self, session: Any) -> None:
+        return None
+
+    def timed_out(self, session: Any, envelope: Any, *, in_data: bool) -> str:
+        return replies.reply(Condition.COMMAND_TIMEOUT).render()
+
 
 def _settings(**changes: Any) -> Settings:
     base = load_settings(

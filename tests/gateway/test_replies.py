@@ -83,3 +83,49 @@ def test_an_uncatalogued_refusal_is_still_a_refusal() -> None:
         pass
 
     assert replies.refusal(SomethingNew("x")).code == 550
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("500 Error: bad syntax", "500 5.5.2 Error: bad syntax"),
+        (
+            '500 Error: command "FROB" not recognized',
+            '500 5.5.2 Error: command "FROB" not recognized',
+        ),
+        ("501 Syntax: MAIL FROM: <address>", "501 5.5.4 Syntax: MAIL FROM: <address>"),
+        ("502 EXPN not implemented", "502 5.5.1 EXPN not implemented"),
+        ("503 Error: need MAIL command", "503 5.5.1 Error: need MAIL command"),
+        ("503 Error: need RCPT command", "503 5.5.1 Error: need RCPT command"),
+        (
+            "530 Must issue a STARTTLS command first",
+            "530 5.7.0 Must issue a STARTTLS command first",
+        ),
+        (
+            "554 Command refused due to lack of security",
+            "554 5.7.0 Command refused due to lack of security",
+        ),
+        ("454 TLS not available", "454 4.7.0 TLS not available"),
+        ("555 RCPT TO parameters not recognized", "555 5.5.4 RCPT TO parameters not recognized"),
+        ("599 Something new", "599 5.0.0 Something new"),
+        ("250 OK", "250 2.0.0 OK"),
+        ("221 Bye", "221 2.0.0 Bye"),
+        ("220 Ready to start TLS", "220 2.0.0 Ready to start TLS"),
+        ("250 Supported commands: DATA EHLO", "250 2.0.0 Supported commands: DATA EHLO"),
+        # Already carrying a status, or exempt (RFC 2034): unchanged.
+        ("502 5.5.1 Too many unrecognized commands, goodbye.", None),
+        ("550 5.1.1 <a@b>: no such address", None),
+        ("220 reply.test replygate", None),
+        ("250 reply.test", None),
+        ("250-SIZE 1000", None),
+        ("250 HELP", None),
+        ("354 End data with <CR><LF>.<CR><LF>", None),
+    ],
+)
+def test_protocol_replies_get_the_catalogues_status(line: str, expected: str | None) -> None:
+    assert replies.with_status(line) == (expected or line)
+
+
+@pytest.mark.parametrize("code", sorted(replies.PROTOCOL_BY_CODE))
+def test_protocol_entries_share_their_basic_code(code: int) -> None:
+    assert CATALOGUE[replies.PROTOCOL_BY_CODE[code]].code == code
