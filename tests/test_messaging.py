@@ -94,7 +94,8 @@ def test_convenience_mode_notification_has_content_token_and_marker(
     assert str(msg["Reply-To"]).startswith("reply+") and str(msg["Reply-To"]).endswith(
         "@reply.test"
     )
-    # One token per (thread, recipient): the second notification reuses it and threads under the first.
+    # One token per (thread, recipient): the second notification reuses it and
+    # threads under the first.
     again = message_from_bytes(second.raw, policy=default)
     assert str(again["Reply-To"]) == str(msg["Reply-To"])
     assert str(again["In-Reply-To"]) == first.header_message_id
