@@ -365,6 +365,7 @@ class GatewayHandler:
         fields: dict[str, Any] = {
             "via": "smtp",
             "peer": peer_of(session) if session is not None else None,
+            "tls": session is not None and session.ssl is not None,
             "mail_from": intake.envelope_sender(envelope.mail_from if envelope else None),
             "rcpt": [r.address for r in recipients],
         }

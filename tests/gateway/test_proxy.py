@@ -8,6 +8,7 @@ import socket
 import struct
 from collections.abc import Callable
 
+import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
@@ -79,12 +80,21 @@ def test_proxy_v2_and_ipv6_clients(
     assert [r.peer for r in queued(sessions)] == ["198.51.100.20:40001", "[2001:db8::5]:40002"]
 
 
+@pytest.mark.parametrize(
+    "header",
+    [b"PROXY UNKNOWN\r\n", V2_SIGNATURE + bytes([0x20, 0x00, 0, 0])],
+    ids=["v1 UNKNOWN", "v2 LOCAL"],
+)
 def test_a_health_check_without_a_client_uses_the_socket_peer(
-    settings: Settings, sessions: sessionmaker[Session], world: World, start: Start
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    world: World,
+    start: Start,
+    header: bytes,
 ) -> None:
     gateway = start(settings, smtp_proxy_protocol=True)
     raw = reply_message(from_=world.client_email, to=world.address)
-    d = _proxied(gateway.port, b"PROXY UNKNOWN\r\n")
+    d = _proxied(gateway.port, header)
     try:
         assert _send_reply(d, world, raw).startswith(b"250 ")
     finally:
