@@ -99,7 +99,7 @@ class AttachmentView:
 class ThreadView:
     id: int
     subject: str
-    participants: list[tuple[str, str, str]]
+    participants: list[tuple[str, str, str, str]]  # name, email, role, address status
     messages: list[MessageView]
     previous_id: int | None
     next_id: int | None
@@ -261,7 +261,10 @@ def read_thread(session: Session, thread_id: int, user: User) -> ThreadView:
     return ThreadView(
         id=thread.id,
         subject=thread.subject,
-        participants=[(p.user.name, p.user.email, p.user.role) for p in thread.participants],
+        participants=[
+            (p.user.name, p.user.email, p.user.role, p.user.address_status)
+            for p in thread.participants
+        ],
         messages=views,
         previous_id=previous_id,
         next_id=next_id,

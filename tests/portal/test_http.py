@@ -397,3 +397,20 @@ def test_attachments_are_listed_and_downloadable_by_participants_only(
     other.login(people.client2)
     assert other.get(f"/attachments/{attachment_id}").status == 404
     assert other.get("/attachments/999999").status == 404
+
+
+def test_a_bouncing_address_is_shown_on_the_thread(
+    client_for: Callable[[], Client],
+    people: People,
+    messaging: Messaging,
+    sessions: sessionmaker[Session],
+) -> None:
+    """Staff see that a client's email bounces, so they know notifications are not arriving."""
+    thread_id = _send_to_circle(messaging, people)[people.client1]
+    c = client_for()
+    c.login(people.staff)
+    assert "address-status" not in c.get(f"/threads/{thread_id}").text
+    with transaction(sessions) as s:
+        directory.user(s, people.client1).address_status = "suppressed"
+    page = c.get(f"/threads/{thread_id}").text
+    assert "email notifications stopped" in page
