@@ -80,16 +80,9 @@ def looped(
 def test_an_auto_responder_cannot_start_a_loop(looped: tuple[Deployment, AutoResponder]) -> None:
     d, responder = looped
     d.cli(
-        "send",
-        "--from",
-        "dana@staff.test",
-        "--to",
-        "cleo@example.com",
-        "--subject",
-        "Hello",
-        "--body",
-        "Are you coming on Tuesday?",
-    )
+        "send", "--from", "dana@staff.test", "--to", "cleo@example.com",
+        "--subject", "Hello", "--body", "Are you coming on Tuesday?",
+    )  # fmt: skip
     assert responder.answered.wait(20), "the responder never received our notification"
 
     def settled() -> list | None:

@@ -83,6 +83,28 @@ class Deployment:
             if self.proc.poll() is None:
                 self.proc.kill()
 
+    def dana_writes_to_cleo(self, subject: str, body: str) -> tuple[int, EmailMessage]:
+        """``replygate send`` from Dana to Cleo; the thread id and Cleo's notification."""
+        sent = json.loads(
+            self.cli(
+                "send",
+                "--from",
+                "dana@staff.test",
+                "--to",
+                "cleo@example.com",
+                "--subject",
+                subject,
+                "--body",
+                body,
+                "--json",
+            )
+        )
+        assert sent["threads"][0]["recipient"] == "cleo@example.com"
+        (notification,) = wait_for(
+            lambda: self.mails_to("cleo@example.com"), what="Cleo's notification in the Maildir"
+        )
+        return sent["threads"][0]["id"], notification
+
     def mails_to(self, address: str) -> list[EmailMessage]:
         if not self.maildir.exists():
             return []
@@ -110,24 +132,8 @@ def deployment(settings: Settings, tmp_path: Path) -> Iterator[Deployment]:
 def test_reply_from_a_mail_client_is_filed_and_notified(
     deployment: Deployment, client: str
 ) -> None:
-    out = deployment.cli(
-        "send",
-        "--from",
-        "dana@staff.test",
-        "--to",
-        "cleo@example.com",
-        "--subject",
-        "Tuesday appointment",
-        "--body",
-        "Can you make Tuesday at 10?",
-        "--json",
-    )
-    sent = json.loads(out)
-    thread_id = sent["threads"][0]["id"]
-    assert sent["threads"][0]["recipient"] == "cleo@example.com"
-
-    (notification,) = wait_for(
-        lambda: deployment.mails_to("cleo@example.com"), what="Cleo's notification in the Maildir"
+    thread_id, notification = deployment.dana_writes_to_cleo(
+        "Tuesday appointment", "Can you make Tuesday at 10?"
     )
     reply_to = str(notification["Reply-To"])
     assert reply_to.startswith("reply+") and reply_to.endswith("@reply.test")
@@ -167,19 +173,8 @@ def _rcpt_refusal(port: int, address: str) -> tuple[int, bytes]:
 
 def test_secure_mode_leaks_nothing_and_a_reply_to_it_is_refused(deployment: Deployment) -> None:
     deployment.cli("settings", "convenience", "off")
-    deployment.cli(
-        "send",
-        "--from",
-        "dana@staff.test",
-        "--to",
-        "cleo@example.com",
-        "--subject",
-        "Biopsy results walrus",
-        "--body",
-        "Your results show a pelican marker.",
-    )
-    (notification,) = wait_for(
-        lambda: deployment.mails_to("cleo@example.com"), what="the secure notification"
+    _, notification = deployment.dana_writes_to_cleo(
+        "Biopsy results walrus", "Your results show a pelican marker."
     )
     raw = notification.as_bytes().lower()
     for word in (b"biopsy", b"walrus", b"pelican"):
@@ -196,18 +191,7 @@ def test_secure_mode_leaks_nothing_and_a_reply_to_it_is_refused(deployment: Depl
 def test_switching_convenience_off_refuses_replies_to_notifications_already_sent(
     deployment: Deployment,
 ) -> None:
-    deployment.cli(
-        "send",
-        "--from",
-        "dana@staff.test",
-        "--to",
-        "cleo@example.com",
-        "--subject",
-        "Hello",
-        "--body",
-        "Hello Cleo",
-    )
-    (notification,) = wait_for(lambda: deployment.mails_to("cleo@example.com"), what="notification")
+    _, notification = deployment.dana_writes_to_cleo("Hello", "Hello Cleo")
     reply_to = str(notification["Reply-To"])
     deployment.cli("settings", "convenience", "off")
     code, text = _rcpt_refusal(deployment.smtp_port, reply_to)
@@ -218,18 +202,7 @@ def test_switching_convenience_off_refuses_replies_to_notifications_already_sent
 def test_a_forwarded_notification_answered_by_someone_else_is_refused(
     deployment: Deployment,
 ) -> None:
-    deployment.cli(
-        "send",
-        "--from",
-        "dana@staff.test",
-        "--to",
-        "cleo@example.com",
-        "--subject",
-        "Hello",
-        "--body",
-        "Hello Cleo",
-    )
-    (notification,) = wait_for(lambda: deployment.mails_to("cleo@example.com"), what="notification")
+    _, notification = deployment.dana_writes_to_cleo("Hello", "Hello Cleo")
     reply_to = str(notification["Reply-To"])
     forwarded = EmailMessage()
     forwarded["From"] = "Eve Third <eve@elsewhere.test>"
