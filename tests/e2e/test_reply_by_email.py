@@ -106,7 +106,8 @@ class Deployment:
         return sent["threads"][0]["id"], notification
 
     def mails_to(self, address: str) -> list[EmailMessage]:
-        if not self.maildir.exists():
+        # The transport makes tmp/, new/ and cur/ one by one: read once all three exist.
+        if not all((self.maildir / sub).is_dir() for sub in ("tmp", "new", "cur")):
             return []
         box = mailbox.Maildir(self.maildir, create=False)
         found = []
