@@ -55,7 +55,7 @@ class DataReader:
         self.state = DataState.NOMINAL
         self.done = False
         self.size = 0  # wire octets of the complete lines kept so far
-        self._chunks: list[bytes] = []
+        self._chunks: list[bytes | memoryview] = []
         # Unread bytes, always preceded by the CRLF that ended the previous
         # line (a virtual one at the start), so ``\r\n.\r\n`` finds the end
         # of data even when it is the first line.
@@ -106,14 +106,17 @@ class DataReader:
 
     def _keep_lines(self, cut: int) -> None:
         """Keep the complete lines of ``pending[2:cut + 2]`` (each ends with CRLF)."""
-        marked = bytes(self._pending[: cut + len(CRLF)])
+        with memoryview(self._pending) as view:
+            marked = bytes(view[: cut + len(CRLF)])
         block = len(marked) - len(CRLF)
         if block == 0:
             return
         limit = self.size_limit
         fits = not limit or self.size + block <= limit
-        if fits and max(map(len, marked.split(CRLF))) + len(CRLF) <= LINE_LENGTH_LIMIT:
-            self._chunks.append(marked.replace(b"\r\n.", CRLF)[len(CRLF) :])
+        if fits and _lines_fit(marked):
+            # The leading CRLF lets one replace unstuff the first line too; the
+            # view skips it without copying the block again.
+            self._chunks.append(memoryview(marked.replace(b"\r\n.", CRLF))[len(CRLF) :])
             self.size += block
             return
         self._keep_one_by_one(marked[len(CRLF) :])
@@ -134,3 +137,20 @@ class DataReader:
                 self.refuse(DataState.TOO_LONG)
                 return
             self._chunks.append((line[1:] if line.startswith(b".") else line) + CRLF)
+
+
+def _lines_fit(marked: bytes) -> bool:
+    """Whether every line of ``marked`` (which starts and ends with CRLF) is within
+    ``LINE_LENGTH_LIMIT`` with its CRLF.
+
+    A line of n octets puts its CRLF n + 2 octets after the previous one; each
+    step jumps to the furthest CRLF within reach, a few hundred ``rfind`` calls
+    for 200 KB instead of splitting the block into thousands of lines.
+    """
+    at, last = 0, len(marked) - len(CRLF)
+    while at < last:
+        at_next = marked.rfind(CRLF, at + 1, at + LINE_LENGTH_LIMIT + len(CRLF))
+        if at_next == -1:
+            return False
+        at = at_next
+    return True

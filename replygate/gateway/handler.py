@@ -267,7 +267,7 @@ class GatewayHandler:
                 peer=fields["peer"],
                 now=self.clock(),
             )
-            queue_ids = await asyncio.wrap_future(self.writer.submit(rows))
+            queue_ids = await self.writer.submit_async(rows)
         except InboundRefused as exc:
             return self._finish(replies.condition_for(exc), str(exc), fields, started)
         except (SQLAlchemyError, OSError) as exc:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import math
 import socket
 import ssl
 import sys
@@ -60,6 +61,9 @@ READ_ALL = 1 << 30
 PROXY_TIMEOUT_SECONDS = 10.0
 # Extensions the EHLO reply adds to aiosmtpd's (RFC 2034).
 EXTENSIONS = ("250-ENHANCEDSTATUSCODES",)
+# Entries kept in the per-gateway memo tables (parsed addresses, reply lines);
+# a burst repeats the same few, and a full table is simply emptied.
+MEMO_SIZE = 4096
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -113,6 +117,12 @@ class Shared:
     handle_hooks: dict[str, Callable[..., Any]] = field(default_factory=dict)
     smtp_methods: dict[str, Callable[..., Any]] = field(default_factory=dict)
     auth_methods: dict[str, tuple[Callable[..., Any], bool]] = field(default_factory=dict)
+    # aiosmtpd parses MAIL/RCPT paths with the email package's header parser
+    # (and defines a typing.Protocol class on every call); a pure function of
+    # the argument, so remembered.
+    addresses: dict[tuple[str, int], tuple[str | None, str | None]] = field(default_factory=dict)
+    # Reply lines with their enhanced status code (``replies.with_status``).
+    statuses: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def build(cls, settings: Settings, handler: GatewayHandler) -> Shared:
@@ -149,6 +159,33 @@ class Shared:
                 mech = getattr(func, "__auth_mechanism_name__", name[5:].replace("__", "-"))
                 shared.auth_methods[mech] = (func, False)
         return shared
+
+
+class BoundCommands(dict[str, Any]):
+    """aiosmtpd's ``_smtp_methods`` for one connection, bound on lookup.
+
+    The same keys as the stock table; binding the dozen command methods of
+    every connection up front is work most never use (a delivery sends five).
+    """
+
+    __slots__ = ("owner",)
+
+    def __init__(self, functions: dict[str, Callable[..., Any]], owner: GatewaySMTP) -> None:
+        super().__init__(functions)
+        self.owner = owner
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        func = dict.get(self, name)
+        return default if func is None else types.MethodType(func, self.owner)
+
+    def __getitem__(self, name: str) -> Any:
+        return types.MethodType(dict.__getitem__(self, name), self.owner)
+
+    def items(self) -> Any:  # type: ignore[override]
+        return [(name, types.MethodType(func, self.owner)) for name, func in dict.items(self)]
+
+    def values(self) -> Any:  # type: ignore[override]
+        return [types.MethodType(func, self.owner) for func in dict.values(self)]
 
 
 class GatewaySMTP(SMTP):
@@ -214,10 +251,11 @@ class GatewaySMTP(SMTP):
         }
         self._handle_hooks = shared.handle_hooks
         self._ehlo_hook_ver = "new"
-        self._smtp_methods = {
-            name: types.MethodType(func, self) for name, func in shared.smtp_methods.items()
-        }
+        self._smtp_methods = BoundCommands(shared.smtp_methods, self)
         self._enforce_call_limit = False
+        self._continued: list[str] = []  # lines of a multi-line reply not yet sent
+        self._deadline = 0.0  # when the idle timer really expires (see _reset_timeout)
+        self._timer_at = 0.0  # when the scheduled timer handle fires
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.transport is None:  # not the second call, made when STARTTLS completes
@@ -253,6 +291,32 @@ class GatewaySMTP(SMTP):
             if self.transport is not None:
                 self.transport.close()
 
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """Push the idle deadline back, re-arming the timer only when it must fire sooner.
+
+        aiosmtpd cancels and schedules a timer for every command; here a
+        timer that fires before the deadline schedules itself again
+        (``_timer_fired``), so the expiry time is the same.
+        """
+        loop = self.loop
+        deadline = loop.time() + (duration or self._timeout_duration)
+        self._deadline = deadline
+        handle = self._timeout_handle
+        if handle is not None and not handle.cancelled() and self._timer_at <= deadline:
+            return
+        if handle is not None:
+            handle.cancel()
+        self._timer_at = deadline
+        self._timeout_handle = loop.call_at(deadline, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        if self.loop.time() < self._deadline:
+            self._timer_at = self._deadline
+            self._timeout_handle = self.loop.call_at(self._deadline, self._timer_fired)
+            return
+        self._timer_at = math.inf  # spent: the next reset schedules a new one
+        self._timeout_cb()
+
     def _timeout_cb(self) -> None:
         """Say why before closing an idle connection (aiosmtpd closes it silently)."""
         transport = self.transport
@@ -265,12 +329,45 @@ class GatewaySMTP(SMTP):
         transport.close()
 
     async def push(self, status: AnyStr) -> None:
+        """Send a reply line; the lines of a multi-line reply (EHLO) go out in one write.
+
+        aiosmtpd writes and drains each line of its EHLO reply alone: six
+        system calls where one sends the same bytes.
+        """
         if isinstance(status, str):
             if status.startswith("552 Error:"):
                 status = self.event_handler.refused_oversize(self.session, self.envelope)
             else:
-                status = replies.with_status(status)
+                status = self._with_status(status)
+            if status[3:4] == "-":
+                self._continued.append(status)
+                return
+            if self._continued:
+                status = "\r\n".join([*self._continued, status])
+                self._continued.clear()
         await super().push(status)
+
+    def _with_status(self, line: str) -> str:
+        statuses = self.shared.statuses
+        found = statuses.get(line)
+        if found is None:
+            found = replies.with_status(line)
+            if len(statuses) >= MEMO_SIZE:
+                statuses.clear()
+            statuses[line] = found
+        return found
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's path parsing, remembered per argument."""
+        memo = self.shared.addresses
+        key = (arg, self.local_part_limit)
+        found = memo.get(key)
+        if found is None:
+            found = super()._getaddr(arg)
+            if len(memo) >= MEMO_SIZE:
+                memo.clear()
+            memo[key] = found
+        return found
 
     async def smtp_DATA(self, arg: str) -> None:
         """DATA as aiosmtpd 1.4.6 answers it, reading the body in chunks."""

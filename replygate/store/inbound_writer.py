@@ -9,6 +9,10 @@ previous commit was running, as one multi-row ``INSERT`` (Core
 ``executemany``), and only then resolves each session's future, so each
 session still answers 250 only once its own rows are durable.
 
+A session on an event loop waits with ``submit_async``: the writer wakes
+every session of a batch that shares a loop with one call into that loop
+(``call_soon_threadsafe``), not one per message.
+
 If a batch fails to commit, its messages are retried one per transaction,
 so a message the database refuses (a poison row) fails alone and the others
 are stored; the failing session's future raises and the gateway answers
@@ -17,12 +21,14 @@ are stored; the failing session's future raises and the gateway answers
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import queue
 import threading
 import weakref
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import insert
@@ -50,7 +56,13 @@ def insert_rows(factory: sessionmaker[Session], rows: Sequence[Row]) -> list[int
 class _Pending:
     rows: list[Row]
     size: int
-    future: Future[list[int]] = field(default_factory=Future)
+    future: Future[list[int]] | None = None  # for blocking callers (submit)
+    waiter: asyncio.Future[list[int]] | None = None  # for callers on a loop (submit_async)
+    loop: asyncio.AbstractEventLoop | None = None
+
+
+# What a batch's waiters on one loop are woken with: each waiter and its ids or error.
+Outcome = tuple["asyncio.Future[list[int]]", list[int] | None, BaseException | None]
 
 
 class InboundWriter:
@@ -74,11 +86,20 @@ class InboundWriter:
 
     def submit(self, rows: list[Row]) -> Future[list[int]]:
         """Queue one message's rows; the future gives their ids once committed."""
-        size = sum(len(r.get("raw") or b"") for r in rows)
-        pending = _Pending(rows, size)
+        future: Future[list[int]] = Future()
+        self._put(_Pending(rows, _size(rows), future=future))
+        return future
+
+    def submit_async(self, rows: list[Row]) -> asyncio.Future[list[int]]:
+        """``submit`` for a caller on the running loop; await the result."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[list[int]] = loop.create_future()
+        self._put(_Pending(rows, _size(rows), waiter=waiter, loop=loop))
+        return waiter
+
+    def _put(self, pending: _Pending) -> None:
         self._ensure_started()
         self._queue.put(pending)
-        return pending.future
 
     def close(self, timeout: float = 10.0) -> None:
         """Commit what is queued, then stop the thread."""
@@ -121,18 +142,48 @@ class InboundWriter:
             ids = insert_rows(self.factory, rows)
         except Exception as exc:
             if len(batch) == 1:
-                _settle(batch[0].future, exc=exc)
+                _settle_all([(batch[0], None, exc)])
                 return
             for pending in batch:  # find the one the database refuses
                 self._commit([pending])
             return
         self.batches += 1
         self.messages += len(batch)
+        outcomes: list[tuple[_Pending, list[int] | None, BaseException | None]] = []
         at = 0
         for pending in batch:
             n = len(pending.rows)
-            _settle(pending.future, ids[at : at + n])
+            outcomes.append((pending, ids[at : at + n], None))
             at += n
+        _settle_all(outcomes)
+
+
+def _size(rows: list[Row]) -> int:
+    return sum(len(r.get("raw") or b"") for r in rows)
+
+
+def _settle_all(outcomes: list[tuple[_Pending, list[int] | None, BaseException | None]]) -> None:
+    """Resolve each session's future; one wake-up per event loop for its waiters."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+    for pending, ids, exc in outcomes:
+        if pending.future is not None:
+            _settle(pending.future, ids, exc)
+        if pending.waiter is not None and pending.loop is not None:
+            by_loop.setdefault(pending.loop, []).append((pending.waiter, ids, exc))
+    for loop, woken in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            loop.call_soon_threadsafe(_wake, woken)
+
+
+def _wake(woken: list[Outcome]) -> None:
+    """On the sessions' loop: hand each waiter its ids, unless it gave up (connection closed)."""
+    for waiter, ids, exc in woken:
+        if waiter.done():
+            continue
+        if exc is not None:
+            waiter.set_exception(exc)
+        else:
+            waiter.set_result(ids or [])
 
 
 def _settle(
@@ -161,7 +212,7 @@ def _run(ref: weakref.ref[InboundWriter], work: queue.SimpleQueue[_Pending | Non
             return
         writer = ref()
         if writer is None:
-            _settle(first.future, exc=RuntimeError("the inbound writer was closed"))
+            _settle_all([(first, None, RuntimeError("the inbound writer was closed"))])
             return
         batch, stop = writer._next_batch(first)
         writer._commit(batch)
