@@ -11,12 +11,12 @@ thread per recipient with the sender, so recipients never see each other.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import and_, insert, or_, select
+from sqlalchemy.orm import Session, make_transient_to_detached, selectinload, sessionmaker
 
 from replygate.config import Settings
 from replygate.errors import Invalid, NotFound
@@ -26,7 +26,6 @@ from replygate.store.db import transaction
 from replygate.store.models import (
     Message,
     MessageAttachment,
-    OutboxMessage,
     Thread,
     ThreadParticipant,
     User,
@@ -37,6 +36,11 @@ from replygate.threading import reply_token
 CIRCLE_PREFIX = "circle:"
 TOKEN_MIN_REMAINING = timedelta(days=7)
 MAX_SUBJECT = 500
+# Per transaction (see ``directory.TRANSACTION_CACHE``): what ``prefetch_replies``
+# learnt about mails filed already, and which queue rows and Message-IDs it covers.
+_FILED = directory.TRANSACTION_CACHE + "messaging.filed"
+_FILED_COVERED = directory.TRANSACTION_CACHE + "messaging.filed_covered"
+_THREADS = directory.TRANSACTION_CACHE + "messaging.threads"
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class Messaging:
     def __init__(self, factory: sessionmaker[Session], settings: Settings) -> None:
         self.factory = factory
         self.settings = settings
+        self._portal_base = settings.portal_url.rstrip("/")
 
     # -- sending --------------------------------------------------------------------------
 
@@ -133,34 +138,42 @@ class Messaging:
         row replayed, or the same Message-ID delivered again to the same
         thread by the same author): a second delivery files nothing.
         """
-        same_mail = Message.inbound_id == inbound_id
-        if email_message_id:
-            same_mail = or_(
-                same_mail,
-                and_(
-                    Message.thread_id == thread_id,
-                    Message.author_id == author_id,
-                    Message.email_message_id == email_message_id,
-                ),
-            )
-        if session.scalars(select(Message.id).where(same_mail)).first() is not None:
+        if self._filed_already(session, thread_id, author_id, inbound_id, email_message_id):
             return None
         thread = session.get(Thread, thread_id)
         author = session.get(User, author_id)
         if thread is None or author is None:
             raise NotFound("the thread or the person this reply address names no longer exists")
-        message = self._add_message(
-            session,
-            thread,
-            author,
-            body,
+        now = utcnow()
+        values = dict(
+            thread_id=thread.id,
+            author_id=author.id,
+            body=body,
             source="email",
             quote=quote or None,
             signature=signature or None,
             inbound_id=inbound_id,
             email_message_id=email_message_id,
             body_html=body_html,
+            created_at=now,
         )
+        # One INSERT … RETURNING and nothing else: the thread, participant and
+        # outbox rows below wait for the transaction's last flush, where the ORM
+        # batches them with those of the other replies filed in it.
+        with session.no_autoflush:
+            new_id = session.execute(insert(Message).values(values).returning(Message.id)).scalar()
+        message = Message(id=new_id, **values)
+        make_transient_to_detached(message)
+        session.add(message)
+        thread.last_activity_at = now
+        for p in thread.participants:  # the author has read what they wrote
+            if p.user_id == author.id:
+                p.last_read_message_id = message.id
+        filed = session.info.get(_FILED)
+        if filed is not None:
+            filed.add(("inbound", inbound_id))
+            if email_message_id:
+                filed.add((thread_id, author_id, email_message_id))
         session.add_all(
             MessageAttachment(
                 message_id=message.id,
@@ -171,8 +184,84 @@ class Messaging:
             )
             for f in attachments
         )
-        self._notify(session, thread, message, author)
+        self._notify(session, thread, message, author, flush=False)
         return message
+
+    @staticmethod
+    def prefetch_replies(
+        session: Session,
+        thread_ids: Iterable[int],
+        inbound_ids: Iterable[int],
+        email_message_ids: Iterable[str],
+    ) -> None:
+        """Load, in a few statements, what filing a batch of email replies reads.
+
+        The threads with their participants and people, their reply tokens and
+        latest notifications, and which of these mails were filed already: the
+        engine files a whole batch in one transaction, and asks for these one
+        reply at a time.
+        """
+        thread_ids, inbound_ids = set(thread_ids), set(inbound_ids)
+        email_message_ids = {m for m in email_message_ids if m}
+        if thread_ids:
+            # Held in the cache: the session's identity map keeps only weak references.
+            session.info.setdefault(_THREADS, []).extend(
+                session.scalars(
+                    select(Thread)
+                    .where(Thread.id.in_(thread_ids))
+                    .options(selectinload(Thread.participants).joinedload(ThreadParticipant.user))
+                )
+            )
+            tokens.prefetch_threads(session, thread_ids)
+            outbox.prefetch_latest(session, thread_ids)
+        same = [Message.inbound_id.in_(inbound_ids)] if inbound_ids else []
+        if email_message_ids:
+            same.append(Message.email_message_id.in_(email_message_ids))
+        filed: set[tuple] = session.info.setdefault(_FILED, set())
+        covered: set[tuple] = session.info.setdefault(_FILED_COVERED, set())
+        if same:
+            for inbound_id, thread_id, author_id, email_message_id in session.execute(
+                select(
+                    Message.inbound_id,
+                    Message.thread_id,
+                    Message.author_id,
+                    Message.email_message_id,
+                ).where(or_(*same))
+            ):
+                filed.add(("inbound", inbound_id))
+                if email_message_id:
+                    filed.add((thread_id, author_id, email_message_id))
+        covered.update(("inbound", i) for i in inbound_ids)
+        covered.update(("message-id", m) for m in email_message_ids)
+
+    @staticmethod
+    def _filed_already(
+        session: Session,
+        thread_id: int,
+        author_id: int,
+        inbound_id: int,
+        email_message_id: str | None,
+    ) -> bool:
+        """Was this queue row, or this Message-ID from this author to this thread, filed?"""
+        covered = session.info.get(_FILED_COVERED, ())
+        if ("inbound", inbound_id) in covered and (
+            not email_message_id or ("message-id", email_message_id) in covered
+        ):
+            filed = session.info[_FILED]
+            return ("inbound", inbound_id) in filed or (
+                email_message_id is not None and (thread_id, author_id, email_message_id) in filed
+            )
+        same_mail = Message.inbound_id == inbound_id
+        if email_message_id:
+            same_mail = or_(
+                same_mail,
+                and_(
+                    Message.thread_id == thread_id,
+                    Message.author_id == author_id,
+                    Message.email_message_id == email_message_id,
+                ),
+            )
+        return session.scalars(select(Message.id).where(same_mail)).first() is not None
 
     # -- settings ---------------------------------------------------------------------------
 
@@ -246,7 +335,15 @@ class Messaging:
                 p.last_read_message_id = message.id
         return message
 
-    def _notify(self, session: Session, thread: Thread, message: Message, author: User) -> None:
+    def _notify(
+        self,
+        session: Session,
+        thread: Thread,
+        message: Message,
+        author: User,
+        *,
+        flush: bool = True,
+    ) -> None:
         """Write one outbox notification per other participant, in this transaction."""
         org = directory.organisation(session, default_name=self.settings.organisation_name)
         now = utcnow()
@@ -262,17 +359,17 @@ class Messaging:
                 from_address=self.settings.notification_from,
                 organisation=org.name,
                 reply_domain=self.settings.reply_domain,
-                portal_link=f"{self.settings.portal_url.rstrip('/')}/threads/{thread.id}",
+                portal_link=f"{self._portal_base}/threads/{thread.id}",
             )
             if org.convenience_mode:
-                previous = self._previous_notification(session, thread.id, person.id)
+                previous = outbox.latest_header_message_id(session, thread.id, person.id)
                 notification = Notification(
                     mode="content",
                     subject=thread.subject,
                     body=message.body,
                     author_name=author.name,
                     reply_address=reply_token.reply_address(
-                        self._token_for(session, thread.id, person.id, now),
+                        self._token_for(session, thread.id, person.id, now, flush=flush),
                         self.settings.reply_domain,
                     ),
                     in_reply_to=previous,
@@ -281,19 +378,22 @@ class Messaging:
                 )
             else:
                 notification = Notification(mode="secure", **base)
-            row = outbox.add(
+            suppressed = person.address_status == "suppressed"
+            outbox.add(
                 session,
                 compose(notification),
                 kind=notification.mode,
                 user_id=person.id,
                 thread_id=thread.id,
                 message_id=message.id,
+                status="suppressed" if suppressed else "queued",
+                last_error="address suppressed after repeated hard bounces" if suppressed else None,
+                flush=flush,
             )
-            if person.address_status == "suppressed":
-                row.status = "suppressed"
-                row.last_error = "address suppressed after repeated hard bounces"
 
-    def _token_for(self, session: Session, thread_id: int, user_id: int, now: datetime) -> str:
+    def _token_for(
+        self, session: Session, thread_id: int, user_id: int, now: datetime, *, flush: bool = True
+    ) -> str:
         """The recipient's live token for this thread, issuing a new one when needed."""
         row = tokens.current(
             session, thread_id, user_id, now=now, min_remaining=TOKEN_MIN_REMAINING
@@ -302,14 +402,5 @@ class Messaging:
             return row.token
         token = reply_token.new_token(self.settings.secret_key)
         expires = now + timedelta(days=self.settings.token_ttl_days)
-        tokens.add(session, token, thread_id, user_id, now=now, expires_at=expires)
+        tokens.add(session, token, thread_id, user_id, now=now, expires_at=expires, flush=flush)
         return token
-
-    @staticmethod
-    def _previous_notification(session: Session, thread_id: int, user_id: int) -> str | None:
-        return session.scalars(
-            select(OutboxMessage.header_message_id)
-            .where(OutboxMessage.thread_id == thread_id, OutboxMessage.user_id == user_id)
-            .order_by(OutboxMessage.id.desc())
-            .limit(1)
-        ).first()

@@ -27,13 +27,18 @@ def organisation(session: Session, *, default_name: str = "Our practice") -> Org
     return org
 
 
-_ORG_KEY = "replygate.organisation"
+# Lookups kept for one transaction live in ``session.info`` under this prefix
+# (the organisation here; rows a batch of replies prefetched in ``tokens``,
+# ``outbox``, ``inbound`` and ``messaging``) and are dropped when it ends.
+TRANSACTION_CACHE = "replygate."
+_ORG_KEY = TRANSACTION_CACHE + "organisation"
 
 
 @event.listens_for(Session, "after_transaction_end")
-def _forget_organisation(session: Session, transaction: SessionTransaction) -> None:
+def _forget_transaction_caches(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:  # the outermost one, not a flush's or a savepoint's
-        session.info.pop(_ORG_KEY, None)
+        for key in [k for k in session.info if str(k).startswith(TRANSACTION_CACHE)]:
+            del session.info[key]
 
 
 def normalise_email(email: str) -> str:

@@ -9,7 +9,8 @@ writers itself (``BEGIN IMMEDIATE``, see ``db.py``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Select, and_, exists, func, or_, select, update
@@ -82,6 +83,53 @@ def _claimable(now: datetime, lease: timedelta) -> Select[tuple[InboundMail]]:
     )
 
 
+@dataclass(frozen=True)
+class ClaimedMail:
+    """A claimed queue row's envelope and raw bytes: the engine needs no second read."""
+
+    id: int
+    mail_from: str
+    rcpt: str
+    raw: bytes
+
+
+def claim_mail(
+    factory: sessionmaker[Session],
+    *,
+    limit: int = 1,
+    lease_seconds: float = 300,
+    now: datetime | None = None,
+) -> list[ClaimedMail]:
+    """Mark up to ``limit`` claimable mails ``processing``, oldest first, and return them.
+
+    Two statements whatever the batch size: one select (``SKIP LOCKED`` on
+    PostgreSQL) and one update of all the claimed rows.
+    """
+    now = now or utcnow()
+    with factory() as session, session.begin():
+        stmt = (
+            _claimable(now, timedelta(seconds=lease_seconds))
+            .with_only_columns(
+                InboundMail.id, InboundMail.mail_from, InboundMail.rcpt, InboundMail.raw
+            )
+            .limit(limit)
+        )
+        if session.bind.dialect.name == "postgresql":
+            stmt = stmt.with_for_update(skip_locked=True)
+        claimed = [
+            ClaimedMail(row_id, mail_from, rcpt, raw or b"")
+            for row_id, mail_from, rcpt, raw in session.execute(stmt)
+        ]
+        if claimed:
+            session.execute(
+                update(InboundMail)
+                .where(InboundMail.id.in_([m.id for m in claimed]))
+                .values(status="processing", claimed_at=now, attempts=InboundMail.attempts + 1)
+                .execution_options(synchronize_session=False)
+            )
+        return claimed
+
+
 def claim(
     factory: sessionmaker[Session],
     *,
@@ -90,17 +138,8 @@ def claim(
     now: datetime | None = None,
 ) -> list[int]:
     """Mark up to ``limit`` claimable mails ``processing`` and return their ids."""
-    now = now or utcnow()
-    with factory() as session, session.begin():
-        stmt = _claimable(now, timedelta(seconds=lease_seconds)).limit(limit)
-        if session.bind.dialect.name == "postgresql":
-            stmt = stmt.with_for_update(skip_locked=True)
-        rows = list(session.scalars(stmt))
-        for row in rows:
-            row.status = "processing"
-            row.claimed_at = now
-            row.attempts += 1
-        return [row.id for row in rows]
+    claimed = claim_mail(factory, limit=limit, lease_seconds=lease_seconds, now=now)
+    return [m.id for m in claimed]
 
 
 def claim_one(factory: sessionmaker[Session], inbound_id: int) -> bool:
@@ -130,6 +169,18 @@ def lock(session: Session, inbound_id: int) -> InboundMail:
     if row is None:
         raise NotFound(f"no queued mail with id {inbound_id}")
     return row
+
+
+def lock_many(session: Session, ids: Sequence[int]) -> dict[int, InboundMail]:
+    """The rows by id, locked for this transaction on PostgreSQL, in one statement.
+
+    Locked in id order, the order every worker takes them in, so two
+    transactions never wait on each other in a cycle.
+    """
+    stmt = select(InboundMail).where(InboundMail.id.in_(list(ids))).order_by(InboundMail.id)
+    if session.bind.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    return {row.id: row for row in session.scalars(stmt)}
 
 
 def record(row: InboundMail, status: str, reason: str | None, decision: dict | None = None) -> None:
@@ -163,6 +214,25 @@ def recent_filed(session: Session, *, rcpt: str, mail_from: str, since: datetime
         )
         or 0
     )
+
+
+def recent_filed_many(
+    session: Session, pairs: Iterable[tuple[str, str]], *, since: datetime
+) -> dict[tuple[str, str], int]:
+    """``recent_filed`` for many (rcpt, mail_from) pairs in one statement; absent means 0."""
+    wanted = set(pairs)
+    if not wanted:
+        return {}
+    rows = session.execute(
+        select(InboundMail.rcpt, InboundMail.mail_from, func.count())
+        .where(
+            InboundMail.rcpt.in_({rcpt for rcpt, _ in wanted}),
+            InboundMail.status == "filed",
+            InboundMail.received_at >= since,
+        )
+        .group_by(InboundMail.rcpt, InboundMail.mail_from)
+    )
+    return {(r, f): int(n) for r, f, n in rows if (r, f) in wanted}
 
 
 def list_mail(

@@ -21,15 +21,20 @@ row and never wait for each other; SQLite takes its write lock at ``BEGIN``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from replygate.store.directory import TRANSACTION_CACHE
 from replygate.store.models import OutboxMessage, utcnow
+
+# Per transaction (see ``directory.TRANSACTION_CACHE``): the threads prefetched,
+# and (thread id, user id) → the header Message-ID of the latest notification.
+_LATEST = TRANSACTION_CACHE + "outbox.latest"
 
 # Error texts are kept for operators, not whole SMTP transcripts.
 MAX_ERROR_LENGTH = 2000
@@ -73,11 +78,15 @@ def add(
     thread_id: int | None,
     message_id: int | None,
     now: datetime | None = None,
+    status: str = "queued",
+    last_error: str | None = None,
+    flush: bool = True,
 ) -> OutboxMessage:
     """Queue a notification in the caller's transaction (no commit), due at once.
 
     ``message_id`` is the ``messages.id`` that caused it; the header Message-ID
-    comes from ``composed``.
+    comes from ``composed``. ``flush=False`` leaves the INSERT to the
+    transaction's next flush, where the ORM batches the rows of many.
     """
     now = now or utcnow()
     row = OutboxMessage(
@@ -89,14 +98,57 @@ def add(
         envelope_from=composed.envelope_from,
         header_message_id=composed.message_id,
         raw=composed.raw,
-        status="queued",
+        status=status,
+        last_error=last_error,
         attempts=0,
         created_at=now,
         next_attempt_at=now,
     )
     session.add(row)
-    session.flush()
+    if flush:
+        session.flush()
+    latest = session.info.get(_LATEST)
+    if latest is not None and thread_id in latest[0]:
+        latest[1][(thread_id, user_id)] = composed.message_id
     return row
+
+
+def prefetch_latest(session: Session, thread_ids: Iterable[int]) -> None:
+    """Load, in one statement, what ``latest_header_message_id`` answers for these threads."""
+    wanted = set(thread_ids)
+    if not wanted:
+        return
+    threads, latest = session.info.setdefault(_LATEST, (set(), {}))
+    newest = (
+        select(func.max(OutboxMessage.id))
+        .where(OutboxMessage.thread_id.in_(wanted))
+        .group_by(OutboxMessage.thread_id, OutboxMessage.user_id)
+    )
+    rows = session.execute(
+        select(
+            OutboxMessage.thread_id, OutboxMessage.user_id, OutboxMessage.header_message_id
+        ).where(OutboxMessage.id.in_(newest.scalar_subquery()))
+    )
+    for thread_id in wanted - threads:
+        threads.add(thread_id)
+    for thread_id, user_id, header in rows:
+        latest.setdefault((thread_id, user_id), header)
+
+
+def latest_header_message_id(session: Session, thread_id: int, user_id: int) -> str | None:
+    """The header Message-ID of the newest notification to ``user_id`` about the thread.
+
+    The next one names it in In-Reply-To, so the recipient's mail client threads them.
+    """
+    cached = session.info.get(_LATEST)
+    if cached is not None and thread_id in cached[0]:
+        return cached[1].get((thread_id, user_id))
+    return session.scalars(
+        select(OutboxMessage.header_message_id)
+        .where(OutboxMessage.thread_id == thread_id, OutboxMessage.user_id == user_id)
+        .order_by(OutboxMessage.id.desc())
+        .limit(1)
+    ).first()
 
 
 def claim_due(
