@@ -106,20 +106,25 @@ class DataReader:
 
     def _keep_lines(self, cut: int) -> None:
         """Keep the complete lines of ``pending[2:cut + 2]`` (each ends with CRLF)."""
-        with memoryview(self._pending) as view:
-            marked = bytes(view[: cut + len(CRLF)])
-        block = len(marked) - len(CRLF)
+        block = cut
         if block == 0:
             return
+        pending = self._pending
         limit = self.size_limit
         fits = not limit or self.size + block <= limit
-        if fits and _lines_fit(marked):
-            # The leading CRLF lets one replace unstuff the first line too; the
-            # view skips it without copying the block again.
-            self._chunks.append(memoryview(marked.replace(b"\r\n.", CRLF))[len(CRLF) :])
+        if fits and _lines_fit(pending, cut + len(CRLF)):
+            stuffed = pending.find(b"\r\n.", 0, cut + len(CRLF)) != -1
+            with memoryview(pending) as view:
+                if not stuffed:  # most blocks: no line starts with a dot, one copy
+                    self._chunks.append(bytes(view[len(CRLF) : cut + len(CRLF)]))
+                else:
+                    # The leading CRLF lets one replace unstuff the first line
+                    # too; the view skips it without copying the block again.
+                    marked = bytes(view[: cut + len(CRLF)])
+                    self._chunks.append(memoryview(marked.replace(b"\r\n.", CRLF))[len(CRLF) :])
             self.size += block
             return
-        self._keep_one_by_one(marked[len(CRLF) :])
+        self._keep_one_by_one(bytes(pending[len(CRLF) : cut + len(CRLF)]))
 
     def _keep_one_by_one(self, block: bytes) -> None:
         """The slow path, line by line in aiosmtpd's order, when a limit is crossed."""
@@ -139,17 +144,17 @@ class DataReader:
             self._chunks.append((line[1:] if line.startswith(b".") else line) + CRLF)
 
 
-def _lines_fit(marked: bytes) -> bool:
-    """Whether every line of ``marked`` (which starts and ends with CRLF) is within
-    ``LINE_LENGTH_LIMIT`` with its CRLF.
+def _lines_fit(marked: bytes | bytearray, end: int) -> bool:
+    """Whether every line of ``marked[:end]`` (which starts and ends with CRLF) is
+    within ``LINE_LENGTH_LIMIT`` with its CRLF.
 
     A line of n octets puts its CRLF n + 2 octets after the previous one; each
     step jumps to the furthest CRLF within reach, a few hundred ``rfind`` calls
     for 200 KB instead of splitting the block into thousands of lines.
     """
-    at, last = 0, len(marked) - len(CRLF)
+    at, last = 0, end - len(CRLF)
     while at < last:
-        at_next = marked.rfind(CRLF, at + 1, at + LINE_LENGTH_LIMIT + len(CRLF))
+        at_next = marked.rfind(CRLF, at + 1, min(end, at + LINE_LENGTH_LIMIT + len(CRLF)))
         if at_next == -1:
             return False
         at = at_next

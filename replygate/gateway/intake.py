@@ -129,11 +129,13 @@ class Headers:
 
 def read_headers(raw: bytes) -> Headers:
     """Parse only the header block (a 25 MB body is never walked here)."""
-    end = len(raw)
-    for sep in (b"\r\n\r\n", b"\n\n"):
-        pos = raw.find(sep)
-        if pos != -1:
-            end = min(end, pos + len(sep))
+    end = raw.find(b"\r\n\r\n")
+    end = len(raw) if end == -1 else end + 4
+    # A bare LF LF before that ends the block sooner; searching for it past
+    # ``end`` would walk the whole body of most mail.
+    bare = raw.find(b"\n\n", 0, end)
+    if bare != -1:
+        end = min(end, bare + 2)
     if raw.startswith((b"\r\n", b"\n")):
         end = 0
     block = raw[:end]

@@ -123,6 +123,45 @@ class Shared:
     addresses: dict[tuple[str, int], tuple[str | None, str | None]] = field(default_factory=dict)
     # Reply lines with their enhanced status code (``replies.with_status``).
     statuses: dict[str, str] = field(default_factory=dict)
+    # The attributes every connection starts with, set in one dict update.
+    constants: dict[str, Any] = field(default_factory=dict)
+
+    def connection_constants(self) -> dict[str, Any]:
+        """What ``SMTP.__init__`` would set on each connection, less the per-connection tables."""
+        settings = self.settings
+        return {
+            "admitted": False,
+            "__ident__": IDENT,
+            "event_handler": self.handler,
+            "data_size_limit": settings.max_message_size,  # advertised as SIZE in EHLO
+            "enable_SMTPUTF8": True,
+            "_decode_data": False,  # keep the raw bytes exactly as received
+            "hostname": settings.smtp_hostname or socket.getfqdn(),
+            "tls_context": self.tls_context,
+            "require_starttls": bool(self.tls_context and settings.smtp_require_starttls),
+            "_timeout_duration": settings.smtp_command_timeout,
+            "_data_timeout": settings.smtp_data_timeout,
+            "_in_data": False,
+            "_counted": False,
+            "_timeout_handle": None,
+            "_tls_handshake_okay": True,
+            "_tls_protocol": None,
+            "_original_transport": None,
+            "session": None,
+            "envelope": None,
+            "transport": None,
+            "_handler_coroutine": None,
+            "_auth_require_tls": True,
+            "_proxy_timeout": PROXY_TIMEOUT_SECONDS if settings.smtp_proxy_protocol else None,
+            "_authenticator": None,
+            "_auth_callback": login_always_fail,
+            "_auth_required": False,
+            "_handle_hooks": self.handle_hooks,
+            "_ehlo_hook_ver": "new",
+            "_enforce_call_limit": False,
+            "_deadline": 0.0,  # when the idle timer really expires (see _reset_timeout)
+            "_timer_at": 0.0,  # when the scheduled timer handle fires
+        }
 
     @classmethod
     def build(cls, settings: Settings, handler: GatewayHandler) -> Shared:
@@ -158,6 +197,7 @@ class Shared:
                 func = getattr(handler, name)
                 mech = getattr(func, "__auth_mechanism_name__", name[5:].replace("__", "-"))
                 shared.auth_methods[mech] = (func, False)
+        shared.constants = shared.connection_constants()
         return shared
 
 
@@ -188,6 +228,40 @@ class BoundCommands(dict[str, Any]):
         return [types.MethodType(func, self.owner) for func in dict.values(self)]
 
 
+class BoundMechanisms(dict[str, Any]):
+    """aiosmtpd's ``_auth_methods`` for one connection, built on lookup (AUTH is never
+    offered here, so most connections never look)."""
+
+    __slots__ = ("owner",)
+
+    def __init__(
+        self, mechanisms: dict[str, tuple[Callable[..., Any], bool]], owner: GatewaySMTP
+    ) -> None:
+        super().__init__(mechanisms)
+        self.owner = owner
+
+    def _bind(self, entry: tuple[Callable[..., Any], bool]) -> _AuthMechAttr:
+        func, builtin = entry
+        return _AuthMechAttr(types.MethodType(func, self.owner) if builtin else func, builtin)
+
+    def __getitem__(self, name: str) -> _AuthMechAttr:
+        return self._bind(dict.__getitem__(self, name))
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        entry = dict.get(self, name)
+        return default if entry is None else self._bind(entry)
+
+    def items(self) -> Any:  # type: ignore[override]
+        return [(name, self._bind(entry)) for name, entry in dict.items(self)]
+
+    def values(self) -> Any:  # type: ignore[override]
+        return [self._bind(entry) for entry in dict.values(self)]
+
+    def pop(self, name: str, *default: Any) -> Any:
+        entry = dict.pop(self, name, *default)
+        return self._bind(entry) if isinstance(entry, tuple) else entry
+
+
 class GatewaySMTP(SMTP):
     """aiosmtpd's protocol with a fast DATA reader, limits, and our catalogue's replies.
 
@@ -213,49 +287,15 @@ class GatewaySMTP(SMTP):
             client_connected_cb=self._cb_client_connected,
             loop=loop,
         )
-        settings = shared.settings
+        self.__dict__.update(shared.constants)
         self.shared = shared
-        self.admitted = False
-        self.__ident__ = IDENT
         self.loop = loop
-        self.event_handler = shared.handler
-        self.data_size_limit = settings.max_message_size  # advertised as SIZE in EHLO
-        self.enable_SMTPUTF8 = True
-        self._decode_data = False  # keep the raw bytes exactly as received
         # Per connection (stock aiosmtpd clears one class-wide dict that every
         # connection's EHLO then adds to).
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
-        self.hostname = settings.smtp_hostname or socket.getfqdn()
-        self.tls_context = shared.tls_context
-        self.require_starttls = bool(shared.tls_context and settings.smtp_require_starttls)
-        self._timeout_duration = settings.smtp_command_timeout
-        self._data_timeout = settings.smtp_data_timeout
-        self._in_data = False
-        self._counted = False
-        self._timeout_handle = None
-        self._tls_handshake_okay = True
-        self._tls_protocol = None
-        self._original_transport = None
-        self.session = None
-        self.envelope = None
-        self.transport = None
-        self._handler_coroutine = None
-        self._auth_require_tls = True
-        self._proxy_timeout = PROXY_TIMEOUT_SECONDS if settings.smtp_proxy_protocol else None
-        self._authenticator = None
-        self._auth_callback = login_always_fail
-        self._auth_required = False
-        self._auth_methods = {
-            mech: _AuthMechAttr(types.MethodType(func, self) if builtin else func, builtin)
-            for mech, (func, builtin) in shared.auth_methods.items()
-        }
-        self._handle_hooks = shared.handle_hooks
-        self._ehlo_hook_ver = "new"
+        self._auth_methods = BoundMechanisms(shared.auth_methods, self)
         self._smtp_methods = BoundCommands(shared.smtp_methods, self)
-        self._enforce_call_limit = False
         self._continued: list[str] = []  # lines of a multi-line reply not yet sent
-        self._deadline = 0.0  # when the idle timer really expires (see _reset_timeout)
-        self._timer_at = 0.0  # when the scheduled timer handle fires
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.transport is None:  # not the second call, made when STARTTLS completes
