@@ -161,34 +161,48 @@ def claim_due(
     ``lease_seconds`` and one more attempt.
     """
     lease_until = now + timedelta(seconds=lease_seconds)
+    table = OutboxMessage.__table__
     # SKIP LOCKED is PostgreSQL's; SQLAlchemy leaves FOR UPDATE out on SQLite,
-    # where BEGIN IMMEDIATE already serialises the whole transaction.
+    # where BEGIN IMMEDIATE already serialises the whole transaction. Core
+    # statements, one select and one update per batch: workers poll this often.
     stmt = (
-        select(OutboxMessage)
-        .where(
-            OutboxMessage.status.in_(("queued", "sending")),
-            OutboxMessage.next_attempt_at <= now,
+        select(
+            table.c.id,
+            table.c.kind,
+            table.c.recipient,
+            table.c.envelope_from,
+            table.c.header_message_id,
+            table.c.raw,
+            table.c.attempts,
         )
-        .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
+        .where(
+            table.c.status.in_(("queued", "sending")),
+            table.c.next_attempt_at <= now,
+        )
+        .order_by(table.c.next_attempt_at, table.c.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
     with factory() as session, session.begin():
-        rows = session.scalars(stmt).all()
-        claimed: list[Claimed] = []
-        for row in rows:
-            row.status = "sending"
-            row.attempts += 1
-            row.next_attempt_at = lease_until
-            claimed.append(
-                Claimed(
-                    id=row.id,
-                    kind=row.kind,
-                    recipient=row.recipient,
-                    envelope_from=row.envelope_from,
-                    header_message_id=row.header_message_id,
-                    raw=row.raw,
-                    attempts=row.attempts,
+        conn = session.connection()
+        claimed = [
+            Claimed(
+                id=row.id,
+                kind=row.kind,
+                recipient=row.recipient,
+                envelope_from=row.envelope_from,
+                header_message_id=row.header_message_id,
+                raw=row.raw,
+                attempts=row.attempts + 1,
+            )
+            for row in conn.execute(stmt)
+        ]
+        if claimed:
+            conn.execute(
+                update(table)
+                .where(table.c.id.in_([item.id for item in claimed]))
+                .values(
+                    status="sending", attempts=table.c.attempts + 1, next_attempt_at=lease_until
                 )
             )
     return claimed
@@ -248,17 +262,19 @@ def requeue(session: Session, outbox_ids: Sequence[int], *, now: datetime) -> in
 
 
 def _finish(factory: sessionmaker[Session], item: Claimed, **values: object) -> bool:
-    # Matching on attempts fences off a worker whose lease was taken over.
+    # Matching on attempts fences off a worker whose lease was taken over. A
+    # Core UPDATE on the session's connection: one per delivered notification,
+    # and the ORM's bulk-update machinery cost more than the statement itself.
+    table = OutboxMessage.__table__
     with factory() as session, session.begin():
-        result = session.execute(
-            update(OutboxMessage)
+        result = session.connection().execute(
+            update(table)
             .where(
-                OutboxMessage.id == item.id,
-                OutboxMessage.status == "sending",
-                OutboxMessage.attempts == item.attempts,
+                table.c.id == item.id,
+                table.c.status == "sending",
+                table.c.attempts == item.attempts,
             )
             .values(**values)
-            .execution_options(synchronize_session=False)
         )
         return bool(result.rowcount)
 
