@@ -11,6 +11,7 @@
         ├── TokenRevoked       token revoked, or voided when Convenience Mode went off
         ├── ConvenienceModeOff the organisation does not accept replies by email
         ├── SenderMismatch     From is not the address the token was issued to
+        ├── DmarcFailed        a trusted relay says DMARC failed for the From domain
         ├── MessageTooLarge    message exceeds the configured size limit
         ├── AttachmentTooLarge an attachment, or all of them, exceed their size limits
         └── AttachmentTypeRefused an attachment's content type is not on the allow-list
@@ -64,6 +65,10 @@ class ConvenienceModeOff(InboundRefused):
 
 class SenderMismatch(InboundRefused):
     """Raised when From is not the address the token was issued to."""
+
+
+class DmarcFailed(SenderMismatch):
+    """Raised when a trusted Authentication-Results header says DMARC failed for From."""
 
 
 class MessageTooLarge(InboundRefused):

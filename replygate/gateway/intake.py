@@ -30,20 +30,21 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from email.parser import BytesHeaderParser
 from email.policy import compat32
+from email.utils import getaddresses
 from typing import Any, Literal
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
-from replygate.errors import MessageTooLarge, SenderMismatch
+from replygate.errors import DmarcFailed, MessageTooLarge, SenderMismatch
 from replygate.store import directory, inbound
 from replygate.store.db import transaction
 from replygate.threading import attachments, routing
 from replygate.threading.classify import verp_notification_id
 from replygate.threading.parse import parse_message
 from replygate.threading.routing import Route
-from replygate.threading.sender import same_sender
+from replygate.threading.sender import dmarc_failed, same_sender
 
 MAX_MESSAGE_ID = 998
 
@@ -125,6 +126,7 @@ class Headers:
     from_values: list[str]
     message_id: str | None
     content_type: str = "text/plain"
+    authentication_results: tuple[str, ...] = ()
 
 
 def read_headers(raw: bytes) -> Headers:
@@ -145,21 +147,26 @@ def read_headers(raw: bytes) -> Headers:
         from_values = [str(v) for v in msg.get_all("From", [])]
         message_id = msg.get("Message-ID")
         content_type = msg.get("Content-Type")
+        auth_results = [str(v) for v in msg.get_all("Authentication-Results", [])]
     else:
         from_values = fields.get("from", [])
         message_id = fields.get("message-id", [None])[0]
         content_type = fields.get("content-type", [None])[0]
+        auth_results = fields.get("authentication-results", [])
     message_id = str(message_id).strip()[:MAX_MESSAGE_ID] if message_id else None
     content_type = str(content_type or "text/plain").strip().lower()
     return Headers(
-        from_values=from_values, message_id=message_id or None, content_type=content_type
+        from_values=from_values,
+        message_id=message_id or None,
+        content_type=content_type,
+        authentication_results=tuple(auth_results),
     )
 
 
 # A header field line as the email package's feed parser takes it: a name of
 # printable characters other than the colon, then a colon.
 _FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+:")
-_WANTED = frozenset({"from", "message-id", "content-type"})
+_WANTED = frozenset({"from", "message-id", "content-type", "authentication-results"})
 
 
 def _plain_header_fields(block: bytes) -> dict[str, list[str]] | None:
@@ -326,9 +333,25 @@ def check(
     check_size(settings, len(raw))
     headers = read_headers(raw)
     sender = check_sender(headers, recipients, allow_plus_tags=settings.sender_allow_plus_tags)
+    check_dmarc(settings, headers, recipients)
     files = check_attachments(settings, raw, headers, recipients)
     decisions = [sender, files, {"stage": "accept", "via": via, "size": len(raw)}]
     return Checked(headers.message_id, decisions)
+
+
+def check_dmarc(settings: Settings, headers: Headers, recipients: list[Recipient]) -> None:
+    """Refuse a reply whose From domain failed DMARC, as a trusted relay reports it.
+
+    Only ``Authentication-Results`` from our own MTAs (``trusted_authserv_ids``)
+    count: anyone can write the header, so untrusted ones are ignored.
+    """
+    if not settings.trusted_authserv or not any(r.route is not None for r in recipients):
+        return
+    from_domain = next(
+        (a.rpartition("@")[2] for _, a in getaddresses(headers.from_values) if "@" in a), None
+    )
+    if dmarc_failed(list(headers.authentication_results), settings.trusted_authserv, from_domain):
+        raise DmarcFailed(f"DMARC failed for {from_domain} (trusted Authentication-Results)")
 
 
 def needs_parsing(raw: bytes) -> bool:

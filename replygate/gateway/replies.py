@@ -29,6 +29,7 @@ from replygate.errors import (
     AttachmentTooLarge,
     AttachmentTypeRefused,
     ConvenienceModeOff,
+    DmarcFailed,
     InboundRefused,
     MessageTooLarge,
     NotAReplyAddress,
@@ -57,6 +58,7 @@ class Condition(StrEnum):
     TOKEN_REVOKED = "token_revoked"
     CONVENIENCE_MODE_OFF = "convenience_mode_off"
     SENDER_MISMATCH = "sender_mismatch"
+    DMARC_FAILED = "dmarc_failed"
     REFUSED = "refused"
     MESSAGE_TOO_LARGE = "message_too_large"
     ATTACHMENT_TOO_LARGE = "attachment_too_large"
@@ -158,6 +160,13 @@ CATALOGUE: Mapping[Condition, Reply] = MappingProxyType(
             "5.7.1",
             "this reply address belongs to someone else; please reply from the address "
             "the notification was sent to",
+            EX_NOPERM,
+        ),
+        Condition.DMARC_FAILED: Reply(
+            550,
+            "5.7.1",
+            "the sender's domain says this message was not sent by it (DMARC failed); "
+            "please reply from your usual mail account",
             EX_NOPERM,
         ),
         Condition.REFUSED: Reply(
@@ -328,6 +337,7 @@ REFUSALS: Mapping[type[InboundRefused], Condition] = MappingProxyType(
         TokenRevoked: Condition.TOKEN_REVOKED,
         ConvenienceModeOff: Condition.CONVENIENCE_MODE_OFF,
         SenderMismatch: Condition.SENDER_MISMATCH,
+        DmarcFailed: Condition.DMARC_FAILED,
         MessageTooLarge: Condition.MESSAGE_TOO_LARGE,
         AttachmentTooLarge: Condition.ATTACHMENT_TOO_LARGE,
         AttachmentTypeRefused: Condition.ATTACHMENT_TYPE_REFUSED,

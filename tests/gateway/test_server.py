@@ -165,6 +165,36 @@ def test_forged_from_is_refused_at_data_and_nothing_is_stored(
     assert queued(sessions) == []
 
 
+@pytest.mark.parametrize("authserv", ["mx.ours.test", "mx.evil.test"])
+def test_dmarc_fail_from_a_trusted_relay_is_refused_at_data(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    world: World,
+    start: Callable[..., GatewayThread],
+    authserv: str,
+) -> None:
+    """A From that matches but fails DMARC per our own MTA is refused; the same header
+    written by anyone else is ignored (it is only as good as who wrote it)."""
+    gateway = start(settings, trusted_authserv_ids="mx.ours.test")
+    result = f"{authserv}; dmarc=fail (p=reject) header.from=client.test"
+    raw = reply_message(
+        from_=f"Cleo Park <{world.client_email}>",
+        to=world.address,
+        headers=(("Authentication-Results", result),),
+    )
+    with smtplib.SMTP("127.0.0.1", gateway.port, timeout=10) as smtp:
+        smtp.ehlo("mx.client.test")
+        smtp.mail(world.client_email)
+        assert smtp.rcpt(world.address)[0] == 250
+        code, text = smtp.data(raw)
+    if authserv == "mx.ours.test":
+        assert code == 550 and text.decode().startswith("5.7.1 the sender's domain says")
+        assert queued(sessions) == []
+    else:
+        assert code == 250
+        assert len(queued(sessions)) == 1
+
+
 def test_oversize_declared_at_mail_from_is_refused_552_534(
     settings: Settings, sessions: sessionmaker[Session], world: World, start: Start
 ) -> None:
