@@ -75,9 +75,6 @@ class Settings:
     worker_poll_seconds: float = 0.5
     worker_lease_seconds: float = 300.0  # a claim older than this is taken over by another worker
     worker_max_attempts: int = 5
-    # Mails one engine worker processes at once; 0 means 4 on PostgreSQL, 1 on SQLite
-    # (whose single writer gains nothing from more).
-    worker_concurrency: int = 0
     retention_days: int = 30
     attachment_max_bytes: int = 10 * 1024 * 1024
     attachments_total_max_bytes: int = 20 * 1024 * 1024
