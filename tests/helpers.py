@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import mailbox
 import socket
 import time
 from collections.abc import Callable
+from email import message_from_bytes
+from email.message import EmailMessage
+from email.policy import default
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -36,3 +41,15 @@ def port_open(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def read_maildir(path: Path) -> list[EmailMessage]:
+    """Every message in a Maildir, or none while it is still being created.
+
+    Deliverers (ours, Postfix's) make tmp/, new/ and cur/ one by one; the
+    stdlib reader fails on a Maildir that has only some of them.
+    """
+    if not all((path / sub).is_dir() for sub in ("tmp", "new", "cur")):
+        return []
+    box = mailbox.Maildir(path, create=False)
+    return [message_from_bytes(box.get_bytes(key), policy=default) for key in box.iterkeys()]

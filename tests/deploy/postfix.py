@@ -14,18 +14,15 @@ Running it needs root (the master daemon starts as root and drops to the
 
 from __future__ import annotations
 
-import mailbox
 import os
 import pwd
 import shutil
 import subprocess
 import tempfile
-from email import message_from_bytes
 from email.message import EmailMessage
-from email.policy import default
 from pathlib import Path
 
-from tests.helpers import port_open, wait_for
+from tests.helpers import port_open, read_maildir, wait_for
 
 POSTFIX = "/usr/sbin/postfix"
 SENDMAIL = "/usr/sbin/sendmail"
@@ -225,11 +222,7 @@ class PostfixInstance:
 
     def mailbox(self, address: str) -> list[EmailMessage]:
         local, _, domain = address.partition("@")
-        path = self.root / "vmail" / domain / local
-        if not path.exists():
-            return []
-        box = mailbox.Maildir(path, create=False)
-        return [message_from_bytes(box.get_bytes(key), policy=default) for key in box.iterkeys()]
+        return read_maildir(self.root / "vmail" / domain / local)
 
 
 def instance_root() -> Path:

@@ -12,7 +12,6 @@ that user share it).
 from __future__ import annotations
 
 import json
-import mailbox
 import os
 import pwd
 import shutil
@@ -20,9 +19,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
-from email import message_from_bytes
 from email.message import EmailMessage
-from email.policy import default
 from pathlib import Path
 from typing import IO
 
@@ -30,7 +27,7 @@ from click.testing import CliRunner
 
 from replygate.cli import main
 from replygate.config import Settings
-from tests.helpers import free_port, port_open, wait_for
+from tests.helpers import free_port, port_open, read_maildir, wait_for
 
 REPLY_DOMAIN = "reply.test"
 STAFF = "dana@staff.test"
@@ -199,12 +196,4 @@ class Stack:
     # -- results ----------------------------------------------------------------------------
 
     def outbox_mail_to(self, address: str) -> list[EmailMessage]:
-        if not self.outbox.exists():
-            return []
-        box = mailbox.Maildir(self.outbox, create=False)
-        found = []
-        for key in box.iterkeys():
-            msg = message_from_bytes(box.get_bytes(key), policy=default)
-            if address in str(msg["To"]):
-                found.append(msg)
-        return found
+        return [m for m in read_maildir(self.outbox) if address in str(m["To"])]

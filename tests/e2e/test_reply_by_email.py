@@ -10,16 +10,13 @@ original sender's content notification is in the Maildir.
 from __future__ import annotations
 
 import json
-import mailbox
 import os
 import signal
 import smtplib
 import subprocess
 import sys
 from collections.abc import Iterator
-from email import message_from_bytes
 from email.message import EmailMessage
-from email.policy import default
 from pathlib import Path
 
 import pytest
@@ -28,7 +25,7 @@ from click.testing import CliRunner
 from replygate.cli import main
 from replygate.config import Settings
 from tests.conftest import FIXTURES
-from tests.helpers import free_port, port_open, wait_for
+from tests.helpers import free_port, port_open, read_maildir, wait_for
 
 CLIENTS = ["gmail", "outlook", "iphone"]
 
@@ -106,16 +103,7 @@ class Deployment:
         return sent["threads"][0]["id"], notification
 
     def mails_to(self, address: str) -> list[EmailMessage]:
-        # The transport makes tmp/, new/ and cur/ one by one: read once all three exist.
-        if not all((self.maildir / sub).is_dir() for sub in ("tmp", "new", "cur")):
-            return []
-        box = mailbox.Maildir(self.maildir, create=False)
-        found = []
-        for key in box.iterkeys():
-            msg = message_from_bytes(box.get_bytes(key), policy=default)
-            if address in str(msg["To"]):
-                found.append(msg)
-        return found
+        return [m for m in read_maildir(self.maildir) if address in str(m["To"])]
 
 
 @pytest.fixture
