@@ -64,11 +64,17 @@ async def run_service(
             host, port = smtp_addr or (settings.smtp_host, settings.smtp_port)
             gateway = await start_gateway(settings, factory, host=host, port=port)
             log.info("gateway.listening", host=host, port=gateway.port)
+        # Set by the engine when it has written notifications; the outbound
+        # worker of this process then delivers them without waiting to poll.
+        notified = asyncio.Event()
         if "engine" in parts:
-            tasks.append(asyncio.create_task(Engine(factory, settings).run(stop)))
+            engine = Engine(factory, settings)
+            tasks.append(asyncio.create_task(engine.run(stop, notified=notified)))
         if "outbound" in parts:
             worker = outbound_worker(settings, factory)
-            tasks.append(asyncio.create_task(worker.run(stop, settings.worker_poll_seconds)))
+            tasks.append(
+                asyncio.create_task(worker.run(stop, settings.worker_poll_seconds, wake=notified))
+            )
         if "portal" in parts:
             from replygate.portal.server import run_portal
 

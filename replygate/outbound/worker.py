@@ -3,7 +3,10 @@
 Each round claims a batch (``store.outbox.claim_due``), delivers the mails
 concurrently and records each outcome:
 
-- delivered → ``sent``;
+- delivered → ``sent``, after the transport has the mail durably (the Maildir
+  file fsynced, the smarthost's 250). Deliveries that finish while an earlier
+  group is being recorded are recorded together in the next transaction, so a
+  batch costs a few commits, not one per mail, and none waits for the slowest;
 - ``TransientDeliveryError`` → ``queued`` again after an exponential backoff
   with jitter, capped, until ``max_attempts`` claims have been used;
 - ``PermanentDeliveryError``, attempts used up, or any unexpected error on the
@@ -12,6 +15,10 @@ concurrently and records each outcome:
 Database calls run in a thread (``asyncio.to_thread``) so the event loop that
 also serves SMTP never waits on the database. Every delivery logs one
 canonical line, ``outbox.delivery``, and never the mail's content.
+
+When idle the worker polls; an engine in the same process that has just
+written notifications sets the ``wake`` event so they go out at once, and
+polling remains for rows written by other processes.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -100,8 +107,10 @@ class OutboundWorker:
         )
         if claimed:
             slots = asyncio.Semaphore(self.concurrency)
+            sent = _GroupRecorder(self._mark_sent)
             results = await asyncio.gather(
-                *(self._deliver_one(item, slots) for item in claimed), return_exceptions=True
+                *(self._deliver_one(item, slots, sent) for item in claimed),
+                return_exceptions=True,
             )
             for item, result in zip(claimed, results, strict=True):
                 if isinstance(result, BaseException):
@@ -109,14 +118,20 @@ class OutboundWorker:
                     log.error("outbox.record_failed", outbox_id=item.id, error=repr(result))
         return len(claimed)
 
-    async def run(self, stop: asyncio.Event, poll_seconds: float) -> None:
+    async def run(
+        self, stop: asyncio.Event, poll_seconds: float, *, wake: asyncio.Event | None = None
+    ) -> None:
         """Deliver until ``stop`` is set, polling every ``poll_seconds`` when idle.
 
-        A full batch goes straight on to the next; an error in a round (the
-        database away) is logged and the round tried again after the poll
-        interval, so the worker outlives outages.
+        A full batch goes straight on to the next, and so does a round after
+        ``wake`` was set (by the engine of this process, having written
+        notifications); an error in a round (the database away) is logged and
+        the round tried again after the poll interval, so the worker outlives
+        outages.
         """
         while not stop.is_set():
+            if wake is not None:
+                wake.clear()  # set again during the round: the next one starts at once
             try:
                 count = await self.run_once()
             except Exception:
@@ -124,41 +139,44 @@ class OutboundWorker:
                 count = 0
             if count >= self.batch:
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=poll_seconds)
+            await _first_of(stop, wake, timeout=poll_seconds)
 
-    async def _deliver_one(self, item: Claimed, slots: asyncio.Semaphore) -> None:
-        async with slots:
-            started = time.monotonic()
-            fields: dict[str, object] = {
-                "outbox_id": item.id,
-                "kind": item.kind,
-                "recipient": item.recipient,
-                "message_id": item.header_message_id,
-                "attempt": item.attempts,
-                "transport": getattr(self.transport, "name", type(self.transport).__name__),
-            }
-            if item.attempts > self.max_attempts:
-                # Claimed again and again without an outcome: workers keep dying on it.
-                error = f"no outcome after {item.attempts - 1} claims; giving up"
-                owned = await asyncio.to_thread(outbox.mark_failed, self.factory, item, error=error)
-                self._log(fields, started, "failed", owned, error=error)
-                return
-            try:
+    async def _mark_sent(self, items: list[Claimed]) -> list[bool]:
+        return await asyncio.to_thread(outbox.mark_sent_many, self.factory, items, now=self.clock())
+
+    async def _deliver_one(
+        self, item: Claimed, slots: asyncio.Semaphore, sent: _GroupRecorder
+    ) -> None:
+        started = time.monotonic()
+        fields: dict[str, object] = {
+            "outbox_id": item.id,
+            "kind": item.kind,
+            "recipient": item.recipient,
+            "message_id": item.header_message_id,
+            "attempt": item.attempts,
+            "transport": getattr(self.transport, "name", type(self.transport).__name__),
+        }
+        if item.attempts > self.max_attempts:
+            # Claimed again and again without an outcome: workers keep dying on it.
+            error = f"no outcome after {item.attempts - 1} claims; giving up"
+            owned = await asyncio.to_thread(outbox.mark_failed, self.factory, item, error=error)
+            self._log(fields, started, "failed", owned, error=error)
+            return
+        try:
+            async with slots:  # the slot bounds deliveries; recording waits outside it
+                started = time.monotonic()
                 await self.transport.send(item)
-            except PermanentDeliveryError as exc:
-                error = str(exc)
-                owned = await asyncio.to_thread(outbox.mark_failed, self.factory, item, error=error)
-                self._log(fields, started, "failed", owned, error=error)
-            except Exception as exc:
-                # Transient, or a bug in a transport: neither should lose the mail at once.
-                error = str(exc) if isinstance(exc, TransientDeliveryError) else repr(exc)
-                await self._retry_or_fail(item, error, fields, started)
-            else:
-                owned = await asyncio.to_thread(
-                    outbox.mark_sent, self.factory, item, now=self.clock()
-                )
-                self._log(fields, started, "sent", owned)
+        except PermanentDeliveryError as exc:
+            error = str(exc)
+            owned = await asyncio.to_thread(outbox.mark_failed, self.factory, item, error=error)
+            self._log(fields, started, "failed", owned, error=error)
+        except Exception as exc:
+            # Transient, or a bug in a transport: neither should lose the mail at once.
+            error = str(exc) if isinstance(exc, TransientDeliveryError) else repr(exc)
+            await self._retry_or_fail(item, error, fields, started)
+        else:
+            owned = await sent.record(item)
+            self._log(fields, started, "sent", owned)
 
     async def _retry_or_fail(
         self, item: Claimed, error: str, fields: dict[str, object], started: float
@@ -191,3 +209,55 @@ class OutboundWorker:
             extra["lease_lost"] = True
         level = log.info if outcome == "sent" else log.warning
         level("outbox.delivery", outcome=outcome, duration_ms=duration_ms, **fields, **extra)
+
+
+class _GroupRecorder:
+    """Records outcomes as they arrive, a group per transaction (group commit).
+
+    The first outcome is recorded at once; those that arrive while its
+    transaction runs wait and go together in the next one, and so on.
+    """
+
+    def __init__(self, record: Callable[[list[Claimed]], Awaitable[Sequence[bool]]]) -> None:
+        self._record = record
+        self._waiting: list[tuple[Claimed, asyncio.Future[bool]]] = []
+        self._flushing: asyncio.Task[None] | None = None
+
+    async def record(self, item: Claimed) -> bool:
+        """Record ``item``; returns whether its claim was still ours."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, future))
+        if self._flushing is None:
+            self._flushing = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting, []
+                try:
+                    owned = await self._record([item for item, _ in group])
+                except Exception as exc:
+                    for _, future in group:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), ok in zip(group, owned, strict=True):
+                    if not future.done():
+                        future.set_result(ok)
+        finally:
+            self._flushing = None
+
+
+async def _first_of(stop: asyncio.Event, wake: asyncio.Event | None, *, timeout: float) -> None:
+    """Wait until ``stop`` or ``wake`` is set, or ``timeout`` seconds pass."""
+    if wake is None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=timeout)
+        return
+    waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())}
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

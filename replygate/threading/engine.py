@@ -72,20 +72,31 @@ class Engine:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Process until ``stop`` is set, polling when the queue is empty."""
+    async def run(self, stop: asyncio.Event, *, notified: asyncio.Event | None = None) -> None:
+        """Process until ``stop`` is set, polling when the queue is empty.
+
+        ``notified`` is set after a batch that filed a reply (and so wrote its
+        notifications to the outbox): the outbound worker of this process waits
+        on it, and delivers without waiting for its next poll.
+        """
         while not stop.is_set():
             try:
-                done = await asyncio.to_thread(self.run_once)
+                outcomes = await asyncio.to_thread(self._run_batch)
             except Exception:  # keep the worker alive; the row's status tells what failed
                 log.exception("engine.loop_error")
-                done = 0
-            if not done:
+                outcomes = []
+            if notified is not None and any(o.message_id is not None for o in outcomes):
+                notified.set()  # from the loop's thread: asyncio.Event is not thread-safe
+            if not outcomes:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self.settings.worker_poll_seconds)
 
     def run_once(self, limit: int = 20) -> int:
-        """Claim and process up to ``limit`` mails; returns how many were processed.
+        """Claim and process up to ``limit`` mails; returns how many were processed."""
+        return len(self._run_batch(limit))
+
+    def _run_batch(self, limit: int = 20) -> list[Outcome]:
+        """Claim and process up to ``limit`` mails; returns their outcomes.
 
         A claimed batch never holds two replies to one thread (the claim waits
         for earlier ones), so the whole batch is decided and filed in one
@@ -98,7 +109,7 @@ class Engine:
             self.factory, limit=limit, lease_seconds=self.settings.worker_lease_seconds
         )
         if not claimed:
-            return 0
+            return []
         started = time.perf_counter()
         prepared: list[Prepared | Exception] = []
         for mail in claimed:
@@ -112,9 +123,7 @@ class Engine:
             log.warning(
                 "engine.batch_failed", size=len(claimed), error=f"{type(exc).__name__}: {exc}"
             )
-            for mail in claimed:
-                self.process(mail.id)
-            return len(claimed)
+            return [self.process(mail.id) for mail in claimed]
         ms = round((time.perf_counter() - started) * 1000, 1)
         for outcome in outcomes:
             log.info(
@@ -126,7 +135,7 @@ class Engine:
                 batch=len(claimed),
                 ms=ms,
             )
-        return len(claimed)
+        return outcomes
 
     def _write_batch(
         self, claimed: list[inbound.ClaimedMail], prepared: list[Prepared | Exception]

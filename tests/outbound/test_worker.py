@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine, event, update
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.testing import capture_logs
 
@@ -21,7 +22,9 @@ from replygate.outbound.deliver import (
 )
 from replygate.outbound.worker import OutboundWorker, backoff_delay
 from replygate.store import outbox
+from replygate.store.db import transaction
 from replygate.store.models import OutboxMessage
+from replygate.store.outbox import Claimed
 from tests.outbound.support import BODY_WORDS, Smarthost, free_port, queue_mail, wait_until
 
 T0 = datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
@@ -202,6 +205,137 @@ def test_run_survives_a_failing_round(sessions: sessionmaker[Session]) -> None:
     with capture_logs() as logs:
         asyncio.run(scenario())
     assert any(e["event"] == "outbox.round_failed" for e in logs)
+
+
+# --- recording deliveries in groups --------------------------------------------
+
+
+def test_marking_a_group_sent_fences_rows_whose_lease_was_taken(
+    sessions: sessionmaker[Session],
+) -> None:
+    """One transaction for the group, yet row by row: a row another worker
+    claimed after our lease ran out is left to that worker, the others are sent."""
+    a, b, c = queue_mail(sessions, 3, now=T0)
+    stale = outbox.claim_due(sessions, limit=3, now=T0, lease_seconds=60)
+    after_lease = T0 + timedelta(seconds=61)
+    with transaction(sessions) as session:  # only b is left expired, so only b is taken over
+        session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id.in_([a, c]))
+            .values(next_attempt_at=T0 + timedelta(hours=1))
+        )
+    [fresh] = outbox.claim_due(sessions, limit=3, now=after_lease, lease_seconds=60)
+    assert (fresh.id, fresh.attempts) == (b, 2)
+
+    assert outbox.mark_sent_many(sessions, stale, now=after_lease) == [True, False, True]
+    assert [row(sessions, i).status for i in (a, b, c)] == ["sent", "sending", "sent"]
+    assert row(sessions, a).sent_at == after_lease
+    assert outbox.mark_sent_many(sessions, [fresh], now=after_lease) == [True]
+    assert (row(sessions, b).status, row(sessions, b).attempts) == ("sent", 2)
+    assert outbox.mark_sent_many(sessions, [fresh], now=after_lease) == [False]  # once only
+    assert outbox.mark_sent_many(sessions, [], now=after_lease) == []
+
+
+def test_a_round_records_its_deliveries_in_one_transaction(
+    sessions: sessionmaker[Session], engine: Engine
+) -> None:
+    """Deliveries that finish together are marked together: ten mails cost the
+    claim's commit and one more, and still one log line each."""
+    ids = queue_mail(sessions, 10, now=T0)
+    commits = 0
+
+    def count(_conn: object) -> None:
+        nonlocal commits
+        commits += 1
+
+    event.listen(engine, "commit", count)
+    try:
+        with capture_logs() as logs:
+            assert asyncio.run(worker(sessions, MemoryTransport(), Clock()).run_once()) == 10
+    finally:
+        event.remove(engine, "commit", count)
+    assert commits == 2
+    assert {row(sessions, i).status for i in ids} == {"sent"}
+    assert sorted(e["outbox_id"] for e in deliveries(logs)) == ids
+    assert not any("lease_lost" in e for e in deliveries(logs))
+
+
+def test_a_lost_lease_is_reported_on_its_own_line(sessions: sessionmaker[Session]) -> None:
+    """Another worker takes one row over while we deliver: its result stands,
+    ours is not written, and our line for that row says the lease was lost."""
+    a, b, c = queue_mail(sessions, 3, now=T0)
+
+    def taken_over(mail: Claimed) -> None:
+        if mail.id == b:  # what another worker's claim does to the row
+            with transaction(sessions) as session:
+                session.execute(
+                    update(OutboxMessage)
+                    .where(OutboxMessage.id == b)
+                    .values(attempts=OutboxMessage.attempts + 1)
+                )
+
+    transport = MemoryTransport(fail=taken_over)
+    with capture_logs() as logs:
+        asyncio.run(worker(sessions, transport, Clock()).run_once())
+    assert [row(sessions, i).status for i in (a, b, c)] == ["sent", "sending", "sent"]
+    lost = {e["outbox_id"]: e.get("lease_lost", False) for e in deliveries(logs)}
+    assert lost == {a: False, b: True, c: False}
+    assert {e["outcome"] for e in deliveries(logs)} == {"sent"}
+
+
+def test_a_slow_delivery_does_not_hold_back_recording_the_others(
+    sessions: sessionmaker[Session],
+) -> None:
+    first, *others = queue_mail(sessions, 4, now=T0)
+    release = asyncio.Event()
+
+    class OneSlow(MemoryTransport):
+        async def send(self, mail: Claimed) -> None:
+            if mail.id == first:
+                await release.wait()
+            await super().send(mail)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(worker(sessions, OneSlow(), Clock()).run_once())
+        await wait_until(lambda: all(row(sessions, i).status == "sent" for i in others))
+        assert row(sessions, first).status == "sending"
+        release.set()
+        assert await asyncio.wait_for(task, timeout=5) == 4
+
+    asyncio.run(scenario())
+    assert row(sessions, first).status == "sent"
+
+
+def test_wake_delivers_without_waiting_for_the_poll(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """Mail queued while the worker sleeps between polls goes out as soon as
+    ``wake`` is set, well before a 30 s poll interval would bring it."""
+    maildir = tmp_path / "outbox"
+
+    class Counted(OutboundWorker):
+        rounds = 0
+
+        async def run_once(self) -> int:
+            count = await super().run_once()
+            self.rounds += 1
+            return count
+
+    async def scenario() -> None:
+        stop, wake = asyncio.Event(), asyncio.Event()
+        w = Counted(sessions, MaildirTransport(maildir), max_attempts=3, backoff_seconds=BASE)
+        task = asyncio.create_task(w.run(stop, poll_seconds=30, wake=wake))
+        await wait_until(lambda: w.rounds >= 1)  # idle now, until the poll 30 s on
+        ids = await asyncio.to_thread(queue_mail, sessions, 2, now=datetime.now(UTC))
+        wake.set()
+        await wait_until(lambda: all(row(sessions, i).status == "sent" for i in ids), timeout=5)
+        assert len(list(maildir.glob("new/*"))) == 2
+        stop.set()
+        await asyncio.wait_for(task, timeout=5)
+
+    asyncio.run(scenario())
+    with sessions() as session:
+        assert {r.status for r in outbox.list_outbox(session)} == {"sent"}
 
 
 # --- against a real smarthost -------------------------------------------------

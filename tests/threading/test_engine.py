@@ -4,6 +4,7 @@ an operator replaying it afterwards."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import subprocess
@@ -23,6 +24,7 @@ from replygate.store import directory, inbound
 from replygate.store.db import transaction
 from replygate.store.models import InboundMail, Message, OutboxMessage, ReplyToken, utcnow
 from replygate.threading.engine import Engine
+from tests.helpers import wait_for
 
 
 @pytest.fixture
@@ -288,3 +290,37 @@ def test_a_bounce_for_a_notification_marks_the_address_and_suppresses_after_repe
     with sessions() as s:
         last = s.scalars(select(OutboxMessage).order_by(OutboxMessage.id.desc())).first()
         assert last.status == "suppressed"
+
+
+def test_the_running_engine_signals_when_it_has_written_notifications(
+    sessions: sessionmaker[Session], settings: Settings, reply_address: tuple[int, str]
+) -> None:
+    """``notified`` is set after a batch that filed a reply (its notification is
+    in the outbox by then), and not after one that only ignored mail."""
+    _, address = reply_address
+    slow = dataclasses.replace(settings, worker_poll_seconds=30)
+
+    async def scenario() -> None:
+        stop, notified = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(Engine(sessions, slow).run(stop, notified=notified))
+        enqueue(sessions, address, reply_mail(address, headers={"Auto-Submitted": "auto-replied"}))
+        await asyncio.to_thread(wait_for, lambda: queue_idle(sessions), what="mail ignored")
+        stop.set()
+        await asyncio.wait_for(task, timeout=5)
+        assert not notified.is_set()  # ignored mail writes no notification
+
+        stop = asyncio.Event()
+        enqueue(sessions, address, reply_mail(address, message_id="<r2@mail.example.com>"))
+        task = asyncio.create_task(Engine(sessions, slow).run(stop, notified=notified))
+        await asyncio.wait_for(notified.wait(), timeout=5)
+        assert count(sessions, OutboxMessage) == 2  # Cleo's first, and now Dana's
+        stop.set()
+        await asyncio.wait_for(task, timeout=5)
+
+    asyncio.run(scenario())
+
+
+def queue_idle(sessions: sessionmaker[Session]) -> bool:
+    with sessions() as s:
+        statuses = set(s.scalars(select(InboundMail.status)))
+    return not statuses & {"queued", "processing"}
