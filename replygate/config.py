@@ -8,6 +8,7 @@ environment is a parameter so tests pass their own.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import secrets
 import tomllib
@@ -94,10 +95,14 @@ class Settings:
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
-    @property
-    def trusted_authserv(self) -> set[str]:
-        """authserv-ids whose Authentication-Results we believe (our own MTAs)."""
-        return {t.strip().lower() for t in self.trusted_authserv_ids.split(",") if t.strip()}
+    @functools.cached_property
+    def trusted_authserv(self) -> frozenset[str]:
+        """authserv-ids whose Authentication-Results we believe (our own MTAs).
+
+        Asked for every accepted message; worked out once per settings object.
+        """
+        ids = self.trusted_authserv_ids.split(",")
+        return frozenset(t.strip().lower() for t in ids if t.strip())
 
     @property
     def uses_smarthost(self) -> bool:

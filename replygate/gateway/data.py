@@ -32,6 +32,7 @@ import enum
 
 TERMINATOR = b"\r\n.\r\n"
 CRLF = b"\r\n"
+DOT_LINE = b"\r\n."  # a line that starts with a dot: stuffed, or the end of data
 # aiosmtpd's SMTP.line_length_limit: a whole line on the wire, CRLF included.
 LINE_LENGTH_LIMIT = 1001
 # aiosmtpd's StreamReader limit: octets before the CRLF that readuntil accepts.
@@ -70,12 +71,15 @@ class DataReader:
         if self.done:
             return 0
         pending = self._pending
+        # A dot line not yet judged starts at or after ``start``: earlier ones were
+        # judged by the previous call (a carried one can only be at 0, see below).
         start = max(0, len(pending) - len(TERMINATOR) + 1)
+        carried_dot = start > 0 and pending.startswith(DOT_LINE)
         pending += data
-        end = pending.find(TERMINATOR, start)
+        end, dotted = _find_end(pending, start)
         if end != -1:
             if self.state is DataState.NOMINAL:
-                self._keep_lines(end)
+                self._keep_lines(end, carried_dot or dotted != -1)
             self.done = True
             leftover = len(pending) - (end + len(TERMINATOR))
             self._pending = bytearray()
@@ -83,7 +87,7 @@ class DataReader:
         if self.state is DataState.NOMINAL:
             cut = pending.rfind(CRLF)
             if cut > 0:
-                self._keep_lines(cut)
+                self._keep_lines(cut, carried_dot or -1 < dotted < cut)
                 del pending[:cut]
             if self.state is DataState.NOMINAL and len(pending) - len(CRLF) > STREAM_LIMIT + 1:
                 # An unfinished line already longer than aiosmtpd's stream limit.
@@ -104,8 +108,9 @@ class DataReader:
         self._chunks.clear()
         return raw
 
-    def _keep_lines(self, cut: int) -> None:
-        """Keep the complete lines of ``pending[2:cut + 2]`` (each ends with CRLF)."""
+    def _keep_lines(self, cut: int, stuffed: bool) -> None:
+        """Keep the complete lines of ``pending[2:cut + 2]`` (each ends with CRLF);
+        ``stuffed`` says whether one of them starts with a dot."""
         block = cut
         if block == 0:
             return
@@ -113,7 +118,6 @@ class DataReader:
         limit = self.size_limit
         fits = not limit or self.size + block <= limit
         if fits and _lines_fit(pending, cut + len(CRLF)):
-            stuffed = pending.find(b"\r\n.", 0, cut + len(CRLF)) != -1
             with memoryview(pending) as view:
                 if not stuffed:  # most blocks: no line starts with a dot, one copy
                     self._chunks.append(bytes(view[len(CRLF) : cut + len(CRLF)]))
@@ -159,3 +163,22 @@ def _lines_fit(marked: bytes | bytearray, end: int) -> bool:
             return False
         at = at_next
     return True
+
+
+def _find_end(marked: bytearray, start: int) -> tuple[int, int]:
+    """Where the end of data starts in ``marked[start:]`` (-1 if not there yet), and
+    the first line before it that starts with a dot (-1 if none).
+
+    One search for dot lines serves both: most messages have none, and then
+    the terminator search and the unstuffing check are a single pass. A dot
+    line whose next two octets have not arrived is left for the next call.
+    """
+    at = marked.find(DOT_LINE, start)
+    if at == -1:
+        return -1, -1
+    after = marked[at + len(DOT_LINE) : at + len(TERMINATOR)]
+    if after == CRLF:
+        return at, -1
+    if len(after) < len(CRLF) and CRLF.startswith(after):
+        return -1, -1  # undecided; its CRLF is the last one, so nothing after it is kept
+    return marked.find(TERMINATOR, at + 1), at

@@ -112,7 +112,7 @@ class Reply:
 
     def describe(self, address: str | None = None, **values: object) -> str:
         """The reply without its basic code: what a pipe ingress prints for the MTA."""
-        text = self.text.format(**values) if values else self.text
+        text = self.text.format(**values) if values and "{" in self.text else self.text
         prefix = f"<{address}>: " if address else ""
         return f"{self.status} {prefix}{text}"
 

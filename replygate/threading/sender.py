@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from email import policy
 from email.headerregistry import Address
 
@@ -219,7 +220,7 @@ def parse_authentication_results(
 
 
 def dmarc_failed(
-    values: list[str], trusted_authserv_ids: set[str], from_domain: str | None = None
+    values: list[str], trusted_authserv_ids: AbstractSet[str], from_domain: str | None = None
 ) -> bool:
     """True when a trusted ``Authentication-Results`` says DMARC failed for the From domain.
 
