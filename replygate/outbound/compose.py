@@ -46,6 +46,16 @@ _MSG_ID = re.compile(r"^<[^<>\s]+@[^<>\s]+>$")
 # has to fold across lines, so "Smith, John" would turn into two mailboxes.
 # Names this short never need folding; ``_verify`` checks the result anyway.
 MAX_DISPLAY_NAME = 64
+# What ``_set`` may store without the email package's parse and refold: printable
+# ASCII words separated by single spaces (an encoded word "=?" is refused apart),
+# on a line no longer than policy.SMTP folds at.
+_MAX_LINE = 78
+_PLAIN_VALUE = re.compile(r"^[!-~]+(?: [!-~]+)*$")
+# A display name of atext words, which the package neither quotes nor encodes, and a
+# dot-atom addr-spec (what ``_check_address`` lets through besides is left to the package).
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_PHRASE = re.compile(rf"^{_ATEXT}(?: {_ATEXT})*$")
+_PLAIN_ADDRESS = re.compile(rf"^{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*$")
 
 
 @dataclass(frozen=True)
@@ -118,24 +128,24 @@ def compose(n: Notification, *, now: datetime | None = None) -> ComposedMail:
         text = _content_body(n)
 
     from_address = _check_address(n.from_address)
-    msg["From"] = Address(display_name=_display_name(from_name), addr_spec=from_address)
-    msg["To"] = Address(display_name=_display_name(n.to_name), addr_spec=recipient)
-    msg["Subject"] = subject
-    msg["Date"] = format_datetime((now or datetime.now(UTC)).astimezone(UTC))
-    msg["Message-ID"] = message_id
+    _set_address(msg, "From", _display_name(from_name), from_address)
+    _set_address(msg, "To", _display_name(n.to_name), recipient)
+    _set(msg, "Subject", subject)
+    _set(msg, "Date", format_datetime((now or datetime.now(UTC)).astimezone(UTC)))
+    _set(msg, "Message-ID", message_id)
     if n.mode == "content":
         if not n.reply_address:
             raise ValueError("a content notification needs its reply address")
-        msg["Reply-To"] = Address(addr_spec=_check_address(n.reply_address))
+        _set_address(msg, "Reply-To", "", _check_address(n.reply_address))
         in_reply_to, references = _threading_headers(n)
         if in_reply_to:
-            msg["In-Reply-To"] = in_reply_to
+            _set(msg, "In-Reply-To", in_reply_to)
         if references:
-            msg["References"] = " ".join(references)
-    msg["Auto-Submitted"] = "auto-generated"
-    msg["X-Auto-Response-Suppress"] = "All"
-    msg["Precedence"] = "bulk"
-    msg[LOOP_HEADER] = n.notification_id
+            _set(msg, "References", " ".join(references))
+    _set(msg, "Auto-Submitted", "auto-generated")
+    _set(msg, "X-Auto-Response-Suppress", "All")
+    _set(msg, "Precedence", "bulk")
+    _set(msg, LOOP_HEADER, n.notification_id)
     msg.set_content(text, charset="utf-8", cte="quoted-printable")
     raw = msg.as_bytes()
     reply_to = n.reply_address if n.mode == "content" else None
@@ -146,6 +156,33 @@ def compose(n: Notification, *, now: datetime | None = None) -> ComposedMail:
         envelope_from=envelope_from,
         recipient=recipient,
     )
+
+
+def _set(msg: EmailMessage, name: str, value: str, parsed: Address | None = None) -> None:
+    """Set a header; one the email package would render unchanged is stored as it is.
+
+    Parsing a value into the package's header objects and folding it back is
+    most of the cost of composing; for a short line of single-spaced ASCII
+    words it gives back the very same line, so such values skip it
+    (``_verify`` still checks the result, and a test compares both ways over
+    generated input). Anything else goes through the package: ``parsed``
+    when given, else ``value``.
+    """
+    if len(name) + 2 + len(value) <= _MAX_LINE and _PLAIN_VALUE.match(value) and "=?" not in value:
+        msg.set_raw(name, value)
+    else:
+        msg[name] = parsed if parsed is not None else value
+
+
+def _set_address(msg: EmailMessage, name: str, display_name: str, addr_spec: str) -> None:
+    """One mailbox; plain words as its display name (nothing to quote or encode) go as is."""
+    parsed = Address(display_name=display_name, addr_spec=addr_spec)
+    if not _PLAIN_ADDRESS.match(addr_spec) or (
+        display_name and not _PLAIN_PHRASE.match(display_name)
+    ):
+        msg[name] = parsed
+    else:
+        _set(msg, name, f"{display_name} <{addr_spec}>" if display_name else addr_spec, parsed)
 
 
 def _secure_body(n: Notification) -> str:

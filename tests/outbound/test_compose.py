@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from replygate.markers import LOOP_HEADER, REPLY_ABOVE_LINE
+from replygate.outbound import compose as compose_module
 from replygate.outbound.compose import (
     SECURE_SUBJECT,
     ComposedMail,
+    Notification,
     compose,
     message_id_for,
     verp_sender,
@@ -201,3 +204,67 @@ def test_header_text_can_never_inject_a_header(
     assert msg["To"].addresses[0].addr_spec == "client1@example.com"
     assert msg["From"].addresses[0].addr_spec == "notifications@reply.test"
     assert not msg.defects
+
+
+def _through_the_email_package(n: Notification) -> bytes:
+    """The same notification with every header parsed and folded by the email package."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compose_module, "_PLAIN_VALUE", re.compile(r"(?!)"))
+        return compose(n, now=NOW).raw
+
+
+# Mostly the words, names and punctuation of real headers, now and then anything at all.
+words = st.text(alphabet=st.sampled_from("ab Z0 .,'-()@<>\"\\:;#=?_é —\t"), max_size=90)
+anything = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=90)
+header_value = st.one_of(words, words, anything)
+
+
+@given(
+    mode=st.sampled_from(["secure", "content"]),
+    subject=header_value,
+    name=header_value,
+    author=header_value,
+    org=header_value,
+    to_local=st.sampled_from(["client1", "o'brien", "a.b+c", "x=y"]),
+    in_reply_to=st.sampled_from([None, "<rg.n.earlier@reply.test>", "<" + "x" * 70 + "@y.test>"]),
+)
+@example(
+    mode="content",
+    subject="Re: x",
+    name="Smith, John",
+    author="Dr. Ada",
+    org="O'Brien & Sons",
+    to_local="client1",
+    in_reply_to=None,
+)
+@example(
+    mode="content",
+    subject="=?utf-8?q?hi?=",
+    name="a  b",
+    author="",
+    org="x" * 64,
+    to_local="client1",
+    in_reply_to="<rg.n.earlier@reply.test>",
+)
+def test_plain_headers_are_written_exactly_as_the_email_package_writes_them(
+    mode: str,
+    subject: str,
+    name: str,
+    author: str,
+    org: str,
+    to_local: str,
+    in_reply_to: str | None,
+) -> None:
+    """Headers stored as they are (the fast path) give the very bytes that
+    parsing and folding every header through the email package gives."""
+    n = notification(
+        mode=mode,
+        subject=subject,
+        to_name=name,
+        author_name=author,
+        organisation=org,
+        to_address=f"{to_local}@example.com",
+        in_reply_to=in_reply_to,
+        references=("<first@x.test>",) if in_reply_to else (),
+    )
+    assert compose(n, now=NOW).raw == _through_the_email_package(n)
