@@ -151,6 +151,23 @@ def latest_header_message_id(session: Session, thread_id: int, user_id: int) -> 
     ).first()
 
 
+def any_due(factory: sessionmaker[Session], *, now: datetime) -> bool:
+    """Whether ``claim_due`` would find a row, read without claiming anything.
+
+    For SQLite's idle polls: with a factory of ``db.make_read_engine`` the
+    read takes no write lock, where an empty claim would queue for it behind
+    every writer (and sleep in SQLite's busy handler) only to find nothing.
+    """
+    table = OutboxMessage.__table__
+    with factory() as session:
+        found = session.connection().execute(
+            select(table.c.id)
+            .where(table.c.status.in_(("queued", "sending")), table.c.next_attempt_at <= now)
+            .limit(1)
+        )
+        return found.first() is not None
+
+
 def claim_due(
     factory: sessionmaker[Session], *, limit: int, now: datetime, lease_seconds: float
 ) -> list[Claimed]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import mailbox
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -336,6 +337,33 @@ def test_wake_delivers_without_waiting_for_the_poll(
     asyncio.run(scenario())
     with sessions() as session:
         assert {r.status for r in outbox.list_outbox(session)} == {"sent"}
+
+
+def test_any_due_answers_what_a_claim_would_find(sessions: sessionmaker[Session]) -> None:
+    assert outbox.any_due(sessions, now=T0) is False
+    queue_mail(sessions, now=T0 + timedelta(minutes=1))
+    assert outbox.any_due(sessions, now=T0) is False
+    assert outbox.any_due(sessions, now=T0 + timedelta(minutes=1)) is True
+    outbox.claim_due(sessions, limit=1, now=T0 + timedelta(minutes=1), lease_seconds=60)
+    assert outbox.any_due(sessions, now=T0 + timedelta(seconds=90)) is False  # leased
+    assert outbox.any_due(sessions, now=T0 + timedelta(minutes=3)) is True  # lease ran out
+
+
+def test_an_idle_poll_on_sqlite_does_not_queue_for_the_write_lock(
+    sessions: sessionmaker[Session], engine: Engine
+) -> None:
+    """While another connection holds SQLite's write lock (the gateway or the
+    engine committing), a poll that finds nothing due returns at once."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL claims skip locked rows; there is no database-wide lock")
+    w = worker(sessions, MemoryTransport(), Clock())
+    assert w.peek is not None
+    with engine.connect() as writer:
+        writer.exec_driver_sql("UPDATE outbox SET status = status")  # BEGIN IMMEDIATE: lock held
+        started = time.monotonic()
+        assert asyncio.run(w.run_once()) == 0
+        assert time.monotonic() - started < 1  # the busy timeout is 30 s
+        writer.rollback()
 
 
 # --- against a real smarthost -------------------------------------------------
