@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy import Engine as SqlEngine
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,7 +24,7 @@ from replygate.errors import InboundRefused
 from replygate.logs import get_logger
 from replygate.messaging import FileUpload, Messaging
 from replygate.store import directory, inbound, tokens
-from replygate.store.db import transaction
+from replygate.store.db import make_read_engine, session_factory, transaction
 from replygate.store.models import InboundMail, utcnow
 from replygate.threading import attachments, bounces, classify, reply_token, routing
 from replygate.threading.extract import ReplyParts, extract_from_parts
@@ -69,6 +71,7 @@ class Engine:
         self.factory = factory
         self.settings = settings
         self.messaging = Messaging(factory, settings)
+        self.peek = _sqlite_read_factory(factory)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -105,6 +108,8 @@ class Engine:
         rolls back whole and each mail is processed again in its own
         transaction, so one bad mail never holds back the rest.
         """
+        if self.peek is not None and not _anything_pending(self.peek):
+            return []
         claimed = inbound.claim_mail(
             self.factory, limit=limit, lease_seconds=self.settings.worker_lease_seconds
         )
@@ -398,3 +403,25 @@ class Engine:
             status = "failed"
         inbound.record(row, status, reason, {"stage": "error", "error": reason})
         return Outcome(row.id, status, reason)
+
+
+def _sqlite_read_factory(factory: sessionmaker[Session]) -> sessionmaker[Session] | None:
+    """On SQLite, sessions that read without the write lock (see ``_anything_pending``)."""
+    bind = getattr(factory, "kw", {}).get("bind")
+    if not isinstance(bind, SqlEngine) or bind.dialect.name != "sqlite":
+        return None
+    return session_factory(make_read_engine(bind.url.render_as_string(hide_password=False)))
+
+
+def _anything_pending(peek: sessionmaker[Session]) -> bool:
+    """Whether any mail is queued or being processed: all that a claim could take, and more.
+
+    ``db.make_engine`` begins every SQLite transaction IMMEDIATE, so an idle
+    poll's claim would queue for the write lock behind the gateway's commits
+    only to find nothing; this read (a WAL snapshot) takes no lock.
+    """
+    with peek() as session:
+        found = session.execute(
+            select(InboundMail.id).where(InboundMail.status.in_(("queued", "processing"))).limit(1)
+        )
+        return found.first() is not None

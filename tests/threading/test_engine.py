@@ -9,6 +9,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from email.message import EmailMessage
 
@@ -324,3 +325,23 @@ def queue_idle(sessions: sessionmaker[Session]) -> bool:
     with sessions() as s:
         statuses = set(s.scalars(select(InboundMail.status)))
     return not statuses & {"queued", "processing"}
+
+
+def test_an_idle_poll_on_sqlite_does_not_queue_for_the_write_lock(
+    sessions: sessionmaker[Session], settings: Settings, reply_address: tuple[int, str]
+) -> None:
+    """While another connection holds SQLite's write lock, a poll of an empty
+    queue returns at once instead of waiting for the lock to claim nothing."""
+    engine = Engine(sessions, settings)
+    if engine.peek is None:
+        pytest.skip("PostgreSQL claims skip locked rows; there is no database-wide lock")
+    _, address = reply_address
+    with sessions() as s, s.begin():
+        s.connection()  # BEGIN IMMEDIATE: the write lock is held from here
+        started = time.monotonic()
+        assert engine.run_once() == 0
+        assert time.monotonic() - started < 1  # the busy timeout is 30 s
+        s.add(
+            InboundMail(mail_from="cleo@example.com", rcpt=address, raw=reply_mail(address), size=1)
+        )
+    assert engine.run_once() == 1
