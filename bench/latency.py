@@ -32,6 +32,8 @@ from replygate.store.db import make_engine
 
 # Enough threads that no address reaches the flood brake (20 replies in 10 minutes).
 THREADS = 250
+# The outbound worker's lease (OutboundWorker's default).
+LEASE_SECONDS = 300
 
 
 def pct(values: list[float], p: float) -> float:
@@ -82,6 +84,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--backend", default="sqlite")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--worst", type=int, default=0, help="show where the time went for the N slowest"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="replygate-latency-") as tmp:  # noqa: SIM117
         with database(args.backend, Path(tmp), threads=THREADS) as world:
@@ -119,9 +124,23 @@ def main() -> None:
                             "GROUP BY m.email_message_id, m.created_at"
                         )
                     ).all()
+                    # A sent row's next_attempt_at is the end of the lease its last
+                    # claim took (the default 300 s), which dates the claim.
+                    stages = conn.execute(
+                        text(
+                            "SELECT m.email_message_id, i.received_at, i.claimed_at, "
+                            "m.created_at, max(o.next_attempt_at), max(o.sent_at) "
+                            "FROM messages m JOIN inbound_mail i ON i.id = m.inbound_id "
+                            "JOIN outbox o ON o.message_id = m.id "
+                            "GROUP BY m.email_message_id, i.received_at, i.claimed_at, "
+                            "m.created_at"
+                        )
+                    ).all()
                 engine.dispose()
 
-    def ts(value: datetime | str) -> float:
+    def ts(value: datetime | str | float) -> float:
+        if isinstance(value, float):
+            return value
         if isinstance(value, str):
             value = datetime.fromisoformat(value)
         if value.tzinfo is None:
@@ -152,6 +171,21 @@ def main() -> None:
         "p99 to delivered by 5 s of sending: "
         + ", ".join(f"{pct(v, 99):.0f}" for _, v in sorted(by_slice.items()))
     )
+    if args.worst:
+        print(f"\nthe {args.worst} slowest, ms from 250 (received and 250 are stamped apart)")
+        print("| at s | received | claimed | filed | outbox claimed | delivered |")
+        print("|---|---|---|---|---|---|")
+        timed = [
+            (ts(sent) - accepted[mid], mid, received, claimed, created, leased, sent)
+            for mid, received, claimed, created, leased, sent in stages
+            if mid in accepted and sent is not None
+        ]
+        for _, mid, *marks in sorted(timed, reverse=True)[: args.worst]:
+            marks[3] = ts(marks[3]) - LEASE_SECONDS
+            cells = [(ts(m) - accepted[mid]) * 1000 for m in marks]
+            print(
+                f"| {accepted[mid] - first:.1f} | " + " | ".join(f"{c:.0f}" for c in cells) + " |"
+            )
 
 
 if __name__ == "__main__":
