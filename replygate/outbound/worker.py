@@ -4,9 +4,10 @@ Each round claims a batch (``store.outbox.claim_due``), delivers the mails
 concurrently and records each outcome:
 
 - delivered → ``sent``, after the transport has the mail durably (the Maildir
-  file fsynced, the smarthost's 250). Deliveries that finish while an earlier
-  group is being recorded are recorded together in the next transaction, so a
-  batch costs a few commits, not one per mail, and none waits for the slowest;
+  file fsynced, the smarthost's 250), with ``sent_at`` the moment it had it.
+  Deliveries that finish while an earlier group is being recorded are
+  recorded together in the next transaction, so a batch costs a few commits,
+  not one per mail, and none waits for the slowest;
 - ``TransientDeliveryError`` → ``queued`` again after an exponential backoff
   with jitter, capped, until ``max_attempts`` claims have been used;
 - ``PermanentDeliveryError``, attempts used up, or any unexpected error on the
@@ -149,8 +150,8 @@ class OutboundWorker:
                 continue
             await _first_of(stop, wake, timeout=poll_seconds)
 
-    async def _mark_sent(self, items: list[Claimed]) -> list[bool]:
-        return await asyncio.to_thread(outbox.mark_sent_many, self.factory, items, now=self.clock())
+    async def _mark_sent(self, sent: list[tuple[Claimed, datetime]]) -> list[bool]:
+        return await asyncio.to_thread(outbox.mark_sent_many, self.factory, sent)
 
     async def _deliver_one(
         self, item: Claimed, slots: asyncio.Semaphore, sent: _GroupRecorder
@@ -183,7 +184,7 @@ class OutboundWorker:
             error = str(exc) if isinstance(exc, TransientDeliveryError) else repr(exc)
             await self._retry_or_fail(item, error, fields, started)
         else:
-            owned = await sent.record(item)
+            owned = await sent.record((item, self.clock()))
             self._log(fields, started, "sent", owned)
 
     async def _retry_or_fail(
@@ -236,18 +237,21 @@ class _GroupRecorder:
     """Records outcomes as they arrive, a group per transaction (group commit).
 
     The first outcome is recorded at once; those that arrive while its
-    transaction runs wait and go together in the next one, and so on.
+    transaction runs wait and go together in the next one, and so on. Each
+    outcome carries its own time, so waiting here never shifts what is recorded.
     """
 
-    def __init__(self, record: Callable[[list[Claimed]], Awaitable[Sequence[bool]]]) -> None:
+    def __init__(
+        self, record: Callable[[list[tuple[Claimed, datetime]]], Awaitable[Sequence[bool]]]
+    ) -> None:
         self._record = record
-        self._waiting: list[tuple[Claimed, asyncio.Future[bool]]] = []
+        self._waiting: list[tuple[tuple[Claimed, datetime], asyncio.Future[bool]]] = []
         self._flushing: asyncio.Task[None] | None = None
 
-    async def record(self, item: Claimed) -> bool:
-        """Record ``item``; returns whether its claim was still ours."""
+    async def record(self, outcome: tuple[Claimed, datetime]) -> bool:
+        """Record ``outcome``; returns whether its claim was still ours."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiting.append((item, future))
+        self._waiting.append((outcome, future))
         if self._flushing is None:
             self._flushing = asyncio.create_task(self._flush())
         return await future
@@ -257,7 +261,7 @@ class _GroupRecorder:
             while self._waiting:
                 group, self._waiting = self._waiting, []
                 try:
-                    owned = await self._record([item for item, _ in group])
+                    owned = await self._record([outcome for outcome, _ in group])
                 except Exception as exc:
                     for _, future in group:
                         if not future.done():

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import case, func, literal, select, tuple_, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.store.directory import TRANSACTION_CACHE
@@ -231,17 +231,25 @@ def mark_sent(factory: sessionmaker[Session], item: Claimed, *, now: datetime) -
 
 
 def mark_sent_many(
-    factory: sessionmaker[Session], items: Sequence[Claimed], *, now: datetime
+    factory: sessionmaker[Session], sent: Sequence[tuple[Claimed, datetime]]
 ) -> list[bool]:
-    """Record several deliveries in one transaction; per item, False when its claim was lost.
+    """Record deliveries, each with when it was delivered, in one transaction.
 
-    One commit (on SQLite one turn of the single write lock) for a group of
-    deliveries instead of one each. Each row is fenced as in ``mark_sent``: only
-    a row still ``sending`` under this claim's attempt count changes.
+    Returns per delivery False when its claim was lost. One commit (on SQLite
+    one turn of the single write lock) for a group of deliveries instead of
+    one each; each row is fenced as in ``mark_sent``: only a row still
+    ``sending`` under this claim's attempt count changes.
     """
-    if not items:
+    if not sent:
         return []
     table = OutboxMessage.__table__
+    items = [item for item, _ in sent]
+    times = {item.id: literal(at, table.c.sent_at.type) for item, at in sent}
+    sent_at = (
+        next(iter(times.values()))
+        if len({at for _, at in sent}) == 1
+        else case(times, value=table.c.id)
+    )
     with factory() as session, session.begin():
         # ``id IN`` beside the row-value match keeps the primary key index in play.
         owned = set(
@@ -255,7 +263,7 @@ def mark_sent_many(
                     ),
                     table.c.status == "sending",
                 )
-                .values(status="sent", sent_at=now, last_error=None)
+                .values(status="sent", sent_at=sent_at, last_error=None)
                 .returning(table.c.id)
             )
             .scalars()

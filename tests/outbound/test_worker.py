@@ -228,13 +228,19 @@ def test_marking_a_group_sent_fences_rows_whose_lease_was_taken(
     [fresh] = outbox.claim_due(sessions, limit=3, now=after_lease, lease_seconds=60)
     assert (fresh.id, fresh.attempts) == (b, 2)
 
-    assert outbox.mark_sent_many(sessions, stale, now=after_lease) == [True, False, True]
+    times = [after_lease + timedelta(milliseconds=n) for n in range(3)]
+    assert outbox.mark_sent_many(sessions, list(zip(stale, times, strict=True))) == [
+        True,
+        False,
+        True,
+    ]
     assert [row(sessions, i).status for i in (a, b, c)] == ["sent", "sending", "sent"]
-    assert row(sessions, a).sent_at == after_lease
-    assert outbox.mark_sent_many(sessions, [fresh], now=after_lease) == [True]
+    assert [row(sessions, i).sent_at for i in (a, c)] == [times[0], times[2]]  # each its own
+    assert outbox.mark_sent_many(sessions, [(fresh, after_lease)]) == [True]
     assert (row(sessions, b).status, row(sessions, b).attempts) == ("sent", 2)
-    assert outbox.mark_sent_many(sessions, [fresh], now=after_lease) == [False]  # once only
-    assert outbox.mark_sent_many(sessions, [], now=after_lease) == []
+    assert row(sessions, b).sent_at == after_lease
+    assert outbox.mark_sent_many(sessions, [(fresh, after_lease)]) == [False]  # once only
+    assert outbox.mark_sent_many(sessions, []) == []
 
 
 def test_a_round_records_its_deliveries_in_one_transaction(
@@ -259,6 +265,19 @@ def test_a_round_records_its_deliveries_in_one_transaction(
     assert {row(sessions, i).status for i in ids} == {"sent"}
     assert sorted(e["outbox_id"] for e in deliveries(logs)) == ids
     assert not any("lease_lost" in e for e in deliveries(logs))
+
+
+def test_sent_at_is_when_each_mail_was_delivered_not_when_it_was_recorded(
+    sessions: sessionmaker[Session],
+) -> None:
+    ids = queue_mail(sessions, 3, now=T0)
+    clock = Clock()
+
+    def a_second_each(mail: Claimed) -> None:
+        clock.now += timedelta(seconds=1)
+
+    asyncio.run(worker(sessions, MemoryTransport(fail=a_second_each), clock).run_once())
+    assert [row(sessions, i).sent_at for i in ids] == [T0 + timedelta(seconds=n) for n in (1, 2, 3)]
 
 
 def test_a_lost_lease_is_reported_on_its_own_line(sessions: sessionmaker[Session]) -> None:
