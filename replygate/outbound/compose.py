@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email import policy
+from email import policy, quoprimime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
@@ -50,6 +50,8 @@ MAX_DISPLAY_NAME = 64
 # ASCII words separated by single spaces (an encoded word "=?" is refused apart),
 # on a line no longer than policy.SMTP folds at.
 _MAX_LINE = 78
+# Off, every header and the body go through the email package: the tests compare.
+_STORE_PLAIN_AS_IS = True
 _PLAIN_VALUE = re.compile(r"^[!-~]+(?: [!-~]+)*$")
 # A display name of atext words, which the package neither quotes nor encodes, and a
 # dot-atom addr-spec (what ``_check_address`` lets through besides is left to the package).
@@ -146,7 +148,7 @@ def compose(n: Notification, *, now: datetime | None = None) -> ComposedMail:
     _set(msg, "X-Auto-Response-Suppress", "All")
     _set(msg, "Precedence", "bulk")
     _set(msg, LOOP_HEADER, n.notification_id)
-    msg.set_content(text, charset="utf-8", cte="quoted-printable")
+    _set_body(msg, text)
     raw = msg.as_bytes()
     reply_to = n.reply_address if n.mode == "content" else None
     _verify(raw, {"From": from_address, "To": recipient, "Reply-To": reply_to})
@@ -158,31 +160,59 @@ def compose(n: Notification, *, now: datetime | None = None) -> ComposedMail:
     )
 
 
-def _set(msg: EmailMessage, name: str, value: str, parsed: Address | None = None) -> None:
+def _set(msg: EmailMessage, name: str, value: str) -> None:
     """Set a header; one the email package would render unchanged is stored as it is.
 
     Parsing a value into the package's header objects and folding it back is
     most of the cost of composing; for a short line of single-spaced ASCII
     words it gives back the very same line, so such values skip it
     (``_verify`` still checks the result, and a test compares both ways over
-    generated input). Anything else goes through the package: ``parsed``
-    when given, else ``value``.
+    generated input).
     """
-    if len(name) + 2 + len(value) <= _MAX_LINE and _PLAIN_VALUE.match(value) and "=?" not in value:
+    if _as_is(name, value):
         msg.set_raw(name, value)
     else:
-        msg[name] = parsed if parsed is not None else value
+        msg[name] = value
 
 
 def _set_address(msg: EmailMessage, name: str, display_name: str, addr_spec: str) -> None:
     """One mailbox; plain words as its display name (nothing to quote or encode) go as is."""
-    parsed = Address(display_name=display_name, addr_spec=addr_spec)
-    if not _PLAIN_ADDRESS.match(addr_spec) or (
-        display_name and not _PLAIN_PHRASE.match(display_name)
+    value = f"{display_name} <{addr_spec}>" if display_name else addr_spec
+    if (
+        _as_is(name, value)
+        and _PLAIN_ADDRESS.match(addr_spec)
+        and (not display_name or _PLAIN_PHRASE.match(display_name))
     ):
-        msg[name] = parsed
+        msg.set_raw(name, value)
     else:
-        _set(msg, name, f"{display_name} <{addr_spec}>" if display_name else addr_spec, parsed)
+        msg[name] = Address(display_name=display_name, addr_spec=addr_spec)
+
+
+def _set_body(msg: EmailMessage, text: str) -> None:
+    """UTF-8 text/plain in quoted-printable: the headers and encoding of ``set_content``.
+
+    Written directly (``set_content`` parses the headers it adds once or twice
+    each), with the encoder and the line handling it uses, in its order.
+    """
+    if not _STORE_PLAIN_AS_IS:
+        msg.set_content(text, charset="utf-8", cte="quoted-printable")
+        return
+    msg.set_raw("Content-Type", 'text/plain; charset="utf-8"')
+    msg.set_raw("Content-Transfer-Encoding", "quoted-printable")
+    msg.set_raw("MIME-Version", "1.0")
+    lines = text.encode("utf-8").splitlines()
+    msg.set_payload(
+        quoprimime.body_encode((b"\n".join(lines) + b"\n").decode("latin-1"), _MAX_LINE)
+    )
+
+
+def _as_is(name: str, value: str) -> bool:
+    return (
+        _STORE_PLAIN_AS_IS
+        and len(name) + 2 + len(value) <= _MAX_LINE
+        and _PLAIN_VALUE.match(value) is not None
+        and "=?" not in value
+    )
 
 
 def _secure_body(n: Notification) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -207,9 +206,9 @@ def test_header_text_can_never_inject_a_header(
 
 
 def _through_the_email_package(n: Notification) -> bytes:
-    """The same notification with every header parsed and folded by the email package."""
+    """The same notification with every header and the body made by the email package."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(compose_module, "_PLAIN_VALUE", re.compile(r"(?!)"))
+        patch.setattr(compose_module, "_STORE_PLAIN_AS_IS", False)
         return compose(n, now=NOW).raw
 
 
@@ -227,6 +226,12 @@ header_value = st.one_of(words, words, anything)
     org=header_value,
     to_local=st.sampled_from(["client1", "o'brien", "a.b+c", "x=y"]),
     in_reply_to=st.sampled_from([None, "<rg.n.earlier@reply.test>", "<" + "x" * 70 + "@y.test>"]),
+    body=st.one_of(
+        st.text(
+            alphabet=st.sampled_from("ab =.\t\r\n\x0b\x0c\x85\u2028é—\U0001f600"), max_size=300
+        ),
+        st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=300),
+    ),
 )
 @example(
     mode="content",
@@ -236,6 +241,7 @@ header_value = st.one_of(words, words, anything)
     org="O'Brien & Sons",
     to_local="client1",
     in_reply_to=None,
+    body="x" * 200 + " \nFrom here.\n.\nend=\t",
 )
 @example(
     mode="content",
@@ -245,6 +251,7 @@ header_value = st.one_of(words, words, anything)
     org="x" * 64,
     to_local="client1",
     in_reply_to="<rg.n.earlier@reply.test>",
+    body="",
 )
 def test_plain_headers_are_written_exactly_as_the_email_package_writes_them(
     mode: str,
@@ -254,9 +261,10 @@ def test_plain_headers_are_written_exactly_as_the_email_package_writes_them(
     org: str,
     to_local: str,
     in_reply_to: str | None,
+    body: str,
 ) -> None:
-    """Headers stored as they are (the fast path) give the very bytes that
-    parsing and folding every header through the email package gives."""
+    """Headers and body written directly (the fast path) give the very bytes
+    that the email package gives when it parses, folds and encodes them all."""
     n = notification(
         mode=mode,
         subject=subject,
@@ -266,5 +274,6 @@ def test_plain_headers_are_written_exactly_as_the_email_package_writes_them(
         to_address=f"{to_local}@example.com",
         in_reply_to=in_reply_to,
         references=("<first@x.test>",) if in_reply_to else (),
+        body=body,
     )
     assert compose(n, now=NOW).raw == _through_the_email_package(n)
