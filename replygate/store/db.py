@@ -8,6 +8,7 @@ PostgreSQL (psycopg 3) is the path to several hosts.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,6 +61,25 @@ def make_read_engine(url: str, *, pool_size: int = 10) -> Engine:
     event.listen(engine, "connect", _sqlite_pragmas)
     event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
     return engine
+
+
+def sqlite_connection(engine: Engine, *, cached_statements: int = 0) -> sqlite3.Connection:
+    """A DBAPI connection of its own to ``engine``'s SQLite file, with the pragmas above.
+
+    For a caller that binds large blobs: a prepared statement kept in the
+    driver's cache keeps a copy of every value last bound to it, so a cached
+    multi-row insert of 10 MB messages would hold them until reused.
+    """
+    database = engine.url.database or ":memory:"
+    conn = sqlite3.connect(
+        database,
+        timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
+        isolation_level=None,
+        cached_statements=cached_statements,
+        check_same_thread=False,
+    )
+    _sqlite_pragmas(conn, None)
+    return conn
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

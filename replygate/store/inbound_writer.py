@@ -40,12 +40,14 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from replygate.store.db import sqlite_connection
 from replygate.store.models import InboundMail
 
 # One transaction holds at most this many messages or bytes: a burst of large
-# mail is committed in several steps instead of one huge statement.
+# mail is committed in several steps instead of one huge statement (the driver
+# copies every bound value, and those copies count against the memory bound).
 MAX_BATCH_MESSAGES = 512
-MAX_BATCH_BYTES = 32 * 1024 * 1024
+MAX_BATCH_BYTES = 8 * 1024 * 1024
 
 Row = dict[str, Any]
 
@@ -56,6 +58,7 @@ class BulkInsert:
     Values go through each column type's bind processor for the dialect,
     exactly as SQLAlchemy would convert them. A failure drops the
     connection (it may be the one that broke); the next batch opens another.
+    On SQLite the connection is the writer's own, without a statement cache.
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -84,7 +87,7 @@ class BulkInsert:
         if sql is None:
             sql = self._head + ", ".join([self._one_row] * len(rows)) + " RETURNING id"
             self._sql[len(rows)] = sql
-        conn = self._conn if self._conn is not None else self.engine.raw_connection()
+        conn = self._conn if self._conn is not None else self._connect()
         self._conn = None
         try:
             cursor = conn.cursor()
@@ -95,14 +98,28 @@ class BulkInsert:
             cursor.close()
             conn.commit()  # SQLite runs in autocommit: the statement was its own transaction
         except BaseException:
-            conn.invalidate()
+            _discard(conn)
             raise
         self._conn = conn
         return ids
 
+    def _connect(self) -> Any:
+        if self.engine.dialect.name == "sqlite":
+            return sqlite_connection(self.engine)  # no statement cache, see there
+        return self.engine.raw_connection()
+
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
+            conn.close()
+
+
+def _discard(conn: Any) -> None:
+    """Drop a connection that failed: a pooled one is invalidated, our own closed."""
+    with contextlib.suppress(Exception):
+        if hasattr(conn, "invalidate"):
+            conn.invalidate()
+        else:
             conn.close()
 
 
