@@ -12,6 +12,7 @@ Pure. Two questions, answered separately because they fail differently:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from collections.abc import Set as AbstractSet
@@ -22,8 +23,12 @@ from email.headerregistry import Address
 _HEADER_FACTORY = policy.default.header_factory
 
 
+@functools.lru_cache(maxsize=4096)
 def _addr_spec(value: str) -> tuple[str, str] | None:
     """(local part, domain) of the single mailbox in ``value``, or ``None``.
+
+    Remembered: the header parser costs far more than the rest of a sender
+    check, and a burst of replies repeats the same few addresses.
 
     ``value`` may be a bare address or a whole From header value with display
     name, comments and RFC 2047 words. Groups, several mailboxes, and
