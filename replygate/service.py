@@ -68,8 +68,14 @@ async def run_service(
         # worker of this process then delivers them without waiting to poll.
         notified = asyncio.Event()
         if "engine" in parts:
+            # Set by the gateway of this process once mail is committed, so the
+            # engine claims it at once (on PostgreSQL it also LISTENs for other
+            # processes' mail; across SQLite processes it polls).
+            queued = asyncio.Event()
+            if gateway is not None:
+                gateway.handler.wake_on_commit(queued)
             engine = Engine(factory, settings)
-            tasks.append(asyncio.create_task(engine.run(stop, notified=notified)))
+            tasks.append(asyncio.create_task(engine.run(stop, notified=notified, wake=queued)))
         if "outbound" in parts:
             worker = outbound_worker(settings, factory)
             tasks.append(

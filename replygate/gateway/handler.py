@@ -32,7 +32,6 @@ from weakref import WeakKeyDictionary
 from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException
 from aiosmtpd.smtp import Session as SMTPSession
-from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -43,7 +42,7 @@ from replygate.gateway.intake import Recipient, StoreUnavailable
 from replygate.gateway.replies import Condition
 from replygate.gateway.throttle import Throttle, parse_networks
 from replygate.logs import get_logger
-from replygate.store.db import make_read_engine, session_factory
+from replygate.store.db import sqlite_read_factory
 from replygate.store.inbound_writer import InboundWriter
 from replygate.store.models import utcnow
 
@@ -97,19 +96,6 @@ def client_ip(session: SMTPSession | None) -> str | None:
     return None
 
 
-def _sqlite_read_engine(factory: sessionmaker[Session]) -> Engine | None:
-    """On SQLite, a second engine whose lookups never queue for the write lock.
-
-    ``db.make_engine`` begins every SQLite transaction IMMEDIATE (the write
-    lock); RCPT lookups holding it would take turns with the inbound writer's
-    commits and sleep in SQLite's busy handler.
-    """
-    bind = getattr(factory, "kw", {}).get("bind")
-    if not isinstance(bind, Engine) or bind.dialect.name != "sqlite":
-        return None
-    return make_read_engine(bind.url.render_as_string(hide_password=False))
-
-
 class GatewayHandler:
     """Decides RCPT and DATA for one gateway; shared by all its connections."""
 
@@ -136,10 +122,10 @@ class GatewayHandler:
         self.max_recipients = max_recipients or settings.smtp_max_recipients
         self.clock = clock
         self.writer = InboundWriter(factory)
-        self._read_engine = _sqlite_read_engine(factory)
-        self.read_factory = (
-            session_factory(self._read_engine) if self._read_engine is not None else factory
-        )
+        # On SQLite, RCPT lookups read a snapshot instead of taking turns with
+        # the writer's commits for the write lock (see ``db.sqlite_read_factory``).
+        self._reads = sqlite_read_factory(factory)
+        self.read_factory = self._reads or factory
         # The routes accepted at RCPT, per transaction; aiosmtpd makes a new
         # envelope after DATA and RSET, so finished transactions drop out.
         self._accepted: WeakKeyDictionary[Envelope, list[Recipient]] = WeakKeyDictionary()
@@ -280,11 +266,19 @@ class GatewayHandler:
         fields.update(queue_ids=queue_ids, message_id=checked.message_id)
         return self._finish(Condition.ACCEPTED, None, fields, started)
 
+    def wake_on_commit(self, event: asyncio.Event) -> None:
+        """Set ``event`` (on its loop, the running one) after each batch of mail is committed.
+
+        An engine in this process waits on it, and claims the mail at once
+        instead of at its next poll.
+        """
+        self.writer.wake_on_commit(event)
+
     def close(self) -> None:
         """Commit what is queued and stop the writer thread."""
         self.writer.close()
-        if self._read_engine is not None:
-            self._read_engine.dispose()
+        if self._reads is not None:
+            self._reads.kw["bind"].dispose()
 
     async def handle_exception(self, error: Exception) -> str:
         """A bug or an unexpected failure: answer 4xx so the sending MTA retries, log it.

@@ -313,6 +313,7 @@ def enqueue(
                 rows.append(row)
             session.flush()
             ids = [row.id for row in rows]
+            inbound.notify_queued(session)
     except (SQLAlchemyError, OSError) as exc:
         raise StoreUnavailable(f"cannot store the message: {exc}") from exc
     return ids

@@ -31,7 +31,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.logs import get_logger
@@ -41,7 +40,7 @@ from replygate.outbound.deliver import (
     Transport,
 )
 from replygate.store import outbox
-from replygate.store.db import make_read_engine, session_factory
+from replygate.store.db import sqlite_read_factory
 from replygate.store.models import utcnow
 from replygate.store.outbox import Claimed
 
@@ -98,7 +97,7 @@ class OutboundWorker:
         self.clock = clock
         self.rng = rng
         self.concurrency = concurrency
-        self.peek = _sqlite_read_factory(factory)
+        self.peek = sqlite_read_factory(factory)
 
     async def run_once(self) -> int:
         """Claim one batch of due mail and deliver it; returns how many were claimed."""
@@ -218,19 +217,6 @@ class OutboundWorker:
             extra["lease_lost"] = True
         level = log.info if outcome == "sent" else log.warning
         level("outbox.delivery", outcome=outcome, duration_ms=duration_ms, **fields, **extra)
-
-
-def _sqlite_read_factory(factory: sessionmaker[Session]) -> sessionmaker[Session] | None:
-    """On SQLite, sessions that read without the write lock (see ``outbox.any_due``).
-
-    ``db.make_engine`` begins every SQLite transaction IMMEDIATE; an idle
-    poll that claims nothing would still queue for the lock behind the gateway
-    and the engine. PostgreSQL's claims skip locked rows and wait for nobody.
-    """
-    bind = getattr(factory, "kw", {}).get("bind")
-    if not isinstance(bind, Engine) or bind.dialect.name != "sqlite":
-        return None
-    return session_factory(make_read_engine(bind.url.render_as_string(hide_password=False)))
 
 
 class _GroupRecorder:

@@ -63,6 +63,22 @@ def make_read_engine(url: str, *, pool_size: int = 10) -> Engine:
     return engine
 
 
+def sqlite_read_factory(factory: sessionmaker[Session]) -> sessionmaker[Session] | None:
+    """On SQLite, sessions on a ``make_read_engine`` engine for ``factory``'s file; else None.
+
+    ``make_engine`` begins every SQLite transaction IMMEDIATE (the write
+    lock), so an idle poll or a lookup on ``factory`` would queue behind the
+    gateway's and the engine's commits, and sleep in SQLite's busy handler,
+    only to read. These sessions read a WAL snapshot and take no lock.
+    PostgreSQL needs none of this: its readers never wait for writers.
+    Dispose of the engine (``factory.kw["bind"]``) when done with it.
+    """
+    bind = getattr(factory, "kw", {}).get("bind")
+    if not isinstance(bind, Engine) or bind.dialect.name != "sqlite":
+        return None
+    return session_factory(make_read_engine(bind.url.render_as_string(hide_password=False)))
+
+
 def sqlite_connection(engine: Engine, *, cached_statements: int = 0) -> sqlite3.Connection:
     """A DBAPI connection of its own to ``engine``'s SQLite file, with the pragmas above.
 

@@ -19,6 +19,9 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 from replygate.errors import Invalid, NotFound
 from replygate.store.models import INBOUND_STATUSES, InboundMail, utcnow
 
+# The PostgreSQL channel notified when mail is queued; engines LISTEN on it.
+CHANNEL = "replygate_inbound"
+
 REPLAYABLE = ("failed", "processing", "rejected", "ignored", "held", "queued", "filed")
 
 
@@ -47,6 +50,16 @@ def enqueue(
     session.add(row)
     session.flush()
     return row
+
+
+def notify_queued(session: Session) -> None:
+    """On PostgreSQL, wake the engines listening on ``CHANNEL`` once this transaction commits.
+
+    PostgreSQL delivers a notification only on commit, and one per channel
+    and payload per transaction. Elsewhere nothing: engines poll.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_notify(CHANNEL, "")))
 
 
 RETRY_DELAY = timedelta(seconds=30)
@@ -131,6 +144,26 @@ def claim_mail(
                 .execution_options(synchronize_session=False)
             )
         return claimed
+
+
+def any_claimable(
+    factory: sessionmaker[Session], *, lease_seconds: float = 300, now: datetime | None = None
+) -> bool:
+    """Whether ``claim_mail`` would find a mail, read without claiming anything.
+
+    For SQLite's idle polls: with a factory of ``db.sqlite_read_factory`` the
+    read takes no write lock, where an empty claim would queue for it behind
+    the gateway's commits only to find nothing. The same rules as the claim,
+    so a mail waiting out its retry delay does not keep the engine busy.
+    """
+    now = now or utcnow()
+    with factory() as session:
+        found = session.execute(
+            _claimable(now, timedelta(seconds=lease_seconds))
+            .with_only_columns(InboundMail.id)
+            .limit(1)
+        )
+        return found.first() is not None
 
 
 def claim(

@@ -19,6 +19,12 @@ keeps: the ORM session and SQLAlchemy's general multi-row path cost more
 Python time than the database does, on a thread that shares the GIL with
 the SMTP sessions.
 
+Each batch also wakes the engines waiting for mail: on PostgreSQL the
+insert statement itself calls ``pg_notify`` on ``inbound.CHANNEL`` (no
+extra round trip; PostgreSQL delivers it on commit and sends one per
+transaction), and an engine in this process waits on an event the writer
+sets once the batch is committed (``wake_on_commit``), on any database.
+
 If a batch fails to commit, its messages are retried one per transaction,
 so a message the database refuses (a poison row) fails alone and the others
 are stored; the failing session's future raises and the gateway answers
@@ -41,6 +47,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.store.db import sqlite_connection
+from replygate.store.inbound import CHANNEL
 from replygate.store.models import InboundMail
 
 # One transaction holds at most this many messages or bytes: a burst of large
@@ -56,7 +63,8 @@ class BulkInsert:
     """``INSERT INTO inbound_mail ... VALUES (...), (...) RETURNING id`` on a kept connection.
 
     Values go through each column type's bind processor for the dialect,
-    exactly as SQLAlchemy would convert them. A failure drops the
+    exactly as SQLAlchemy would convert them. On PostgreSQL the statement
+    also notifies ``CHANNEL`` once (a materialised CTE is evaluated once). A failure drops the
     connection (it may be the one that broke); the next batch opens another.
     On SQLite the connection is the writer's own, without a statement cache.
     """
@@ -73,6 +81,13 @@ class BulkInsert:
         mark = "?" if dialect.paramstyle == "qmark" else "%s"
         self._one_row = "(" + ", ".join([mark] * len(self.columns)) + ")"
         self._head = f"INSERT INTO {table.name} ({', '.join(self.columns)}) VALUES "
+        self._tail = " RETURNING id"
+        if dialect.name == "postgresql":
+            self._head = "WITH queued AS (" + self._head
+            self._tail = (
+                " RETURNING id), wake AS MATERIALIZED"
+                f" (SELECT pg_notify('{CHANNEL}', '')) SELECT id FROM queued, wake"
+            )
         self._sql: dict[int, str] = {}
         self._conn: Any = None
 
@@ -85,7 +100,7 @@ class BulkInsert:
                 params.append(value if process is None or value is None else process(value))
         sql = self._sql.get(len(rows))
         if sql is None:
-            sql = self._head + ", ".join([self._one_row] * len(rows)) + " RETURNING id"
+            sql = self._head + ", ".join([self._one_row] * len(rows)) + self._tail
             self._sql[len(rows)] = sql
         conn = self._conn if self._conn is not None else self._connect()
         self._conn = None
@@ -176,6 +191,11 @@ class InboundWriter:
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._wakes: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    def wake_on_commit(self, event: asyncio.Event) -> None:
+        """Set ``event``, on the running loop, after every batch this writer commits."""
+        self._wakes.append((asyncio.get_running_loop(), event))
 
     def submit(self, rows: list[Row]) -> Future[list[int]]:
         """Queue one message's rows; the future gives their ids once committed."""
@@ -251,28 +271,35 @@ class InboundWriter:
             n = len(pending.rows)
             outcomes.append((pending, ids[at : at + n], None))
             at += n
-        _settle_all(outcomes)
+        _settle_all(outcomes, self._wakes)
 
 
 def _size(rows: list[Row]) -> int:
     return sum(len(r.get("raw") or b"") for r in rows)
 
 
-def _settle_all(outcomes: list[tuple[_Pending, list[int] | None, BaseException | None]]) -> None:
-    """Resolve each session's future; one wake-up per event loop for its waiters."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+def _settle_all(
+    outcomes: list[tuple[_Pending, list[int] | None, BaseException | None]],
+    wakes: Sequence[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = (),
+) -> None:
+    """Resolve each session's future, then set ``wakes`` (mail was committed);
+    one call into each event loop for all of it."""
+    by_loop: dict[asyncio.AbstractEventLoop, tuple[list[Outcome], list[asyncio.Event]]] = {}
     for pending, ids, exc in outcomes:
         if pending.future is not None:
             _settle(pending.future, ids, exc)
         if pending.waiter is not None and pending.loop is not None:
-            by_loop.setdefault(pending.loop, []).append((pending.waiter, ids, exc))
-    for loop, woken in by_loop.items():
+            by_loop.setdefault(pending.loop, ([], []))[0].append((pending.waiter, ids, exc))
+    for loop, event in wakes:
+        by_loop.setdefault(loop, ([], []))[1].append(event)
+    for loop, (woken, events) in by_loop.items():
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
-            loop.call_soon_threadsafe(_wake, woken)
+            loop.call_soon_threadsafe(_wake, woken, events)
 
 
-def _wake(woken: list[Outcome]) -> None:
-    """On the sessions' loop: hand each waiter its ids, unless it gave up (connection closed)."""
+def _wake(woken: list[Outcome], events: Sequence[asyncio.Event] = ()) -> None:
+    """On the sessions' loop: hand each waiter its ids, unless it gave up (connection
+    closed); then set ``events`` (asyncio's are set from their loop's thread only)."""
     for waiter, ids, exc in woken:
         if waiter.done():
             continue
@@ -280,6 +307,8 @@ def _wake(woken: list[Outcome]) -> None:
             waiter.set_exception(exc)
         else:
             waiter.set_result(ids or [])
+    for event in events:
+        event.set()
 
 
 def _settle(

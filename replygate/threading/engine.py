@@ -4,6 +4,14 @@ Runs off the SMTP path. Each mail is processed in one transaction that
 locks its queue row, writes the outcome, and (when filed) the message and the
 notifications it causes — so a worker that dies midway leaves the mail
 claimable again, and a mail processed twice is filed once.
+
+An idle engine waits for a wake-up, with polling as the fallback: a gateway
+in the same process sets the ``wake`` event once it has committed mail; on
+PostgreSQL the engine also LISTENs on ``inbound.CHANNEL``, which every
+process that queues mail notifies in the queuing transaction. A lost
+listener connection is logged once and retried with backoff; meanwhile the
+poll (``worker_poll_seconds``) files the mail, as it does for SQLite
+gateways in other processes, which cannot notify.
 """
 
 from __future__ import annotations
@@ -15,7 +23,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine as SqlEngine
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,7 +31,7 @@ from replygate.errors import InboundRefused
 from replygate.logs import get_logger
 from replygate.messaging import FileUpload, Messaging
 from replygate.store import directory, inbound, tokens
-from replygate.store.db import make_read_engine, session_factory, transaction
+from replygate.store.db import sqlite_read_factory, transaction
 from replygate.store.models import InboundMail, utcnow
 from replygate.threading import attachments, bounces, classify, reply_token, routing
 from replygate.threading.extract import ReplyParts, extract_from_parts
@@ -71,28 +78,47 @@ class Engine:
         self.factory = factory
         self.settings = settings
         self.messaging = Messaging(factory, settings)
-        self.peek = _sqlite_read_factory(factory)
+        self.peek = sqlite_read_factory(factory)
 
     # -- the loop ---------------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event, *, notified: asyncio.Event | None = None) -> None:
-        """Process until ``stop`` is set, polling when the queue is empty.
+    async def run(
+        self,
+        stop: asyncio.Event,
+        *,
+        notified: asyncio.Event | None = None,
+        wake: asyncio.Event | None = None,
+    ) -> None:
+        """Process until ``stop`` is set; when the queue is empty, wait for a wake-up or a poll.
 
         ``notified`` is set after a batch that filed a reply (and so wrote its
         notifications to the outbox): the outbound worker of this process waits
-        on it, and delivers without waiting for its next poll.
+        on it, and delivers without waiting for its next poll. ``wake`` is set
+        by whoever queued mail in this process (the gateway's writer); on
+        PostgreSQL a listener for ``inbound.CHANNEL`` sets it too.
         """
-        while not stop.is_set():
-            try:
-                outcomes = await asyncio.to_thread(self._run_batch)
-            except Exception:  # keep the worker alive; the row's status tells what failed
-                log.exception("engine.loop_error")
-                outcomes = []
-            if notified is not None and any(o.message_id is not None for o in outcomes):
-                notified.set()  # from the loop's thread: asyncio.Event is not thread-safe
-            if not outcomes:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self.settings.worker_poll_seconds)
+        wake = wake or asyncio.Event()
+        listener = None
+        url = _listen_url(self.factory)
+        if url is not None:
+            listener = asyncio.create_task(listen_for_mail(url, wake, stop))
+        try:
+            while not stop.is_set():
+                wake.clear()  # set again during the batch: the next one starts at once
+                try:
+                    outcomes = await asyncio.to_thread(self._run_batch)
+                except Exception:  # keep the worker alive; the row's status tells what failed
+                    log.exception("engine.loop_error")
+                    outcomes = []
+                if notified is not None and any(o.message_id is not None for o in outcomes):
+                    notified.set()  # from the loop's thread: asyncio.Event is not thread-safe
+                if not outcomes:
+                    await _first_of(stop, wake, timeout=self.settings.worker_poll_seconds)
+        finally:
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
 
     def run_once(self, limit: int = 20) -> int:
         """Claim and process up to ``limit`` mails; returns how many were processed."""
@@ -108,7 +134,9 @@ class Engine:
         rolls back whole and each mail is processed again in its own
         transaction, so one bad mail never holds back the rest.
         """
-        if self.peek is not None and not _anything_pending(self.peek):
+        if self.peek is not None and not inbound.any_claimable(
+            self.peek, lease_seconds=self.settings.worker_lease_seconds
+        ):
             return []
         claimed = inbound.claim_mail(
             self.factory, limit=limit, lease_seconds=self.settings.worker_lease_seconds
@@ -405,23 +433,60 @@ class Engine:
         return Outcome(row.id, status, reason)
 
 
-def _sqlite_read_factory(factory: sessionmaker[Session]) -> sessionmaker[Session] | None:
-    """On SQLite, sessions that read without the write lock (see ``_anything_pending``)."""
+LISTEN_RETRY_SECONDS = 1.0
+LISTEN_RETRY_MAX_SECONDS = 30.0
+
+
+def _listen_url(factory: sessionmaker[Session]) -> str | None:
+    """A libpq URL for the listener when ``factory`` is bound to PostgreSQL; else None."""
     bind = getattr(factory, "kw", {}).get("bind")
-    if not isinstance(bind, SqlEngine) or bind.dialect.name != "sqlite":
+    if not isinstance(bind, SqlEngine) or bind.dialect.name != "postgresql":
         return None
-    return session_factory(make_read_engine(bind.url.render_as_string(hide_password=False)))
+    return bind.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def _anything_pending(peek: sessionmaker[Session]) -> bool:
-    """Whether any mail is queued or being processed: all that a claim could take, and more.
+async def listen_for_mail(url: str, wake: asyncio.Event, stop: asyncio.Event) -> None:
+    """Set ``wake`` at every notification on ``inbound.CHANNEL`` until ``stop`` is set.
 
-    ``db.make_engine`` begins every SQLite transaction IMMEDIATE, so an idle
-    poll's claim would queue for the write lock behind the gateway's commits
-    only to find nothing; this read (a WAL snapshot) takes no lock.
+    A connection of its own, in autocommit, waited on by the event loop (no
+    thread). When it fails (the server restarted, the backend was
+    terminated) the loss is logged once, polling carries on, and connecting
+    is retried with backoff; once listening again ``wake`` is set, since mail
+    queued meanwhile notified nobody.
     """
-    with peek() as session:
-        found = session.execute(
-            select(InboundMail.id).where(InboundMail.status.in_(("queued", "processing"))).limit(1)
-        )
-        return found.first() is not None
+    import psycopg  # the PostgreSQL driver; not needed on SQLite
+
+    delay, lost = LISTEN_RETRY_SECONDS, False
+    while not stop.is_set():
+        try:
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                await conn.execute(f"LISTEN {inbound.CHANNEL}")
+                if lost:
+                    log.info("engine.listening_again", channel=inbound.CHANNEL)
+                delay, lost = LISTEN_RETRY_SECONDS, False
+                wake.set()
+                async for _ in conn.notifies():
+                    wake.set()
+        except Exception as exc:  # psycopg.Error, OSError; never let the worker go down
+            if not lost:
+                log.warning(
+                    "engine.listen_lost",
+                    channel=inbound.CHANNEL,
+                    error=f"{type(exc).__name__}: {exc}",
+                    fallback="polling",
+                )
+            lost = True
+        await _first_of(stop, None, timeout=delay)
+        delay = min(delay * 2, LISTEN_RETRY_MAX_SECONDS)
+
+
+async def _first_of(stop: asyncio.Event, wake: asyncio.Event | None, *, timeout: float) -> None:
+    """Wait until ``stop`` or ``wake`` is set, or ``timeout`` seconds pass."""
+    waiters = {asyncio.ensure_future(stop.wait())}
+    if wake is not None:
+        waiters.add(asyncio.ensure_future(wake.wait()))
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
