@@ -3,8 +3,9 @@
     python bench/ingest.py                       # the full table
     python bench/ingest.py --sessions 32 --sizes 4096 --quick
 
-Every server is measured in the same run, so the ratios compare like with
-like on a shared, noisy machine. One message per connection (smtp-source's
+Every server is measured in the same run, in rounds (each round runs every
+server once, the table gives the median of the rounds), so the ratios
+compare like with like on a shared, noisy machine. One message per connection (smtp-source's
 default), as MTAs mostly deliver. Durable accept: the gateway answers 250
 only after the message is committed (SQLite WAL, ``synchronous=FULL``; or
 PostgreSQL), and each run checks afterwards that every message is stored.
@@ -58,20 +59,25 @@ def count_for(size: int, sessions: int, quick: bool) -> int:
     return base // 3 if quick else base
 
 
-def measure(name: str, start, port: int, sessions: int, size: int, n: int, rcpt: str, check=None):
-    """Best of ``repeats`` runs (the machine is shared), after a warm-up."""
-    rates = []
-    with start(port):
-        drive(port, min(sessions, 4), size, max(50, n // 20), rcpt)  # warm-up
-        if check is not None:
-            check.reset_inbound()
-        for _ in range(REPEATS):
-            rates.append(drive(port, sessions, size, n, rcpt))
-    if check is not None:
-        stored = check.count_inbound()
-        if stored != n * REPEATS:
-            raise RuntimeError(f"{name}: {stored} stored of {n * REPEATS} sent")
-    return statistics.median(rates)
+def measure_rounds(servers: dict, sessions: int, size: int, n: int) -> dict[str, float]:
+    """Median msg/s of each server over ``REPEATS`` rounds.
+
+    Each round runs every server once, one after the other, each after a
+    warm-up: a slow spell on the shared machine then falls on all of them
+    alike instead of on whichever server was being measured.
+    """
+    rates: dict[str, list[float]] = {name: [] for name in servers}
+    for _ in range(REPEATS):
+        for name, (start, rcpt, check) in servers.items():
+            port = free_port()
+            with start(port):
+                drive(port, min(sessions, 4), size, max(50, n // 20), rcpt)  # warm-up
+                if check is not None:
+                    check.reset_inbound()
+                rates[name].append(drive(port, sessions, size, n, rcpt))
+                if check is not None and (stored := check.count_inbound()) != n:
+                    raise RuntimeError(f"{name}: {stored} stored of {n} sent")
+    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 REPEATS = 3
@@ -103,18 +109,12 @@ def main() -> None:
             for sessions in sessions_list:
                 n = count_for(size, sessions, args.quick)
                 row = {"size": size, "sessions": sessions, "n": n}
-                row["smtp-sink"] = measure(
-                    "smtp-sink",
-                    sink,
-                    free_port(), sessions, size, n, rcpt,
-                )  # fmt: skip
-                row["stock"] = measure("stock", stock_server, free_port(), sessions, size, n, rcpt)
+                servers = {
+                    "smtp-sink": (sink, rcpt, None),
+                    "stock": (stock_server, rcpt, None),
+                }
                 for backend, world in worlds.items():
-                    row[backend] = measure(
-                        backend,
-                        lambda p, w=world: gateway(w, p),
-                        free_port(), sessions, size, n, w_rcpt(world), check=world,
-                    )  # fmt: skip
+                    servers[backend] = (lambda p, w=world: gateway(w, p), w_rcpt(world), world)
                 if not args.no_pair and "postgresql" in worlds and size <= 16 * 1024:
                     world = worlds["postgresql"]
 
@@ -123,9 +123,8 @@ def main() -> None:
                         with gateway(w, p), gateway(w, p):
                             yield
 
-                    row["2×pg"] = measure(
-                        "2×pg", pair, free_port(), sessions, size, n, w_rcpt(world), check=world
-                    )
+                    servers["2×pg"] = (pair, w_rcpt(world), world)
+                row.update(measure_rounds(servers, sessions, size, n))
                 rows.append(row)
                 print_row(row, backends)
         print()
