@@ -1,12 +1,24 @@
 """End-to-end latency at a steady rate: SMTP accept → filed → notification delivered.
 
     python bench/latency.py [--rate 50] [--seconds 60] [--backend sqlite|postgresql]
+                            [--layout split|together]
 
-One gateway process (``replygate serve --role gateway``) and ``--workers``
-worker processes (``replygate worker``: engine and outbound, delivering to
-the default Maildir), polling every 50 ms when idle. Replies go to 250 threads
-(under the flood brake's 20 per address) at a fixed pace (each on its own
-connection), once every worker has said it is ready; the clock starts when
+The shipped configuration: the default poll interval (``worker_poll_seconds``,
+0.5 s), so the figures show how fast the engine is woken, not how often it
+polls. Two layouts:
+
+- ``split`` (PostgreSQL's default): one gateway process (``replygate serve
+  --role gateway``) and ``--workers`` worker processes (``replygate worker``:
+  engine and outbound, delivering to the default Maildir). The gateway's
+  commits notify ``replygate_inbound`` and the engines LISTEN on it.
+- ``together`` (SQLite's default): one ``replygate serve --role all``
+  process, whose gateway wakes its engine after each commit. SQLite cannot
+  notify other processes, so split workers on SQLite wait for their next
+  poll (half a poll interval on average, a whole one at worst).
+
+Replies go to 250 threads (under the flood brake's 20 per address) at a
+fixed pace (each on its own connection), once every process has said it is
+ready; the clock starts when
 the client has the 250. Filed is the message's ``created_at``, delivered the
 notification's ``sent_at`` (same host, same clock).
 """
@@ -83,11 +95,18 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--backend", default="sqlite")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (split)")
+    parser.add_argument(
+        "--layout",
+        choices=("split", "together"),
+        help="split: a gateway and worker processes; together: one serve --role all "
+        "(default: split on PostgreSQL, together on SQLite)",
+    )
     parser.add_argument(
         "--worst", type=int, default=0, help="show where the time went for the N slowest"
     )
     args = parser.parse_args()
+    layout = args.layout or ("split" if args.backend == "postgresql" else "together")
     with tempfile.TemporaryDirectory(prefix="replygate-latency-") as tmp:  # noqa: SIM117
         with database(args.backend, Path(tmp), threads=THREADS) as world:
             port = free_port()
@@ -95,15 +114,18 @@ def main() -> None:
             # READY=1 on a notify socket (the systemd protocol) once it polls the queue.
             notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             notify.bind(str(Path(tmp) / "notify"))
-            env = world.env(
-                REPLYGATE_WORKER_POLL_SECONDS="0.05", NOTIFY_SOCKET=str(Path(tmp) / "notify")
-            )
-            worker = [REPLYGATE, "worker"]
+            env = world.env(NOTIFY_SOCKET=str(Path(tmp) / "notify"))
             with contextlib.ExitStack() as running:
-                running.enter_context(gateway(world, port))
-                for _ in range(args.workers):
-                    running.enter_context(process(worker, env=env))
-                wait_ready(notify, args.workers)
+                if layout == "split":
+                    running.enter_context(gateway(world, port))
+                    for _ in range(args.workers):
+                        running.enter_context(process([REPLYGATE, "worker"], env=env))
+                    wait_ready(notify, args.workers)
+                else:
+                    serve = [REPLYGATE, "serve", "--role", "all", "--smtp", f"127.0.0.1:{port}"]
+                    serve += ["--portal", f"127.0.0.1:{free_port()}"]
+                    running.enter_context(process(serve, env=env, port=port))
+                    wait_ready(notify, 1)
                 accepted = asyncio.run(drive(port, world.addresses, args.rate, args.seconds))
                 engine = make_engine(world.url)
                 deadline = time.monotonic() + 120
@@ -155,9 +177,10 @@ def main() -> None:
             to_filed.append((ts(created) - accepted[mid]) * 1000)
             to_sent.append((ts(sent) - accepted[mid]) * 1000)
             by_slice.setdefault(int((accepted[mid] - first) // 5), []).append(to_sent[-1])
+    processes = f"gateway + {args.workers} workers" if layout == "split" else "serve --role all"
     print(
-        f"{args.backend}: {len(accepted)} accepted at {args.rate:g}/s for {args.seconds:g}s, "
-        f"{len(to_sent)} filed and notified"
+        f"{args.backend} ({layout}: {processes}, default poll): {len(accepted)} accepted "
+        f"at {args.rate:g}/s for {args.seconds:g}s, {len(to_sent)} filed and notified"
     )
     print("| from 250 to | p50 ms | p95 ms | p99 ms | max ms |")
     print("|---|---|---|---|---|")
