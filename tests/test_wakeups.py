@@ -30,10 +30,10 @@ from replygate.service import run_service
 from replygate.store import directory, inbound
 from replygate.store.db import transaction
 from replygate.store.inbound_writer import InboundWriter
-from replygate.store.models import InboundMail, ReplyToken, utcnow
+from replygate.store.models import InboundMail, OutboxMessage, ReplyToken, utcnow
 from replygate.threading import engine as engine_module
 from replygate.threading.engine import Engine
-from tests.helpers import free_port, wait_for
+from tests.helpers import free_port, read_maildir, wait_for
 
 SLOW_POLL = 30.0
 T = TypeVar("T")
@@ -296,3 +296,39 @@ def test_without_a_listener_the_engine_falls_back_to_polling(
         asyncio.run(scenario())
     lost = [e for e in logs if e["event"] == "engine.listen_lost"]
     assert len(lost) == 1 and lost[0]["fallback"] == "polling"
+
+
+def test_role_worker_delivers_a_filed_reply_without_waiting_for_the_poll(
+    sessions: sessionmaker[Session], slow: Settings, address: str
+) -> None:
+    """Role "worker": the engine wakes the outbound worker beside it, so the
+    notification of a filed reply goes out in seconds although both poll only
+    every 30 s."""
+    with transaction(sessions) as s:
+        inbound.enqueue(
+            s, mail_from="cleo@example.com", rcpt=address, raw=reply(address, 1), message_id=None
+        )
+
+    def delivered_to_dana() -> bool:
+        with sessions() as s:
+            rows = s.scalars(
+                select(OutboxMessage).where(OutboxMessage.recipient == "dana@staff.test")
+            ).all()
+        return len(rows) == 1 and rows[0].status == "sent"
+
+    async def scenario() -> None:
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(
+            run_service(slow, sessions, role="worker", stop=stop, ready=ready)
+        )
+        await asyncio.wait_for(ready.wait(), timeout=10)
+        await in_thread(delivered_to_dana, "Dana's notification")
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+
+    asyncio.run(scenario())
+    mails = [
+        m for m in read_maildir(slow.outbox_maildir) if m["To"].addresses[0].username == "dana"
+    ]
+    assert len(mails) == 1
+    assert "Reply number 1." in mails[0].get_content()
