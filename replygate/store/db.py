@@ -9,6 +9,7 @@ PostgreSQL (psycopg 3) is the path to several hosts.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -120,9 +121,43 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session whose work commits on success and rolls back on any error."""
-    with factory() as session, session.begin():
+    """A session whose work commits on success and rolls back on any error.
+
+    On SQLite it waits for the process's write turn first (``write_turn``).
+    """
+    with write_turn(getattr(factory, "kw", {}).get("bind")), factory() as session, session.begin():
         yield session
+
+
+# SQLite lets one transaction write at a time. Writers in one process (the
+# gateway's writer, the engine, the outbound worker in ``serve``) queue here
+# for their turn and are handed it as it is released, instead of sleeping in
+# SQLite's busy handler, whose growing naps (up to 100 ms) let a waiter lose
+# the race again and again while the others keep the lock busy. Other
+# processes still meet at SQLite's own lock.
+_TURNS: dict[str, threading.RLock] = {}
+_TURNS_GUARD = threading.Lock()
+
+
+@contextmanager
+def write_turn(bind: object) -> Iterator[None]:
+    """Hold this process's turn to write to ``bind``'s SQLite file; a no-op elsewhere.
+
+    Re-entrant in one thread. Waits as long as SQLite's busy timeout, then
+    fails as SQLite would.
+    """
+    if not isinstance(bind, Engine) or bind.dialect.name != "sqlite":
+        yield
+        return
+    key = bind.url.database or ":memory:"
+    with _TURNS_GUARD:
+        turn = _TURNS.setdefault(key, threading.RLock())
+    if not turn.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
+        raise sqlite3.OperationalError("database is locked (this process's writers are queued)")
+    try:
+        yield
+    finally:
+        turn.release()
 
 
 def alembic_config(url: str) -> Config:

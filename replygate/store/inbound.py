@@ -17,6 +17,7 @@ from sqlalchemy import Select, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from replygate.errors import Invalid, NotFound
+from replygate.store.db import transaction
 from replygate.store.models import INBOUND_STATUSES, InboundMail, utcnow
 
 # The PostgreSQL channel notified when mail is queued; engines LISTEN on it.
@@ -122,7 +123,7 @@ def claim_mail(
     PostgreSQL) and one update of all the claimed rows.
     """
     now = now or utcnow()
-    with factory() as session, session.begin():
+    with transaction(factory) as session:
         stmt = (
             _claimable(now, timedelta(seconds=lease_seconds))
             .with_only_columns(
@@ -180,7 +181,7 @@ def claim(
 
 def claim_one(factory: sessionmaker[Session], inbound_id: int) -> bool:
     """Claim one queued mail by id (an operator's replay); False if another worker has it."""
-    with factory() as session, session.begin():
+    with transaction(factory) as session:
         result = session.execute(
             update(InboundMail)
             .where(InboundMail.id == inbound_id, InboundMail.status == "queued")

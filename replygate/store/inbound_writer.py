@@ -46,7 +46,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from replygate.store.db import sqlite_connection
+from replygate.store.db import sqlite_connection, write_turn
 from replygate.store.inbound import CHANNEL
 from replygate.store.models import InboundMail
 
@@ -105,13 +105,14 @@ class BulkInsert:
         conn = self._conn if self._conn is not None else self._connect()
         self._conn = None
         try:
-            cursor = conn.cursor()
-            cursor.execute(sql, params)
-            # One statement numbers its rows in the order of its VALUES (SQLite's
-            # rowid, PostgreSQL's sequence), so sorted ids line up with ``rows``.
-            ids = sorted(row[0] for row in cursor.fetchall())
-            cursor.close()
-            conn.commit()  # SQLite runs in autocommit: the statement was its own transaction
+            with write_turn(self.engine):
+                cursor = conn.cursor()
+                cursor.execute(sql, params)
+                # One statement numbers its rows in the order of its VALUES (SQLite's
+                # rowid, PostgreSQL's sequence), so sorted ids line up with ``rows``.
+                ids = sorted(row[0] for row in cursor.fetchall())
+                cursor.close()
+                conn.commit()  # SQLite runs in autocommit: the statement was its own transaction
         except BaseException:
             _discard(conn)
             raise

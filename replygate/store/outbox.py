@@ -29,6 +29,7 @@ from typing import Protocol
 from sqlalchemy import case, func, literal, select, tuple_, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from replygate.store.db import transaction
 from replygate.store.directory import TRANSACTION_CACHE
 from replygate.store.models import OutboxMessage, utcnow
 
@@ -200,7 +201,7 @@ def claim_due(
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    with factory() as session, session.begin():
+    with transaction(factory) as session:
         conn = session.connection()
         claimed = [
             Claimed(
@@ -250,7 +251,7 @@ def mark_sent_many(
         if len({at for _, at in sent}) == 1
         else case(times, value=table.c.id)
     )
-    with factory() as session, session.begin():
+    with transaction(factory) as session:
         # ``id IN`` beside the row-value match keeps the primary key index in play.
         owned = set(
             session.connection()
@@ -324,7 +325,7 @@ def _finish(factory: sessionmaker[Session], item: Claimed, **values: object) -> 
     # Core UPDATE on the session's connection: one per delivered notification,
     # and the ORM's bulk-update machinery cost more than the statement itself.
     table = OutboxMessage.__table__
-    with factory() as session, session.begin():
+    with transaction(factory) as session:
         result = session.connection().execute(
             update(table)
             .where(
