@@ -68,6 +68,13 @@ def reply(address: str, n: int) -> bytes:
     return msg.as_bytes()
 
 
+def enqueue(session: Session, address: str, n: int) -> InboundMail:
+    """Reply number ``n`` queued in ``session``, as the pipe ingress queues it."""
+    return inbound.enqueue(
+        session, mail_from="cleo@example.com", rcpt=address, raw=reply(address, n), message_id=None
+    )
+
+
 def row(address: str, n: int) -> dict[str, object]:
     """One queue row as the gateway's writer stores it."""
     raw = reply(address, n)
@@ -229,26 +236,14 @@ def test_the_listener_survives_its_connection_being_terminated(
         with engine.connect() as conn:
             conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
         with transaction(sessions) as s:
-            meanwhile = inbound.enqueue(
-                s,
-                mail_from="cleo@example.com",
-                rcpt=address,
-                raw=reply(address, 1),
-                message_id=None,
-            ).id
+            meanwhile = enqueue(s, address, 1).id
         again = await in_thread(
             lambda: (p := listener_pid(engine)) != pid and p, "the engine listening again"
         )
         assert again and not task.done()
         await in_thread(lambda: filed(sessions, meanwhile), "mail queued while deaf filed")
         with transaction(sessions) as s:
-            after = inbound.enqueue(
-                s,
-                mail_from="cleo@example.com",
-                rcpt=address,
-                raw=reply(address, 2),
-                message_id=None,
-            )
+            after = enqueue(s, address, 2)
             inbound.notify_queued(s)
             after_id = after.id
         await in_thread(lambda: filed(sessions, after_id), "mail queued after filed")
@@ -280,13 +275,7 @@ def test_without_a_listener_the_engine_falls_back_to_polling(
         task = asyncio.create_task(Engine(sessions, polling).run(stop))
         for n in (1, 2):
             with transaction(sessions) as s:
-                queue_id = inbound.enqueue(
-                    s,
-                    mail_from="cleo@example.com",
-                    rcpt=address,
-                    raw=reply(address, n),
-                    message_id=None,
-                ).id
+                queue_id = enqueue(s, address, n).id
             await in_thread(lambda q=queue_id: filed(sessions, q), f"reply {n} filed by a poll")
         assert not task.done()
         stop.set()
@@ -305,9 +294,7 @@ def test_role_worker_delivers_a_filed_reply_without_waiting_for_the_poll(
     notification of a filed reply goes out in seconds although both poll only
     every 30 s."""
     with transaction(sessions) as s:
-        inbound.enqueue(
-            s, mail_from="cleo@example.com", rcpt=address, raw=reply(address, 1), message_id=None
-        )
+        enqueue(s, address, 1)
 
     def delivered_to_dana() -> bool:
         with sessions() as s:
