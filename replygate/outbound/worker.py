@@ -25,7 +25,6 @@ polling remains for rows written by other processes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -43,6 +42,7 @@ from replygate.store import outbox
 from replygate.store.db import sqlite_read_factory
 from replygate.store.models import utcnow
 from replygate.store.outbox import Claimed
+from replygate.waiting import first_of
 
 log = get_logger("replygate.outbound")
 
@@ -147,7 +147,7 @@ class OutboundWorker:
                 count = 0
             if count >= self.batch:
                 continue
-            await _first_of(stop, wake, timeout=poll_seconds)
+            await first_of(stop, wake, timeout=poll_seconds)
 
     async def _mark_sent(self, sent: list[tuple[Claimed, datetime]]) -> list[bool]:
         return await asyncio.to_thread(outbox.mark_sent_many, self.factory, sent)
@@ -258,17 +258,3 @@ class _GroupRecorder:
                         future.set_result(ok)
         finally:
             self._flushing = None
-
-
-async def _first_of(stop: asyncio.Event, wake: asyncio.Event | None, *, timeout: float) -> None:
-    """Wait until ``stop`` or ``wake`` is set, or ``timeout`` seconds pass."""
-    if wake is None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=timeout)
-        return
-    waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())}
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()

@@ -64,6 +64,12 @@ def make_read_engine(url: str, *, pool_size: int = 10) -> Engine:
     return engine
 
 
+def bound_engine(factory: sessionmaker[Session]) -> Engine | None:
+    """The engine ``factory`` makes sessions on, or None for any other session maker."""
+    bind = getattr(factory, "kw", {}).get("bind")
+    return bind if isinstance(bind, Engine) else None
+
+
 def sqlite_read_factory(factory: sessionmaker[Session]) -> sessionmaker[Session] | None:
     """On SQLite, sessions on a ``make_read_engine`` engine for ``factory``'s file; else None.
 
@@ -74,8 +80,8 @@ def sqlite_read_factory(factory: sessionmaker[Session]) -> sessionmaker[Session]
     PostgreSQL needs none of this: its readers never wait for writers.
     Dispose of the engine (``factory.kw["bind"]``) when done with it.
     """
-    bind = getattr(factory, "kw", {}).get("bind")
-    if not isinstance(bind, Engine) or bind.dialect.name != "sqlite":
+    bind = bound_engine(factory)
+    if bind is None or bind.dialect.name != "sqlite":
         return None
     return session_factory(make_read_engine(bind.url.render_as_string(hide_password=False)))
 
@@ -125,7 +131,7 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
 
     On SQLite it waits for the process's write turn first (``write_turn``).
     """
-    with write_turn(getattr(factory, "kw", {}).get("bind")), factory() as session, session.begin():
+    with write_turn(bound_engine(factory)), factory() as session, session.begin():
         yield session
 
 
@@ -140,13 +146,13 @@ _TURNS_GUARD = threading.Lock()
 
 
 @contextmanager
-def write_turn(bind: object) -> Iterator[None]:
+def write_turn(bind: Engine | None) -> Iterator[None]:
     """Hold this process's turn to write to ``bind``'s SQLite file; a no-op elsewhere.
 
     Re-entrant in one thread. Waits as long as SQLite's busy timeout, then
     fails as SQLite would.
     """
-    if not isinstance(bind, Engine) or bind.dialect.name != "sqlite":
+    if bind is None or bind.dialect.name != "sqlite":
         yield
         return
     key = bind.url.database or ":memory:"

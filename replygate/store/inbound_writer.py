@@ -64,8 +64,9 @@ class BulkInsert:
 
     Values go through each column type's bind processor for the dialect,
     exactly as SQLAlchemy would convert them. On PostgreSQL the statement
-    also notifies ``CHANNEL`` once (a materialised CTE is evaluated once). A failure drops the
-    connection (it may be the one that broke); the next batch opens another.
+    also notifies ``CHANNEL`` once (a materialised CTE is evaluated once).
+    A failure drops the connection (it may be the one that broke); the next
+    batch opens another.
     On SQLite the connection is the writer's own, without a statement cache.
     """
 

@@ -22,7 +22,6 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine as SqlEngine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,12 +30,13 @@ from replygate.errors import InboundRefused
 from replygate.logs import get_logger
 from replygate.messaging import FileUpload, Messaging
 from replygate.store import directory, inbound, tokens
-from replygate.store.db import sqlite_read_factory, transaction
+from replygate.store.db import bound_engine, sqlite_read_factory, transaction
 from replygate.store.models import InboundMail, utcnow
 from replygate.threading import attachments, bounces, classify, reply_token, routing
 from replygate.threading.extract import ReplyParts, extract_from_parts
 from replygate.threading.parse import Attachment, ParsedMail, parse_message
 from replygate.threading.sender import dmarc_failed, same_sender
+from replygate.waiting import first_of
 
 log = get_logger("replygate.engine")
 
@@ -113,7 +113,7 @@ class Engine:
                 if notified is not None and any(o.message_id is not None for o in outcomes):
                     notified.set()  # from the loop's thread: asyncio.Event is not thread-safe
                 if not outcomes:
-                    await _first_of(stop, wake, timeout=self.settings.worker_poll_seconds)
+                    await first_of(stop, wake, timeout=self.settings.worker_poll_seconds)
         finally:
             if listener is not None:
                 listener.cancel()
@@ -439,8 +439,8 @@ LISTEN_RETRY_MAX_SECONDS = 30.0
 
 def _listen_url(factory: sessionmaker[Session]) -> str | None:
     """A libpq URL for the listener when ``factory`` is bound to PostgreSQL; else None."""
-    bind = getattr(factory, "kw", {}).get("bind")
-    if not isinstance(bind, SqlEngine) or bind.dialect.name != "postgresql":
+    bind = bound_engine(factory)
+    if bind is None or bind.dialect.name != "postgresql":
         return None
     return bind.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
@@ -476,17 +476,5 @@ async def listen_for_mail(url: str, wake: asyncio.Event, stop: asyncio.Event) ->
                     fallback="polling",
                 )
             lost = True
-        await _first_of(stop, None, timeout=delay)
+        await first_of(stop, None, timeout=delay)
         delay = min(delay * 2, LISTEN_RETRY_MAX_SECONDS)
-
-
-async def _first_of(stop: asyncio.Event, wake: asyncio.Event | None, *, timeout: float) -> None:
-    """Wait until ``stop`` or ``wake`` is set, or ``timeout`` seconds pass."""
-    waiters = {asyncio.ensure_future(stop.wait())}
-    if wake is not None:
-        waiters.add(asyncio.ensure_future(wake.wait()))
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
