@@ -79,8 +79,9 @@ class BulkInsert:
             table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
             for name in self.columns
         ]
-        mark = "?" if dialect.paramstyle == "qmark" else "%s"
-        self._one_row = "(" + ", ".join([mark] * len(self.columns)) + ")"
+        # PostgreSQL takes numbered parameters through a raw cursor (see _cursor);
+        # SQLite's sqlite3 takes qmarks.
+        self._numbered = dialect.name == "postgresql"
         self._head = f"INSERT INTO {table.name} ({', '.join(self.columns)}) VALUES "
         self._tail = " RETURNING id"
         if dialect.name == "postgresql":
@@ -101,13 +102,13 @@ class BulkInsert:
                 params.append(value if process is None or value is None else process(value))
         sql = self._sql.get(len(rows))
         if sql is None:
-            sql = self._head + ", ".join([self._one_row] * len(rows)) + self._tail
+            sql = self._head + self._values(len(rows)) + self._tail
             self._sql[len(rows)] = sql
         conn = self._conn if self._conn is not None else self._connect()
         self._conn = None
         try:
             with write_turn(self.engine):
-                cursor = conn.cursor()
+                cursor = self._cursor(conn)
                 cursor.execute(sql, params)
                 # One statement numbers its rows in the order of its VALUES (SQLite's
                 # rowid, PostgreSQL's sequence), so sorted ids line up with ``rows``.
@@ -119,6 +120,30 @@ class BulkInsert:
             raise
         self._conn = conn
         return ids
+
+    def _values(self, count: int) -> str:
+        width = len(self.columns)
+        if not self._numbered:
+            row = "(" + ", ".join("?" * width) + ")"
+            return ", ".join([row] * count)
+        return ", ".join(
+            "(" + ", ".join(f"${r * width + c + 1}" for c in range(width)) + ")"
+            for r in range(count)
+        )
+
+    def _cursor(self, conn: Any) -> Any:
+        """A cursor for the batch statement.
+
+        On PostgreSQL a psycopg ``RawCursor``: the statement already has
+        ``$n`` parameters, and the default cursor would re-parse its
+        ``%s`` marks on every batch (statements this long miss psycopg's
+        query cache).
+        """
+        if not self._numbered:
+            return conn.cursor()
+        import psycopg  # only with PostgreSQL
+
+        return psycopg.RawCursor(conn.driver_connection)
 
     def _connect(self) -> Any:
         if self.engine.dialect.name == "sqlite":
