@@ -143,12 +143,19 @@ class BulkInsert:
             return conn.cursor()
         import psycopg  # only with PostgreSQL
 
-        return psycopg.RawCursor(conn.driver_connection)
+        return psycopg.RawCursor(conn.dbapi_connection)
 
     def _connect(self) -> Any:
         if self.engine.dialect.name == "sqlite":
             return sqlite_connection(self.engine)  # no statement cache, see there
-        return self.engine.raw_connection()
+        # PostgreSQL in autocommit: the one statement is its own transaction, a
+        # single round trip per batch instead of BEGIN, INSERT and COMMIT.
+        # Detached from the pool, so no other user ever gets it in that mode.
+        conn = self.engine.raw_connection()
+        conn.detach()
+        conn.dbapi_connection.rollback()
+        conn.dbapi_connection.autocommit = True
+        return conn
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
