@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,6 +21,22 @@ from replygate.outbound.worker import OutboundWorker
 from replygate.threading.engine import Engine
 
 log = get_logger("replygate.service")
+
+
+# The youngest generation is collected after this many net allocations;
+# CPython's 700 means a collection every few SMTP commands under load.
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def settle_heap() -> None:
+    """Once every part has started: what start-up built (modules, mappers,
+    settings) lives as long as the process, so collections stop re-walking
+    it (``gc.freeze``), and young collections run less often."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
 
 ROLES = {
     "all": ("gateway", "engine", "outbound", "portal"),
@@ -94,6 +111,7 @@ async def run_service(
             log.info("portal.listening", url=f"http://{host}:{port}")
         if ready is not None:
             ready.set()
+        settle_heap()
         sdnotify.ready(f"replygate {role} running")  # every part listens by now
         await stop.wait()
     finally:
