@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -168,12 +169,39 @@ def process(args: list[str], env: dict[str, str] | None = None, port: int | None
                 proc.wait()
 
 
-def gateway(world: World, port: int, **env: str):
-    return process(
-        [REPLYGATE, "serve", "--role", "gateway", "--smtp", f"127.0.0.1:{port}"],
-        env=world.env(**env),
-        port=port,
-    )
+def wait_ready(notify: socket.socket, count: int, timeout: float = 120) -> None:
+    """Wait until ``count`` processes have said READY=1 on ``notify`` (the systemd protocol)."""
+    notify.settimeout(timeout)
+    ready = 0
+    while ready < count:
+        if b"READY=1" in notify.recv(4096).split(b"\n"):
+            ready += 1
+
+
+@contextlib.contextmanager
+def gateway(world: World, port: int, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``replygate serve --role gateway``, yielded once it has said READY=1.
+
+    Waiting for the port is not enough when a second gateway shares it
+    (SO_REUSEPORT): the first already answers while the second is still
+    importing, and its start-up would be measured as the pair's throughput.
+    """
+    with tempfile.TemporaryDirectory(prefix="replygate-notify-") as tmp:
+        path = str(Path(tmp) / "notify")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+            notify.bind(path)
+            serve = [REPLYGATE, "serve", "--role", "gateway", "--smtp", f"127.0.0.1:{port}"]
+            with process(serve, env=world.env(NOTIFY_SOCKET=path, **env)) as proc:
+                deadline = time.monotonic() + 120
+                while True:
+                    try:
+                        wait_ready(notify, 1, timeout=1)
+                        break
+                    except TimeoutError:
+                        if proc.poll() is not None or time.monotonic() > deadline:
+                            code = proc.poll()
+                            raise RuntimeError(f"the gateway did not start ({code=})") from None
+                yield proc
 
 
 def stock_server(port: int):

@@ -37,7 +37,7 @@ from email.utils import make_msgid
 from pathlib import Path
 
 import aiosmtplib
-from ingest_common import CLIENT, REPLYGATE, database, free_port, gateway, process
+from ingest_common import CLIENT, REPLYGATE, database, free_port, gateway, process, wait_ready
 from sqlalchemy import text
 
 from replygate.store.db import make_engine
@@ -80,16 +80,6 @@ async def drive(port: int, addresses: list[str], rate: float, seconds: float) ->
     return accepted
 
 
-def wait_ready(notify: socket.socket, count: int, timeout: float = 120) -> None:
-    """Wait until ``count`` processes have said READY=1 on ``notify``."""
-    notify.settimeout(timeout)
-    ready = 0
-    while ready < count:
-        if b"READY=1" in notify.recv(4096).split(b"\n"):
-            ready += 1
-    notify.close()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rate", type=float, default=50)
@@ -129,11 +119,13 @@ def main() -> None:
                     for _ in range(args.workers):
                         running.enter_context(process([REPLYGATE, "worker"], env=env))
                     wait_ready(notify, args.workers)
+                    notify.close()
                 else:
                     serve = [REPLYGATE, "serve", "--role", "all", "--smtp", f"127.0.0.1:{port}"]
                     serve += ["--portal", f"127.0.0.1:{free_port()}"]
                     running.enter_context(process(serve, env=env, port=port))
                     wait_ready(notify, 1)
+                    notify.close()
                 accepted = asyncio.run(drive(port, world.addresses, args.rate, args.seconds))
                 engine = make_engine(world.url)
                 deadline = time.monotonic() + 120
