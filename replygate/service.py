@@ -109,9 +109,9 @@ async def run_service(
             tasks.append(portal)
             await _until_started(portal, started)
             log.info("portal.listening", url=f"http://{host}:{port}")
+        settle_heap()
         if ready is not None:
             ready.set()
-        settle_heap()
         sdnotify.ready(f"replygate {role} running")  # every part listens by now
         await stop.wait()
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -75,3 +76,26 @@ def test_a_refused_batch_is_retried_row_by_row(sessions: sessionmaker[Session]) 
             "sender1@client.test",
             "sender3@client.test",
         ]
+
+
+def test_the_postgresql_writer_commits_alone_on_a_connection_outside_the_pool(
+    sessions: sessionmaker[Session],
+) -> None:
+    """Its batch is one autocommitted statement, so its connection never goes
+    back to the pool, where a session would get it in autocommit mode."""
+    engine = sessions.kw["bind"]
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's writer has a connection of its own already")
+    writer = InboundWriter(sessions)
+    try:
+        [queue_id] = writer.submit([_row(1)]).result(10)
+        assert engine.pool.checkedout() == 0
+        insert = writer._insert
+        assert insert is not None and insert._conn.dbapi_connection.autocommit
+    finally:
+        writer.close()
+    with sessions() as session:
+        assert session.get(InboundMail, queue_id) is not None
+        # Sessions still run in transactions: the pool never saw the writer's connection.
+        assert not session.connection().connection.dbapi_connection.autocommit
+    assert engine.pool.checkedout() == 0
