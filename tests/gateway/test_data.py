@@ -9,6 +9,7 @@ codes (ours adds enhanced status codes from the catalogue).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 from typing import Any
@@ -226,6 +227,88 @@ def test_stored_bytes_and_reply_codes_match_stock_aiosmtpd() -> None:
     for (stock, stored_stock), (ours, stored_ours) in asyncio.run(_compare(streams)):
         assert ours == stock
         assert stored_ours == stored_stock
+
+
+# Every branch of the command loop (``GatewaySMTP._serve``, our copy of aiosmtpd's),
+# ending with the unknown commands that make both servers hang up.
+COMMAND_SCRIPT = [
+    b"",
+    b"\xff\xfe",
+    b"NOOP " + b"x" * 507,  # 512 octets: the command line limit (RFC 5321 4.5.3.1.4)
+    b"NOOP " + b"x" * 508,  # one over
+    b"NOOP " + b"x" * 1100,  # over the stream's line limit
+    b"MAIL FROM:<a@client.test>",  # before HELO
+    b"helo client.test",
+    b"ehlo client.test",
+    b"NOOP",
+    b"noop now",
+    b"RSET x",
+    b"VRFY",
+    b"VRFY a@client.test",
+    b"EXPN list",
+    b"HELP",
+    b"HELP MAIL",
+    b"STARTTLS",
+    b"AUTH PLAIN",
+    b"mail from:<a@client.test> SIZE=10",
+    b"MAIL FROM:<a@client.test>",  # nested
+    b"RCPT TO:<b@x.test>",
+    b"DATA now",
+    b"RSET",
+    b"QUIT now",
+    b"FROB",
+    b"FROB",
+    b"FROB",
+    b"FROB",
+    b"FROB",
+    b"NOOP",  # after the hang-up: nobody answers
+]
+
+
+async def _codes(port: int) -> list[bytes]:
+    """The reply code to each line of ``COMMAND_SCRIPT``, or b"" once the server closed."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    codes = []
+    try:
+        await _reply(reader)
+        for line in COMMAND_SCRIPT:
+            with contextlib.suppress(ConnectionError):
+                writer.write(line + b"\r\n")
+                await writer.drain()
+            codes.append((await _reply(reader))[:3])
+    finally:
+        writer.close()
+    return codes
+
+
+def test_command_replies_match_stock_aiosmtpd() -> None:
+    """Our command loop answers every command with stock aiosmtpd's code (the texts
+    differ: ours carry enhanced status codes), and hangs up where it does."""
+
+    async def run() -> tuple[list[bytes], list[bytes]]:
+        loop = asyncio.get_running_loop()
+        stock = await loop.create_server(
+            lambda: SMTP(Recorder(), hostname="stock.test", enable_SMTPUTF8=True, loop=loop),
+            "127.0.0.1",
+            0,
+        )
+        ours = await loop.create_server(
+            protocol_factory(_settings(), Recorder()),  # type: ignore[arg-type]
+            "127.0.0.1",
+            0,
+        )
+        try:
+            return (
+                await _codes(stock.sockets[0].getsockname()[1]),
+                await _codes(ours.sockets[0].getsockname()[1]),
+            )
+        finally:
+            stock.close()
+            ours.close()
+
+    stock, ours = asyncio.run(run())
+    assert ours == stock
+    assert stock[-6:] == [b"500"] * 4 + [b"502", b""]  # the script reaches the hang-up
 
 
 def test_refusals_carry_enhanced_codes() -> None:
