@@ -79,12 +79,12 @@ class BulkInsert:
             table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
             for name in self.columns
         ]
+        self._head = f"INSERT INTO {table.name} ({', '.join(self.columns)}) VALUES "
+        self._tail = " RETURNING id"
         # PostgreSQL takes numbered parameters through a raw cursor (see _cursor);
         # SQLite's sqlite3 takes qmarks.
         self._numbered = dialect.name == "postgresql"
-        self._head = f"INSERT INTO {table.name} ({', '.join(self.columns)}) VALUES "
-        self._tail = " RETURNING id"
-        if dialect.name == "postgresql":
+        if self._numbered:
             self._head = "WITH queued AS (" + self._head
             self._tail = (
                 " RETURNING id), wake AS MATERIALIZED"
@@ -113,8 +113,7 @@ class BulkInsert:
                 # One statement numbers its rows in the order of its VALUES (SQLite's
                 # rowid, PostgreSQL's sequence), so sorted ids line up with ``rows``.
                 ids = sorted(row[0] for row in cursor.fetchall())
-                cursor.close()
-                conn.commit()  # SQLite runs in autocommit: the statement was its own transaction
+                cursor.close()  # both connections autocommit: the statement was its transaction
         except BaseException:
             _discard(conn)
             raise
@@ -146,7 +145,7 @@ class BulkInsert:
         return psycopg.RawCursor(conn.dbapi_connection)
 
     def _connect(self) -> Any:
-        if self.engine.dialect.name == "sqlite":
+        if not self._numbered:
             return sqlite_connection(self.engine)  # no statement cache, see there
         # PostgreSQL in autocommit: the one statement is its own transaction, a
         # single round trip per batch instead of BEGIN, INSERT and COMMIT.
