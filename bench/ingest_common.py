@@ -25,10 +25,10 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from replygate.mail import reply_token
 from replygate.store import directory, tokens
 from replygate.store.db import make_engine, normalise_url, session_factory, transaction, upgrade
 from replygate.store.models import Thread, ThreadParticipant, utcnow
-from replygate.threading import reply_token
 
 SECRET = "bench-secret-" + "b" * 51
 REPLY_DOMAIN = "reply.test"

@@ -26,8 +26,8 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from replygate.threading import extract as ours
-from replygate.threading.signatures import talon_bruteforce
+from replygate.mail.extract import reply as ours
+from replygate.mail.extract.signatures import talon_bruteforce
 
 # A variant maps (input text or bytes, input kind) to (reply, unquoted).
 Variant = Callable[[bytes, str], tuple[str, str]]

@@ -61,7 +61,7 @@ class App:
         return self._factory
 
     def messaging(self):
-        from replygate.messaging import Messaging
+        from replygate.core.messaging import Messaging
 
         return Messaging(self.factory, self.settings)
 
@@ -221,7 +221,7 @@ def users_list(app: App, as_json: bool) -> None:
 @clean_errors
 def users_set_password(app: App, email: str) -> None:
     """Set a portal password (read from stdin when piped, else prompted)."""
-    from replygate.portal.accounts import set_password
+    from replygate.core.accounts import set_password
 
     if sys.stdin.isatty():
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
@@ -502,9 +502,10 @@ def tokens_group() -> None:
 @clean_errors
 def tokens_inspect(app: App, address: str, as_json: bool) -> None:
     """Say what a reply address names and whether it is accepted now."""
+    from replygate.core import routing
+    from replygate.mail import reply_token
     from replygate.store import tokens
     from replygate.store.models import utcnow
-    from replygate.threading import reply_token, routing
 
     s = app.settings
     token = reply_token.token_from_address(address, s.reply_domain)
@@ -535,9 +536,9 @@ def tokens_inspect(app: App, address: str, as_json: bool) -> None:
 @clean_errors
 def tokens_revoke(app: App, address: str) -> None:
     """Revoke one reply address."""
+    from replygate.mail import reply_token
     from replygate.store import tokens
     from replygate.store.models import utcnow
-    from replygate.threading import reply_token
 
     token = reply_token.token_from_address(address, app.settings.reply_domain)
     if token is None:
@@ -636,10 +637,10 @@ def _days_ago(days: float | None) -> Any:
 @clean_errors
 def queue_show(app: App, inbound_id: int, raw: bool, as_json: bool) -> None:
     """Show one inbound mail: envelope, headers, decisions, extracted reply (or --raw)."""
-    from replygate.explain import explain
+    from replygate.mail.decisions import explain
+    from replygate.mail.extract.reply import extract_from_parts
+    from replygate.mail.parse import parse_message
     from replygate.store import inbound
-    from replygate.threading.extract import extract_from_parts
-    from replygate.threading.parse import parse_message
 
     with app.factory() as session:
         row = inbound.get(session, inbound_id)
@@ -694,7 +695,7 @@ SHOWN_HEADERS = (
 def queue_replay(app: App, ids: tuple[int, ...], failed: bool) -> None:
     """Run mail through the engine again (filing stays exactly-once)."""
     from replygate.store import inbound
-    from replygate.threading.engine import Engine
+    from replygate.workers.inbound import InboundWorker
 
     if not ids and not failed:
         raise click.UsageError("give queue ids or --failed")
@@ -702,7 +703,7 @@ def queue_replay(app: App, ids: tuple[int, ...], failed: bool) -> None:
         chosen = list(ids) + (inbound.failed_ids(session) if failed else [])
         previous = {i: inbound.get(session, i).status for i in chosen}
         requeued = inbound.requeue(session, chosen)
-    engine = Engine(app.factory, app.settings)
+    engine = InboundWorker(app.factory, app.settings)
     lines: list[str] = []
     with click.progressbar(
         requeued, label="replaying", file=sys.stderr if len(requeued) > 5 else io.StringIO()
@@ -729,7 +730,7 @@ def queue_replay(app: App, ids: tuple[int, ...], failed: bool) -> None:
 def queue_release(app: App, inbound_id: int) -> None:
     """File a held mail (an operator vouches for its sender)."""
     from replygate.store import inbound
-    from replygate.threading.engine import Engine
+    from replygate.workers.inbound import InboundWorker
 
     with transaction(app.factory) as session:
         row = inbound.lock(session, inbound_id)
@@ -737,7 +738,7 @@ def queue_release(app: App, inbound_id: int) -> None:
             raise ReplygateError(f"mail {inbound_id} is {row.status}, not held")
         row.status, row.claimed_at = "processing", None
         inbound.note(row, {"stage": "operator", "action": "release"})
-    outcome = Engine(app.factory, app.settings).process(inbound_id, released=True)
+    outcome = InboundWorker(app.factory, app.settings).process(inbound_id, released=True)
     click.echo(
         f"{inbound_id}: {outcome.status}" + (f" ({outcome.reason})" if outcome.reason else "")
     )
@@ -766,7 +767,7 @@ def queue_reject(app: App, inbound_id: int, reason: str) -> None:
 @clean_errors
 def queue_explain(app: App, inbound_id: int) -> None:
     """Say in plain words what was decided about a mail, and why."""
-    from replygate.explain import explain
+    from replygate.mail.decisions import explain
     from replygate.store import inbound
 
     with app.factory() as session:
@@ -903,7 +904,7 @@ def serve(app: App, smtp: str | None, portal: str | None, role: str) -> None:
     """Run the gateway, the engine and outbound workers and the portal until Ctrl-C."""
     smtp_addr = _host_port(smtp, app.settings.smtp_host, app.settings.smtp_port)
     portal_addr = _host_port(portal, app.settings.portal_host, app.settings.portal_port)
-    from replygate.service import run_service
+    from replygate.runtime import run_service
 
     _run_async(
         run_service(
@@ -922,7 +923,8 @@ def serve(app: App, smtp: str | None, portal: str | None, role: str) -> None:
 @clean_errors
 def worker(app: App, once: bool) -> None:
     """Run the threading engine and outbound delivery workers."""
-    from replygate.service import drain_once, run_service
+    from replygate.runtime import run_service
+    from replygate.workers.drain import drain_once
 
     if once:
         filed, delivered = drain_once(app.settings, app.factory)

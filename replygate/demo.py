@@ -15,12 +15,12 @@ import sys
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
-from replygate.messaging import Messaging
-from replygate.portal.accounts import set_password
-from replygate.service import drain_once
+from replygate.core.accounts import set_password
+from replygate.core.messaging import Messaging
 from replygate.store import directory, outbox
 from replygate.store.db import transaction, upgrade
 from replygate.store.models import OutboxMessage
+from replygate.workers.drain import drain_once
 
 PEOPLE = (
     ("admin@demo.test", "Avery Admin", "admin", "demo-admin"),

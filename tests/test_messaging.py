@@ -11,9 +11,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
+from replygate.core.messaging import Messaging
 from replygate.errors import Invalid, NotFound
-from replygate.markers import REPLY_ABOVE_LINE
-from replygate.messaging import Messaging
+from replygate.mail.markers import REPLY_ABOVE_LINE
 from replygate.store import directory
 from replygate.store.db import transaction
 from replygate.store.models import OutboxMessage, ReplyToken, Thread

@@ -18,22 +18,21 @@ from typing import TypeVar
 
 import aiosmtplib
 import pytest
-from sqlalchemy import Engine as SqlEngine
-from sqlalchemy import select, text
+from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.testing import capture_logs
 
 from replygate.config import Settings
-from replygate.gateway import intake
-from replygate.gateway.intake import Recipient
-from replygate.messaging import Messaging
-from replygate.service import GC_YOUNG_THRESHOLD, run_service
+from replygate.core import intake
+from replygate.core.intake import Recipient
+from replygate.core.messaging import Messaging
+from replygate.runtime import GC_YOUNG_THRESHOLD, run_service
 from replygate.store import directory, inbound
 from replygate.store.db import transaction
 from replygate.store.inbound_writer import InboundWriter
 from replygate.store.models import InboundMail, OutboxMessage, ReplyToken, utcnow
-from replygate.threading import engine as engine_module
-from replygate.threading.engine import Engine
+from replygate.workers import inbound as engine_module
+from replygate.workers.inbound import InboundWorker
 from tests.helpers import free_port, read_maildir, wait_for
 
 SLOW_POLL = 30.0
@@ -113,7 +112,7 @@ def postgresql_only(settings: Settings) -> None:
         pytest.skip("LISTEN/NOTIFY is PostgreSQL's; SQLite engines in other processes poll")
 
 
-def listener_pid(engine: SqlEngine) -> int | None:
+def listener_pid(engine: Engine) -> int | None:
     """The backend of the engine's listening connection, once it listens."""
     with engine.connect() as conn:
         return conn.execute(
@@ -194,7 +193,7 @@ def test_the_writer_sets_its_wake_event_after_each_committed_batch(
 
 
 def test_an_engine_is_woken_by_mail_another_connection_queued(
-    sessions: sessionmaker[Session], engine: SqlEngine, slow: Settings, address: str
+    sessions: sessionmaker[Session], engine: Engine, slow: Settings, address: str
 ) -> None:
     """PostgreSQL: the gateway writer's insert and the pipe ingress's enqueue
     notify; an engine that polls every 30 s files each within seconds."""
@@ -203,7 +202,7 @@ def test_an_engine_is_woken_by_mail_another_connection_queued(
 
     async def scenario() -> None:
         stop = asyncio.Event()
-        task = asyncio.create_task(Engine(sessions, slow).run(stop))
+        task = asyncio.create_task(InboundWorker(sessions, slow).run(stop))
         await in_thread(lambda: listener_pid(engine), "the engine listening")
         # Through the gateway's writer (its own connection, another thread).
         started = time.monotonic()
@@ -232,7 +231,7 @@ def test_an_engine_is_woken_by_mail_another_connection_queued(
 
 
 def test_the_listener_survives_its_connection_being_terminated(
-    sessions: sessionmaker[Session], engine: SqlEngine, slow: Settings, address: str
+    sessions: sessionmaker[Session], engine: Engine, slow: Settings, address: str
 ) -> None:
     """PostgreSQL: the backend of the listening connection is killed; the loss
     is logged once, the engine keeps running, listens again, and mail queued
@@ -241,7 +240,7 @@ def test_the_listener_survives_its_connection_being_terminated(
 
     async def scenario() -> None:
         stop = asyncio.Event()
-        task = asyncio.create_task(Engine(sessions, slow).run(stop))
+        task = asyncio.create_task(InboundWorker(sessions, slow).run(stop))
         pid = await in_thread(lambda: listener_pid(engine), "the engine listening")
         with engine.connect() as conn:
             conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
@@ -282,7 +281,7 @@ def test_without_a_listener_the_engine_falls_back_to_polling(
 
     async def scenario() -> None:
         stop = asyncio.Event()
-        task = asyncio.create_task(Engine(sessions, polling).run(stop))
+        task = asyncio.create_task(InboundWorker(sessions, polling).run(stop))
         for n in (1, 2):
             with transaction(sessions) as s:
                 queue_id = enqueue(s, address, n).id

@@ -36,9 +36,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
+from replygate.core import intake
+from replygate.core.intake import Recipient, StoreUnavailable
 from replygate.errors import InboundRefused
-from replygate.gateway import intake, replies
-from replygate.gateway.intake import Recipient, StoreUnavailable
+from replygate.gateway import replies
 from replygate.gateway.replies import Condition
 from replygate.gateway.throttle import Throttle, parse_networks
 from replygate.logs import get_logger

@@ -17,8 +17,9 @@ from typing import Any, NamedTuple
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
+from replygate.core import intake
 from replygate.errors import InboundRefused
-from replygate.gateway import intake, replies
+from replygate.gateway import replies
 from replygate.gateway.replies import Condition
 from replygate.logs import get_logger
 from replygate.store.models import utcnow

@@ -5,7 +5,7 @@ it with uvicorn inside the caller's event loop (see ``server``);
 ``accounts.set_password`` backs ``replygate users set-password``.
 """
 
-from replygate.portal.accounts import set_password
+from replygate.core.accounts import set_password
 from replygate.portal.app import create_app
 from replygate.portal.server import run_portal
 

@@ -30,9 +30,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from replygate.config import Settings
+from replygate.core import accounts
+from replygate.core.messaging import Messaging
 from replygate.errors import Invalid, NotFound
-from replygate.messaging import Messaging
-from replygate.portal import accounts, queries
+from replygate.portal import queries
 from replygate.portal.queries import Viewer
 from replygate.portal.security import (
     CSRF_FIELD,

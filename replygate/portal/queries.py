@@ -13,8 +13,8 @@ from datetime import datetime
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session, selectinload
 
+from replygate.core.messaging import CIRCLE_PREFIX, Messaging
 from replygate.errors import Invalid, NotFound
-from replygate.messaging import CIRCLE_PREFIX, Messaging
 from replygate.store import directory
 from replygate.store.models import (
     CannedResponse,

@@ -35,7 +35,7 @@ import pytest
 from replygate.config import Settings
 from replygate.gateway import replies
 from replygate.gateway.replies import Condition
-from replygate.threading import reply_token
+from replygate.mail import reply_token
 from tests.deploy.postfix import POSTFIX, SENDMAIL, PostfixInstance, instance_root, remove_root
 from tests.deploy.stack import CLIENT, REPLY_DOMAIN, STAFF, Stack
 from tests.helpers import free_port, wait_for

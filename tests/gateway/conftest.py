@@ -20,10 +20,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
 from replygate.gateway.server import GatewayThread
+from replygate.mail import reply_token
 from replygate.store import directory, tokens
 from replygate.store.db import transaction
 from replygate.store.models import InboundMail, Thread, ThreadParticipant, utcnow
-from replygate.threading import reply_token
 
 
 @dataclass(frozen=True)

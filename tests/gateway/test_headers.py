@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from replygate.gateway import intake
+from replygate.core import intake
 
 
 def _by_email_package(raw: bytes) -> intake.Headers:

@@ -12,9 +12,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
 from replygate.gateway.ingest import ingest
+from replygate.mail import reply_token
 from replygate.store import inbound
 from replygate.store.db import make_engine, session_factory
-from replygate.threading import reply_token
 from tests.gateway.conftest import (
     World,
     add_reply_address,

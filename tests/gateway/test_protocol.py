@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
 from replygate.gateway.server import GatewayThread
-from replygate.threading import reply_token
+from replygate.mail import reply_token
 from tests.gateway.conftest import DEADLINE_SECONDS, World, dialogue, queued, reply_message
 
 Start = Callable[..., GatewayThread]

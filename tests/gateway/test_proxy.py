@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
 from replygate.gateway.server import GatewayThread
-from replygate.threading import reply_token
+from replygate.mail import reply_token
 from tests.gateway.conftest import Dialogue, World, queued, reply_message
 
 Start = Callable[..., GatewayThread]

@@ -14,10 +14,10 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
-from replygate.gateway import intake
+from replygate.core import intake
 from replygate.gateway.server import GatewayThread, start_gateway
+from replygate.mail import reply_token
 from replygate.store import inbound_writer
-from replygate.threading import reply_token
 from tests.gateway.conftest import (
     World,
     add_reply_address,

@@ -14,7 +14,7 @@ from replygate.config import Settings
 from replygate.errors import ConfigError
 from replygate.gateway.server import GatewayThread
 from replygate.gateway.throttle import Throttle, parse_networks
-from replygate.threading import reply_token
+from replygate.mail import reply_token
 from tests.gateway.conftest import World, add_reply_address, queued, reply_message
 
 Start = Callable[..., GatewayThread]

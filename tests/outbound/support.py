@@ -13,7 +13,7 @@ from aiosmtpd.smtp import SMTP, Envelope
 from aiosmtpd.smtp import Session as SMTPSession
 from sqlalchemy.orm import Session, sessionmaker
 
-from replygate.outbound.compose import Notification, compose
+from replygate.mail.compose import Notification, compose
 from replygate.store import outbox
 from replygate.store.db import transaction
 

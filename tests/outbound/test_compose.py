@@ -11,9 +11,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from replygate.markers import LOOP_HEADER, REPLY_ABOVE_LINE
-from replygate.outbound import compose as compose_module
-from replygate.outbound.compose import (
+from replygate.mail import compose as compose_module
+from replygate.mail.compose import (
     SECURE_SUBJECT,
     ComposedMail,
     Notification,
@@ -21,6 +20,7 @@ from replygate.outbound.compose import (
     message_id_for,
     verp_sender,
 )
+from replygate.mail.markers import LOOP_HEADER, REPLY_ABOVE_LINE
 from tests.outbound.support import notification
 
 NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)

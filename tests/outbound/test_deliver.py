@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from replygate.config import Settings
-from replygate.outbound.compose import compose
-from replygate.outbound.deliver import (
+from replygate.mail.compose import compose
+from replygate.store.outbox import Claimed
+from replygate.workers.transports import (
     MaildirTransport,
     MemoryTransport,
     PermanentDeliveryError,
@@ -20,7 +21,6 @@ from replygate.outbound.deliver import (
     TransientDeliveryError,
     transport_from_settings,
 )
-from replygate.store.outbox import Claimed
 from tests.outbound.support import Smarthost, free_port, notification
 
 

@@ -13,7 +13,12 @@ from sqlalchemy import Engine, event, update
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.testing import capture_logs
 
-from replygate.outbound.deliver import (
+from replygate.store import outbox
+from replygate.store.db import transaction
+from replygate.store.models import OutboxMessage
+from replygate.store.outbox import Claimed
+from replygate.workers.outbound import OutboundWorker, backoff_delay
+from replygate.workers.transports import (
     MaildirTransport,
     MemoryTransport,
     PermanentDeliveryError,
@@ -21,11 +26,6 @@ from replygate.outbound.deliver import (
     TransientDeliveryError,
     Transport,
 )
-from replygate.outbound.worker import OutboundWorker, backoff_delay
-from replygate.store import outbox
-from replygate.store.db import transaction
-from replygate.store.models import OutboxMessage
-from replygate.store.outbox import Claimed
 from tests.outbound.support import BODY_WORDS, Smarthost, free_port, queue_mail, wait_until
 
 T0 = datetime(2024, 1, 1, 12, 0, tzinfo=UTC)

@@ -16,9 +16,9 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
-from replygate.messaging import Messaging
+from replygate.core.accounts import hash_password
+from replygate.core.messaging import Messaging
 from replygate.portal import create_app
-from replygate.portal.accounts import hash_password
 from replygate.portal.server import PortalServer, portal_config
 from replygate.store import directory
 from replygate.store.db import transaction

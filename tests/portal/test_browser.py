@@ -17,7 +17,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_play
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from replygate.messaging import Messaging
+from replygate.core.messaging import Messaging
 from replygate.store.db import transaction
 from replygate.store.models import Thread
 

@@ -15,9 +15,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
+from replygate.core import accounts
+from replygate.core.messaging import Messaging
 from replygate.errors import Invalid, NotFound
-from replygate.messaging import Messaging
-from replygate.portal import accounts, run_portal, set_password
+from replygate.portal import run_portal, set_password
 from replygate.store import directory
 from replygate.store.db import transaction
 from replygate.store.models import LoginAttempt, Thread, ThreadParticipant

@@ -19,10 +19,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
+from replygate.mail import reply_token
 from replygate.store import directory, tokens
 from replygate.store.db import transaction
 from replygate.store.models import InboundMail, Thread, ThreadParticipant, utcnow
-from replygate.threading import reply_token
 from tests.helpers import port_open, wait_for
 
 CLIENT = "cleo@client.test"

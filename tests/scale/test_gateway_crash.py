@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
 from replygate.store.models import InboundMail, Message
-from replygate.threading.engine import Engine
+from replygate.workers.inbound import InboundWorker
 from tests.helpers import free_port
 from tests.scale.conftest import Processes, new_message_id, reply, seed_threads, send_one
 
@@ -89,7 +89,7 @@ def test_messages_answered_250_survive_a_sigkill_and_are_filed_once(
     asyncio.run(retry())
     assert len(acked) == len(todo)
 
-    Engine(sessions, settings).drain()
+    InboundWorker(sessions, settings).drain()
     with sessions() as session:
         statuses = Counter(session.scalars(select(InboundMail.status)))
         filed = Counter(

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from replygate.outbound.compose import compose
+from replygate.mail.compose import compose
 from replygate.store import outbox
 from replygate.store.db import transaction
 from replygate.store.models import OutboxMessage

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from replygate.threading.classify import (
+from replygate.mail.classify import (
     BounceReport,
     Verdict,
     classify,
     parse_delivery_status,
     verp_notification_id,
 )
-from replygate.threading.parse import ParsedMail, parse_message
+from replygate.mail.parse import ParsedMail, parse_message
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "classify"
 DOMAIN = "reply.example.com"

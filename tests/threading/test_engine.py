@@ -20,11 +20,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.cli import main
 from replygate.config import Settings
-from replygate.messaging import Messaging
+from replygate.core.messaging import Messaging
 from replygate.store import directory, inbound
 from replygate.store.db import transaction
 from replygate.store.models import InboundMail, Message, OutboxMessage, ReplyToken, utcnow
-from replygate.threading.engine import Engine
+from replygate.workers.inbound import InboundWorker
 from tests.helpers import wait_for
 
 
@@ -78,7 +78,7 @@ def test_a_reply_is_filed_and_the_sender_notified(
 ) -> None:
     thread_id, address = reply_address
     queue_id = enqueue(sessions, address, reply_mail(address))
-    assert Engine(sessions, settings).drain() == 1
+    assert InboundWorker(sessions, settings).drain() == 1
     with sessions() as s:
         row = s.get(InboundMail, queue_id)
         assert (row.status, row.thread_id) == ("filed", thread_id)
@@ -98,7 +98,7 @@ def test_the_same_mail_delivered_twice_is_filed_once(
     _, address = reply_address
     enqueue(sessions, address, reply_mail(address))
     enqueue(sessions, address, reply_mail(address))
-    Engine(sessions, settings).drain()
+    InboundWorker(sessions, settings).drain()
     assert count(sessions, Message) == 2  # the original and one reply
     assert count(sessions, OutboxMessage) == 2  # Cleo's notification and Dana's, once
     with sessions() as s:
@@ -125,7 +125,7 @@ def test_automatic_mail_is_recorded_ignored_never_filed(
 ) -> None:
     _, address = reply_address
     queue_id = enqueue(sessions, address, reply_mail(address, headers=headers), mail_from=mail_from)
-    Engine(sessions, settings).drain()
+    InboundWorker(sessions, settings).drain()
     with sessions() as s:
         row = s.get(InboundMail, queue_id)
         assert row.status == "ignored"
@@ -139,7 +139,7 @@ def test_a_forged_from_is_rejected_by_the_engine_too(
 ) -> None:
     _, address = reply_address
     queue_id = enqueue(sessions, address, reply_mail(address, sender="mallory@evil.test"))
-    Engine(sessions, settings).drain()
+    InboundWorker(sessions, settings).drain()
     with sessions() as s:
         assert s.get(InboundMail, queue_id).status == "rejected"
     assert count(sessions, Message) == 1
@@ -192,12 +192,12 @@ def test_an_unexpected_error_marks_the_mail_failed_and_replay_files_it(
 ) -> None:
     _, address = reply_address
     queue_id = enqueue(sessions, address, reply_mail(address))
-    engine = Engine(sessions, dataclasses.replace(settings, worker_max_attempts=2))
+    engine = InboundWorker(sessions, dataclasses.replace(settings, worker_max_attempts=2))
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("extractor exploded")
 
-    monkeypatch.setattr("replygate.threading.engine.extract_from_parts", broken)
+    monkeypatch.setattr("replygate.workers.inbound.extract_from_parts", broken)
     engine.drain()
     with sessions() as s:
         row = s.get(InboundMail, queue_id)
@@ -228,7 +228,7 @@ def test_dmarc_fail_from_a_trusted_relay_is_rejected_and_untrusted_ones_are_igno
         address,
         reply_mail(address, message_id="<r2@x>", headers={"Authentication-Results": forged}),
     )
-    Engine(sessions, trusted).drain()
+    InboundWorker(sessions, trusted).drain()
     with sessions() as s:
         assert s.get(InboundMail, a).status == "rejected"
         assert "DMARC" in s.get(InboundMail, a).reason
@@ -242,7 +242,7 @@ def test_hold_policy_holds_a_mismatched_sender_until_an_operator_decides(
     with transaction(sessions) as s:
         directory.organisation(s).sender_policy = "hold"
     queue_id = enqueue(sessions, address, reply_mail(address, sender="cleo.work@corp.test"))
-    Engine(sessions, settings).drain()
+    InboundWorker(sessions, settings).drain()
     with sessions() as s:
         assert s.get(InboundMail, queue_id).status == "held"
     assert count(sessions, Message) == 1
@@ -279,7 +279,7 @@ def test_a_bounce_for_a_notification_marks_the_address_and_suppresses_after_repe
     tight = dataclasses.replace(settings, bounce_suppress_after=2)
     for _ in range(2):
         enqueue(sessions, verp, dsn, mail_from="")
-        Engine(sessions, tight).drain()
+        InboundWorker(sessions, tight).drain()
         with sessions() as s:
             cleo = directory.user(s, "cleo@example.com")
             state = (cleo.address_status, cleo.bounce_count)
@@ -303,7 +303,7 @@ def test_the_running_engine_signals_when_it_has_written_notifications(
 
     async def scenario() -> None:
         stop, notified = asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(Engine(sessions, slow).run(stop, notified=notified))
+        task = asyncio.create_task(InboundWorker(sessions, slow).run(stop, notified=notified))
         enqueue(sessions, address, reply_mail(address, headers={"Auto-Submitted": "auto-replied"}))
         await asyncio.to_thread(wait_for, lambda: queue_idle(sessions), what="mail ignored")
         stop.set()
@@ -312,7 +312,7 @@ def test_the_running_engine_signals_when_it_has_written_notifications(
 
         stop = asyncio.Event()
         enqueue(sessions, address, reply_mail(address, message_id="<r2@mail.example.com>"))
-        task = asyncio.create_task(Engine(sessions, slow).run(stop, notified=notified))
+        task = asyncio.create_task(InboundWorker(sessions, slow).run(stop, notified=notified))
         await asyncio.wait_for(notified.wait(), timeout=5)
         assert count(sessions, OutboxMessage) == 2  # Cleo's first, and now Dana's
         stop.set()
@@ -332,7 +332,7 @@ def test_an_idle_poll_on_sqlite_does_not_queue_for_the_write_lock(
 ) -> None:
     """While another connection holds SQLite's write lock, a poll of an empty
     queue returns at once instead of waiting for the lock to claim nothing."""
-    engine = Engine(sessions, settings)
+    engine = InboundWorker(sessions, settings)
     if engine.peek is None:
         pytest.skip("PostgreSQL claims skip locked rows; there is no database-wide lock")
     _, address = reply_address

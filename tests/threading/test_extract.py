@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from replygate.markers import REPLY_ABOVE_LINE
-from replygate.threading.extract import ReplyParts, extract_from_message, extract_reply
+from replygate.mail.extract.reply import ReplyParts, extract_from_message, extract_reply
+from replygate.mail.markers import REPLY_ABOVE_LINE
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "replies"
 

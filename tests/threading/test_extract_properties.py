@@ -7,8 +7,8 @@ import re
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from replygate.threading.extract import extract_from_parts, extract_reply
-from replygate.threading.quote_headers import split_shared_line
+from replygate.mail.extract.quote_headers import split_shared_line
+from replygate.mail.extract.reply import extract_from_parts, extract_reply
 
 # Generous budgets: a slow test machine must not turn a property run into a degraded cut.
 BUDGET_S = 5.0

@@ -12,12 +12,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
-from replygate.messaging import Messaging
+from replygate.core.messaging import Messaging
+from replygate.mail.parse import parse_message
 from replygate.store import directory, inbound
 from replygate.store.db import transaction
 from replygate.store.models import InboundMail, Message, OutboxMessage, ReplyToken
-from replygate.threading.engine import Engine
-from replygate.threading.parse import parse_message
+from replygate.workers.inbound import InboundWorker
 from tests.conftest import FIXTURES
 
 # fixture: (status, words in the reason, filed text or None, attachment names)
@@ -160,7 +160,7 @@ def test_inbound_case(name: str, sessions: sessionmaker[Session], settings: Sett
             raw=raw,
             message_id=None,
         ).id
-    Engine(sessions, settings).drain()
+    InboundWorker(sessions, settings).drain()
 
     with sessions() as s:
         row = s.get(InboundMail, queue_id)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replygate.threading.parse import ParsedMail, decode_text, parse_message
+from replygate.mail.parse import ParsedMail, decode_text, parse_message
 
 MIME = Path(__file__).resolve().parents[2] / "fixtures" / "mime"
 

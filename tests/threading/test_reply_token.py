@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from replygate.threading import reply_token as rt
+from replygate.mail import reply_token as rt
 
 SECRET = "s" * 64
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from replygate.threading.sender import (
+from replygate.mail.sender import (
     dmarc_failed,
     parse_authentication_result,
     parse_authentication_results,

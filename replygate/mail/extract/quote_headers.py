@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import regex as re
 
-from replygate.markers import MESSAGE_ID_PREFIX
+from replygate.mail.markers import MESSAGE_ID_PREFIX
 
 # Real quote headers are short; anything longer is prose (and expensive to scan).
 MAX_HEADER_LINE = 400

@@ -33,16 +33,12 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.logs import get_logger
-from replygate.outbound.deliver import (
-    PermanentDeliveryError,
-    TransientDeliveryError,
-    Transport,
-)
 from replygate.store import outbox
 from replygate.store.db import sqlite_read_factory
 from replygate.store.models import utcnow
 from replygate.store.outbox import Claimed
-from replygate.waiting import first_of
+from replygate.workers.transports import PermanentDeliveryError, TransientDeliveryError, Transport
+from replygate.workers.waiting import first_of
 
 log = get_logger("replygate.outbound")
 

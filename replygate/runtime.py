@@ -16,11 +16,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from replygate import sdnotify
 from replygate.config import Settings
 from replygate.logs import get_logger
-from replygate.outbound.deliver import transport_from_settings
-from replygate.outbound.worker import OutboundWorker
-from replygate.threading.engine import Engine
+from replygate.workers.drain import outbound_worker
+from replygate.workers.inbound import InboundWorker
 
-log = get_logger("replygate.service")
+log = get_logger("replygate.runtime")
 
 
 # The youngest generation is collected after this many net allocations;
@@ -44,15 +43,6 @@ ROLES = {
     "worker": ("engine", "outbound"),
     "portal": ("portal",),
 }
-
-
-def outbound_worker(settings: Settings, factory: sessionmaker[Session]) -> OutboundWorker:
-    return OutboundWorker(
-        factory,
-        transport_from_settings(settings),
-        max_attempts=settings.delivery_max_attempts,
-        backoff_seconds=settings.delivery_backoff_seconds,
-    )
 
 
 async def run_service(
@@ -91,7 +81,7 @@ async def run_service(
             queued = asyncio.Event()
             if gateway is not None:
                 gateway.handler.wake_on_commit(queued)
-            engine = Engine(factory, settings)
+            engine = InboundWorker(factory, settings)
             tasks.append(asyncio.create_task(engine.run(stop, notified=notified, wake=queued)))
         if "outbound" in parts:
             worker = outbound_worker(settings, factory)
@@ -133,17 +123,3 @@ async def _until_started(task: asyncio.Task[None], started: asyncio.Event) -> No
         waiter.cancel()
         task.result()  # raises what stopped it
         raise RuntimeError("the portal stopped before it listened")
-
-
-def drain_once(settings: Settings, factory: sessionmaker[Session]) -> tuple[int, int]:
-    """Process the inbound queue, then deliver the outbox, once each."""
-    processed = Engine(factory, settings).drain()
-    worker = outbound_worker(settings, factory)
-
-    async def deliver() -> int:
-        total = 0
-        while n := await worker.run_once():
-            total += n
-        return total
-
-    return processed, asyncio.run(deliver())

@@ -33,7 +33,7 @@ from email.parser import BytesHeaderParser
 from email.utils import format_datetime, getaddresses
 from typing import Literal
 
-from replygate.markers import LOOP_HEADER, MESSAGE_ID_PREFIX, REPLY_ABOVE_LINE
+from replygate.mail.markers import LOOP_HEADER, MESSAGE_ID_PREFIX, REPLY_ABOVE_LINE
 
 SECURE_SUBJECT = "You have a new secure message"
 

@@ -12,7 +12,7 @@ import fnmatch
 from collections.abc import Iterable
 
 from replygate.errors import AttachmentTooLarge, AttachmentTypeRefused
-from replygate.threading.parse import Attachment
+from replygate.mail.parse import Attachment
 
 
 def parse_allow_list(text: str) -> tuple[str, ...]:

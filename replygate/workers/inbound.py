@@ -26,17 +26,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
+from replygate.core import bounces, routing
+from replygate.core.messaging import FileUpload, Messaging
 from replygate.errors import InboundRefused
 from replygate.logs import get_logger
-from replygate.messaging import FileUpload, Messaging
+from replygate.mail import attachments, classify, reply_token
+from replygate.mail.extract.reply import ReplyParts, extract_from_parts
+from replygate.mail.parse import Attachment, ParsedMail, parse_message
+from replygate.mail.sender import dmarc_failed, same_sender
 from replygate.store import directory, inbound, tokens
 from replygate.store.db import bound_engine, sqlite_read_factory, transaction
 from replygate.store.models import InboundMail, utcnow
-from replygate.threading import attachments, bounces, classify, reply_token, routing
-from replygate.threading.extract import ReplyParts, extract_from_parts
-from replygate.threading.parse import Attachment, ParsedMail, parse_message
-from replygate.threading.sender import dmarc_failed, same_sender
-from replygate.waiting import first_of
+from replygate.workers.waiting import first_of
 
 log = get_logger("replygate.engine")
 
@@ -71,7 +72,7 @@ class Outcome:
     message_id: int | None = None
 
 
-class Engine:
+class InboundWorker:
     """Processes the inbound queue. Safe to run many of, on many hosts."""
 
     def __init__(self, factory: sessionmaker[Session], settings: Settings) -> None:

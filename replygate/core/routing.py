@@ -20,8 +20,8 @@ from replygate.errors import (
     TokenRevoked,
     UnknownToken,
 )
+from replygate.mail import reply_token
 from replygate.store import directory, tokens
-from replygate.threading import reply_token
 
 
 @dataclass(frozen=True)

@@ -37,14 +37,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
+from replygate.core import routing
+from replygate.core.routing import Route
 from replygate.errors import DmarcFailed, MessageTooLarge, SenderMismatch
+from replygate.mail import attachments
+from replygate.mail.classify import verp_notification_id
+from replygate.mail.parse import parse_message
+from replygate.mail.sender import dmarc_failed, same_sender
 from replygate.store import directory, inbound
 from replygate.store.db import transaction
-from replygate.threading import attachments, routing
-from replygate.threading.classify import verp_notification_id
-from replygate.threading.parse import parse_message
-from replygate.threading.routing import Route
-from replygate.threading.sender import dmarc_failed, same_sender
 
 MAX_MESSAGE_ID = 998
 

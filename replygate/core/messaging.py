@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session, make_transient_to_detached, selectinload, se
 
 from replygate.config import Settings
 from replygate.errors import Invalid, NotFound
-from replygate.outbound.compose import Notification, compose
+from replygate.mail import reply_token
+from replygate.mail.compose import Notification, compose
 from replygate.store import directory, outbox, tokens
 from replygate.store.db import transaction
 from replygate.store.models import (
@@ -31,7 +32,6 @@ from replygate.store.models import (
     User,
     utcnow,
 )
-from replygate.threading import reply_token
 
 CIRCLE_PREFIX = "circle:"
 TOKEN_MIN_REMAINING = timedelta(days=7)

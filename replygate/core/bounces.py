@@ -12,8 +12,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from replygate.config import Settings
+from replygate.mail.classify import BounceReport, verp_notification_id
 from replygate.store.models import OutboxMessage, User
-from replygate.threading.classify import BounceReport, verp_notification_id
 
 
 def record_bounce(

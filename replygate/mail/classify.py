@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from email.utils import parseaddr
 from typing import TYPE_CHECKING
 
-from replygate.markers import LOOP_HEADER, MESSAGE_ID_PREFIX
+from replygate.mail.markers import LOOP_HEADER, MESSAGE_ID_PREFIX
 
 if TYPE_CHECKING:  # the record's type only; this module imports nothing of ours at run time
-    from replygate.threading.parse import ParsedMail
+    from replygate.mail.parse import ParsedMail
 
 KINDS = ("reply", "auto_reply", "bounce", "loop")
 

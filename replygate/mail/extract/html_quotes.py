@@ -14,7 +14,7 @@ from copy import deepcopy
 from lxml import etree
 from lxml import html as lxml_html
 
-from replygate.threading import quote_headers as qh
+from replygate.mail.extract import quote_headers as qh
 
 # Elements rendered as line breaks around their text.
 _BLOCK = frozenset(

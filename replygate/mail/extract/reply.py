@@ -3,7 +3,7 @@
 Pure: strings and bytes in, a ``ReplyParts`` value out. Layers run cheapest and
 surest first:
 
-1. our notification's "reply above this line" marker (``replygate.markers``), and a
+1. our notification's "reply above this line" marker (``replygate.mail.markers``), and a
    quoted or forwarded header block naming one of our Message-IDs;
 2. quote headers: "On … wrote:" in many languages (wrapped over up to three
    lines), Outlook "From:/Sent:" blocks, "-----Original Message-----";
@@ -27,10 +27,10 @@ import time
 from dataclasses import dataclass
 from email.message import EmailMessage
 
-from replygate.markers import REPLY_ABOVE_LINE
-from replygate.threading import quote_headers as qh
-from replygate.threading.html_quotes import html_to_text, split_html
-from replygate.threading.signatures import RE_DELIMITER, find_signature, is_dash_sign_off
+from replygate.mail.extract import quote_headers as qh
+from replygate.mail.extract.html_quotes import html_to_text, split_html
+from replygate.mail.extract.signatures import RE_DELIMITER, find_signature, is_dash_sign_off
+from replygate.mail.markers import REPLY_ABOVE_LINE
 
 __all__ = [
     "ReplyParts",

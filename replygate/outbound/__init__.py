@@ -1,1 +1,0 @@
-"""Outbound notifications: composing them (pure) and delivering the outbox."""

@@ -1,0 +1,35 @@
+"""Both workers built from settings, and one pass of each (``worker --once``, the demo)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from replygate.config import Settings
+from replygate.workers.inbound import InboundWorker
+from replygate.workers.outbound import OutboundWorker
+from replygate.workers.transports import transport_from_settings
+
+
+def outbound_worker(settings: Settings, factory: sessionmaker[Session]) -> OutboundWorker:
+    return OutboundWorker(
+        factory,
+        transport_from_settings(settings),
+        max_attempts=settings.delivery_max_attempts,
+        backoff_seconds=settings.delivery_backoff_seconds,
+    )
+
+
+def drain_once(settings: Settings, factory: sessionmaker[Session]) -> tuple[int, int]:
+    """Process the inbound queue, then deliver the outbox, once each."""
+    processed = InboundWorker(factory, settings).drain()
+    worker = outbound_worker(settings, factory)
+
+    async def deliver() -> int:
+        total = 0
+        while n := await worker.run_once():
+            total += n
+        return total
+
+    return processed, asyncio.run(deliver())
