@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PG_TEST_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-sqlite test-postgres lint install system-deps bench-reply clean
+.PHONY: run test test-unit test-integration test-system test-sqlite test-postgres lint install system-deps bench-reply clean
 
 $(STAMP): pyproject.toml requirements/talon.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,20 @@ system-deps:
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+
+## The pure tier alone: no database, no sockets, no system packages.
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+## The store, core, workers and edges, on SQLite and on PostgreSQL.
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest -q tests/integration
+	REPLYGATE_TEST_DATABASE_URL=$(PG_TEST_URL) $(BIN)/python -m pytest -q tests/integration
+
+## Postfix, the browser and multi-process tests, on SQLite and on PostgreSQL.
+test-system: $(STAMP) system-deps
+	$(BIN)/python -m pytest -q tests/system
+	REPLYGATE_TEST_DATABASE_URL=$(PG_TEST_URL) $(BIN)/python -m pytest -q tests/system
 
 test-sqlite: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q

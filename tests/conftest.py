@@ -95,3 +95,16 @@ def engine(settings: Settings) -> Iterator[Engine]:
 @pytest.fixture
 def sessions(engine: Engine) -> sessionmaker[Session]:
     return session_factory(engine)
+
+
+TIERS = ("unit", "integration", "system")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with its tier, the folder it lives in (``-m unit`` and so on)."""
+    root = Path(__file__).resolve().parent
+    for item in items:
+        tier = Path(item.path).resolve().relative_to(root).parts[0]
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{item.nodeid} is in no tier; put it under tests/{TIERS}")
+        item.add_marker(tier)

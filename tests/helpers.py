@@ -12,6 +12,8 @@ from email.policy import default
 from pathlib import Path
 from typing import TypeVar
 
+from replygate.mail.compose import Notification
+
 T = TypeVar("T")
 
 
@@ -53,3 +55,25 @@ def read_maildir(path: Path) -> list[EmailMessage]:
         return []
     box = mailbox.Maildir(path, create=False)
     return [message_from_bytes(box.get_bytes(key), policy=default) for key in box.iterkeys()]
+
+
+BODY_WORDS = "Zanzibar quokka thermometer"
+
+
+def notification(n: int = 1, **changes: object) -> Notification:
+    values: dict[str, object] = dict(
+        mode="content",
+        notification_id=f"n{n:04d}abc",
+        to_address=f"client{n}@example.com",
+        to_name=f"Client {n}",
+        from_address="notifications@reply.test",
+        organisation="Acme Clinic",
+        reply_domain="reply.test",
+        portal_link="http://portal.test/threads/1",
+        subject="Your appointment",
+        body=f"Hello,\n{BODY_WORDS}\nSee you soon.",
+        author_name="Dr Ada",
+        reply_address="reply+abcdefabcdef@reply.test",
+    )
+    values.update(changes)
+    return Notification(**values)  # type: ignore[arg-type]

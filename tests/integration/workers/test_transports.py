@@ -1,0 +1,152 @@
+"""Transports: Maildir writes, and SMTP replies mapped to transient or permanent."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import mailbox
+from email import message_from_bytes, policy
+from pathlib import Path
+
+import pytest
+
+from replygate.config import Settings
+from replygate.mail.compose import compose
+from replygate.store.outbox import Claimed
+from replygate.workers.transports import (
+    MaildirTransport,
+    MemoryTransport,
+    PermanentDeliveryError,
+    SmtpTransport,
+    TransientDeliveryError,
+    transport_from_settings,
+)
+from tests.integration.workers.support import Smarthost, free_port, notification
+
+
+def claimed(n: int = 1) -> Claimed:
+    mail = compose(notification(n))
+    return Claimed(
+        id=n,
+        kind="content",
+        recipient=mail.recipient,
+        envelope_from=mail.envelope_from,
+        header_message_id=mail.message_id,
+        raw=mail.raw,
+        attempts=1,
+    )
+
+
+def smtp(host: Smarthost) -> SmtpTransport:
+    return SmtpTransport(host.host, host.port, starttls=False, timeout=5)
+
+
+def test_maildir_delivery_creates_the_folder_and_adds_trace_headers(tmp_path: Path) -> None:
+    path = tmp_path / "var" / "outbox"
+    mail = claimed()
+    asyncio.run(MaildirTransport(path).send(mail))
+
+    box = mailbox.Maildir(path, create=False)
+    [key] = box.keys()
+    data = box.get_bytes(key)
+    assert b"\r" not in data
+    msg = message_from_bytes(data, policy=policy.default)
+    assert msg["Return-Path"] == "<bounces+n0001abc@reply.test>"
+    assert msg["Delivered-To"] == "client1@example.com"
+    assert msg["Message-ID"] == mail.header_message_id
+    assert data.endswith(mail.raw.replace(b"\r\n", b"\n"))
+
+
+def test_maildir_write_error_is_transient(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the Maildir should be")
+    with pytest.raises(TransientDeliveryError):
+        asyncio.run(MaildirTransport(blocker).send(claimed()))
+
+
+def test_smtp_delivery_uses_the_verp_sender(smarthost: Smarthost) -> None:
+    mail = claimed()
+    asyncio.run(smtp(smarthost).send(mail))
+    [got] = smarthost.handler.received
+    assert got.mail_from == "bounces+n0001abc@reply.test"
+    assert got.rcpt_tos == ["client1@example.com"]
+    assert got.content.replace(b"\r\n", b"\n").rstrip() == mail.raw.replace(b"\r\n", b"\n").rstrip()
+
+
+@pytest.mark.parametrize(
+    "stage, reply, error",
+    [
+        ("rcpt", "451 4.3.0 Mailbox busy, try later", TransientDeliveryError),
+        ("rcpt", "550 5.1.1 No such user", PermanentDeliveryError),
+        ("data", "452 4.3.1 Insufficient system storage", TransientDeliveryError),
+        ("data", "554 5.7.1 Message refused", PermanentDeliveryError),
+    ],
+)
+def test_smtp_replies_map_to_transient_or_permanent(
+    smarthost: Smarthost, stage: str, reply: str, error: type[Exception]
+) -> None:
+    setattr(smarthost.handler, f"{stage}_reply", reply)
+    with pytest.raises(error) as caught:
+        asyncio.run(smtp(smarthost).send(claimed()))
+    assert reply.split()[0] in str(caught.value)
+    assert smarthost.handler.received == []
+
+
+def test_smarthost_down_is_transient() -> None:
+    transport = SmtpTransport("127.0.0.1", free_port(), starttls=False, timeout=5)
+    with pytest.raises(TransientDeliveryError, match="unavailable"):
+        asyncio.run(transport.send(claimed()))
+
+
+def test_starttls_required_but_not_offered_is_transient(smarthost: Smarthost) -> None:
+    transport = SmtpTransport(smarthost.host, smarthost.port, starttls=True, timeout=5)
+    with pytest.raises(TransientDeliveryError):
+        asyncio.run(transport.send(claimed()))
+
+
+def test_memory_transport_records_or_fails() -> None:
+    transport = MemoryTransport(fail=lambda m: PermanentDeliveryError("no") if m.id == 2 else None)
+    asyncio.run(transport.send(claimed(1)))
+    with pytest.raises(PermanentDeliveryError):
+        asyncio.run(transport.send(claimed(2)))
+    assert [m.id for m in transport.sent] == [1]
+
+
+def test_transport_from_settings(settings: Settings) -> None:
+    maildir = transport_from_settings(settings)
+    assert isinstance(maildir, MaildirTransport)
+    assert maildir.path == settings.outbox_maildir
+    smart = transport_from_settings(
+        dataclasses.replace(
+            settings,
+            smarthost_host="smtp.example.com",
+            smarthost_port=587,
+            smarthost_username="u",
+            smarthost_password="hunter2",
+        )
+    )
+    assert isinstance(smart, SmtpTransport)
+    assert (smart.host, smart.port, smart.starttls, smart.implicit_tls) == (
+        "smtp.example.com",
+        587,
+        True,
+        False,
+    )
+    assert "hunter2" not in repr(smart)
+    tls = transport_from_settings(
+        dataclasses.replace(settings, smarthost_host="smtp.example.com", smarthost_port=465)
+    )
+    assert isinstance(tls, SmtpTransport)
+    assert (tls.starttls, tls.implicit_tls) == (False, True)
+
+
+def test_concurrent_first_deliveries_create_the_maildir_once(tmp_path: Path) -> None:
+    """Many deliveries racing to create a fresh Maildir all succeed."""
+    path = tmp_path / "fresh" / "outbox"
+    transport = MaildirTransport(path)
+
+    async def burst() -> None:
+        await asyncio.gather(*(transport.send(claimed(n)) for n in range(1, 21)))
+
+    asyncio.run(burst())
+    assert len(mailbox.Maildir(path, create=False)) == 20
