@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replygate.mail.parse import ParsedMail, decode_text, parse_message
+from replygate.mail.decoding import decode_text
+from replygate.mail.parse import ParsedMail, parse_message
 
 MIME = Path(__file__).resolve().parents[3] / "fixtures" / "mime"
 
