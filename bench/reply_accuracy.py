@@ -28,6 +28,7 @@ from pathlib import Path
 
 from replygate.mail.extract import reply as ours
 from replygate.mail.extract.signatures import talon_bruteforce
+from replygate.mail.parse import parse_message
 
 # A variant maps (input text or bytes, input kind) to (reply, unquoted).
 Variant = Callable[[bytes, str], tuple[str, str]]
@@ -94,7 +95,9 @@ def _text(raw: bytes, kind: str) -> tuple[str, bool]:
 
 def run_ours(raw: bytes, kind: str) -> tuple[str, str]:
     if kind == "eml":
-        parts = ours.extract_from_message(raw)
+        # The engine's own path: the production parser, then the better rendering.
+        parsed = parse_message(raw)
+        parts = ours.extract_from_parts(parsed.text_plain, parsed.text_html)
     else:
         parts = ours.extract_reply(raw.decode("utf-8", "replace"), html=kind == "html")
     return parts.reply, parts.unquoted

@@ -1,6 +1,6 @@
 """What the person typed in a reply: quote, signature and our own notification removed.
 
-Pure: strings and bytes in, a ``ReplyParts`` value out. Layers run cheapest and
+Pure: strings in, a ``ReplyParts`` value out. Layers run cheapest and
 surest first:
 
 1. our notification's "reply above this line" marker (``replygate.mail.markers``), and a
@@ -25,12 +25,9 @@ found cheaply is returned with ``degraded=True``.
 
 from __future__ import annotations
 
-import email
-import email.policy
 import re
 import time
 from dataclasses import dataclass
-from email.message import EmailMessage
 
 from replygate.mail.extract import quote_headers as qh
 from replygate.mail.extract.html_quotes import html_to_text, split_html
@@ -48,7 +45,6 @@ from replygate.mail.markers import REPLY_ABOVE_LINE
 
 __all__ = [
     "ReplyParts",
-    "extract_from_message",
     "extract_from_parts",
     "extract_reply",
     "html_to_text",
@@ -136,28 +132,6 @@ def extract_from_parts(
             if plain_size * 2 < html_size:
                 return extract_reply(text_html, html=True, budget_s=budget_s)
     return extract_reply(text_plain or "", budget_s=budget_s)
-
-
-def extract_from_message(raw: bytes, *, budget_s: float = 0.5) -> ReplyParts:
-    """Parse raw RFC 5322 bytes with the standard library and extract from the best part."""
-    msg = email.message_from_bytes(raw, policy=email.policy.default)
-    plain = _body_text(msg, "plain")
-    markup = _body_text(msg, "html")
-    return extract_from_parts(plain, markup, budget_s=budget_s)
-
-
-def _body_text(msg: email.message.Message, subtype: str) -> str | None:
-    """The decoded ``text/<subtype>`` body, tolerating unknown charsets and bad encodings."""
-    if not isinstance(msg, EmailMessage):
-        return None
-    part = msg.get_body(preferencelist=(subtype,))
-    if part is None:
-        return None
-    try:
-        return part.get_content()
-    except (LookupError, ValueError, AssertionError):
-        payload = part.get_payload(decode=True) or b""
-        return payload.decode("utf-8", "replace")
 
 
 def _normalise_newlines(text: str) -> str:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from replygate.mail.extract.reply import ReplyParts, extract_from_message, extract_reply
+from replygate.mail.extract.reply import ReplyParts, extract_from_parts, extract_reply
 from replygate.mail.markers import REPLY_ABOVE_LINE
+from replygate.mail.parse import parse_message
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "replies"
 
@@ -39,8 +40,10 @@ def test_html_fixture(path: Path) -> None:
 
 @pytest.mark.parametrize("path", _cases(".eml"), ids=lambda p: p.stem)
 def test_message_fixture(path: Path) -> None:
-    """Whole messages: the best part is chosen and decoded, our quoted notification dropped."""
-    parts = extract_from_message(path.read_bytes())
+    """Whole messages, read as the engine reads them (``parse_message``, then the better of
+    the two renderings): the best part is chosen and decoded, our quoted notification dropped."""
+    parsed = parse_message(path.read_bytes())
+    parts = extract_from_parts(parsed.text_plain, parsed.text_html)
     assert parts.reply == _expected(path)
     assert REPLY_ABOVE_LINE in parts.quote
 
