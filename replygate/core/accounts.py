@@ -81,6 +81,14 @@ def tag_matches(user: User, secret_key: str, tag: str) -> bool:
     return hmac.compare_digest(session_tag(user, secret_key), tag)
 
 
+def session_user(session: Session, user_id: int, tag: str, secret_key: str) -> User | None:
+    """The user a session cookie names, or None once they are gone or their password changed."""
+    user = session.get(User, user_id)
+    if user is None or not tag_matches(user, secret_key, tag):
+        return None
+    return user
+
+
 def authenticate(
     session: Session, email: str, password: str, *, address: str, now: datetime | None = None
 ) -> LoginResult:

@@ -1,4 +1,4 @@
-"""The thin web portal: server-rendered pages over ``Messaging`` and the store.
+"""The thin web portal: server-rendered pages over the domain core.
 
 ``create_app(settings, factory)`` builds the ASGI app; ``run_portal`` serves
 it with uvicorn inside the caller's event loop (see ``server``);

@@ -1,8 +1,10 @@
-"""Store reads (and the few small writes) behind the portal's pages.
+"""What a person reads: their inbox, sent messages, one thread, its files, whom to write to.
 
-Everything here returns plain dataclasses, so templates never touch a live
-SQLAlchemy session and no lazy load happens while a page renders.
-Sending, replying and Convenience Mode go through ``Messaging``, not here.
+Everything here returns plain dataclasses, so a page never touches a live
+SQLAlchemy session and no lazy load happens while it renders. Callers own the
+transaction: each function takes a ``Session`` (``core.workspace`` opens one
+per call for the portal). Sending, replying and Convenience Mode go through
+``Messaging``.
 """
 
 from __future__ import annotations
@@ -14,10 +16,8 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from replygate.core.messaging import CIRCLE_PREFIX, Messaging
-from replygate.errors import Invalid, NotFound
-from replygate.store import directory
+from replygate.errors import NotFound
 from replygate.store.models import (
-    CannedResponse,
     Circle,
     CircleMember,
     Message,
@@ -25,7 +25,6 @@ from replygate.store.models import (
     Thread,
     ThreadParticipant,
     User,
-    utcnow,
 )
 
 PAGE_SIZE = 50
@@ -96,6 +95,15 @@ class AttachmentView:
 
 
 @dataclass(frozen=True)
+class AttachmentFile:
+    """An attachment's name, type and content, ready to download."""
+
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True)
 class ThreadView:
     id: int
     subject: str
@@ -109,22 +117,6 @@ class ThreadView:
 class Recipient:
     value: str
     label: str
-
-
-@dataclass(frozen=True)
-class Canned:
-    id: int
-    name: str
-    subject: str
-    body: str
-
-
-@dataclass(frozen=True)
-class OrganisationView:
-    name: str
-    convenience_mode: bool
-    acknowledged_by: str | None
-    acknowledged_at: datetime | None
 
 
 def viewer(user: User) -> Viewer:
@@ -315,6 +307,16 @@ def _last_messages(session: Session, thread_ids: list[int]) -> dict[int, str]:
     return {thread_id: body for thread_id, body in rows}
 
 
+def attachment_for(session: Session, attachment_id: int, user: User) -> AttachmentFile:
+    """An attachment, if ``user`` takes part in its thread; otherwise it does not exist for them."""
+    found = session.get(MessageAttachment, attachment_id)
+    if found is None:
+        raise NotFound(f"no attachment {attachment_id}")
+    message = session.get(Message, found.message_id)
+    Messaging.thread_for(session, message.thread_id, user)  # NotFound unless a participant
+    return AttachmentFile(found.filename, found.content_type, found.data)
+
+
 # -- compose ------------------------------------------------------------------------------
 
 
@@ -342,82 +344,3 @@ def recipients(session: Session, me: Viewer) -> tuple[list[Recipient], list[Reci
         for c in session.scalars(select(Circle).order_by(Circle.name))
     ]
     return circles, people
-
-
-# -- canned responses ---------------------------------------------------------------------
-
-
-def canned_list(session: Session) -> list[Canned]:
-    return [
-        Canned(id=c.id, name=c.name, subject=c.subject or "", body=c.body)
-        for c in session.scalars(select(CannedResponse).order_by(CannedResponse.name))
-    ]
-
-
-def canned_get(session: Session, canned_id: int) -> Canned:
-    c = session.get(CannedResponse, canned_id)
-    if c is None:
-        raise NotFound(f"no canned response {canned_id}")
-    return Canned(id=c.id, name=c.name, subject=c.subject or "", body=c.body)
-
-
-def canned_save(
-    session: Session, *, canned_id: int | None, name: str, subject: str, body: str, author_id: int
-) -> int:
-    """Create (``canned_id`` None) or update a canned response; names are unique."""
-    name = " ".join(name.split())[:200]
-    subject = " ".join(subject.split())[:500]
-    if not name:
-        raise Invalid("a canned response needs a name")
-    if not body.strip():
-        raise Invalid("a canned response needs a body")
-    clash = session.scalars(select(CannedResponse.id).where(CannedResponse.name == name)).first()
-    if clash is not None and clash != canned_id:
-        raise Invalid(f"a canned response named {name!r} already exists")
-    if canned_id is None:
-        row = CannedResponse(name=name, created_by_id=author_id, body=body)
-        session.add(row)
-    else:
-        row = session.get(CannedResponse, canned_id)
-        if row is None:
-            raise NotFound(f"no canned response {canned_id}")
-    row.name, row.subject, row.body, row.updated_at = name, subject or None, body, utcnow()
-    session.flush()
-    return row.id
-
-
-def canned_delete(session: Session, canned_id: int) -> None:
-    row = session.get(CannedResponse, canned_id)
-    if row is None:
-        raise NotFound(f"no canned response {canned_id}")
-    session.delete(row)
-
-
-# -- organisation -------------------------------------------------------------------------
-
-
-def organisation(session: Session, default_name: str) -> OrganisationView:
-    org = directory.organisation(session, default_name=default_name)
-    return OrganisationView(
-        name=org.name,
-        convenience_mode=org.convenience_mode,
-        acknowledged_by=org.hipaa_acknowledged_by,
-        acknowledged_at=org.hipaa_acknowledged_at,
-    )
-
-
-def rename_organisation(session: Session, name: str, default_name: str) -> None:
-    name = " ".join(name.split())[:200]
-    if not name:
-        raise Invalid("the organisation needs a name")
-    directory.organisation(session, default_name=default_name).name = name
-
-
-def attachment_for(session: Session, attachment_id: int, user: User) -> MessageAttachment:
-    """An attachment, if ``user`` takes part in its thread; otherwise it does not exist for them."""
-    found = session.get(MessageAttachment, attachment_id)
-    if found is None:
-        raise NotFound(f"no attachment {attachment_id}")
-    message = session.get(Message, found.message_id)
-    Messaging.thread_for(session, message.thread_id, user)  # NotFound unless a participant
-    return found

@@ -1,0 +1,144 @@
+"""What the portal's pages read and change, one transaction per call.
+
+The portal is a web edge: it never holds a database session. Each method
+here opens one transaction over the rules in ``inbox``, ``canned``,
+``organisation`` and ``accounts`` and returns plain records. Every method
+blocks, so an async caller runs it in a worker thread. Sending, replying and
+Convenience Mode go through ``Messaging``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from replygate.config import Settings
+from replygate.core import accounts, canned, inbox, organisation
+from replygate.core.canned import Canned
+from replygate.core.inbox import (
+    AttachmentFile,
+    Recipient,
+    SentRow,
+    ThreadRow,
+    ThreadView,
+    Viewer,
+)
+from replygate.core.organisation import OrganisationView
+from replygate.store import directory
+from replygate.store.db import transaction
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    """Who is logged in, with what every page's header shows."""
+
+    viewer: Viewer
+    unread: int
+    organisation: str
+
+
+@dataclass(frozen=True)
+class LoginOutcome:
+    """A login attempt: the session to keep (``user_id`` and ``tag``), or why there is none."""
+
+    user_id: int | None
+    tag: str = ""
+    throttled: bool = False
+    retry_after: int = 0
+
+
+class Workspace:
+    """The portal's reads and small writes over one store, configured by one ``Settings``."""
+
+    def __init__(self, factory: sessionmaker[Session], settings: Settings) -> None:
+        self.factory = factory
+        self.settings = settings
+
+    def _run(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        with transaction(self.factory) as session:
+            return work(session, *args, **kwargs)
+
+    # -- accounts -------------------------------------------------------------------------
+
+    def log_in(self, email: str, password: str, *, address: str) -> LoginOutcome:
+        """Check a login (throttled as ``accounts.authenticate`` says) and tag the session."""
+
+        def work(session: Session) -> LoginOutcome:
+            result = accounts.authenticate(session, email, password, address=address)
+            if result.user is None:
+                return LoginOutcome(
+                    user_id=None, throttled=result.throttled, retry_after=result.retry_after
+                )
+            tag = accounts.session_tag(result.user, self.settings.secret_key)
+            return LoginOutcome(user_id=result.user.id, tag=tag)
+
+        return self._run(work)
+
+    def signed_in(self, user_id: int, tag: str) -> SignedIn | None:
+        """The session's person with their unread count, or None if the session is void."""
+
+        def work(session: Session) -> SignedIn | None:
+            user = accounts.session_user(session, user_id, tag, self.settings.secret_key)
+            if user is None:
+                return None
+            org = directory.organisation(session, default_name=self.settings.organisation_name)
+            return SignedIn(inbox.viewer(user), inbox.unread_threads(session, user.id), org.name)
+
+        return self._run(work)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def inbox(self, viewer_id: int, page: int) -> tuple[list[ThreadRow], bool]:
+        return self._run(inbox.inbox, viewer_id, page)
+
+    def sent(self, viewer_id: int, page: int) -> tuple[list[SentRow], bool]:
+        return self._run(inbox.sent, viewer_id, page)
+
+    def read_thread(self, thread_id: int, viewer: Viewer) -> ThreadView:
+        """The thread, marked read; ``NotFound`` unless the viewer takes part."""
+        return self._run(lambda s: inbox.read_thread(s, thread_id, directory.user(s, viewer.email)))
+
+    def attachment(self, attachment_id: int, viewer: Viewer) -> AttachmentFile:
+        """A file from a thread; ``NotFound`` unless the viewer takes part in it."""
+        return self._run(
+            lambda s: inbox.attachment_for(s, attachment_id, directory.user(s, viewer.email))
+        )
+
+    def recipients(self, viewer: Viewer) -> tuple[list[Recipient], list[Recipient]]:
+        return self._run(inbox.recipients, viewer)
+
+    # -- canned responses -----------------------------------------------------------------
+
+    def canned_responses(self) -> list[Canned]:
+        return self._run(canned.all_responses)
+
+    def canned_response(self, canned_id: int) -> Canned:
+        return self._run(canned.get, canned_id)
+
+    def save_canned(
+        self, *, canned_id: int | None, name: str, subject: str, body: str, author_id: int
+    ) -> int:
+        return self._run(
+            canned.save,
+            canned_id=canned_id,
+            name=name,
+            subject=subject,
+            body=body,
+            author_id=author_id,
+        )
+
+    def delete_canned(self, canned_id: int) -> None:
+        self._run(canned.delete, canned_id)
+
+    # -- organisation ---------------------------------------------------------------------
+
+    def organisation(self) -> OrganisationView:
+        return self._run(organisation.view, self.settings.organisation_name)
+
+    def rename_organisation(self, name: str) -> None:
+        self._run(organisation.rename, name, self.settings.organisation_name)
