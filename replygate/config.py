@@ -104,6 +104,11 @@ class Settings:
         ids = self.trusted_authserv_ids.split(",")
         return frozenset(t.strip().lower() for t in ids if t.strip())
 
+    @functools.cached_property
+    def attachment_allow_list(self) -> tuple[str, ...]:
+        """``attachment_types`` as lower-cased patterns (``*`` wildcards), parsed once."""
+        return tuple(t.strip().lower() for t in self.attachment_types.split(",") if t.strip())
+
     @property
     def uses_smarthost(self) -> bool:
         return bool(self.smarthost_host)

@@ -25,12 +25,8 @@ runs it in a worker thread, never on the event loop.
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from email.parser import BytesHeaderParser
-from email.policy import compat32
-from email.utils import getaddresses
 from typing import Any, Literal
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -39,15 +35,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from replygate.config import Settings
 from replygate.core import routing
 from replygate.core.routing import Route
-from replygate.errors import DmarcFailed, MessageTooLarge, SenderMismatch
-from replygate.mail import attachments
+from replygate.errors import SenderMismatch
 from replygate.mail.classify import verp_notification_id
+from replygate.mail.headers import Headers, read_headers
 from replygate.mail.parse import parse_message
-from replygate.mail.sender import dmarc_failed, same_sender
+from replygate.mail.policy import Policy, check_dmarc, check_size, files_to_keep, sender_mismatch
 from replygate.store import directory, inbound
 from replygate.store.db import transaction
-
-MAX_MESSAGE_ID = 998
 
 Decision = dict[str, Any]
 
@@ -113,115 +107,27 @@ def check_recipient(
     return Recipient(address, "reply", route, decision, sender_policy=policy)
 
 
-def check_size(settings: Settings, size: int) -> None:
-    if size > settings.max_message_size:
-        raise MessageTooLarge(
-            f"message of {size} bytes exceeds the limit of {settings.max_message_size}"
-        )
-
-
-@dataclass(frozen=True)
-class Headers:
-    """The few header values the gateway needs, read without parsing the body."""
-
-    from_values: list[str]
-    message_id: str | None
-    content_type: str = "text/plain"
-    authentication_results: tuple[str, ...] = ()
-
-
-def read_headers(raw: bytes) -> Headers:
-    """Parse only the header block (a 25 MB body is never walked here)."""
-    end = raw.find(b"\r\n\r\n")
-    end = len(raw) if end == -1 else end + 4
-    # A bare LF LF before that ends the block sooner; searching for it past
-    # ``end`` would walk the whole body of most mail.
-    bare = raw.find(b"\n\n", 0, end)
-    if bare != -1:
-        end = min(end, bare + 2)
-    if raw.startswith((b"\r\n", b"\n")):
-        end = 0
-    block = raw[:end]
-    fields = _plain_header_fields(block)
-    if fields is None:
-        msg = BytesHeaderParser(policy=compat32).parsebytes(block)
-        from_values = [str(v) for v in msg.get_all("From", [])]
-        message_id = msg.get("Message-ID")
-        content_type = msg.get("Content-Type")
-        auth_results = [str(v) for v in msg.get_all("Authentication-Results", [])]
-    else:
-        from_values = fields.get("from", [])
-        message_id = fields.get("message-id", [None])[0]
-        content_type = fields.get("content-type", [None])[0]
-        auth_results = fields.get("authentication-results", [])
-    message_id = str(message_id).strip()[:MAX_MESSAGE_ID] if message_id else None
-    content_type = str(content_type or "text/plain").strip().lower()
-    return Headers(
-        from_values=from_values,
-        message_id=message_id or None,
-        content_type=content_type,
-        authentication_results=tuple(auth_results),
+@functools.lru_cache(maxsize=16)
+def acceptance_policy(settings: Settings) -> Policy:
+    """The acceptance policy of ``settings`` (the gateway and the worker use this one)."""
+    return Policy(
+        max_message_size=settings.max_message_size,
+        attachment_max_bytes=settings.attachment_max_bytes,
+        attachments_total_max_bytes=settings.attachments_total_max_bytes,
+        attachment_types=settings.attachment_allow_list,
+        trusted_authserv=settings.trusted_authserv,
+        allow_plus_tags=settings.sender_allow_plus_tags,
     )
 
 
-# A header field line as the email package's feed parser takes it: a name of
-# printable characters other than the colon, then a colon.
-_FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+:")
-_WANTED = frozenset({"from", "message-id", "content-type", "authentication-results"})
-
-
-def _plain_header_fields(block: bytes) -> dict[str, list[str]] | None:
-    """The From, Message-ID and Content-Type values of a plain header block, or None.
-
-    Gives what ``BytesHeaderParser(policy=compat32)`` gives for a block of
-    ASCII lines ended by CRLF only, each a ``name:`` field or a folded
-    continuation (``tests/gateway/test_headers.py`` compares both); for
-    anything else (8-bit octets, bare CR or LF, a unix-from line, defects)
-    None, and the caller asks the email package. The parser costs more than
-    the rest of a small reply's DATA checks.
-    """
-    if not block.endswith(b"\r\n\r\n") or not block.isascii():
-        return None
-    crlf = block.count(b"\r\n")
-    if block.count(b"\r") != crlf or block.count(b"\n") != crlf:
-        return None
-    fields: dict[str, list[str]] = {}
-    name: str | None = None  # the wanted field being read, if any
-    value: list[str] = []
-    seen = False  # a field line came before (a continuation first is a defect)
-    for line in block[:-4].decode("ascii").split("\r\n"):
-        if line[:1] in (" ", "\t"):
-            if not seen:
-                return None
-            if name is not None:
-                value.append(line)
-            continue
-        if name is not None:
-            fields.setdefault(name, []).append("\r\n".join(value).rstrip("\r\n"))
-            name = None
-        if line.startswith("From ") or not _FIELD_NAME.match(line):
-            return None
-        seen = True
-        key, _, first = line.partition(":")
-        key = key.lower()
-        if key in _WANTED:
-            name, value = key, [first.lstrip(" \t")]
-    if name is not None:
-        fields.setdefault(name, []).append("\r\n".join(value).rstrip("\r\n"))
-    return fields
-
-
-def check_sender(
-    headers: Headers, recipients: list[Recipient], *, allow_plus_tags: bool = False
-) -> Decision:
+def check_sender(policy: Policy, headers: Headers, recipients: list[Recipient]) -> Decision:
     """Refuse unless the one From header names the address every token was issued to.
 
-    A message to several reply addresses of different people has one From
-    and so cannot be theirs at once: it is refused whole (DATA has one reply).
-    Under the ``hold`` sender policy the mismatch is returned as the decision
-    instead of raised, and the engine holds the mail for review.
+    DATA has one reply for all recipients, so a mismatch for one refuses the
+    message whole. Under the ``hold`` sender policy the mismatch is returned
+    as the decision instead of raised, and the worker holds the mail for review.
     """
-    replies = [r for r in recipients if r.route is not None]
+    replies = [r.route for r in recipients if r.route is not None]
     if not replies:
         return {
             "stage": "data",
@@ -229,23 +135,10 @@ def check_sender(
             "sender": "not checked",
             "reason": "delivery report address",
         }
-    reason = None
-    if len(headers.from_values) != 1:
-        found = "no From header" if not headers.from_values else "several From headers"
-        reason = f"the message has {found}"
-    else:
-        from_value = headers.from_values[0]
-        for r in replies:
-            assert r.route is not None
-            if not _same_sender(from_value, r.route.user_email, allow_plus_tags):
-                reason = (
-                    f"From {from_value!r} is not the address reply token {r.route.token_id} "
-                    "was issued to"
-                )
-                break
+    reason = sender_mismatch(policy, headers, [route.user_email for route in replies])
     if reason is None:
         return {"stage": "data", "check": "sender", "sender": "ok"}
-    if all(r.sender_policy == "hold" for r in replies):
+    if all(r.sender_policy == "hold" for r in recipients if r.route is not None):
         return {
             "stage": "data",
             "check": "sender",
@@ -256,17 +149,10 @@ def check_sender(
     raise SenderMismatch(reason)
 
 
-@functools.lru_cache(maxsize=4096)
-def _same_sender(from_value: str, issued_to: str, allow_plus_tags: bool) -> bool:
-    """``same_sender`` remembered: a pure function whose address parsing is the
-    costliest step of a small reply's DATA checks, and a burst repeats senders."""
-    return same_sender(from_value, issued_to, allow_plus_tags=allow_plus_tags)
-
-
 def check_attachments(
-    settings: Settings, raw: bytes, headers: Headers, recipients: list[Recipient]
+    policy: Policy, raw: bytes, headers: Headers, recipients: list[Recipient]
 ) -> Decision:
-    """Refuse attachments the engine would refuse; a plain-text reply is not parsed at all."""
+    """Refuse attachments the worker would refuse; a plain-text reply is not parsed at all."""
     if not any(r.route is not None for r in recipients):
         return {
             "stage": "data",
@@ -276,12 +162,7 @@ def check_attachments(
         }
     if headers.content_type.startswith("text/"):
         return {"stage": "data", "check": "attachments", "attachments": 0}
-    kept = attachments.files_to_keep(
-        parse_message(raw).attachments,
-        max_file=settings.attachment_max_bytes,
-        max_total=settings.attachments_total_max_bytes,
-        allowed=attachments.parse_allow_list(settings.attachment_types),
-    )
+    kept = files_to_keep(policy, parse_message(raw).attachments)
     return {"stage": "data", "check": "attachments", "attachments": len(kept)}
 
 
@@ -331,29 +212,16 @@ class Checked:
 def check(
     settings: Settings, *, recipients: list[Recipient], raw: bytes, via: Literal["smtp", "pipe"]
 ) -> Checked:
-    """Size, sender and attachment checks; raises what refuses the message."""
-    check_size(settings, len(raw))
+    """The acceptance policy at DATA; raises what refuses the message."""
+    policy = acceptance_policy(settings)
+    check_size(policy, len(raw))
     headers = read_headers(raw)
-    sender = check_sender(headers, recipients, allow_plus_tags=settings.sender_allow_plus_tags)
-    check_dmarc(settings, headers, recipients)
-    files = check_attachments(settings, raw, headers, recipients)
+    sender = check_sender(policy, headers, recipients)
+    if any(r.route is not None for r in recipients):
+        check_dmarc(policy, headers)
+    files = check_attachments(policy, raw, headers, recipients)
     decisions = [sender, files, {"stage": "accept", "via": via, "size": len(raw)}]
     return Checked(headers.message_id, decisions)
-
-
-def check_dmarc(settings: Settings, headers: Headers, recipients: list[Recipient]) -> None:
-    """Refuse a reply whose From domain failed DMARC, as a trusted relay reports it.
-
-    Only ``Authentication-Results`` from our own MTAs (``trusted_authserv_ids``)
-    count: anyone can write the header, so untrusted ones are ignored.
-    """
-    if not settings.trusted_authserv or not any(r.route is not None for r in recipients):
-        return
-    from_domain = next(
-        (a.rpartition("@")[2] for _, a in getaddresses(headers.from_values) if "@" in a), None
-    )
-    if dmarc_failed(list(headers.authentication_results), settings.trusted_authserv, from_domain):
-        raise DmarcFailed(f"DMARC failed for {from_domain} (trusted Authentication-Results)")
 
 
 def needs_parsing(raw: bytes) -> bool:

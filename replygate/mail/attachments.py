@@ -15,10 +15,6 @@ from replygate.errors import AttachmentTooLarge, AttachmentTypeRefused
 from replygate.mail.parse import Attachment
 
 
-def parse_allow_list(text: str) -> tuple[str, ...]:
-    return tuple(t.strip().lower() for t in text.split(",") if t.strip())
-
-
 def files_to_keep(
     attachments: Iterable[Attachment],
     *,

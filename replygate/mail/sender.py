@@ -1,6 +1,7 @@
 """Is the reply from the person its reply address was issued to?
 
-Pure. Two questions, answered separately because they fail differently:
+Pure. The one reader of the From header is here (``read_from``), and two
+questions, answered separately because they fail differently:
 
 - ``same_sender``: does the From address name the token's recipient? Proper
   address parsing, so a display name that *looks* like the right address
@@ -14,8 +15,9 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
 from email import policy
 from email.headerregistry import Address
 
@@ -41,7 +43,10 @@ def _addr_spec(value: str) -> tuple[str, str] | None:
     try:
         header = _HEADER_FACTORY("from", text)
         addresses: tuple[Address, ...] = header.addresses
+        grouped = any(group.display_name is not None for group in header.groups)
     except Exception:
+        return None
+    if grouped:
         return None
     if len(addresses) != 1:
         return None
@@ -49,6 +54,37 @@ def _addr_spec(value: str) -> tuple[str, str] | None:
     if not local or not domain:
         return None
     return local, domain
+
+
+@dataclass(frozen=True)
+class FromHeader:
+    """What the From header names: one mailbox (``address``, ``domain``), or ``problem``."""
+
+    value: str | None
+    address: str | None = None
+    domain: str | None = None
+    problem: str | None = None
+
+
+def read_from(from_values: Sequence[str]) -> FromHeader:
+    """The single mailbox of a message's From header fields, strictly.
+
+    Rules:
+    - exactly one From field (none, or several, is a problem);
+    - its value parses to exactly one mailbox with a local part and a domain
+      (``_addr_spec``): groups, lists and bare words are a problem.
+    Raw values are expected (encoded words still encoded), so a display name
+    that decodes to something address-like is never read as an address.
+    """
+    if len(from_values) != 1:
+        found = "no From header" if not from_values else "several From headers"
+        return FromHeader(None, problem=f"the message has {found}")
+    value = from_values[0]
+    spec = _addr_spec(value)
+    if spec is None:
+        return FromHeader(value, problem=f"From {value!r} is not one mailbox")
+    local, domain = spec
+    return FromHeader(value, address=f"{local}@{domain}", domain=domain)
 
 
 def _domain_key(domain: str) -> str:

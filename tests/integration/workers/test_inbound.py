@@ -197,7 +197,7 @@ def test_an_unexpected_error_marks_the_mail_failed_and_replay_files_it(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("extractor exploded")
 
-    monkeypatch.setattr("replygate.workers.inbound.extract_from_parts", broken)
+    monkeypatch.setattr("replygate.core.filing.extract_from_parts", broken)
     engine.drain()
     with sessions() as s:
         row = s.get(InboundMail, queue_id)

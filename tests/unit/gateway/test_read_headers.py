@@ -1,4 +1,4 @@
-"""The header fast path (``intake._plain_header_fields``) gives what the email package gives."""
+"""The header fast path (``headers._plain_header_fields``) gives what the email package gives."""
 
 from __future__ import annotations
 
@@ -6,16 +6,16 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from replygate.core import intake
+from replygate.mail import headers as headers_module
 
 
-def _by_email_package(raw: bytes) -> intake.Headers:
-    fast = intake._plain_header_fields
+def _by_email_package(raw: bytes) -> headers_module.Headers:
+    fast = headers_module._plain_header_fields
     try:
-        intake._plain_header_fields = lambda block: None  # type: ignore[assignment]
-        return intake.read_headers(raw)
+        headers_module._plain_header_fields = lambda block: None  # type: ignore[assignment]
+        return headers_module.read_headers(raw)
     finally:
-        intake._plain_header_fields = fast  # type: ignore[assignment]
+        headers_module._plain_header_fields = fast  # type: ignore[assignment]
 
 
 LINES = [
@@ -48,13 +48,13 @@ LINES = [
 )
 def test_fast_header_path_matches_email_package(lines: list[bytes], body: bytes) -> None:
     raw = b"\r\n".join(lines) + body
-    assert intake.read_headers(raw) == _by_email_package(raw)
+    assert headers_module.read_headers(raw) == _by_email_package(raw)
 
 
 def test_plain_block_takes_the_fast_path() -> None:
     raw = b"From: Cleo <cleo@client.test>\r\nMessage-ID: <a@b>\r\nSubject: x\r\n\r\nhello\r\n"
-    assert intake._plain_header_fields(raw[: raw.index(b"\r\n\r\n") + 4]) is not None
-    headers = intake.read_headers(raw)
-    assert headers.from_values == ["Cleo <cleo@client.test>"]
+    assert headers_module._plain_header_fields(raw[: raw.index(b"\r\n\r\n") + 4]) is not None
+    headers = headers_module.read_headers(raw)
+    assert headers.from_values == ("Cleo <cleo@client.test>",)
     assert headers.message_id == "<a@b>"
     assert headers.content_type == "text/plain"

@@ -1,0 +1,316 @@
+"""Filing: decide what one inbound mail is and record it, exactly once.
+
+Each mail is decided in one transaction that locks its queue row, writes the
+outcome and (when filed) the message and the notifications it causes, so a
+worker that dies midway leaves the mail claimable again, and a mail decided
+twice is filed once. The acceptance rules are ``mail.policy``'s, the same the
+gateway applied at DATA, read from the same stored bytes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from replygate.config import Settings
+from replygate.core import bounces, routing
+from replygate.core.intake import acceptance_policy
+from replygate.core.messaging import FileUpload, Messaging
+from replygate.errors import DmarcFailed, InboundRefused
+from replygate.logs import get_logger
+from replygate.mail import classify, reply_token
+from replygate.mail.extract.reply import ReplyParts, extract_from_parts
+from replygate.mail.headers import Headers, read_headers
+from replygate.mail.parse import Attachment, ParsedMail, parse_message
+from replygate.mail.policy import check_dmarc, files_to_keep, sender_mismatch
+from replygate.store import directory, inbound, tokens
+from replygate.store.db import transaction
+from replygate.store.models import InboundMail, utcnow
+
+log = get_logger("replygate.engine")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The database-free part of deciding one mail."""
+
+    parsed: ParsedMail
+    headers: Headers
+    verdict: classify.Verdict
+    refused: str | None = None
+    files: tuple[Attachment, ...] = ()
+    parts: ReplyParts | None = None
+
+
+@dataclass
+class _Batch:
+    """The flood brake's window and counts for a batch decided in one transaction.
+
+    Counted once at the start of the batch, then kept up to date as its mails are filed.
+    """
+
+    since: datetime
+    recent: dict[tuple[str, str], int]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    inbound_id: int
+    status: str
+    reason: str | None
+    message_id: int | None = None
+
+
+class Filing:
+    """Decides claimed inbound mail and records the outcome. Safe to run many of."""
+
+    def __init__(self, factory: sessionmaker[Session], settings: Settings) -> None:
+        self.factory = factory
+        self.settings = settings
+        self.messaging = Messaging(factory, settings)
+        self.policy = acceptance_policy(settings)
+
+    def write_batch(
+        self, claimed: list[inbound.ClaimedMail], prepared: list[Prepared | Exception]
+    ) -> list[Outcome]:
+        """Decide and record a claimed batch in one transaction (all or nothing)."""
+        outcomes: list[Outcome] = []
+        failures: list[tuple[int, str, str]] = []
+        with transaction(self.factory) as session:
+            rows = inbound.lock_many(session, [mail.id for mail in claimed])
+            batch = self._prefetch(session, claimed, rows, prepared)
+            for mail, prep in zip(claimed, prepared, strict=True):
+                row = rows.get(mail.id)
+                if row is None or row.status != "processing":
+                    status = row.status if row is not None else "missing"
+                    outcomes.append(Outcome(mail.id, status, "not claimed; left as it is"))
+                elif isinstance(prep, Exception):
+                    outcome = self._record_failure(row, prep)
+                    failures.append((mail.id, outcome.reason or "", outcome.status))
+                    outcomes.append(outcome)
+                else:
+                    outcome = self._decide(session, row, prep, released=False, batch=batch)
+                    if outcome.status == "filed" and row.received_at >= batch.since:
+                        key = (row.rcpt, row.mail_from)
+                        batch.recent[key] = batch.recent.get(key, 0) + 1
+                    outcomes.append(outcome)
+        for queue_id, error, then in failures:
+            log.error("inbound.error", queue_id=queue_id, error=error, then=then)
+        return outcomes
+
+    def process(self, inbound_id: int, *, released: bool = False) -> Outcome:
+        """Decide one claimed mail; ``released`` is an operator's release of held mail.
+
+        The pure work (parsing, classification, attachment policy, extraction)
+        runs between a short read and the writing transaction, so the write
+        lock (all of SQLite's, one row's on PostgreSQL) is held only for the
+        database work itself.
+        """
+        started = time.perf_counter()
+        try:
+            with self.factory() as session:
+                row = session.get(InboundMail, inbound_id)
+                if row is None or row.status != "processing":
+                    status = row.status if row is not None else "missing"
+                    return Outcome(inbound_id, status, "not claimed; left as it is")
+                raw, mail_from, rcpt = row.raw or b"", row.mail_from, row.rcpt
+            prepared = self.prepare(raw, mail_from=mail_from, rcpt=rcpt)
+            outcome = self._write(inbound_id, prepared, released=released)
+        except Exception as exc:
+            outcome = self._fail(inbound_id, exc)
+        log.info(
+            "inbound.processed",
+            queue_id=inbound_id,
+            status=outcome.status,
+            reason=outcome.reason,
+            message=outcome.message_id,
+            released=released or None,
+            ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        return outcome
+
+    def _write(self, inbound_id: int, prepared: Prepared, *, released: bool) -> Outcome:
+        """Decide and record in one transaction. A copy of the same mail filed by another
+        worker at the same moment trips the dedup constraint: deciding again sees it."""
+        for last_try in (False, True):
+            try:
+                with transaction(self.factory) as session:
+                    row = inbound.lock(session, inbound_id)
+                    if row.status != "processing":
+                        return Outcome(inbound_id, row.status, "not claimed; left as it is")
+                    return self._decide(session, row, prepared, released=released)
+            except IntegrityError:
+                if last_try:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _prefetch(
+        self,
+        session: Session,
+        claimed: list[inbound.ClaimedMail],
+        rows: dict[int, InboundMail],
+        prepared: list[Prepared | Exception],
+    ) -> _Batch:
+        """Read, in a few statements, what deciding the batch's replies will ask for
+        one mail at a time: reply tokens, threads and their people, tokens and
+        latest notifications, mails filed already, the flood brake's counts."""
+        s = self.settings
+        replies = [
+            row
+            for mail, prep in zip(claimed, prepared, strict=True)
+            if (row := rows.get(mail.id)) is not None
+            and isinstance(prep, Prepared)
+            and prep.verdict.kind == "reply"
+        ]
+        wanted = {
+            t
+            for row in replies
+            if (t := reply_token.token_from_address(row.rcpt, s.reply_domain)) is not None
+        }
+        found = tokens.prefetch(session, wanted)
+        directory.organisation(session)
+        self.messaging.prefetch_replies(
+            session,
+            thread_ids={row.thread_id for row in found},
+            inbound_ids=[row.id for row in replies],
+            email_message_ids=[
+                p.parsed.message_id
+                for p in prepared
+                if isinstance(p, Prepared) and p.parsed.message_id
+            ],
+        )
+        since = utcnow() - timedelta(minutes=s.breaker_window_minutes)
+        recent = inbound.recent_filed_many(
+            session, {(row.rcpt, row.mail_from) for row in replies}, since=since
+        )
+        return _Batch(since=since, recent=recent)
+
+    def prepare(self, raw: bytes, *, mail_from: str, rcpt: str) -> Prepared:
+        """Everything about the mail that needs no database: pure and side-effect free."""
+        s = self.settings
+        parsed = parse_message(raw)
+        headers = read_headers(raw)
+        verdict = classify.classify(
+            parsed, mail_from=mail_from, our_domain=s.reply_domain, rcpt=rcpt
+        )
+        if verdict.kind != "reply":
+            return Prepared(parsed, headers, verdict)
+        try:
+            files = files_to_keep(self.policy, parsed.attachments)
+        except InboundRefused as exc:
+            return Prepared(parsed, headers, verdict, refused=str(exc))
+        parts = extract_from_parts(parsed.text_plain, parsed.text_html)
+        return Prepared(parsed, headers, verdict, files=tuple(files), parts=parts)
+
+    def _decide(
+        self,
+        session: Session,
+        row: InboundMail,
+        prepared: Prepared,
+        *,
+        released: bool,
+        batch: _Batch | None = None,
+    ) -> Outcome:
+        """The pipeline: classify, route, check the sender, brake floods, extract, file."""
+        s = self.settings
+        parsed, verdict = prepared.parsed, prepared.verdict
+        if verdict.kind != "reply":
+            reason = "; ".join(verdict.reasons) or verdict.kind
+            decision = {"stage": "classify", "kind": verdict.kind, "reasons": list(verdict.reasons)}
+            if verdict.kind == "bounce" and verdict.bounce is not None:
+                decision["address"] = bounces.record_bounce(
+                    session, verdict.bounce, rcpt=row.rcpt, settings=s
+                )
+            return self._finish(row, "ignored", reason, decision)
+
+        try:
+            route = routing.resolve(
+                session, row.rcpt, secret=s.secret_key, reply_domain=s.reply_domain, now=utcnow()
+            )
+        except InboundRefused as exc:
+            return self._finish(row, "rejected", str(exc), {"stage": "route", "refused": str(exc)})
+        # Noted with the outcome, not now: one UPDATE of the queue row per mail, not two.
+        routed = {"stage": "route", "thread": route.thread_id, "recipient": route.user_email}
+        with session.no_autoflush:
+            row.thread_id = route.thread_id
+            inbound.note(row, routed)
+
+        if not released:
+            policy = directory.organisation(session).sender_policy
+            reason = sender_mismatch(self.policy, prepared.headers, [route.user_email])
+            if reason is not None:
+                status = "held" if policy == "hold" else "rejected"
+                return self._finish(row, status, reason, {"stage": "sender", "policy": policy})
+            try:
+                check_dmarc(self.policy, prepared.headers)
+            except DmarcFailed as exc:
+                return self._finish(row, "rejected", str(exc), {"stage": "dmarc", "result": "fail"})
+            if batch is not None:
+                flood = batch.recent.get((row.rcpt, row.mail_from), 0)
+            else:
+                flood = inbound.recent_filed(
+                    session,
+                    rcpt=row.rcpt,
+                    mail_from=row.mail_from,
+                    since=utcnow() - timedelta(minutes=s.breaker_window_minutes),
+                )
+            if flood >= s.breaker_max_replies:
+                reason = (
+                    f"{flood} replies from {row.mail_from} to this address in "
+                    f"{s.breaker_window_minutes} minutes; held until an operator releases it"
+                )
+                return self._finish(row, "held", reason, {"stage": "breaker", "count": flood})
+
+        if prepared.refused is not None:
+            return self._finish(row, "rejected", prepared.refused, {"stage": "attachments"})
+        parts, files = prepared.parts, prepared.files
+        assert parts is not None  # a reply that passed the attachment policy was extracted
+        layers = {"stage": "extract", "layers": list(parts.layers), "degraded": parts.degraded}
+        if not parts.reply.strip():
+            reason = "the reply is empty once quoted text and signature are removed"
+            return self._finish(row, "ignored", reason, layers)
+
+        message = self.messaging.file_email_reply(
+            session,
+            thread_id=route.thread_id,
+            author_id=route.user_id,
+            body=parts.reply,
+            quote=parts.quote,
+            signature=parts.signature,
+            inbound_id=row.id,
+            email_message_id=parsed.message_id,
+            body_html=parsed.text_html if parsed.text_plain is None else None,
+            attachments=[FileUpload(f.filename, f.content_type, f.payload) for f in files],
+        )
+        if message is None:
+            reason = "already filed (same Message-ID delivered again)"
+            return self._finish(row, "filed", reason, {**layers, "duplicate": True})
+        self._finish(row, "filed", None, {**layers, "message": message.id})
+        return Outcome(row.id, "filed", None, message.id)
+
+    @staticmethod
+    def _finish(row: InboundMail, status: str, reason: str | None, decision: dict) -> Outcome:
+        inbound.record(row, status, reason, decision)
+        return Outcome(row.id, status, reason)
+
+    def _fail(self, inbound_id: int, exc: Exception) -> Outcome:
+        """Record an unexpected error: retried later, quarantined as ``failed``
+        after ``worker_max_attempts``; either way it stays replayable."""
+        with transaction(self.factory) as session:
+            outcome = self._record_failure(inbound.lock(session, inbound_id), exc)
+        log.error("inbound.error", queue_id=inbound_id, error=outcome.reason, then=outcome.status)
+        return outcome
+
+    def _record_failure(self, row: InboundMail, exc: Exception) -> Outcome:
+        reason = f"{type(exc).__name__}: {exc}"[:2000]
+        if row.attempts < self.settings.worker_max_attempts:
+            status = "queued"
+            row.claimed_at = utcnow()  # retried once the retry delay has passed
+        else:
+            status = "failed"
+        inbound.record(row, status, reason, {"stage": "error", "error": reason})
+        return Outcome(row.id, status, reason)

@@ -1,0 +1,106 @@
+"""The few header fields acceptance needs, read from the header block alone.
+
+Pure. The gateway reads them at DATA and the inbound worker reads them again
+from the stored bytes, so both hand the acceptance policy the same values (a
+25 MB body is never walked here).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+
+MAX_MESSAGE_ID = 998
+
+
+@dataclass(frozen=True)
+class Headers:
+    """The few header values acceptance needs, read without parsing the body."""
+
+    from_values: tuple[str, ...]
+    message_id: str | None
+    content_type: str = "text/plain"
+    authentication_results: tuple[str, ...] = ()
+
+
+def read_headers(raw: bytes) -> Headers:
+    """Parse only the header block (a 25 MB body is never walked here)."""
+    end = raw.find(b"\r\n\r\n")
+    end = len(raw) if end == -1 else end + 4
+    # A bare LF LF before that ends the block sooner; searching for it past
+    # ``end`` would walk the whole body of most mail.
+    bare = raw.find(b"\n\n", 0, end)
+    if bare != -1:
+        end = min(end, bare + 2)
+    if raw.startswith((b"\r\n", b"\n")):
+        end = 0
+    block = raw[:end]
+    fields = _plain_header_fields(block)
+    if fields is None:
+        msg = BytesHeaderParser(policy=compat32).parsebytes(block)
+        from_values = [str(v) for v in msg.get_all("From", [])]
+        message_id = msg.get("Message-ID")
+        content_type = msg.get("Content-Type")
+        auth_results = [str(v) for v in msg.get_all("Authentication-Results", [])]
+    else:
+        from_values = fields.get("from", [])
+        message_id = fields.get("message-id", [None])[0]
+        content_type = fields.get("content-type", [None])[0]
+        auth_results = fields.get("authentication-results", [])
+    message_id = str(message_id).strip()[:MAX_MESSAGE_ID] if message_id else None
+    content_type = str(content_type or "text/plain").strip().lower()
+    return Headers(
+        from_values=tuple(from_values),
+        message_id=message_id or None,
+        content_type=content_type,
+        authentication_results=tuple(auth_results),
+    )
+
+
+# A header field line as the email package's feed parser takes it: a name of
+# printable characters other than the colon, then a colon.
+_FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+:")
+_WANTED = frozenset({"from", "message-id", "content-type", "authentication-results"})
+
+
+def _plain_header_fields(block: bytes) -> dict[str, list[str]] | None:
+    """The From, Message-ID and Content-Type values of a plain header block, or None.
+
+    Gives what ``BytesHeaderParser(policy=compat32)`` gives for a block of
+    ASCII lines ended by CRLF only, each a ``name:`` field or a folded
+    continuation (``tests/gateway/test_headers.py`` compares both); for
+    anything else (8-bit octets, bare CR or LF, a unix-from line, defects)
+    None, and the caller asks the email package. The parser costs more than
+    the rest of a small reply's DATA checks.
+    """
+    if not block.endswith(b"\r\n\r\n") or not block.isascii():
+        return None
+    crlf = block.count(b"\r\n")
+    if block.count(b"\r") != crlf or block.count(b"\n") != crlf:
+        return None
+    fields: dict[str, list[str]] = {}
+    name: str | None = None  # the wanted field being read, if any
+    value: list[str] = []
+    seen = False  # a field line came before (a continuation first is a defect)
+    for line in block[:-4].decode("ascii").split("\r\n"):
+        if line[:1] in (" ", "\t"):
+            if not seen:
+                return None
+            if name is not None:
+                value.append(line)
+            continue
+        if name is not None:
+            fields.setdefault(name, []).append("\r\n".join(value).rstrip("\r\n"))
+            name = None
+        if line.startswith("From ") or not _FIELD_NAME.match(line):
+            return None
+        seen = True
+        key, _, first = line.partition(":")
+        key = key.lower()
+        if key in _WANTED:
+            name, value = key, [first.lstrip(" \t")]
+    if name is not None:
+        fields.setdefault(name, []).append("\r\n".join(value).rstrip("\r\n"))
+    return fields

@@ -1,0 +1,87 @@
+"""The acceptance policy: one set of rules for the gateway at DATA and for the inbound worker.
+
+Pure. Both callers read the same raw bytes through ``headers.read_headers``
+and ``parse.parse_message`` and ask these functions, so a reply the gateway
+accepts is never refused by the worker for a reason the gateway read
+differently, nor the other way round. Rules, in the order they apply:
+
+1. size: at most ``max_message_size`` bytes (``check_size``);
+2. sender: the message has one From header naming one mailbox
+   (``sender.read_from``), the address every reply token was issued to
+   (``sender_mismatch``); a ``+tag`` is ignored only when allowed;
+3. DMARC: no trusted ``Authentication-Results`` says the From domain failed
+   (``check_dmarc``); untrusted ones are ignored, since anyone can write one;
+4. attachments: each of an allowed type and within the per-file and total
+   limits (``files_to_keep``); inline images referenced from the HTML are
+   dropped, not refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from replygate.errors import DmarcFailed, MessageTooLarge
+from replygate.mail import attachments, sender
+from replygate.mail.headers import Headers
+from replygate.mail.parse import Attachment
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The limits and trust settings the rules use, built once from the configuration."""
+
+    max_message_size: int
+    attachment_max_bytes: int
+    attachments_total_max_bytes: int
+    attachment_types: tuple[str, ...]
+    trusted_authserv: frozenset[str] = frozenset()
+    allow_plus_tags: bool = False
+
+
+def check_size(policy: Policy, size: int) -> None:
+    if size > policy.max_message_size:
+        raise MessageTooLarge(
+            f"message of {size} bytes exceeds the limit of {policy.max_message_size}"
+        )
+
+
+def sender_mismatch(policy: Policy, headers: Headers, issued_to: Sequence[str]) -> str | None:
+    """Why the From header is not the person every one of ``issued_to`` names, or None.
+
+    A message to reply addresses of different people has one From and so
+    cannot be theirs at once.
+    """
+    found = sender.read_from(headers.from_values)
+    if found.problem is not None:
+        return found.problem
+    assert found.value is not None
+    for address in issued_to:
+        if not _same(found.value, address, policy.allow_plus_tags):
+            return f"From {found.value!r} is not {address}, the address its reply address names"
+    return None
+
+
+def _same(from_value: str, issued_to: str, allow_plus_tags: bool) -> bool:
+    return sender.same_sender(from_value, issued_to, allow_plus_tags=allow_plus_tags)
+
+
+def check_dmarc(policy: Policy, headers: Headers) -> None:
+    """Refuse a message whose From domain failed DMARC, as a trusted relay reports it."""
+    if not policy.trusted_authserv:
+        return
+    domain = sender.read_from(headers.from_values).domain
+    if sender.dmarc_failed(list(headers.authentication_results), policy.trusted_authserv, domain):
+        raise DmarcFailed(
+            f"DMARC failed for {domain or 'the From domain'} (trusted Authentication-Results)"
+        )
+
+
+def files_to_keep(policy: Policy, files: Iterable[Attachment]) -> list[Attachment]:
+    """The attachments to store, or raise the refusal that says which file and why."""
+    return attachments.files_to_keep(
+        files,
+        max_file=policy.attachment_max_bytes,
+        max_total=policy.attachments_total_max_bytes,
+        allowed=policy.attachment_types,
+    )
