@@ -138,6 +138,13 @@ def _referenced_cids(html_parts: list[str]) -> set[str]:
     return found
 
 
+def _shown_inline(content_id: str | None, cids: set[str]) -> bool:
+    """Whether an HTML body shows the part in place (``cid:`` names its Content-ID)."""
+    if not content_id:
+        return False
+    return content_id[1:-1].strip().lower() in cids
+
+
 _ADDR_SPEC = re.compile(r'^(?:"[^"\r\n]*"|[^\s<>()\[\],;:"@]+)@[^\s<>()\[\],;:"@]+$')
 
 
@@ -215,7 +222,7 @@ def _build(message: Message, mp: _Reading | None, defects: list[str]) -> ParsedM
             size=len(f.payload),
             payload=f.payload,
             content_id=f.content_id,
-            inline=bool(f.content_id) and f.content_id[1:-1].strip().lower() in cids,
+            inline=_shown_inline(f.content_id, cids),
         )
         for f in found.files
     )

@@ -13,6 +13,7 @@ from copy import deepcopy
 
 from lxml import etree
 from lxml import html as lxml_html
+from lxml.html import HtmlElement
 
 from replygate.mail.extract import quote_headers as qh
 
@@ -69,11 +70,11 @@ _QUOTE_CLASSES = (
 _QUOTE_IDS = ("divRplyFwdMsg", "OLK_SRC_BODY_SECTION", "zwchr", "appendonsend", "x_divRplyFwdMsg")
 
 
-def _classes(el: etree._Element) -> list[str]:
+def _classes(el: HtmlElement) -> list[str]:
     return (el.get("class") or "").split()
 
 
-def _drop_from(el: etree._Element) -> str:
+def _drop_from(el: HtmlElement) -> str:
     """Remove ``el`` and every later sibling, climbing to the body; return the removed text."""
     removed: list[str] = []
     node = el
@@ -97,13 +98,13 @@ def _drop_from(el: etree._Element) -> str:
     return "\n".join(removed)
 
 
-def _is_border_top_separator(el: etree._Element) -> bool:
+def _is_border_top_separator(el: HtmlElement) -> bool:
     """Outlook's reply header: a div whose style draws a thin top border above From:/Sent:."""
     style = (el.get("style") or "").lower().replace(" ", "")
     return "border-top:solid" in style and ("padding:3.0pt" in style or "padding-top" in style)
 
 
-def find_quote_start(root: etree._Element) -> tuple[etree._Element | None, str]:
+def find_quote_start(root: HtmlElement) -> tuple[HtmlElement | None, str]:
     """The first element where a client's inserted quote begins, and the rule's name."""
     for el in root.iter():
         if not isinstance(el.tag, str):
@@ -134,14 +135,14 @@ def find_quote_start(root: etree._Element) -> tuple[etree._Element | None, str]:
     return None, ""
 
 
-def _names_own_message_id(el: etree._Element) -> bool:
+def _names_own_message_id(el: HtmlElement) -> bool:
     return any(
         "rg." in value.lower() and qh.RE_OWN_MESSAGE_ID.search(value[: qh.MAX_ID_LINE])
         for value in el.attrib.values()
     )
 
 
-def _with_attribution(el: etree._Element) -> etree._Element:
+def _with_attribution(el: HtmlElement) -> HtmlElement:
     """``el``, or the attribution line ("On … wrote:") just before it when there is one."""
     prev = el.getprevious()
     while prev is not None and prev.tag == "br" and not (prev.tail or "").strip():
@@ -159,25 +160,30 @@ def _with_attribution(el: etree._Element) -> etree._Element:
 _RE_FIELD = re.compile(r"^\s*(?:from|date|de|von|van|da|od|от)\s*:", re.I)
 
 
-def _next_text(el: etree._Element) -> str:
+def _next_text(el: HtmlElement) -> str:
     nxt = el.getnext()
     # Comments and processing instructions between elements carry no text of their own.
     return nxt.text_content()[:40] if nxt is not None and isinstance(nxt.tag, str) else ""
 
 
-def _attributed(el: etree._Element) -> bool:
+def _attributed(el: HtmlElement) -> bool:
     """Whether the text just before ``el`` is an attribution line ending in a colon."""
     prev = el.getprevious()
     while prev is not None and not isinstance(prev.tag, str):
         prev = prev.getprevious()  # a comment between them is not the attribution
-    text = (prev.text_content() if prev is not None else (el.getparent().text or "")) or ""
-    return text.rstrip().endswith((":", "："))
+    text: str | None
+    if prev is not None:
+        text = prev.text_content()
+    else:  # the first child: the attribution is its parent's text before it
+        parent = el.getparent()
+        text = parent.text if parent is not None else ""
+    return (text or "").rstrip().endswith((":", "："))
 
 
 _XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")
 
 
-def parse(markup: str) -> etree._Element:
+def parse(markup: str) -> HtmlElement:
     """Parse mail HTML leniently (lxml's HTML parser never raises on tag soup)."""
     # lxml refuses a str that still carries an encoding declaration (Hotmail sends one).
     markup = _XML_DECLARATION.sub("", markup, count=1)
@@ -234,7 +240,7 @@ def _starts_with_forward(text: str) -> bool:
     return "forwarded message" in first.lower() or "message transféré" in first.lower()
 
 
-def _has_text_outside_blockquotes(root: etree._Element) -> bool:
+def _has_text_outside_blockquotes(root: HtmlElement) -> bool:
     """True unless every word is inside a blockquote (then the quote is all there is)."""
     depth = 0
     for event, el in etree.iterwalk(root, events=("start", "end")):
@@ -255,7 +261,7 @@ def _has_text_outside_blockquotes(root: etree._Element) -> bool:
     return False
 
 
-def render(root: etree._Element, *, quote_prefix: bool = False) -> str:
+def render(root: HtmlElement, *, quote_prefix: bool = False) -> str:
     """Text of an element: block elements and ``<br>`` become line breaks, nothing is guessed.
 
     Walked with ``iterwalk`` rather than recursion, so deeply nested quotes cost no stack.

@@ -10,6 +10,8 @@ target_metadata = Base.metadata
 
 def run_migrations_online() -> None:
     url = context.config.get_main_option("sqlalchemy.url")
+    if not url:  # db.upgrade always sets it; alembic run by hand may not
+        raise SystemExit("no sqlalchemy.url configured; run `replygate db upgrade`")
     engine = make_engine(url)
     with engine.connect() as connection:
         context.configure(
