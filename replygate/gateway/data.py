@@ -23,7 +23,7 @@ are those of the stock reader (``tests/gateway/test_data.py`` compares both):
   and reading goes on to the end of data so the session stays in step.
 
 Sans I/O: ``feed`` takes bytes and says how many it used; the protocol
-(``server.GatewaySMTP``) does the reading.
+(``protocol.GatewaySMTP``) does the reading.
 """
 
 from __future__ import annotations
