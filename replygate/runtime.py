@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import gc
 import signal
+from enum import StrEnum
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -37,11 +38,27 @@ def settle_heap() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
-ROLES = {
-    "all": ("gateway", "engine", "outbound", "portal"),
-    "gateway": ("gateway",),
-    "worker": ("engine", "outbound"),
-    "portal": ("portal",),
+class ProcessRole(StrEnum):
+    """What one ``serve`` process runs (``--role``)."""
+
+    ALL = "all"
+    GATEWAY = "gateway"
+    WORKER = "worker"
+    PORTAL = "portal"
+
+
+class Part(StrEnum):
+    GATEWAY = "gateway"
+    ENGINE = "engine"
+    OUTBOUND = "outbound"
+    PORTAL = "portal"
+
+
+PARTS: dict[ProcessRole, tuple[Part, ...]] = {
+    ProcessRole.ALL: (Part.GATEWAY, Part.ENGINE, Part.OUTBOUND, Part.PORTAL),
+    ProcessRole.GATEWAY: (Part.GATEWAY,),
+    ProcessRole.WORKER: (Part.ENGINE, Part.OUTBOUND),
+    ProcessRole.PORTAL: (Part.PORTAL,),
 }
 
 
@@ -61,11 +78,11 @@ async def run_service(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
-    parts = ROLES[role]
+    parts = PARTS[ProcessRole(role)]
     tasks: list[asyncio.Task[None]] = []
     gateway = None
     try:
-        if "gateway" in parts:
+        if Part.GATEWAY in parts:
             from replygate.gateway.server import start_gateway
 
             host, port = smtp_addr or (settings.smtp_host, settings.smtp_port)
@@ -74,7 +91,7 @@ async def run_service(
         # Set by the engine when it has written notifications; the outbound
         # worker of this process then delivers them without waiting to poll.
         notified = asyncio.Event()
-        if "engine" in parts:
+        if Part.ENGINE in parts:
             # Set by the gateway of this process once mail is committed, so the
             # engine claims it at once (on PostgreSQL it also LISTENs for other
             # processes' mail; across SQLite processes it polls).
@@ -83,12 +100,12 @@ async def run_service(
                 gateway.handler.wake_on_commit(queued)
             engine = InboundWorker(factory, settings)
             tasks.append(asyncio.create_task(engine.run(stop, notified=notified, wake=queued)))
-        if "outbound" in parts:
+        if Part.OUTBOUND in parts:
             worker = outbound_worker(settings, factory)
             tasks.append(
                 asyncio.create_task(worker.run(stop, settings.worker_poll_seconds, wake=notified))
             )
-        if "portal" in parts:
+        if Part.PORTAL in parts:
             from replygate.portal.server import run_portal
 
             host, port = portal_addr or (settings.portal_host, settings.portal_port)

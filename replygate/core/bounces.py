@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from replygate.config import Settings
 from replygate.mail.classify import BounceReport, verp_notification_id
-from replygate.store.models import OutboxMessage, User
+from replygate.store.models import AddressStatus, OutboxMessage, User
 
 
 def record_bounce(
@@ -37,7 +37,9 @@ def record_bounce(
     if hard:
         user.bounce_count += 1
         user.address_status = (
-            "suppressed" if user.bounce_count >= settings.bounce_suppress_after else "failing"
+            AddressStatus.SUPPRESSED
+            if user.bounce_count >= settings.bounce_suppress_after
+            else AddressStatus.FAILING
         )
     return {
         "matched": True,

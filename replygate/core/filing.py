@@ -29,7 +29,7 @@ from replygate.mail.parse import Attachment, ParsedMail, parse_message
 from replygate.mail.policy import check_dmarc, files_to_keep, sender_mismatch
 from replygate.store import directory, inbound, tokens
 from replygate.store.db import transaction
-from replygate.store.models import InboundMail, utcnow
+from replygate.store.models import InboundMail, InboundStatus, SenderPolicy, utcnow
 
 log = get_logger("replygate.engine")
 
@@ -85,7 +85,7 @@ class Filing:
             batch = self._prefetch(session, claimed, rows, prepared)
             for mail, prep in zip(claimed, prepared, strict=True):
                 row = rows.get(mail.id)
-                if row is None or row.status != "processing":
+                if row is None or row.status != InboundStatus.PROCESSING:
                     status = row.status if row is not None else "missing"
                     outcomes.append(Outcome(mail.id, status, "not claimed; left as it is"))
                 elif isinstance(prep, Exception):
@@ -94,7 +94,7 @@ class Filing:
                     outcomes.append(outcome)
                 else:
                     outcome = self._decide(session, row, prep, released=False, batch=batch)
-                    if outcome.status == "filed" and row.received_at >= batch.since:
+                    if outcome.status == InboundStatus.FILED and row.received_at >= batch.since:
                         key = (row.rcpt, row.mail_from)
                         batch.recent[key] = batch.recent.get(key, 0) + 1
                     outcomes.append(outcome)
@@ -114,7 +114,7 @@ class Filing:
         try:
             with self.factory() as session:
                 row = session.get(InboundMail, inbound_id)
-                if row is None or row.status != "processing":
+                if row is None or row.status != InboundStatus.PROCESSING:
                     status = row.status if row is not None else "missing"
                     return Outcome(inbound_id, status, "not claimed; left as it is")
                 raw, mail_from, rcpt = row.raw or b"", row.mail_from, row.rcpt
@@ -140,7 +140,7 @@ class Filing:
             try:
                 with transaction(self.factory) as session:
                     row = inbound.lock(session, inbound_id)
-                    if row.status != "processing":
+                    if row.status != InboundStatus.PROCESSING:
                         return Outcome(inbound_id, row.status, "not claimed; left as it is")
                     return self._decide(session, row, prepared, released=released)
             except IntegrityError:
@@ -225,14 +225,16 @@ class Filing:
                 decision["address"] = bounces.record_bounce(
                     session, verdict.bounce, rcpt=row.rcpt, settings=s
                 )
-            return self._finish(row, "ignored", reason, decision)
+            return self._finish(row, InboundStatus.IGNORED, reason, decision)
 
         try:
             route = routing.resolve(
                 session, row.rcpt, secret=s.secret_key, reply_domain=s.reply_domain, now=utcnow()
             )
         except InboundRefused as exc:
-            return self._finish(row, "rejected", str(exc), {"stage": "route", "refused": str(exc)})
+            return self._finish(
+                row, InboundStatus.REJECTED, str(exc), {"stage": "route", "refused": str(exc)}
+            )
         # Noted with the outcome, not now: one UPDATE of the queue row per mail, not two.
         routed = {"stage": "route", "thread": route.thread_id, "recipient": route.user_email}
         with session.no_autoflush:
@@ -243,12 +245,16 @@ class Filing:
             policy = directory.organisation(session).sender_policy
             reason = sender_mismatch(self.policy, prepared.headers, [route.user_email])
             if reason is not None:
-                status = "held" if policy == "hold" else "rejected"
+                status = (
+                    InboundStatus.HELD if policy == SenderPolicy.HOLD else InboundStatus.REJECTED
+                )
                 return self._finish(row, status, reason, {"stage": "sender", "policy": policy})
             try:
                 check_dmarc(self.policy, prepared.headers)
             except DmarcFailed as exc:
-                return self._finish(row, "rejected", str(exc), {"stage": "dmarc", "result": "fail"})
+                return self._finish(
+                    row, InboundStatus.REJECTED, str(exc), {"stage": "dmarc", "result": "fail"}
+                )
             if batch is not None:
                 flood = batch.recent.get((row.rcpt, row.mail_from), 0)
             else:
@@ -263,16 +269,20 @@ class Filing:
                     f"{flood} replies from {row.mail_from} to this address in "
                     f"{s.breaker_window_minutes} minutes; held until an operator releases it"
                 )
-                return self._finish(row, "held", reason, {"stage": "breaker", "count": flood})
+                return self._finish(
+                    row, InboundStatus.HELD, reason, {"stage": "breaker", "count": flood}
+                )
 
         if prepared.refused is not None:
-            return self._finish(row, "rejected", prepared.refused, {"stage": "attachments"})
+            return self._finish(
+                row, InboundStatus.REJECTED, prepared.refused, {"stage": "attachments"}
+            )
         parts, files = prepared.parts, prepared.files
         assert parts is not None  # a reply that passed the attachment policy was extracted
         layers = {"stage": "extract", "layers": list(parts.layers), "degraded": parts.degraded}
         if not parts.reply.strip():
             reason = "the reply is empty once quoted text and signature are removed"
-            return self._finish(row, "ignored", reason, layers)
+            return self._finish(row, InboundStatus.IGNORED, reason, layers)
 
         message = self.messaging.file_email_reply(
             session,
@@ -288,9 +298,9 @@ class Filing:
         )
         if message is None:
             reason = "already filed (same Message-ID delivered again)"
-            return self._finish(row, "filed", reason, {**layers, "duplicate": True})
-        self._finish(row, "filed", None, {**layers, "message": message.id})
-        return Outcome(row.id, "filed", None, message.id)
+            return self._finish(row, InboundStatus.FILED, reason, {**layers, "duplicate": True})
+        self._finish(row, InboundStatus.FILED, None, {**layers, "message": message.id})
+        return Outcome(row.id, InboundStatus.FILED, None, message.id)
 
     @staticmethod
     def _finish(row: InboundMail, status: str, reason: str | None, decision: dict) -> Outcome:
@@ -308,9 +318,9 @@ class Filing:
     def _record_failure(self, row: InboundMail, exc: Exception) -> Outcome:
         reason = f"{type(exc).__name__}: {exc}"[:2000]
         if row.attempts < self.settings.worker_max_attempts:
-            status = "queued"
+            status = InboundStatus.QUEUED
             row.claimed_at = utcnow()  # retried once the retry delay has passed
         else:
-            status = "failed"
+            status = InboundStatus.FAILED
         inbound.record(row, status, reason, {"stage": "error", "error": reason})
         return Outcome(row.id, status, reason)

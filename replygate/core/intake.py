@@ -42,6 +42,7 @@ from replygate.mail.parse import parse_message
 from replygate.mail.policy import Policy, check_dmarc, check_size, files_to_keep, sender_mismatch
 from replygate.store import directory, inbound
 from replygate.store.db import transaction
+from replygate.store.models import InboundStatus, SenderPolicy
 
 Decision = dict[str, Any]
 
@@ -62,7 +63,7 @@ class Recipient:
     kind: Literal["reply", "bounce"]
     route: Route | None
     decision: Decision
-    sender_policy: str = "reject"
+    sender_policy: str = SenderPolicy.REJECT
 
 
 @dataclass(frozen=True)
@@ -138,12 +139,12 @@ def check_sender(policy: Policy, headers: Headers, recipients: list[Recipient]) 
     reason = sender_mismatch(policy, headers, [route.user_email for route in replies])
     if reason is None:
         return {"stage": "data", "check": "sender", "sender": "ok"}
-    if all(r.sender_policy == "hold" for r in recipients if r.route is not None):
+    if all(r.sender_policy == SenderPolicy.HOLD for r in recipients if r.route is not None):
         return {
             "stage": "data",
             "check": "sender",
             "sender": "mismatch",
-            "policy": "hold",
+            "policy": SenderPolicy.HOLD.value,
             "reason": reason,
         }
     raise SenderMismatch(reason)
@@ -270,7 +271,7 @@ def queue_rows(
             "message_id": checked.message_id,
             "size": len(raw),
             "raw": raw,
-            "status": "queued",
+            "status": InboundStatus.QUEUED.value,
             "attempts": 0,
             "thread_id": r.route.thread_id if r.route is not None else None,
             "decisions": [r.decision, *checked.decisions],

@@ -25,11 +25,15 @@ from replygate.mail.compose import Notification, compose
 from replygate.store import directory, outbox, tokens
 from replygate.store.db import transaction
 from replygate.store.models import (
+    AddressStatus,
     Message,
     MessageAttachment,
+    MessageSource,
+    OutboxStatus,
     Thread,
     ThreadParticipant,
     User,
+    UserRole,
     utcnow,
 )
 
@@ -84,7 +88,9 @@ class Messaging:
         with transaction(self.factory) as session:
             author = directory.user(session, sender)
             recipients = self._expand(session, to, author)
-            if author.role == "client" and any(r.role == "client" for r in recipients):
+            if author.role == UserRole.CLIENT and any(
+                r.role == UserRole.CLIENT for r in recipients
+            ):
                 raise Invalid("clients can write to staff only")
             now = utcnow()
             threads: list[SentThread] = []
@@ -101,7 +107,9 @@ class Messaging:
                         ThreadParticipant(thread_id=thread.id, user_id=person.id),
                     ]
                 )
-                message = self._add_message(session, thread, author, body, source="portal")
+                message = self._add_message(
+                    session, thread, author, body, source=MessageSource.PORTAL
+                )
                 self._notify(session, thread, message, author)
                 threads.append(SentThread(id=thread.id, recipient=person.email))
                 messages.append(message.id)
@@ -114,7 +122,7 @@ class Messaging:
         with transaction(self.factory) as session:
             user = directory.user(session, author)
             thread = self.thread_for(session, thread_id, user)
-            message = self._add_message(session, thread, user, body, source="portal")
+            message = self._add_message(session, thread, user, body, source=MessageSource.PORTAL)
             self._notify(session, thread, message, user)
             return message.id
 
@@ -149,7 +157,7 @@ class Messaging:
             thread_id=thread.id,
             author_id=author.id,
             body=body,
-            source="email",
+            source=MessageSource.EMAIL,
             quote=quote or None,
             signature=signature or None,
             inbound_id=inbound_id,
@@ -378,7 +386,7 @@ class Messaging:
                 )
             else:
                 notification = Notification(mode="secure", **base)
-            suppressed = person.address_status == "suppressed"
+            suppressed = person.address_status == AddressStatus.SUPPRESSED
             outbox.add(
                 session,
                 compose(notification),
@@ -386,7 +394,7 @@ class Messaging:
                 user_id=person.id,
                 thread_id=thread.id,
                 message_id=message.id,
-                status="suppressed" if suppressed else "queued",
+                status=OutboxStatus.SUPPRESSED if suppressed else OutboxStatus.QUEUED,
                 last_error="address suppressed after repeated hard bounces" if suppressed else None,
                 flush=flush,
             )

@@ -6,7 +6,14 @@ from sqlalchemy import event, select
 from sqlalchemy.orm import Session, SessionTransaction
 
 from replygate.errors import Invalid, NotFound
-from replygate.store.models import ROLES, Circle, CircleMember, Organisation, User
+from replygate.store.models import (
+    Circle,
+    CircleMember,
+    Organisation,
+    SenderPolicy,
+    User,
+    UserRole,
+)
 
 
 def organisation(session: Session, *, default_name: str = "Our practice") -> Organisation:
@@ -20,7 +27,9 @@ def organisation(session: Session, *, default_name: str = "Our practice") -> Org
         return org
     org = session.scalars(select(Organisation).order_by(Organisation.id).limit(1)).first()
     if org is None:
-        org = Organisation(name=default_name, convenience_mode=False, sender_policy="reject")
+        org = Organisation(
+            name=default_name, convenience_mode=False, sender_policy=SenderPolicy.REJECT
+        )
         session.add(org)
         session.flush()
     session.info[_ORG_KEY] = org
@@ -47,8 +56,8 @@ def normalise_email(email: str) -> str:
 
 def add_user(session: Session, email: str, name: str, role: str) -> User:
     email = normalise_email(email)
-    if role not in ROLES:
-        raise Invalid(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    if role not in set(UserRole):
+        raise Invalid(f"role must be one of {', '.join(UserRole)}, not {role!r}")
     if "@" not in email or email.startswith("@") or email.endswith("@"):
         raise Invalid(f"{email!r} is not an email address")
     if find_user(session, email) is not None:

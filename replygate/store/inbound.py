@@ -18,12 +18,10 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from replygate.errors import Invalid, NotFound
 from replygate.store.db import transaction
-from replygate.store.models import INBOUND_STATUSES, InboundMail, utcnow
+from replygate.store.models import InboundMail, InboundStatus, utcnow
 
 # The PostgreSQL channel notified when mail is queued; engines LISTEN on it.
 CHANNEL = "replygate_inbound"
-
-REPLAYABLE = ("failed", "processing", "rejected", "ignored", "held", "queued", "filed")
 
 
 def enqueue(
@@ -44,7 +42,7 @@ def enqueue(
         size=len(raw),
         message_id=message_id,
         peer=peer,
-        status="queued",
+        status=InboundStatus.QUEUED,
         attempts=0,
         decisions=decisions or [],
     )
@@ -80,19 +78,22 @@ def _claimable(now: datetime, lease: timedelta) -> Select[tuple[InboundMail]]:
     waits_for_earlier = exists().where(
         earlier.thread_id == InboundMail.thread_id,
         earlier.id < InboundMail.id,
-        earlier.status.in_(("queued", "processing")),
+        earlier.status.in_((InboundStatus.QUEUED, InboundStatus.PROCESSING)),
     )
     return (
         select(InboundMail)
         .where(
             or_(
                 and_(
-                    InboundMail.status == "queued",
+                    InboundMail.status == InboundStatus.QUEUED,
                     or_(
                         InboundMail.claimed_at.is_(None), InboundMail.claimed_at < now - RETRY_DELAY
                     ),
                 ),
-                and_(InboundMail.status == "processing", InboundMail.claimed_at < now - lease),
+                and_(
+                    InboundMail.status == InboundStatus.PROCESSING,
+                    InboundMail.claimed_at < now - lease,
+                ),
             ),
             ~waits_for_earlier,
         )
@@ -141,7 +142,11 @@ def claim_mail(
             session.execute(
                 update(InboundMail)
                 .where(InboundMail.id.in_([m.id for m in claimed]))
-                .values(status="processing", claimed_at=now, attempts=InboundMail.attempts + 1)
+                .values(
+                    status=InboundStatus.PROCESSING,
+                    claimed_at=now,
+                    attempts=InboundMail.attempts + 1,
+                )
                 .execution_options(synchronize_session=False)
             )
         return claimed
@@ -184,8 +189,12 @@ def claim_one(factory: sessionmaker[Session], inbound_id: int) -> bool:
     with transaction(factory) as session:
         result = session.execute(
             update(InboundMail)
-            .where(InboundMail.id == inbound_id, InboundMail.status == "queued")
-            .values(status="processing", claimed_at=utcnow(), attempts=InboundMail.attempts + 1)
+            .where(InboundMail.id == inbound_id, InboundMail.status == InboundStatus.QUEUED)
+            .values(
+                status=InboundStatus.PROCESSING,
+                claimed_at=utcnow(),
+                attempts=InboundMail.attempts + 1,
+            )
         )
         return bool(result.rowcount)
 
@@ -222,7 +231,7 @@ def lock_many(session: Session, ids: Sequence[int]) -> dict[int, InboundMail]:
 
 def record(row: InboundMail, status: str, reason: str | None, decision: dict | None = None) -> None:
     """Set the outcome and append to the decision history operators read."""
-    if status not in INBOUND_STATUSES:
+    if status not in set(InboundStatus):
         raise ValueError(status)
     row.status = status
     row.reason = reason
@@ -284,8 +293,8 @@ def list_mail(
 ) -> Sequence[InboundMail]:
     stmt = select(InboundMail).order_by(InboundMail.id.desc()).limit(limit)
     if status is not None:
-        if status not in INBOUND_STATUSES:
-            raise Invalid(f"status must be one of {', '.join(INBOUND_STATUSES)}")
+        if status not in set(InboundStatus):
+            raise Invalid(f"status must be one of {', '.join(InboundStatus)}")
         stmt = stmt.where(InboundMail.status == status)
     if older_than is not None:
         stmt = stmt.where(InboundMail.received_at < older_than)
@@ -308,7 +317,12 @@ def stats(session: Session) -> list[tuple[str, str | None, int]]:
     return [(status, reason, int(n)) for status, reason, n in rows]
 
 
-FINAL = ("filed", "rejected", "ignored", "failed")
+FINAL = (
+    InboundStatus.FILED,
+    InboundStatus.REJECTED,
+    InboundStatus.IGNORED,
+    InboundStatus.FAILED,
+)
 
 
 def purge(session: Session, *, older_than: datetime) -> int:
@@ -330,15 +344,18 @@ def purge(session: Session, *, older_than: datetime) -> int:
 
 
 def requeue(session: Session, ids: Sequence[int]) -> list[int]:
-    """Put mails back in the queue for the engine to process again."""
+    """Put mails back in the queue for the engine to process again.
+
+    Any state may be replayed: filing is idempotent (one message per Message-ID
+    and token), and a worker still holding a ``processing`` row finds it no
+    longer claimed when it writes, and leaves it to the worker that claims it next.
+    """
     done = []
     for inbound_id in ids:
         row = get(session, inbound_id)
         if row.raw is None:
             raise Invalid(f"mail {inbound_id} was purged; its raw bytes are gone")
-        if row.status not in REPLAYABLE:
-            raise Invalid(f"mail {inbound_id} is {row.status} and cannot be replayed")
-        row.status = "queued"
+        row.status = InboundStatus.QUEUED
         row.claimed_at = None
         row.decisions = [*(row.decisions or []), {"event": "replay", "at": utcnow().isoformat()}]
         done.append(inbound_id)
@@ -346,4 +363,6 @@ def requeue(session: Session, ids: Sequence[int]) -> list[int]:
 
 
 def failed_ids(session: Session) -> list[int]:
-    return list(session.scalars(select(InboundMail.id).where(InboundMail.status == "failed")))
+    return list(
+        session.scalars(select(InboundMail.id).where(InboundMail.status == InboundStatus.FAILED))
+    )

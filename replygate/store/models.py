@@ -7,6 +7,7 @@ test compares these models with the migrated schema so the two cannot drift.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 
 from sqlalchemy import (
     JSON,
@@ -32,10 +33,53 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-ROLES = ("admin", "staff", "client")
-MESSAGE_SOURCES = ("portal", "email")
-INBOUND_STATUSES = ("queued", "processing", "filed", "held", "rejected", "ignored", "failed")
-OUTBOX_STATUSES = ("queued", "sending", "sent", "failed", "suppressed")
+
+class UserRole(StrEnum):
+    """What a person may do in the portal; staff and admins see every client."""
+
+    ADMIN = "admin"
+    STAFF = "staff"
+    CLIENT = "client"
+
+
+class AddressStatus(StrEnum):
+    """Whether notifications still go to a person's address (hard bounces count)."""
+
+    OK = "ok"
+    FAILING = "failing"
+    SUPPRESSED = "suppressed"
+
+
+class MessageSource(StrEnum):
+    PORTAL = "portal"
+    EMAIL = "email"
+
+
+class SenderPolicy(StrEnum):
+    """What happens to a reply whose From is not the person its address names."""
+
+    REJECT = "reject"
+    HOLD = "hold"
+
+
+class InboundStatus(StrEnum):
+    """Where one accepted inbound mail stands; the last five are final but replayable."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    FILED = "filed"
+    HELD = "held"
+    REJECTED = "rejected"
+    IGNORED = "ignored"
+    FAILED = "failed"
+
+
+class OutboxStatus(StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    SUPPRESSED = "suppressed"
 
 
 def utcnow() -> datetime:
@@ -78,7 +122,7 @@ class Organisation(Base):
     convenience_mode: Mapped[bool] = mapped_column(Boolean, default=False)
     hipaa_acknowledged_by: Mapped[str | None] = mapped_column(String(320))
     hipaa_acknowledged_at: Mapped[datetime | None]
-    sender_policy: Mapped[str] = mapped_column(String(20), default="reject")
+    sender_policy: Mapped[str] = mapped_column(String(20), default=SenderPolicy.REJECT)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -90,7 +134,7 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(200))
     role: Mapped[str] = mapped_column(String(10))
     password_hash: Mapped[str | None] = mapped_column(String(200))
-    address_status: Mapped[str] = mapped_column(String(20), default="ok")
+    address_status: Mapped[str] = mapped_column(String(20), default=AddressStatus.OK)
     bounce_count: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -169,7 +213,7 @@ class InboundMail(Base):
     message_id: Mapped[str | None] = mapped_column(String(998))
     size: Mapped[int] = mapped_column(Integer)
     raw: Mapped[bytes | None] = mapped_column(LargeBinary)
-    status: Mapped[str] = mapped_column(String(20), default="queued")
+    status: Mapped[str] = mapped_column(String(20), default=InboundStatus.QUEUED)
     reason: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     claimed_at: Mapped[datetime | None]
@@ -243,7 +287,7 @@ class OutboxMessage(Base):
     envelope_from: Mapped[str] = mapped_column(String(320))
     header_message_id: Mapped[str] = mapped_column(String(998), index=True)
     raw: Mapped[bytes] = mapped_column(LargeBinary)
-    status: Mapped[str] = mapped_column(String(20), default="queued")
+    status: Mapped[str] = mapped_column(String(20), default=OutboxStatus.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_error: Mapped[str | None] = mapped_column(Text)
@@ -251,21 +295,23 @@ class OutboxMessage(Base):
 
 
 __all__ = [
-    "INBOUND_STATUSES",
-    "MESSAGE_SOURCES",
-    "OUTBOX_STATUSES",
-    "ROLES",
+    "AddressStatus",
     "Base",
     "Circle",
     "CircleMember",
     "InboundMail",
+    "InboundStatus",
     "Message",
+    "MessageSource",
     "Organisation",
     "OutboxMessage",
+    "OutboxStatus",
     "ReplyToken",
+    "SenderPolicy",
     "Thread",
     "ThreadParticipant",
     "User",
+    "UserRole",
     "utcnow",
 ]
 
