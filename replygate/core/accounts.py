@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, func, select
+from sqlalchemy import ColumnElement, delete, func, select
 from sqlalchemy.orm import Session
 
 from replygate.errors import Invalid
@@ -131,7 +131,8 @@ def _verify(stored: str, password: str) -> bool:
         return False
 
 
-def _failures(session: Session, condition: object, since: datetime) -> int:
-    return session.scalar(
+def _failures(session: Session, condition: ColumnElement[bool], since: datetime) -> int:
+    count = session.scalar(
         select(func.count(LoginAttempt.id)).where(condition, LoginAttempt.attempted_at >= since)
     )
+    return count or 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import ScalarSelect, UnaryExpression, and_, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from replygate.core.messaging import CIRCLE_PREFIX, Messaging
@@ -128,7 +128,7 @@ def _preview(text: str) -> str:
     return flat if len(flat) <= PREVIEW_LENGTH else flat[: PREVIEW_LENGTH - 1] + "…"
 
 
-def _unread_count(user_id: int):
+def _unread_count(user_id: int) -> ScalarSelect[int]:
     """Correlated count of messages by others after the participant's read mark."""
     return (
         select(func.count(Message.id))
@@ -142,7 +142,7 @@ def _unread_count(user_id: int):
     )
 
 
-def _inbox_order():
+def _inbox_order() -> tuple[UnaryExpression[datetime], UnaryExpression[int]]:
     return (Thread.last_activity_at.desc(), Thread.id.desc())
 
 
@@ -178,11 +178,12 @@ def inbox(session: Session, user_id: int, page: int = 0) -> tuple[list[ThreadRow
 
 def unread_threads(session: Session, user_id: int) -> int:
     """How many of the user's threads hold something they have not read."""
-    return session.scalar(
+    count = session.scalar(
         select(func.count())
         .select_from(ThreadParticipant)
         .where(ThreadParticipant.user_id == user_id, _unread_count(user_id) > 0)
     )
+    return count or 0
 
 
 def sent(session: Session, user_id: int, page: int = 0) -> tuple[list[SentRow], bool]:
@@ -312,7 +313,7 @@ def attachment_for(session: Session, attachment_id: int, user: User) -> Attachme
     found = session.get(MessageAttachment, attachment_id)
     if found is None:
         raise NotFound(f"no attachment {attachment_id}")
-    message = session.get(Message, found.message_id)
+    message = session.get_one(Message, found.message_id)
     Messaging.thread_for(session, message.thread_id, user)  # NotFound unless a participant
     return AttachmentFile(found.filename, found.content_type, found.data)
 

@@ -105,7 +105,7 @@ class MessagePages(Site):
 
     async def compose_page(self, request: Request) -> Response:
         current = await self.require(request)
-        values = {
+        values: dict[str, Any] = {
             "to": request.query_params.getlist("to"),
             "subject": request.query_params.get("subject", ""),
             "body": request.query_params.get("body", ""),
@@ -149,7 +149,7 @@ class MessagePages(Site):
         me = current.viewer
         form = await self.form(request)
         to = [str(v) for v in form.getlist("to") if str(v).strip()]
-        values = {
+        values: dict[str, Any] = {
             "to": to,
             "subject": str(form.get("subject", "")),
             "body": str(form.get("body", "")),

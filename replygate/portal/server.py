@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 
 import uvicorn
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.types import ASGIApp
 
 from replygate.config import Settings
 from replygate.logs import get_logger
@@ -58,7 +59,7 @@ class PortalServer(uvicorn.Server):
         return None
 
 
-def portal_config(app: object, host: str, port: int) -> uvicorn.Config:
+def portal_config(app: ASGIApp, host: str, port: int) -> uvicorn.Config:
     """uvicorn settings: our own logging stays in charge, no lifespan, proxies on localhost."""
     return uvicorn.Config(
         app,
