@@ -320,6 +320,17 @@ def requeue(session: Session, outbox_ids: Sequence[int], *, now: datetime) -> in
     return int(result.rowcount or 0)
 
 
+def requeue_failed(session: Session, *, now: datetime) -> int:
+    """Queue every ``failed`` row again, due at once, in one statement. Returns the count."""
+    result = session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.status == "failed")
+        .values(status="queued", next_attempt_at=now, attempts=0)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)
+
+
 def _finish(factory: sessionmaker[Session], item: Claimed, **values: object) -> bool:
     # Matching on attempts fences off a worker whose lease was taken over. A
     # Core UPDATE on the session's connection: one per delivered notification,

@@ -1,12 +1,16 @@
 """The command line: one-line errors, masked secrets, the --json contracts,
-and the operator's queue tools (show, stats, purge)."""
+the operator's queue tools (show, stats, purge, reject), and the names of
+every command and option, which scripts and the operating guide rely on."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import update
@@ -184,3 +188,97 @@ def test_outbox_list_shows_no_content_and_retry_requeues_failed(
     assert "no such user" in run(env, "outbox", "list", "--status", "failed").output
     assert "1 notification(s)" in run(env, "outbox", "retry", "--failed").output
     assert json.loads(run(env, "outbox", "list", "--json").output)[0]["status"] == "queued"
+
+
+# Every command and its arguments and options: renaming one breaks scripts,
+# systemd units and the runbook in docs/operating.md.
+COMMANDS = {
+    "circles add": ["name"],
+    "circles add-member": ["email", "name"],
+    "circles list": ["--json"],
+    "config show": ["--json"],
+    "db upgrade": [],
+    "demo": [],
+    "ingest": ["--rcpt", "--sender"],
+    "outbox list": ["--json", "--limit", "--status"],
+    "outbox retry": ["--failed", "ids"],
+    "queue explain": ["inbound_id"],
+    "queue list": [
+        "--json",
+        "--limit",
+        "--newer-than",
+        "--older-than",
+        "--sender",
+        "--status",
+        "--thread",
+    ],
+    "queue purge": ["--older-than"],
+    "queue reject": ["--reason", "inbound_id"],
+    "queue release": ["inbound_id"],
+    "queue replay": ["--failed", "ids"],
+    "queue show": ["--json", "--raw", "inbound_id"],
+    "queue stats": ["--json"],
+    "send": ["--body", "--from", "--json", "--subject", "--to"],
+    "serve": ["--portal", "--role", "--smtp"],
+    "settings convenience": ["--acknowledge-hipaa", "--by", "state"],
+    "settings sender-policy": ["policy"],
+    "settings show": ["--json"],
+    "threads list": ["--json"],
+    "threads show": ["--json", "thread_id"],
+    "tokens inspect": ["--json", "address"],
+    "tokens revoke": ["address"],
+    "users add": ["--json", "--name", "--role", "email"],
+    "users list": ["--json"],
+    "users reset-bounces": ["email"],
+    "users set-password": ["email"],
+    "worker": ["--once"],
+}
+
+
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for name, command in group.commands.items():
+        path = (*prefix, name)
+        if isinstance(command, click.Group):
+            found.update(_commands(command, path))
+            continue
+        found[" ".join(path)] = sorted(
+            [p.name or "" for p in command.params if isinstance(p, click.Argument)]
+            + [flag for p in command.params if isinstance(p, click.Option) for flag in p.opts]
+        )
+    return found
+
+
+def test_every_command_keeps_its_name_arguments_and_options() -> None:
+    assert _commands(main) == COMMANDS
+
+
+def test_python_dash_m_runs_the_same_command(env: dict[str, str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "replygate", "tokens", "revoke", "cleo@example.com"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == "Error: cleo@example.com is not a reply address of reply.test"
+
+
+def test_operator_commands_refuse_what_they_cannot_do(
+    env: dict[str, str], sessions: sessionmaker[Session]
+) -> None:
+    """Usage mistakes exit 2; a request the queue refuses is one line and exit 1."""
+    assert "give queue ids or --failed" in run(env, "queue", "replay", code=2).output
+    assert "give notification ids or --failed" in run(env, "outbox", "retry", code=2).output
+    old, _ = _seed_queue(sessions)
+    refused = run(env, "queue", "reject", str(old), code=1)
+    assert refused.output.strip() == f"Error: mail {old} is ignored, not held"
+    with transaction(sessions) as s:
+        s.execute(update(InboundMail).where(InboundMail.id == old).values(status="held"))
+    assert run(env, "queue", "reject", str(old), "--reason", "spam").output == f"{old}: rejected\n"
+    (row,) = json.loads(run(env, "queue", "list", "--status", "rejected", "--json").output)
+    assert (row["id"], row["reason"]) == (old, "spam")
+    assert run(env, "users", "reset-bounces", "nobody@x.test", code=1).output.strip() == (
+        "Error: no user with email nobody@x.test"
+    )

@@ -1,0 +1,157 @@
+"""The ``replygate`` command: the root group, and what every command group shares.
+
+The group builds one ``App`` (settings, database) and every subcommand
+receives it through ``pass_app``. Each command group lives in a module of its
+own and only parses, calls ``replygate.core`` and prints. Errors are one
+clear line and exit status 1, never a traceback. Every listing has
+``--json``; those shapes are a contract.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.orm import Session, sessionmaker
+
+from replygate import logs
+from replygate.config import Settings, load_settings
+from replygate.errors import ReplygateError
+from replygate.store.db import make_engine, session_factory
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class App:
+    """What every command needs, built lazily so ``--help`` touches nothing."""
+
+    config_file: Path | None
+    overrides: dict[str, Any]
+    _settings: Settings | None = None
+    _engine: Engine | None = None
+    _factory: sessionmaker[Session] | None = field(default=None, repr=False)
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(config_file=self.config_file, overrides=self.overrides)
+        return self._settings
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = make_engine(self.settings.database_url)
+        return self._engine
+
+    @property
+    def factory(self) -> sessionmaker[Session]:
+        if self._factory is None:
+            self._factory = session_factory(self.engine)
+        return self._factory
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+def clean_errors(fn: F) -> F:
+    """Turn our errors and database trouble into one line and exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ReplygateError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        except (OperationalError, ProgrammingError) as exc:
+            detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            hint = (
+                " (run `replygate db upgrade` first)"
+                if "no such table" in detail or "does not exist" in detail
+                else ""
+            )
+            raise click.ClickException(f"database error: {detail}{hint}") from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit(data: Any, as_json: bool, text: Callable[[], object]) -> None:
+    """Print ``data`` as JSON (dataclasses as objects, anything else as its str) or as text."""
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=_jsonable))
+    else:
+        text()
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return str(value)
+
+
+@click.group()
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML configuration file (settings under [replygate]).",
+)
+@click.option("--database-url", help="Overrides REPLYGATE_DATABASE_URL.")
+@click.option("--log-json", is_flag=True, default=None, help="Log JSON lines instead of key=value.")
+@click.version_option(package_name="replygate")
+@click.pass_context
+def main(
+    ctx: click.Context, config_file: Path | None, database_url: str | None, log_json: bool | None
+) -> None:
+    """Secure client-portal messaging with reply by email."""
+    overrides = {"database_url": database_url, "log_json": log_json}
+    app = App(config_file=config_file, overrides=overrides)
+    ctx.obj = app
+    ctx.call_on_close(app.close)
+    json_logs = (
+        log_json
+        if log_json is not None
+        else os.environ.get("REPLYGATE_LOG_JSON", "").strip().lower() in ("1", "true", "yes", "on")
+    )
+    logs.configure(json=json_logs)
+
+
+def _add_command_groups() -> None:
+    """Attach each group's module; they import ``pass_app`` and friends from here."""
+    from replygate.cli import (
+        circles,
+        configuration,
+        database,
+        inbound_queue,
+        outbox,
+        send,
+        serve,
+        settings,
+        threads,
+        tokens,
+        users,
+    )
+
+    for module in (configuration, database, users, circles, settings, threads, tokens):
+        main.add_command(module.group)
+    main.add_command(send.send)
+    main.add_command(inbound_queue.group)
+    main.add_command(outbox.group)
+    for command in serve.commands:
+        main.add_command(command)
+
+
+_add_command_groups()

@@ -1,0 +1,186 @@
+"""``replygate queue``: inspect, replay, release, reject and purge inbound mail."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+import click
+
+from replygate.cli import App, clean_errors, emit, pass_app
+from replygate.core import operations, views
+
+
+@click.group("queue")
+def group() -> None:
+    """Inspect and replay inbound mail."""
+
+
+@group.command("list")
+@click.option("--status", help="Only mail with this status.")
+@click.option("--older-than", "older_than", type=float, help="Received more than DAYS ago.")
+@click.option("--newer-than", "newer_than", type=float, help="Received within the last DAYS.")
+@click.option("--sender", help="Only mail with this envelope sender.")
+@click.option("--thread", "thread_id", type=int, help="Only mail filed into this thread.")
+@click.option("--limit", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+@clean_errors
+def list_mail(
+    app: App,
+    status: str | None,
+    older_than: float | None,
+    newer_than: float | None,
+    sender: str | None,
+    thread_id: int | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List inbound mail, newest first."""
+    rows = views.queue(
+        app.factory,
+        status=status,
+        limit=limit,
+        older_than_days=older_than,
+        newer_than_days=newer_than,
+        sender=sender,
+        thread_id=thread_id,
+    )
+
+    def text() -> None:
+        if not rows:
+            click.echo("no inbound mail")
+            return
+        click.echo(f"{'ID':>6}  {'STATUS':<9} {'RECEIVED':<19}  {'FROM':<28} REASON")
+        for r in rows:
+            click.echo(
+                f"{r.id:>6}  {r.status:<9} {r.received_at[:19]:<19}  "
+                f"{(r.mail_from or '<>')[:28]:<28} {r.reason or ''}"
+            )
+
+    emit(rows, as_json, text)
+
+
+@group.command("show")
+@click.argument("inbound_id", type=int)
+@click.option("--raw", is_flag=True, help="Print the original bytes only.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+@clean_errors
+def show(app: App, inbound_id: int, raw: bool, as_json: bool) -> None:
+    """Show one inbound mail: envelope, headers, decisions, extracted reply (or --raw)."""
+    if raw:
+        sys.stdout.buffer.write(views.raw_mail(app.factory, inbound_id))
+        sys.stdout.buffer.flush()
+        return
+    mail = views.queue_detail(app.factory, inbound_id)
+
+    def text() -> None:
+        for line in views.explanation(mail, mail.decisions):
+            click.echo(line)
+        click.echo("\nHeaders:")
+        for name, value in mail.headers.items():
+            click.echo(f"  {name}: {value}")
+        if mail.reply is None:
+            click.echo("\n(raw bytes purged)")
+        else:
+            click.echo("\nExtracted reply:")
+            click.echo("  " + mail.reply.replace("\n", "\n  "))
+
+    emit(mail, as_json, text)
+
+
+@group.command("replay")
+@click.argument("ids", type=int, nargs=-1)
+@click.option("--failed", is_flag=True, help="Replay every failed mail.")
+@pass_app
+@clean_errors
+def replay(app: App, ids: tuple[int, ...], failed: bool) -> None:
+    """Run mail through the engine again (filing stays exactly-once)."""
+    from replygate.workers.inbound import InboundWorker
+
+    if not ids and not failed:
+        raise click.UsageError("give queue ids or --failed")
+    requeued = operations.requeue_inbound(app.factory, ids, all_failed=failed)
+    worker = InboundWorker(app.factory, app.settings)
+    lines: list[str] = []
+    with click.progressbar(
+        requeued, label="replaying", file=sys.stderr if len(requeued) > 5 else io.StringIO()
+    ) as bar:
+        for item in bar:
+            done = operations.replay_one(app.factory, item, worker.process)
+            if done.status is None:
+                lines.append(f"{done.inbound_id}: taken by a running worker")
+            else:
+                lines.append(
+                    f"{done.inbound_id}: {done.previous} -> {done.status}"
+                    + (f" ({done.reason})" if done.reason else "")
+                )
+    for line in lines:
+        click.echo(line)
+    if not requeued:
+        click.echo("nothing to replay")
+
+
+@group.command("release")
+@click.argument("inbound_id", type=int)
+@pass_app
+@clean_errors
+def release(app: App, inbound_id: int) -> None:
+    """File a held mail (an operator vouches for its sender)."""
+    from replygate.workers.inbound import InboundWorker
+
+    operations.release_held(app.factory, inbound_id)
+    outcome = InboundWorker(app.factory, app.settings).process(inbound_id, released=True)
+    status = views.plain(outcome.status)
+    click.echo(f"{inbound_id}: {status}" + (f" ({outcome.reason})" if outcome.reason else ""))
+
+
+@group.command("reject")
+@click.argument("inbound_id", type=int)
+@click.option("--reason", default="rejected by an operator", show_default=True)
+@pass_app
+@clean_errors
+def reject(app: App, inbound_id: int, reason: str) -> None:
+    """Drop a held mail without filing it."""
+    operations.reject_held(app.factory, inbound_id, reason)
+    click.echo(f"{inbound_id}: rejected")
+
+
+@group.command("explain")
+@click.argument("inbound_id", type=int)
+@pass_app
+@clean_errors
+def explain(app: App, inbound_id: int) -> None:
+    """Say in plain words what was decided about a mail, and why."""
+    for line in views.explain_mail(app.factory, inbound_id):
+        click.echo(line)
+
+
+@group.command("stats")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+@clean_errors
+def stats(app: App, as_json: bool) -> None:
+    """Count inbound mail by status and reason."""
+    counts = views.queue_stats(app.factory)
+    emit(
+        counts,
+        as_json,
+        lambda: [click.echo(f"{c.count:>7}  {c.status:<9} {c.reason or ''}") for c in counts],
+    )
+
+
+@group.command("purge")
+@click.option(
+    "--older-than", "older_than", type=float, default=None, help="DAYS (default: retention)."
+)
+@pass_app
+@clean_errors
+def purge(app: App, older_than: float | None) -> None:
+    """Delete raw mail past retention; filed messages and queue records stay."""
+    purged = operations.purge_raw_mail(app.factory, app.settings, older_than)
+    click.echo(
+        f"purged the raw bytes of {purged.count} mail(s) received more than "
+        f"{purged.days:g} days ago"
+    )

@@ -1,0 +1,114 @@
+"""``replygate serve``, ``worker``, ``ingest`` and ``demo``: running the service."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+import click
+
+from replygate import logs
+from replygate.cli import App, clean_errors, pass_app
+
+
+def _host_port(value: str | None, default_host: str, default_port: int) -> tuple[str, int]:
+    if not value:
+        return default_host, default_port
+    host, _, port = value.rpartition(":")
+    try:
+        return host or default_host, int(port)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is not HOST:PORT") from exc
+
+
+def _run_async(coro: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is optional off Linux
+        pass
+    asyncio.run(coro)
+
+
+@click.command("serve")
+@click.option("--smtp", "smtp", metavar="HOST:PORT", help="Where the SMTP gateway listens.")
+@click.option("--portal", "portal", metavar="HOST:PORT", help="Where the web portal listens.")
+@click.option(
+    "--role",
+    type=click.Choice(["all", "gateway", "worker", "portal"]),
+    default="all",
+    show_default=True,
+    help="Run everything in one process, or one part of it.",
+)
+@pass_app
+@clean_errors
+def serve(app: App, smtp: str | None, portal: str | None, role: str) -> None:
+    """Run the gateway, the engine and outbound workers and the portal until Ctrl-C."""
+    smtp_addr = _host_port(smtp, app.settings.smtp_host, app.settings.smtp_port)
+    portal_addr = _host_port(portal, app.settings.portal_host, app.settings.portal_port)
+    from replygate.runtime import run_service
+
+    _run_async(
+        run_service(
+            app.settings,
+            app.factory,
+            role=role,
+            smtp_addr=smtp_addr,
+            portal_addr=portal_addr,
+        )
+    )
+
+
+@click.command("worker")
+@click.option("--once", is_flag=True, help="Process what is queued now, then exit.")
+@pass_app
+@clean_errors
+def worker(app: App, once: bool) -> None:
+    """Run the threading engine and outbound delivery workers."""
+    from replygate.runtime import run_service
+    from replygate.workers.drain import drain_once
+
+    if once:
+        filed, delivered = drain_once(app.settings, app.factory)
+        click.echo(f"processed {filed} inbound mail(s), delivered {delivered} notification(s)")
+        return
+    _run_async(run_service(app.settings, app.factory, role="worker"))
+
+
+@click.command("ingest")
+@click.option("--rcpt", required=True, help="Envelope recipient (Postfix: ${recipient}).")
+@click.option("--sender", default="", help="Envelope sender (Postfix: ${sender}).")
+@pass_app
+def ingest(app: App, rcpt: str, sender: str) -> None:
+    """Accept one message on stdin, for a Postfix pipe transport (sysexits codes)."""
+    from replygate.gateway.ingest import ingest as run_ingest
+
+    # Postfix's pipe copies our stderr into the bounce it sends: only the reason goes there.
+    logs.configure(json=app.settings.log_json, level=logging.ERROR)
+    try:
+        raw = sys.stdin.buffer.read()
+        code, reason = run_ingest(app.settings, app.factory, rcpt=rcpt, sender=sender, raw=raw)
+    except Exception as exc:  # anything unexpected: let the MTA retry, nothing lost
+        click.echo(f"temporary failure: {exc}", err=True)
+        sys.exit(75)
+    if reason:
+        click.echo(reason, err=True)
+    sys.exit(code)
+
+
+@click.command("demo")
+@pass_app
+@clean_errors
+def demo(app: App) -> None:
+    """Seed a demo organisation with Convenience Mode on and say how to reply by email."""
+    from replygate.demo import seed_demo
+
+    for line in seed_demo(app.settings, app.factory):
+        click.echo(line)
+
+
+commands = (serve, worker, ingest, demo)

@@ -1,0 +1,60 @@
+"""``replygate settings``: the organisation's Convenience Mode and sender policy."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import click
+
+from replygate.cli import App, clean_errors, emit, pass_app
+from replygate.core import operations, views
+
+
+@click.group("settings")
+def group() -> None:
+    """Organisation settings."""
+
+
+@group.command("show")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+@clean_errors
+def show(app: App, as_json: bool) -> None:
+    """Show the organisation's settings."""
+    data = dataclasses.asdict(views.organisation_settings(app.factory, app.settings))
+    emit(data, as_json, lambda: [click.echo(f"{k}: {v}") for k, v in data.items()])
+
+
+@group.command("convenience")
+@click.argument("state", type=click.Choice(["on", "off"]))
+@click.option(
+    "--acknowledge-hipaa",
+    is_flag=True,
+    help="Required to switch on: email will carry message content.",
+)
+@click.option("--by", "acknowledged_by", help="Who acknowledges (recorded with the time).")
+@pass_app
+@clean_errors
+def convenience(app: App, state: str, acknowledge_hipaa: bool, acknowledged_by: str | None) -> None:
+    """Switch Convenience Mode (reply by email) on or off."""
+    voided = operations.set_convenience_mode(
+        app.factory,
+        app.settings,
+        on=state == "on",
+        acknowledged_by=acknowledged_by,
+        acknowledge_hipaa=acknowledge_hipaa,
+    )
+    if state == "on":
+        click.echo("Convenience Mode is on: notifications carry content and accept replies.")
+    else:
+        click.echo(f"Convenience Mode is off: {voided} outstanding reply address(es) voided.")
+
+
+@group.command("sender-policy")
+@click.argument("policy", type=click.Choice(operations.SENDER_POLICIES))
+@pass_app
+@clean_errors
+def sender_policy(app: App, policy: str) -> None:
+    """What to do with a reply whose From is not the token's recipient."""
+    operations.set_sender_policy(app.factory, app.settings, policy)
+    click.echo(f"sender policy: {policy}")

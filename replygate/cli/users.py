@@ -1,0 +1,67 @@
+"""``replygate users``: staff, clients and admins, and the state of their addresses."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from replygate.cli import App, clean_errors, emit, pass_app
+from replygate.core import operations, views
+
+
+@click.group("users")
+def group() -> None:
+    """Staff, clients and admins."""
+
+
+@group.command("add")
+@click.argument("email")
+@click.option("--name", required=True)
+@click.option("--role", type=click.Choice(["admin", "staff", "client"]), required=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+@clean_errors
+def add(app: App, email: str, name: str, role: str, as_json: bool) -> None:
+    """Add a user."""
+    user = operations.add_user(app.factory, email, name, role)
+    emit(user, as_json, lambda: click.echo(f"added {role} {user.email} (id {user.id})"))
+
+
+@group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+@clean_errors
+def list_users(app: App, as_json: bool) -> None:
+    """List users with the state of their email address."""
+    rows = views.users(app.factory)
+
+    def text() -> None:
+        for u in rows:
+            click.echo(f"{u.id:>5}  {u.role:<6}  {u.email:<36} {u.name:<24} {u.address_status}")
+
+    emit(rows, as_json, text)
+
+
+@group.command("set-password")
+@click.argument("email")
+@pass_app
+@clean_errors
+def set_password(app: App, email: str) -> None:
+    """Set a portal password (read from stdin when piped, else prompted)."""
+    if sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    stored = operations.set_password(app.factory, email, password)
+    click.echo(f"password set for {stored}")
+
+
+@group.command("reset-bounces")
+@click.argument("email")
+@pass_app
+@clean_errors
+def reset_bounces(app: App, email: str) -> None:
+    """Mark an address good again after its bounces were dealt with."""
+    stored = operations.reset_bounces(app.factory, email)
+    click.echo(f"{stored}: address ok, notifications resume")

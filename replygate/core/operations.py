@@ -1,0 +1,238 @@
+"""What operators do: add people and Circles, replay, release, reject and purge
+inbound mail, retry notifications, clear an address's bounces, set the
+organisation's policies, revoke a reply address.
+
+Each operation is a function over a session maker (and the settings, where
+the organisation's defaults matter) that commits its own transaction and
+raises ``NotFound`` or ``Invalid`` with a sentence the operator reads; nothing
+here prints. Filing a mail belongs to the inbound worker, above this layer:
+replay and release make the queue's status transition and record the
+operator's decision, and the caller hands the mail to the worker
+(``replay_one`` takes its ``process`` as an argument).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from replygate.config import Settings
+from replygate.core.messaging import Messaging
+from replygate.core.views import UserRow, days_ago, plain, user_row
+from replygate.errors import Invalid, NotFound
+from replygate.mail import reply_token
+from replygate.store import directory, inbound, outbox, tokens
+from replygate.store.db import transaction
+from replygate.store.models import InboundMail, utcnow
+
+# What to do with a reply whose From is not the address its token was issued to.
+SENDER_POLICIES = ("reject", "hold")
+
+
+# -- people ---------------------------------------------------------------------------------
+
+
+def add_user(factory: sessionmaker[Session], email: str, name: str, role: str) -> UserRow:
+    with transaction(factory) as session:
+        return user_row(directory.add_user(session, email, name, role))
+
+
+def set_password(factory: sessionmaker[Session], email: str, password: str) -> str:
+    """Set a user's portal password; returns the address as stored."""
+    # Imported here: the module hashes a dummy password when loaded, which
+    # every start of the command line (one per mail on a Postfix pipe) would pay.
+    from replygate.core.accounts import set_password as set_hash
+
+    with transaction(factory) as session:
+        set_hash(session, email, password)
+    return directory.normalise_email(email)
+
+
+def reset_bounces(factory: sessionmaker[Session], email: str) -> str:
+    """Mark an address good again once its bounces were dealt with; notifications resume.
+
+    Returns the address as stored.
+    """
+    with transaction(factory) as session:
+        user = directory.user(session, email)
+        user.bounce_count, user.address_status = 0, "ok"
+        return user.email
+
+
+def add_circle(factory: sessionmaker[Session], name: str) -> None:
+    with transaction(factory) as session:
+        directory.add_circle(session, name)
+
+
+def add_member(factory: sessionmaker[Session], circle: str, email: str) -> None:
+    """Add a user to a Circle (nothing changes if they are a member already)."""
+    with transaction(factory) as session:
+        directory.add_member(session, circle, email)
+
+
+# -- the organisation -----------------------------------------------------------------------
+
+
+def set_convenience_mode(
+    factory: sessionmaker[Session],
+    settings: Settings,
+    *,
+    on: bool,
+    acknowledged_by: str | None = None,
+    acknowledge_hipaa: bool = False,
+) -> int:
+    """Switch Convenience Mode, by the one rule the portal uses too (``Messaging``).
+
+    Returns how many reply addresses were voided (switching off voids them all).
+    """
+    return Messaging(factory, settings).set_convenience_mode(
+        on=on, acknowledged_by=acknowledged_by, acknowledge_hipaa=acknowledge_hipaa
+    )
+
+
+def set_sender_policy(factory: sessionmaker[Session], settings: Settings, policy: str) -> None:
+    """Reject a reply from the wrong sender, or hold it for an operator to release."""
+    if policy not in SENDER_POLICIES:
+        raise Invalid(f"sender policy must be one of {', '.join(SENDER_POLICIES)}, not {policy!r}")
+    with transaction(factory) as session:
+        org = directory.organisation(session, default_name=settings.organisation_name)
+        org.sender_policy = policy
+
+
+def revoke_reply_address(factory: sessionmaker[Session], settings: Settings, address: str) -> None:
+    """Revoke one reply address: the gateway refuses it from now on."""
+    token = reply_token.token_from_address(address, settings.reply_domain)
+    if token is None:
+        raise NotFound(f"{address} is not a reply address of {settings.reply_domain}")
+    with transaction(factory) as session:
+        if not tokens.revoke(session, token, now=utcnow()):
+            raise NotFound(f"no live reply address {address}")
+
+
+# -- the inbound queue ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Requeued:
+    """A mail put back in the queue for replay, and the status it had before."""
+
+    inbound_id: int
+    previous: str
+
+
+class Processed(Protocol):
+    """What filing one claimed mail reports (the inbound worker's ``Outcome``)."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def reason(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """How one replay ended; ``status`` is None when a running worker claimed the mail first."""
+
+    inbound_id: int
+    previous: str
+    status: str | None
+    reason: str | None
+
+
+def requeue_inbound(
+    factory: sessionmaker[Session], ids: Sequence[int] = (), *, all_failed: bool = False
+) -> list[Requeued]:
+    """Put the named mails, and with ``all_failed`` every failed one, back in the queue.
+
+    One transaction: a mail that does not exist, was purged or cannot be
+    replayed refuses the whole request. Each requeued mail's history records
+    the replay.
+    """
+    if not ids and not all_failed:
+        raise Invalid("name the mails to replay, or ask for every failed one")
+    with transaction(factory) as session:
+        chosen = list(ids) + (inbound.failed_ids(session) if all_failed else [])
+        previous = {i: plain(inbound.get(session, i).status) for i in chosen}
+        return [Requeued(i, previous[i]) for i in inbound.requeue(session, chosen)]
+
+
+def replay_one(
+    factory: sessionmaker[Session], item: Requeued, process: Callable[[int], Processed]
+) -> Replayed:
+    """Claim one requeued mail and file it with ``process``; filing stays exactly-once.
+
+    A worker running meanwhile may have claimed it first: then it files the
+    mail and this leaves it alone.
+    """
+    if not inbound.claim_one(factory, item.inbound_id):
+        return Replayed(item.inbound_id, item.previous, None, None)
+    outcome = process(item.inbound_id)
+    return Replayed(item.inbound_id, item.previous, plain(outcome.status), outcome.reason)
+
+
+def release_held(factory: sessionmaker[Session], inbound_id: int) -> None:
+    """Claim a held mail for filing, recording that an operator vouched for its sender.
+
+    The caller then files it (the inbound worker's ``process`` with
+    ``released=True``).
+    """
+    with transaction(factory) as session:
+        row = _held(session, inbound_id)
+        row.status, row.claimed_at = "processing", None
+        inbound.note(row, {"stage": "operator", "action": "release"})
+
+
+def reject_held(
+    factory: sessionmaker[Session], inbound_id: int, reason: str = "rejected by an operator"
+) -> None:
+    """Drop a held mail without filing it; the reason is what the queue shows."""
+    with transaction(factory) as session:
+        row = _held(session, inbound_id)
+        inbound.record(row, "rejected", reason, {"stage": "operator", "action": "reject"})
+
+
+def _held(session: Session, inbound_id: int) -> InboundMail:
+    row = inbound.lock(session, inbound_id)
+    if row.status != "held":
+        raise Invalid(f"mail {inbound_id} is {plain(row.status)}, not held")
+    return row
+
+
+@dataclass(frozen=True)
+class Purged:
+    count: int
+    days: float
+
+
+def purge_raw_mail(
+    factory: sessionmaker[Session], settings: Settings, older_than_days: float | None = None
+) -> Purged:
+    """Drop the raw bytes of finished mail older than the retention period (or ``older_than_days``).
+
+    Queue records and filed messages stay; queued, processing and held mail is never purged.
+    """
+    days = settings.retention_days if older_than_days is None else older_than_days
+    with transaction(factory) as session:
+        return Purged(inbound.purge(session, older_than=days_ago(days)), days)
+
+
+# -- the outbox -----------------------------------------------------------------------------
+
+
+def retry_notifications(
+    factory: sessionmaker[Session], ids: Sequence[int] = (), *, all_failed: bool = False
+) -> int:
+    """Queue failed notifications again, due at once; returns how many.
+
+    The named ones when any are named, otherwise (with ``all_failed``) every
+    failed one, however many. Rows that are not ``failed`` are left alone.
+    """
+    if not ids and not all_failed:
+        raise Invalid("name the notifications to retry, or ask for every failed one")
+    with transaction(factory) as session:
+        if ids:
+            return outbox.requeue(session, list(ids), now=utcnow())
+        return outbox.requeue_failed(session, now=utcnow())
