@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from replygate.config import Settings
 from replygate.mail.classify import BounceReport, verp_notification_id
+from replygate.mail.compose import message_id_for
 from replygate.store.models import AddressStatus, OutboxMessage, User
 
 
@@ -23,10 +24,10 @@ def record_bounce(
     notification_id = verp_notification_id(rcpt, settings.reply_domain) or report.notification_id
     if not notification_id:
         return {"matched": False, "why": "the bounce names none of our notifications"}
+    # Equality, not LIKE: an id may hold "_", which LIKE reads as a wildcard.
+    message_id = message_id_for(notification_id, settings.reply_domain)
     row = session.scalars(
-        select(OutboxMessage).where(
-            OutboxMessage.header_message_id.like(f"<rg.n.{notification_id}@%")
-        )
+        select(OutboxMessage).where(OutboxMessage.header_message_id == message_id)
     ).first()
     if row is None or row.user_id is None:
         return {"matched": False, "notification": notification_id}

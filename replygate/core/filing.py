@@ -9,6 +9,7 @@ gateway applied at DATA, read from the same stored bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,6 +24,17 @@ from replygate.core.messaging import FileUpload, Messaging
 from replygate.errors import DmarcFailed, InboundRefused
 from replygate.logs import get_logger
 from replygate.mail import classify, reply_token
+from replygate.mail.decisions import (
+    AttachmentsRefused,
+    Braked,
+    Classified,
+    Decision,
+    DmarcRefused,
+    Extracted,
+    Failed,
+    Routed,
+    SenderRefused,
+)
 from replygate.mail.extract.reply import ReplyParts, extract_from_parts
 from replygate.mail.headers import Headers, read_headers
 from replygate.mail.parse import Attachment, ParsedMail, parse_message
@@ -220,11 +232,10 @@ class Filing:
         parsed, verdict = prepared.parsed, prepared.verdict
         if verdict.kind != "reply":
             reason = "; ".join(verdict.reasons) or verdict.kind
-            decision = {"stage": "classify", "kind": verdict.kind, "reasons": list(verdict.reasons)}
+            decision = Classified(verdict.kind, list(verdict.reasons))
             if verdict.kind == "bounce" and verdict.bounce is not None:
-                decision["address"] = bounces.record_bounce(
-                    session, verdict.bounce, rcpt=row.rcpt, settings=s
-                )
+                address = bounces.record_bounce(session, verdict.bounce, rcpt=row.rcpt, settings=s)
+                decision = dataclasses.replace(decision, address=address)
             return self._finish(row, InboundStatus.IGNORED, reason, decision)
 
         try:
@@ -232,14 +243,12 @@ class Filing:
                 session, row.rcpt, secret=s.secret_key, reply_domain=s.reply_domain, now=utcnow()
             )
         except InboundRefused as exc:
-            return self._finish(
-                row, InboundStatus.REJECTED, str(exc), {"stage": "route", "refused": str(exc)}
-            )
+            return self._finish(row, InboundStatus.REJECTED, str(exc), Routed(refused=str(exc)))
         # Noted with the outcome, not now: one UPDATE of the queue row per mail, not two.
-        routed = {"stage": "route", "thread": route.thread_id, "recipient": route.user_email}
+        routed = Routed(thread=route.thread_id, recipient=route.user_email)
         with session.no_autoflush:
             row.thread_id = route.thread_id
-            inbound.note(row, routed)
+            inbound.note(row, routed.to_record())
 
         if not released:
             policy = directory.organisation(session).sender_policy
@@ -248,13 +257,11 @@ class Filing:
                 status = (
                     InboundStatus.HELD if policy == SenderPolicy.HOLD else InboundStatus.REJECTED
                 )
-                return self._finish(row, status, reason, {"stage": "sender", "policy": policy})
+                return self._finish(row, status, reason, SenderRefused(policy))
             try:
                 check_dmarc(self.policy, prepared.headers)
             except DmarcFailed as exc:
-                return self._finish(
-                    row, InboundStatus.REJECTED, str(exc), {"stage": "dmarc", "result": "fail"}
-                )
+                return self._finish(row, InboundStatus.REJECTED, str(exc), DmarcRefused())
             if batch is not None:
                 flood = batch.recent.get((row.rcpt, row.mail_from), 0)
             else:
@@ -269,17 +276,13 @@ class Filing:
                     f"{flood} replies from {row.mail_from} to this address in "
                     f"{s.breaker_window_minutes} minutes; held until an operator releases it"
                 )
-                return self._finish(
-                    row, InboundStatus.HELD, reason, {"stage": "breaker", "count": flood}
-                )
+                return self._finish(row, InboundStatus.HELD, reason, Braked(flood))
 
         if prepared.refused is not None:
-            return self._finish(
-                row, InboundStatus.REJECTED, prepared.refused, {"stage": "attachments"}
-            )
+            return self._finish(row, InboundStatus.REJECTED, prepared.refused, AttachmentsRefused())
         parts, files = prepared.parts, prepared.files
         assert parts is not None  # a reply that passed the attachment policy was extracted
-        layers = {"stage": "extract", "layers": list(parts.layers), "degraded": parts.degraded}
+        layers = Extracted(list(parts.layers), parts.degraded)
         if not parts.reply.strip():
             reason = "the reply is empty once quoted text and signature are removed"
             return self._finish(row, InboundStatus.IGNORED, reason, layers)
@@ -298,13 +301,19 @@ class Filing:
         )
         if message is None:
             reason = "already filed (same Message-ID delivered again)"
-            return self._finish(row, InboundStatus.FILED, reason, {**layers, "duplicate": True})
-        self._finish(row, InboundStatus.FILED, None, {**layers, "message": message.id})
+            return self._finish(
+                row, InboundStatus.FILED, reason, dataclasses.replace(layers, duplicate=True)
+            )
+        self._finish(
+            row, InboundStatus.FILED, None, dataclasses.replace(layers, message=message.id)
+        )
         return Outcome(row.id, InboundStatus.FILED, None, message.id)
 
     @staticmethod
-    def _finish(row: InboundMail, status: str, reason: str | None, decision: dict) -> Outcome:
-        inbound.record(row, status, reason, decision)
+    def _finish(
+        row: InboundMail, status: InboundStatus, reason: str | None, decision: Decision
+    ) -> Outcome:
+        inbound.record(row, status, reason, decision.to_record())
         return Outcome(row.id, status, reason)
 
     def _fail(self, inbound_id: int, exc: Exception) -> Outcome:
@@ -322,5 +331,5 @@ class Filing:
             row.claimed_at = utcnow()  # retried once the retry delay has passed
         else:
             status = InboundStatus.FAILED
-        inbound.record(row, status, reason, {"stage": "error", "error": reason})
+        inbound.record(row, status, reason, Failed(reason).to_record())
         return Outcome(row.id, status, reason)

@@ -37,14 +37,13 @@ from replygate.core import routing
 from replygate.core.routing import Route
 from replygate.errors import SenderMismatch
 from replygate.mail.classify import verp_notification_id
+from replygate.mail.decisions import DataChecked, Decision, RecipientAccepted, Stored
 from replygate.mail.headers import Headers, read_headers
 from replygate.mail.parse import parse_message
 from replygate.mail.policy import Policy, check_dmarc, check_size, files_to_keep, sender_mismatch
 from replygate.store import directory, inbound
 from replygate.store.db import transaction
 from replygate.store.models import InboundStatus, SenderPolicy
-
-Decision = dict[str, Any]
 
 
 class StoreUnavailable(Exception):
@@ -62,7 +61,7 @@ class Recipient:
     address: str
     kind: Literal["reply", "bounce"]
     route: Route | None
-    decision: Decision
+    decision: RecipientAccepted
     sender_policy: str = SenderPolicy.REJECT
 
 
@@ -82,7 +81,7 @@ def check_recipient(
     when the database cannot answer)."""
     ident = verp_notification_id(address, settings.reply_domain)
     if ident is not None:
-        decision = {"stage": "rcpt", "recipient": address, "kind": "bounce", "bounce_id": ident}
+        decision = RecipientAccepted(address, "bounce", bounce_id=ident)
         return Recipient(address, "bounce", None, decision)
     try:
         with factory() as session, session.begin():
@@ -96,15 +95,14 @@ def check_recipient(
             policy = directory.organisation(session).sender_policy
     except (SQLAlchemyError, OSError) as exc:
         raise StoreUnavailable(f"cannot look up the reply address: {exc}") from exc
-    decision = {
-        "stage": "rcpt",
-        "recipient": address,
-        "kind": "reply",
-        "token": "ok",
-        "token_id": route.token_id,
-        "thread_id": route.thread_id,
-        "user_id": route.user_id,
-    }
+    decision = RecipientAccepted(
+        address,
+        "reply",
+        token="ok",
+        token_id=route.token_id,
+        thread_id=route.thread_id,
+        user_id=route.user_id,
+    )
     return Recipient(address, "reply", route, decision, sender_policy=policy)
 
 
@@ -121,7 +119,7 @@ def acceptance_policy(settings: Settings) -> Policy:
     )
 
 
-def check_sender(policy: Policy, headers: Headers, recipients: list[Recipient]) -> Decision:
+def check_sender(policy: Policy, headers: Headers, recipients: list[Recipient]) -> DataChecked:
     """Refuse unless the one From header names the address every token was issued to.
 
     DATA has one reply for all recipients, so a mismatch for one refuses the
@@ -130,41 +128,27 @@ def check_sender(policy: Policy, headers: Headers, recipients: list[Recipient]) 
     """
     replies = [r.route for r in recipients if r.route is not None]
     if not replies:
-        return {
-            "stage": "data",
-            "check": "sender",
-            "sender": "not checked",
-            "reason": "delivery report address",
-        }
+        return DataChecked("sender", sender="not checked", reason="delivery report address")
     reason = sender_mismatch(policy, headers, [route.user_email for route in replies])
     if reason is None:
-        return {"stage": "data", "check": "sender", "sender": "ok"}
+        return DataChecked("sender", sender="ok")
     if all(r.sender_policy == SenderPolicy.HOLD for r in recipients if r.route is not None):
-        return {
-            "stage": "data",
-            "check": "sender",
-            "sender": "mismatch",
-            "policy": SenderPolicy.HOLD.value,
-            "reason": reason,
-        }
+        return DataChecked(
+            "sender", sender="mismatch", policy=SenderPolicy.HOLD.value, reason=reason
+        )
     raise SenderMismatch(reason)
 
 
 def check_attachments(
     policy: Policy, raw: bytes, headers: Headers, recipients: list[Recipient]
-) -> Decision:
+) -> DataChecked:
     """Refuse attachments the worker would refuse; a plain-text reply is not parsed at all."""
     if not any(r.route is not None for r in recipients):
-        return {
-            "stage": "data",
-            "check": "attachments",
-            "attachments": "not checked",
-            "reason": "delivery report",
-        }
+        return DataChecked("attachments", attachments="not checked", reason="delivery report")
     if headers.content_type.startswith("text/"):
-        return {"stage": "data", "check": "attachments", "attachments": 0}
+        return DataChecked("attachments", attachments=0)
     kept = files_to_keep(policy, parse_message(raw).attachments)
-    return {"stage": "data", "check": "attachments", "attachments": len(kept)}
+    return DataChecked("attachments", attachments=len(kept))
 
 
 def enqueue(
@@ -189,7 +173,7 @@ def enqueue(
                     raw=raw,
                     message_id=message_id,
                     peer=peer,
-                    decisions=[r.decision, *decisions],
+                    decisions=[d.to_record() for d in (r.decision, *decisions)],
                 )
                 if r.route is not None:  # keeps one thread's replies in order (inbound.claim)
                     row.thread_id = r.route.thread_id
@@ -221,7 +205,7 @@ def check(
     if any(r.route is not None for r in recipients):
         check_dmarc(policy, headers)
     files = check_attachments(policy, raw, headers, recipients)
-    decisions = [sender, files, {"stage": "accept", "via": via, "size": len(raw)}]
+    decisions: list[Decision] = [sender, files, Stored(via, len(raw))]
     return Checked(headers.message_id, decisions)
 
 
@@ -274,7 +258,7 @@ def queue_rows(
             "status": InboundStatus.QUEUED.value,
             "attempts": 0,
             "thread_id": r.route.thread_id if r.route is not None else None,
-            "decisions": [r.decision, *checked.decisions],
+            "decisions": [d.to_record() for d in (r.decision, *checked.decisions)],
         }
         for r in recipients
     ]

@@ -23,16 +23,14 @@ from dataclasses import dataclass
 from email.utils import parseaddr
 from typing import TYPE_CHECKING
 
-from replygate.mail.markers import LOOP_HEADER, MESSAGE_ID_PREFIX
+from replygate.mail.markers import LOOP_HEADER, MESSAGE_ID_PREFIX, NOTIFICATION_ID, VERP_PREFIX
 
 if TYPE_CHECKING:  # the record's type only; this module imports nothing of ours at run time
     from replygate.mail.parse import ParsedMail
 
 KINDS = ("reply", "auto_reply", "bounce", "loop")
 
-VERP_PREFIX = "bounces+"
 # What ``outbound.compose`` accepts as a notification id (it names the outbox row).
-_NOTIFICATION_ID = re.compile(r"[A-Za-z0-9_-]{1,56}")
 _STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
 _MSG_ID = re.compile(r"<[^<>\s]+>")
 
@@ -142,7 +140,7 @@ def notification_id_from_message_id(message_id: str | None, our_domain: str) -> 
     assert message_id is not None
     local = message_id.strip()[1:-1].rpartition("@")[0][len(MESSAGE_ID_PREFIX) :]
     pieces = local.split(".")
-    if len(pieces) >= 2 and pieces[0] == "n" and _NOTIFICATION_ID.fullmatch(pieces[1]):
+    if len(pieces) >= 2 and pieces[0] == "n" and NOTIFICATION_ID.fullmatch(pieces[1]):
         return pieces[1]
     return None
 
@@ -282,7 +280,7 @@ def returned_notification_id(returned_headers: str | None, our_domain: str) -> s
         return None
     fields = _fields(returned_headers)
     loop_value = fields.get(LOOP_HEADER.lower(), "").strip()
-    if _NOTIFICATION_ID.fullmatch(loop_value):
+    if NOTIFICATION_ID.fullmatch(loop_value):
         return loop_value
     for message_id in _MSG_ID.findall(fields.get("message-id", "")):
         found = notification_id_from_message_id(message_id, our_domain)
@@ -304,7 +302,7 @@ def verp_notification_id(rcpt: str, our_domain: str) -> str | None:
     if not local.lower().startswith(VERP_PREFIX):
         return None
     candidate = local[len(VERP_PREFIX) :]
-    return candidate if _NOTIFICATION_ID.fullmatch(candidate) else None
+    return candidate if NOTIFICATION_ID.fullmatch(candidate) else None
 
 
 def _describe(report: BounceReport) -> list[str]:

@@ -33,12 +33,16 @@ from email.parser import BytesHeaderParser
 from email.utils import format_datetime, getaddresses
 from typing import Literal
 
-from replygate.mail.markers import LOOP_HEADER, MESSAGE_ID_PREFIX, REPLY_ABOVE_LINE
+from replygate.mail.markers import (
+    LOOP_HEADER,
+    MESSAGE_ID_PREFIX,
+    NOTIFICATION_ID,
+    REPLY_ABOVE_LINE,
+    VERP_PREFIX,
+)
 
 SECURE_SUBJECT = "You have a new secure message"
 
-# Local part "bounces+<id>" must fit 64 octets; ids are url-safe so they need no quoting.
-_NOTIFICATION_ID = re.compile(r"^[A-Za-z0-9_-]{1,56}$")
 # C0 and C1 controls and Unicode line separators: all of them break a header line.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _MSG_ID = re.compile(r"^<[^<>\s]+@[^<>\s]+>$")
@@ -99,7 +103,7 @@ def message_id_for(notification_id: str, reply_domain: str) -> str:
 def verp_sender(notification_id: str, reply_domain: str) -> str:
     """The envelope sender: a bounce to it names the notification that failed."""
     _check_id(notification_id)
-    return f"bounces+{notification_id}@{_clean_domain(reply_domain)}"
+    return f"{VERP_PREFIX}{notification_id}@{_clean_domain(reply_domain)}"
 
 
 def compose(n: Notification, *, now: datetime | None = None) -> ComposedMail:
@@ -296,7 +300,7 @@ def _verify(raw: bytes, expected: dict[str, str | None]) -> None:
 
 
 def _check_id(notification_id: str) -> None:
-    if not _NOTIFICATION_ID.match(notification_id):
+    if not NOTIFICATION_ID.fullmatch(notification_id):
         raise ValueError(f"notification id is not url-safe or too long: {notification_id!r}")
 
 

@@ -1,67 +1,264 @@
-"""Plain-words account of what happened to one inbound mail (``queue explain``).
+"""Decision records: what the gateway and the worker decided about one inbound mail.
 
-Reads the decision records the gateway and the engine append to the queue
-row; each record is a small dict with a ``stage``.
+Pure. Each stage has a record type; ``to_record`` gives the JSON object kept
+on the queue row (``{"stage": ..., field: value}``, empty fields left out)
+and ``from_record`` reads one back, so ``queue explain`` dispatches on types,
+not on guessed keys. Rows written before the ``replay`` stage had a stage of
+its own carry ``{"event": "replay"}``; ``from_record`` reads both. A record
+of a stage this version does not know is kept whole as ``Unknown``, and
+explained as its fields.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar
 
 
-def explain(row: dict[str, Any], decisions: list[dict[str, Any]]) -> list[str]:
+class Stage(StrEnum):
+    RCPT = "rcpt"
+    DATA = "data"
+    ACCEPT = "accept"
+    CLASSIFY = "classify"
+    ROUTE = "route"
+    SENDER = "sender"
+    DMARC = "dmarc"
+    BREAKER = "breaker"
+    ATTACHMENTS = "attachments"
+    EXTRACT = "extract"
+    OPERATOR = "operator"
+    REPLAY = "replay"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One stage's record; subclasses name their stage and their fields."""
+
+    stage: ClassVar[Stage]
+
+    def to_record(self) -> dict[str, Any]:
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {"stage": self.stage.value, **{k: v for k, v in values.items() if v is not None}}
+
+
+@dataclass(frozen=True)
+class RecipientAccepted(Decision):
+    """RCPT: a live reply address (its token, thread, person) or our VERP bounce address."""
+
+    stage = Stage.RCPT
+    recipient: str
+    kind: str
+    token: str | None = None
+    token_id: int | None = None
+    thread_id: int | None = None
+    user_id: int | None = None
+    bounce_id: str | None = None
+
+
+@dataclass(frozen=True)
+class DataChecked(Decision):
+    """DATA: one check of the acceptance policy (``check`` is ``sender`` or ``attachments``)."""
+
+    stage = Stage.DATA
+    check: str
+    sender: str | None = None
+    attachments: int | str | None = None
+    policy: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Stored(Decision):
+    """Stored before the 250 reply (``via`` is ``smtp`` or ``pipe``)."""
+
+    stage = Stage.ACCEPT
+    via: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Classified(Decision):
+    """Not a person's reply (auto-reply, bounce, loop); ``address`` is what a bounce did."""
+
+    stage = Stage.CLASSIFY
+    kind: str
+    reasons: list[str] = field(default_factory=list)
+    address: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Routed(Decision):
+    """The reply address named ``thread`` and ``recipient``, or was ``refused``."""
+
+    stage = Stage.ROUTE
+    thread: int | None = None
+    recipient: str | None = None
+    refused: str | None = None
+
+
+@dataclass(frozen=True)
+class SenderRefused(Decision):
+    stage = Stage.SENDER
+    policy: str = "reject"
+
+
+@dataclass(frozen=True)
+class DmarcRefused(Decision):
+    stage = Stage.DMARC
+    result: str = "fail"
+
+
+@dataclass(frozen=True)
+class Braked(Decision):
+    """The flood brake held it: ``count`` recent replies from this sender to this address."""
+
+    stage = Stage.BREAKER
+    count: int
+
+
+@dataclass(frozen=True)
+class AttachmentsRefused(Decision):
+    stage = Stage.ATTACHMENTS
+
+
+@dataclass(frozen=True)
+class Extracted(Decision):
+    """The reply was cut out (``layers`` are the rules used) and filed as ``message``."""
+
+    stage = Stage.EXTRACT
+    layers: list[str] = field(default_factory=list)
+    degraded: bool = False
+    message: int | None = None
+    duplicate: bool | None = None
+
+
+@dataclass(frozen=True)
+class OperatorAction(Decision):
+    stage = Stage.OPERATOR
+    action: str
+
+
+@dataclass(frozen=True)
+class Replayed(Decision):
+    stage = Stage.REPLAY
+    at: str
+
+
+@dataclass(frozen=True)
+class Failed(Decision):
+    stage = Stage.ERROR
+    error: str
+
+
+@dataclass(frozen=True)
+class Unknown(Decision):
+    """A record of a stage this version does not know, kept as it was."""
+
+    stage = Stage.ERROR  # never written: ``to_record`` gives ``record`` back
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, Any]:
+        return dict(self.record)
+
+
+_TYPES: dict[str, type[Decision]] = {
+    t.stage.value: t
+    for t in (
+        RecipientAccepted,
+        DataChecked,
+        Stored,
+        Classified,
+        Routed,
+        SenderRefused,
+        DmarcRefused,
+        Braked,
+        AttachmentsRefused,
+        Extracted,
+        OperatorAction,
+        Replayed,
+        Failed,
+    )
+}
+
+
+def from_record(record: Mapping[str, Any]) -> Decision:
+    """The typed record of one stored decision (``Unknown`` when it fits no type)."""
+    kind = _TYPES.get(str(record.get("stage") or record.get("event") or ""))
+    if kind is None:
+        return Unknown(record=dict(record))
+    names = {f.name for f in dataclasses.fields(kind)}
+    extra = set(record) - names - {"stage", "event"}
+    try:
+        if extra:
+            raise TypeError(f"unexpected fields {sorted(extra)}")
+        return kind(**{k: v for k, v in record.items() if k in names})
+    except TypeError:
+        return Unknown(record=dict(record))
+
+
+def explain(row: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Plain-words account of what happened to one inbound mail (``queue explain``)."""
     lines = [
         f"Mail {row['id']} from {row['mail_from'] or '<> (a bounce)'} to {row['rcpt']}, "
         f"received {row['received_at'][:19]} UTC, {row['size']} bytes.",
     ]
-    for d in decisions:
-        lines.append("- " + _sentence(d))
+    lines.extend("- " + sentence(from_record(r)) for r in records)
     final = f"Now {row['status']}"
     lines.append(final + (f": {row['reason']}." if row["reason"] else "."))
     return lines
 
 
-def _sentence(d: dict[str, Any]) -> str:
-    stage = d.get("stage") or d.get("event")
-    if stage == "rcpt":
-        return f"The gateway accepted the recipient ({_rest(d)})."
-    if stage == "data":
-        return f"The gateway stored the message before answering 250 ({_rest(d)})."
-    if stage == "classify":
-        reasons = "; ".join(d.get("reasons") or []) or d.get("kind", "")
-        text = f"Classified as {d.get('kind')}: {reasons}."
-        if isinstance(d.get("address"), dict) and d["address"].get("matched"):
-            a = d["address"]
-            text += f" {a['user']} is now {a['address_status']} ({a['bounce_count']} hard bounces)."
-        return text + " It is never filed nor notified on."
-    if stage == "route":
-        if "refused" in d:
-            return f"The reply address was refused: {d['refused']}."
-        return f"The reply address names thread {d.get('thread')} and {d.get('recipient')}."
-    if stage == "sender":
-        return f"The From address did not match (sender policy: {d.get('policy', 'reject')})."
-    if stage == "dmarc":
-        return "A trusted Authentication-Results header says DMARC failed for the From domain."
-    if stage == "breaker":
-        return f"Flood brake: {d.get('count')} recent replies from this sender to this address."
-    if stage == "extract":
-        layers = ", ".join(d.get("layers") or []) or "none needed"
-        text = f"Reply extracted (rules used: {layers})"
-        if d.get("degraded"):
-            text += "; the time budget ran out, so a cheaper cut was used"
-        if d.get("duplicate"):
-            return text + "; the same mail had been filed already, so nothing new was filed."
-        if d.get("message"):
-            return text + f"; filed as message {d['message']}."
-        return text + "."
-    if stage == "operator":
-        return f"An operator chose to {d.get('action')} it."
-    if stage == "replay":
-        return f"Replayed by an operator at {str(d.get('at'))[:19]}."
-    if stage == "error":
-        return f"Processing failed: {d.get('error')}."
-    return f"{stage}: {_rest(d)}"
+def sentence(d: Decision) -> str:
+    """One decision in words."""
+    match d:
+        case RecipientAccepted():
+            return f"The gateway accepted the recipient ({_fields(d)})."
+        case Stored() | AttachmentsRefused():
+            return f"{d.stage}: {_fields(d)}"
+        case DataChecked():
+            return f"The gateway stored the message before answering 250 ({_fields(d)})."
+        case Classified():
+            text = f"Classified as {d.kind}: {'; '.join(d.reasons) or d.kind}."
+            a = d.address
+            if isinstance(a, dict) and a.get("matched"):
+                status, count = a["address_status"], a["bounce_count"]
+                text += f" {a['user']} is now {status} ({count} hard bounces)."
+            return text + " It is never filed nor notified on."
+        case Routed(refused=str() as refused):
+            return f"The reply address was refused: {refused}."
+        case Routed():
+            return f"The reply address names thread {d.thread} and {d.recipient}."
+        case SenderRefused():
+            return f"The From address did not match (sender policy: {d.policy})."
+        case DmarcRefused():
+            return "A trusted Authentication-Results header says DMARC failed for the From domain."
+        case Braked():
+            return f"Flood brake: {d.count} recent replies from this sender to this address."
+        case Extracted():
+            text = f"Reply extracted (rules used: {', '.join(d.layers) or 'none needed'})"
+            if d.degraded:
+                text += "; the time budget ran out, so a cheaper cut was used"
+            if d.duplicate:
+                return text + "; the same mail had been filed already, so nothing new was filed."
+            if d.message:
+                return text + f"; filed as message {d.message}."
+            return text + "."
+        case OperatorAction():
+            return f"An operator chose to {d.action} it."
+        case Replayed():
+            return f"Replayed by an operator at {d.at[:19]}."
+        case Failed():
+            return f"Processing failed: {d.error}."
+        case Unknown(record=record):
+            stage = record.get("stage") or record.get("event")
+            rest = ", ".join(f"{k}={v}" for k, v in record.items() if k not in ("stage", "event"))
+            return f"{stage}: {rest}"
+    raise AssertionError(f"no sentence for {d!r}")
 
 
-def _rest(d: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in d.items() if k not in ("stage", "event"))
+def _fields(d: Decision) -> str:
+    return ", ".join(f"{k}={v}" for k, v in d.to_record().items() if k != "stage")

@@ -6,6 +6,8 @@ them and the extractor that recognises them cannot drift apart.
 
 from __future__ import annotations
 
+import re
+
 # The line above which a reply by email is read; everything from it down is ours.
 REPLY_ABOVE_LINE = "##- Please type your reply above this line -##"
 
@@ -14,6 +16,13 @@ LOOP_HEADER = "X-Replygate-Loop"
 
 # Our Message-IDs look like <rg.KIND.ID.RANDOM@reply-domain>.
 MESSAGE_ID_PREFIX = "rg."
+
+# Bounces come back to bounces+<notification id>@<reply domain> (VERP).
+VERP_PREFIX = "bounces+"
+
+# A notification id: url-safe, so it needs no quoting, and short enough that
+# "bounces+<id>" fits the 64 octets of a local part.
+NOTIFICATION_ID = re.compile(r"[A-Za-z0-9_-]{1,56}")
 
 # Control headers that only we may set: stripped from inbound mail on arrival.
 CONTROL_HEADERS = (LOOP_HEADER, "X-Replygate-Notification")

@@ -71,7 +71,7 @@ def test_a_from_the_gateway_holds_is_held_by_the_worker_too(
         peer=None,
         via="pipe",
     )
-    assert accepted.decisions[0]["sender"] == "mismatch"
+    assert accepted.decisions[0].sender == "mismatch"
     InboundWorker(sessions, settings).drain()
     with sessions() as s:
         row = s.get(InboundMail, accepted.queue_ids[0])

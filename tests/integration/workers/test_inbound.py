@@ -293,6 +293,33 @@ def test_a_bounce_for_a_notification_marks_the_address_and_suppresses_after_repe
         assert last.status == "suppressed"
 
 
+def test_a_bounce_address_of_wildcards_matches_no_notification(
+    sessions: sessionmaker[Session], settings: Settings, reply_address: tuple[int, str]
+) -> None:
+    """An attacker's DSN to ``bounces+<twenty underscores>@`` (``_`` is LIKE's wildcard)
+    names no notification of ours, so nobody's address is marked failing."""
+    verp = f"bounces+{'_' * 20}@{settings.reply_domain}"
+    dsn = (
+        "From: MAILER-DAEMON@evil.test\r\nTo: " + verp + "\r\n"
+        "Subject: Undelivered\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n\r\n'
+        "--b\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; evil.test\r\n\r\n"
+        "Final-Recipient: rfc822; cleo@example.com\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
+        "--b--\r\n"
+    ).encode()
+    with sessions() as s:
+        header_id = s.scalars(select(OutboxMessage.header_message_id)).one()
+    assert len(header_id.split(".")[2].split("@")[0]) == 20  # the sweep has the right length
+    for _ in range(3):
+        enqueue(sessions, verp, dsn, mail_from="")
+    InboundWorker(sessions, settings).drain()
+    with sessions() as s:
+        cleo = directory.user(s, "cleo@example.com")
+        assert (cleo.address_status, cleo.bounce_count) == ("ok", 0)
+        assert {row.status for row in s.scalars(select(InboundMail))} == {"ignored"}
+
+
 def test_the_running_engine_signals_when_it_has_written_notifications(
     sessions: sessionmaker[Session], settings: Settings, reply_address: tuple[int, str]
 ) -> None:
