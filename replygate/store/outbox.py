@@ -24,9 +24,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import case, func, literal, select, tuple_, update
+from sqlalchemy import Table, Update, case, func, literal, select, tuple_, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.store.db import transaction
@@ -152,6 +153,11 @@ def latest_header_message_id(session: Session, thread_id: int, user_id: int) -> 
     ).first()
 
 
+# The Core table, for the statements that bypass the ORM. A declarative class's
+# ``__table__`` is a Table; SQLAlchemy types the attribute as any FromClause.
+_OUTBOX = cast(Table, OutboxMessage.__table__)
+
+
 def any_due(factory: sessionmaker[Session], *, now: datetime) -> bool:
     """Whether ``claim_due`` would find a row, read without claiming anything.
 
@@ -159,7 +165,7 @@ def any_due(factory: sessionmaker[Session], *, now: datetime) -> bool:
     read takes no write lock, where an empty claim would queue for it behind
     every writer (and sleep in SQLite's busy handler) only to find nothing.
     """
-    table = OutboxMessage.__table__
+    table = _OUTBOX
     with factory() as session:
         found = session.connection().execute(
             select(table.c.id)
@@ -179,7 +185,7 @@ def claim_due(
     ``lease_seconds`` and one more attempt.
     """
     lease_until = now + timedelta(seconds=lease_seconds)
-    table = OutboxMessage.__table__
+    table = _OUTBOX
     # SKIP LOCKED is PostgreSQL's; SQLAlchemy leaves FOR UPDATE out on SQLite,
     # where BEGIN IMMEDIATE already serialises the whole transaction. Core
     # statements, one select and one update per batch: workers poll this often.
@@ -243,7 +249,7 @@ def mark_sent_many(
     """
     if not sent:
         return []
-    table = OutboxMessage.__table__
+    table = _OUTBOX
     items = [item for item, _ in sent]
     times = {item.id: literal(at, table.c.sent_at.type) for item, at in sent}
     sent_at = (
@@ -307,26 +313,33 @@ def get(session: Session, outbox_id: int) -> OutboxMessage | None:
     return session.get(OutboxMessage, outbox_id)
 
 
+def _updated(session: Session, statement: Update) -> CursorResult[Any]:
+    """Run an ORM UPDATE; its result is a CursorResult, which has the row count."""
+    return cast("CursorResult[Any]", session.execute(statement))
+
+
 def requeue(session: Session, outbox_ids: Sequence[int], *, now: datetime) -> int:
     """Queue ``failed`` rows again, due at once (an operator's replay). Returns the count."""
     if not outbox_ids:
         return 0
-    result = session.execute(
+    result = _updated(
+        session,
         update(OutboxMessage)
         .where(OutboxMessage.id.in_(tuple(outbox_ids)), OutboxMessage.status == "failed")
         .values(status="queued", next_attempt_at=now, attempts=0)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False),
     )
     return int(result.rowcount or 0)
 
 
 def requeue_failed(session: Session, *, now: datetime) -> int:
     """Queue every ``failed`` row again, due at once, in one statement. Returns the count."""
-    result = session.execute(
+    result = _updated(
+        session,
         update(OutboxMessage)
         .where(OutboxMessage.status == "failed")
         .values(status="queued", next_attempt_at=now, attempts=0)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False),
     )
     return int(result.rowcount or 0)
 
@@ -335,7 +348,7 @@ def _finish(factory: sessionmaker[Session], item: Claimed, **values: object) -> 
     # Matching on attempts fences off a worker whose lease was taken over. A
     # Core UPDATE on the session's connection: one per delivered notification,
     # and the ORM's bulk-update machinery cost more than the statement itself.
-    table = OutboxMessage.__table__
+    table = _OUTBOX
     with transaction(factory) as session:
         result = session.connection().execute(
             update(table)
