@@ -8,6 +8,7 @@ import click
 
 from replygate.cli import App, clean_errors, emit, pass_app
 from replygate.core import operations, views
+from replygate.store.models import UserRole
 
 
 @click.group("users")
@@ -18,7 +19,7 @@ def group() -> None:
 @group.command("add")
 @click.argument("email")
 @click.option("--name", required=True)
-@click.option("--role", type=click.Choice(["admin", "staff", "client"]), required=True)
+@click.option("--role", type=click.Choice([role.value for role in UserRole]), required=True)
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 @clean_errors

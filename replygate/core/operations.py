@@ -26,10 +26,16 @@ from replygate.errors import Invalid, NotFound
 from replygate.mail import reply_token
 from replygate.store import directory, inbound, outbox, tokens
 from replygate.store.db import transaction
-from replygate.store.models import InboundMail, utcnow
+from replygate.store.models import (
+    AddressStatus,
+    InboundMail,
+    InboundStatus,
+    SenderPolicy,
+    utcnow,
+)
 
 # What to do with a reply whose From is not the address its token was issued to.
-SENDER_POLICIES = ("reject", "hold")
+SENDER_POLICIES = tuple(policy.value for policy in SenderPolicy)
 
 
 # -- people ---------------------------------------------------------------------------------
@@ -58,7 +64,7 @@ def reset_bounces(factory: sessionmaker[Session], email: str) -> str:
     """
     with transaction(factory) as session:
         user = directory.user(session, email)
-        user.bounce_count, user.address_status = 0, "ok"
+        user.bounce_count, user.address_status = 0, AddressStatus.OK
         return user.email
 
 
@@ -99,7 +105,7 @@ def set_sender_policy(factory: sessionmaker[Session], settings: Settings, policy
         raise Invalid(f"sender policy must be one of {', '.join(SENDER_POLICIES)}, not {policy!r}")
     with transaction(factory) as session:
         org = directory.organisation(session, default_name=settings.organisation_name)
-        org.sender_policy = policy
+        org.sender_policy = SenderPolicy(policy)
 
 
 def revoke_reply_address(factory: sessionmaker[Session], settings: Settings, address: str) -> None:
@@ -181,7 +187,7 @@ def release_held(factory: sessionmaker[Session], inbound_id: int) -> None:
     """
     with transaction(factory) as session:
         row = _held(session, inbound_id)
-        row.status, row.claimed_at = "processing", None
+        row.status, row.claimed_at = InboundStatus.PROCESSING, None
         inbound.note(row, {"stage": "operator", "action": "release"})
 
 
@@ -191,12 +197,14 @@ def reject_held(
     """Drop a held mail without filing it; the reason is what the queue shows."""
     with transaction(factory) as session:
         row = _held(session, inbound_id)
-        inbound.record(row, "rejected", reason, {"stage": "operator", "action": "reject"})
+        inbound.record(
+            row, InboundStatus.REJECTED, reason, {"stage": "operator", "action": "reject"}
+        )
 
 
 def _held(session: Session, inbound_id: int) -> InboundMail:
     row = inbound.lock(session, inbound_id)
-    if row.status != "held":
+    if row.status != InboundStatus.HELD:
         raise Invalid(f"mail {inbound_id} is {plain(row.status)}, not held")
     return row
 
