@@ -43,7 +43,7 @@ from replygate.gateway import replies
 from replygate.gateway.replies import Condition
 from replygate.gateway.throttle import Throttle, parse_networks
 from replygate.logs import get_logger
-from replygate.store.db import sqlite_read_factory
+from replygate.store.db import close_reads, snapshot_reads
 from replygate.store.inbound_writer import InboundWriter
 from replygate.store.models import utcnow
 
@@ -124,8 +124,8 @@ class GatewayHandler:
         self.clock = clock
         self.writer = InboundWriter(factory)
         # On SQLite, RCPT lookups read a snapshot instead of taking turns with
-        # the writer's commits for the write lock (see ``db.sqlite_read_factory``).
-        self._reads = sqlite_read_factory(factory)
+        # the writer's commits for the write lock (see ``db.snapshot_reads``).
+        self._reads = snapshot_reads(factory)
         self.read_factory = self._reads or factory
         # The routes accepted at RCPT, per transaction; aiosmtpd makes a new
         # envelope after DATA and RSET, so finished transactions drop out.
@@ -278,8 +278,7 @@ class GatewayHandler:
     def close(self) -> None:
         """Commit what is queued and stop the writer thread."""
         self.writer.close()
-        if self._reads is not None:
-            self._reads.kw["bind"].dispose()
+        close_reads(self._reads)
 
     async def handle_exception(self, error: Exception) -> str:
         """A bug or an unexpected failure: answer 4xx so the sending MTA retries, log it.

@@ -17,6 +17,7 @@ from sqlalchemy import Select, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from replygate.errors import Invalid, NotFound
+from replygate.store import dialect
 from replygate.store.db import transaction
 from replygate.store.models import InboundMail, InboundStatus, utcnow
 
@@ -57,8 +58,7 @@ def notify_queued(session: Session) -> None:
     PostgreSQL delivers a notification only on commit, and one per channel
     and payload per transaction. Elsewhere nothing: engines poll.
     """
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(select(func.pg_notify(CHANNEL, "")))
+    dialect.notify(session, CHANNEL)
 
 
 RETRY_DELAY = timedelta(seconds=30)
@@ -132,8 +132,7 @@ def claim_mail(
             )
             .limit(limit)
         )
-        if session.bind.dialect.name == "postgresql":
-            stmt = stmt.with_for_update(skip_locked=True)
+        stmt = dialect.locked(stmt, session, skip_locked=True)
         claimed = [
             ClaimedMail(row_id, mail_from, rcpt, raw or b"")
             for row_id, mail_from, rcpt, raw in session.execute(stmt)
@@ -157,7 +156,7 @@ def any_claimable(
 ) -> bool:
     """Whether ``claim_mail`` would find a mail, read without claiming anything.
 
-    For SQLite's idle polls: with a factory of ``db.sqlite_read_factory`` the
+    For SQLite's idle polls: with a factory of ``db.snapshot_reads`` the
     read takes no write lock, where an empty claim would queue for it behind
     the gateway's commits only to find nothing. The same rules as the claim,
     so a mail waiting out its retry delay does not keep the engine busy.
@@ -208,9 +207,7 @@ def get(session: Session, inbound_id: int) -> InboundMail:
 
 def lock(session: Session, inbound_id: int) -> InboundMail:
     """The row, locked for this transaction on PostgreSQL (SQLite holds the write lock already)."""
-    stmt = select(InboundMail).where(InboundMail.id == inbound_id)
-    if session.bind.dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
+    stmt = dialect.locked(select(InboundMail).where(InboundMail.id == inbound_id), session)
     row = session.scalars(stmt).first()
     if row is None:
         raise NotFound(f"no queued mail with id {inbound_id}")
@@ -224,8 +221,7 @@ def lock_many(session: Session, ids: Sequence[int]) -> dict[int, InboundMail]:
     transactions never wait on each other in a cycle.
     """
     stmt = select(InboundMail).where(InboundMail.id.in_(list(ids))).order_by(InboundMail.id)
-    if session.bind.dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
+    stmt = dialect.locked(stmt, session)
     return {row.id: row for row in session.scalars(stmt)}
 
 

@@ -46,7 +46,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from replygate.store.db import sqlite_connection, write_turn
+from replygate.store import dialect as store_dialect
 from replygate.store.inbound import CHANNEL
 from replygate.store.models import InboundMail
 
@@ -83,7 +83,7 @@ class BulkInsert:
         self._tail = " RETURNING id"
         # PostgreSQL takes numbered parameters through a raw cursor (see _cursor);
         # SQLite's sqlite3 takes qmarks.
-        self._numbered = dialect.name == "postgresql"
+        self._numbered = store_dialect.numbered_parameters(engine)
         if self._numbered:
             self._head = "WITH queued AS (" + self._head
             self._tail = (
@@ -107,7 +107,7 @@ class BulkInsert:
         conn = self._conn if self._conn is not None else self._connect()
         self._conn = None
         try:
-            with write_turn(self.engine):
+            with store_dialect.write_turn(self.engine):
                 cursor = self._cursor(conn)
                 cursor.execute(sql, params)
                 # One statement numbers its rows in the order of its VALUES (SQLite's
@@ -146,7 +146,7 @@ class BulkInsert:
 
     def _connect(self) -> Any:
         if not self._numbered:
-            return sqlite_connection(self.engine)  # no statement cache, see there
+            return store_dialect.sqlite_connection(self.engine)  # no statement cache, see there
         # PostgreSQL in autocommit: the one statement is its own transaction, a
         # single round trip per batch instead of BEGIN, INSERT and COMMIT.
         # Detached from the pool, so no other user ever gets it in that mode.

@@ -23,7 +23,11 @@ def outbound_worker(settings: Settings, factory: sessionmaker[Session]) -> Outbo
 
 def drain_once(settings: Settings, factory: sessionmaker[Session]) -> tuple[int, int]:
     """Process the inbound queue, then deliver the outbox, once each."""
-    processed = InboundWorker(factory, settings).drain()
+    inbound_worker = InboundWorker(factory, settings)
+    try:
+        processed = inbound_worker.drain()
+    finally:
+        inbound_worker.close()
     worker = outbound_worker(settings, factory)
 
     async def deliver() -> int:
@@ -32,4 +36,7 @@ def drain_once(settings: Settings, factory: sessionmaker[Session]) -> tuple[int,
             total += n
         return total
 
-    return processed, asyncio.run(deliver())
+    try:
+        return processed, asyncio.run(deliver())
+    finally:
+        worker.close()

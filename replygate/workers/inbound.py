@@ -23,8 +23,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from replygate.config import Settings
 from replygate.core.filing import Filing, Outcome, Prepared
 from replygate.logs import get_logger
-from replygate.store import inbound
-from replygate.store.db import bound_engine, sqlite_read_factory
+from replygate.store import dialect, inbound
+from replygate.store.db import bound_engine, close_reads, snapshot_reads
 from replygate.workers.waiting import first_of
 
 log = get_logger("replygate.engine")
@@ -37,7 +37,7 @@ class InboundWorker:
         self.factory = factory
         self.settings = settings
         self.filing = Filing(factory, settings)
-        self.peek = sqlite_read_factory(factory)
+        self.peek = snapshot_reads(factory)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -74,6 +74,7 @@ class InboundWorker:
                 if not outcomes:
                     await first_of(stop, wake, timeout=self.settings.worker_poll_seconds)
         finally:
+            self.close()
             if listener is not None:
                 listener.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -135,6 +136,10 @@ class InboundWorker:
         """Decide one claimed mail now (``queue release`` and ``queue replay``)."""
         return self.filing.process(inbound_id, released=released)
 
+    def close(self) -> None:
+        """Let go of the snapshot reads (SQLite); the worker may still be used after."""
+        close_reads(self.peek)
+
     def drain(self) -> int:
         """Process until the queue is empty (tests and the ``worker --once`` command)."""
         total = 0
@@ -144,16 +149,14 @@ class InboundWorker:
 
     # -- one mail ---------------------------------------------------------------------------
 
+
 LISTEN_RETRY_SECONDS = 1.0
 LISTEN_RETRY_MAX_SECONDS = 30.0
 
 
 def _listen_url(factory: sessionmaker[Session]) -> str | None:
     """A libpq URL for the listener when ``factory`` is bound to PostgreSQL; else None."""
-    bind = bound_engine(factory)
-    if bind is None or bind.dialect.name != "postgresql":
-        return None
-    return bind.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return dialect.listen_url(bound_engine(factory))
 
 
 async def listen_for_mail(url: str, wake: asyncio.Event, stop: asyncio.Event) -> None:

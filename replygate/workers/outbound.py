@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.logs import get_logger
 from replygate.store import outbox
-from replygate.store.db import sqlite_read_factory
+from replygate.store.db import close_reads, snapshot_reads
 from replygate.store.models import utcnow
 from replygate.store.outbox import Claimed
 from replygate.workers.transports import PermanentDeliveryError, TransientDeliveryError, Transport
@@ -93,7 +93,7 @@ class OutboundWorker:
         self.clock = clock
         self.rng = rng
         self.concurrency = concurrency
-        self.peek = sqlite_read_factory(factory)
+        self.peek = snapshot_reads(factory)
 
     async def run_once(self) -> int:
         """Claim one batch of due mail and deliver it; returns how many were claimed."""
@@ -133,17 +133,24 @@ class OutboundWorker:
         the round tried again after the poll interval, so the worker outlives
         outages.
         """
-        while not stop.is_set():
-            if wake is not None:
-                wake.clear()  # set again during the round: the next one starts at once
-            try:
-                count = await self.run_once()
-            except Exception:
-                log.exception("outbox.round_failed")
-                count = 0
-            if count >= self.batch:
-                continue
-            await first_of(stop, wake, timeout=poll_seconds)
+        try:
+            while not stop.is_set():
+                if wake is not None:
+                    wake.clear()  # set again during the round: the next one starts at once
+                try:
+                    count = await self.run_once()
+                except Exception:
+                    log.exception("outbox.round_failed")
+                    count = 0
+                if count >= self.batch:
+                    continue
+                await first_of(stop, wake, timeout=poll_seconds)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Let go of the snapshot reads (SQLite); the worker may still be used after."""
+        close_reads(self.peek)
 
     async def _mark_sent(self, sent: list[tuple[Claimed, datetime]]) -> list[bool]:
         return await asyncio.to_thread(outbox.mark_sent_many, self.factory, sent)

@@ -26,6 +26,7 @@ from replygate.config import Settings
 from replygate.core import intake
 from replygate.core.intake import Recipient
 from replygate.core.messaging import Messaging
+from replygate.mail.decisions import RecipientAccepted
 from replygate.runtime import GC_YOUNG_THRESHOLD, run_service
 from replygate.store import directory, inbound
 from replygate.store.db import transaction
@@ -213,7 +214,14 @@ def test_an_engine_is_woken_by_mail_another_connection_queued(
             intake.enqueue,
             sessions,
             mail_from="cleo@example.com",
-            recipients=[Recipient(address=address, kind="reply", route=None, decision={})],
+            recipients=[
+                Recipient(
+                    address=address,
+                    kind="reply",
+                    route=None,
+                    decision=RecipientAccepted(address, "reply"),
+                )
+            ],
             raw=reply(address, 2),
             message_id="<r2@mail.example.com>",
             peer=None,

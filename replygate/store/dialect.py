@@ -1,0 +1,195 @@
+"""The one place that knows SQLite from PostgreSQL.
+
+Everything else in the store asks here instead of testing a dialect's name:
+
+- engines: SQLite with WAL (readers never block the writer),
+  ``synchronous=FULL`` (a commit survives a power cut: we answer 250 after
+  it), a busy timeout, and IMMEDIATE transactions; PostgreSQL (psycopg 3)
+  with a pool;
+- snapshot reads: on SQLite, read-only sessions that begin DEFERRED and read
+  a WAL snapshot, so idle polls and RCPT lookups never queue for the write
+  lock; PostgreSQL's readers never wait for writers, so it needs none;
+- write turns: SQLite lets one transaction write at a time, and writers of
+  one process take turns on a lock of this process instead of racing in
+  SQLite's busy handler; a no-op on PostgreSQL;
+- row locks: ``FOR UPDATE [SKIP LOCKED]`` on PostgreSQL, where several
+  workers claim side by side; on SQLite the IMMEDIATE transaction already
+  holds the whole database;
+- wake-ups: ``pg_notify`` and a libpq URL to LISTEN with on PostgreSQL;
+  SQLite cannot notify another process, so its workers poll.
+
+The process-wide table of write turns below is the one piece of global
+state in the store.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, Select, create_engine, event, func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+T = TypeVar("T", bound=Select[Any])
+
+
+class Backend(StrEnum):
+    SQLITE = "sqlite"
+    POSTGRESQL = "postgresql"
+
+
+def backend(bind: Engine | Session) -> Backend:
+    """The backend a bound session or an engine talks to."""
+    engine = bind.get_bind() if isinstance(bind, Session) else bind
+    return Backend(engine.dialect.name)
+
+
+def url_backend(url: str) -> Backend:
+    return Backend(make_url(url).get_backend_name())
+
+
+# -- engines -----------------------------------------------------------------------------------
+
+
+def engine_for(url: str, *, pool_size: int) -> Engine:
+    """The engine for a normalised ``url`` (see ``db.make_engine``)."""
+    if url_backend(url) is Backend.SQLITE:
+        parsed = make_url(url)
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = _sqlite_engine(url)
+        event.listen(engine, "begin", _begin_immediate)
+        return engine
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def snapshot_engine_for(url: str, *, pool_size: int) -> Engine:
+    """An engine for read-only lookups: on SQLite its transactions begin DEFERRED and read
+    a WAL snapshot, never taking the write lock; elsewhere an ordinary engine."""
+    if url_backend(url) is not Backend.SQLITE:
+        return engine_for(url, pool_size=pool_size)
+    engine = _sqlite_engine(url)
+    event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
+    return engine
+
+
+def snapshot_reads(bind: Engine) -> Engine | None:
+    """On SQLite, a snapshot engine for ``bind``'s file (dispose of it when done); else None.
+
+    ``engine_for`` begins every SQLite transaction IMMEDIATE, so an idle poll
+    or a lookup on ``bind`` would queue behind the gateway's and the worker's
+    commits only to read.
+    """
+    if backend(bind) is not Backend.SQLITE:
+        return None
+    return snapshot_engine_for(bind.url.render_as_string(hide_password=False), pool_size=10)
+
+
+def _sqlite_engine(url: str) -> Engine:
+    engine = create_engine(
+        url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "isolation_level": None}
+    )
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def sqlite_connection(engine: Engine, *, cached_statements: int = 0) -> sqlite3.Connection:
+    """A DBAPI connection of its own to ``engine``'s SQLite file, with the same pragmas.
+
+    For a caller that binds large blobs: a prepared statement kept in the
+    driver's cache keeps a copy of every value last bound to it, so a cached
+    multi-row insert of 10 MB messages would hold them until reused.
+    """
+    conn = sqlite3.connect(
+        engine.url.database or ":memory:",
+        timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
+        isolation_level=None,
+        cached_statements=cached_statements,
+        check_same_thread=False,
+    )
+    _sqlite_pragmas(conn, None)
+    return conn
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: object) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _begin_immediate(conn: Any) -> None:
+    # Take the write lock at BEGIN: a read-then-write transaction that started
+    # deferred could otherwise fail with "database is locked" at its first write
+    # instead of waiting for the busy timeout.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+# -- write turns (SQLite) ----------------------------------------------------------------------
+
+# Writers in one process (the gateway's writer, the inbound worker, the
+# outbound worker in ``serve``) queue here for their turn and are handed it as
+# it is released, instead of sleeping in SQLite's busy handler, whose growing
+# naps (up to 100 ms) let a waiter lose the race again and again while the
+# others keep the lock busy. Other processes still meet at SQLite's own lock.
+_TURNS: dict[str, threading.RLock] = {}
+_TURNS_GUARD = threading.Lock()
+
+
+@contextmanager
+def write_turn(bind: Engine | None) -> Iterator[None]:
+    """Hold this process's turn to write to ``bind``'s SQLite file; a no-op elsewhere.
+
+    Re-entrant in one thread. Waits as long as SQLite's busy timeout, then
+    fails as SQLite would.
+    """
+    if bind is None or backend(bind) is not Backend.SQLITE:
+        yield
+        return
+    key = bind.url.database or ":memory:"
+    with _TURNS_GUARD:
+        turn = _TURNS.setdefault(key, threading.RLock())
+    if not turn.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
+        raise sqlite3.OperationalError("database is locked (this process's writers are queued)")
+    try:
+        yield
+    finally:
+        turn.release()
+
+
+# -- row locks and wake-ups --------------------------------------------------------------------
+
+
+def locked(stmt: T, session: Session, *, skip_locked: bool = False) -> T:
+    """``stmt`` locking the rows it reads for this transaction, where rows can be locked."""
+    if backend(session) is Backend.POSTGRESQL:
+        return stmt.with_for_update(skip_locked=skip_locked)
+    return stmt
+
+
+def notify(session: Session, channel: str) -> None:
+    """Notify ``channel`` when this transaction commits (PostgreSQL); elsewhere nothing."""
+    if backend(session) is Backend.POSTGRESQL:
+        session.execute(select(func.pg_notify(channel, "")))
+
+
+def listen_url(bind: Engine | None) -> str | None:
+    """A libpq URL to LISTEN with when ``bind`` is PostgreSQL; None where nobody notifies."""
+    if bind is None or backend(bind) is not Backend.POSTGRESQL:
+        return None
+    return bind.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def numbered_parameters(bind: Engine) -> bool:
+    """Whether a raw cursor takes ``$1``-style parameters (psycopg) rather than qmarks."""
+    return backend(bind) is Backend.POSTGRESQL
