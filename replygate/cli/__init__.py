@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -88,12 +88,22 @@ def clean_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def emit(data: Any, as_json: bool, text: Callable[[], object]) -> None:
+def emit(data: Any, as_json: bool, text: Callable[[], None]) -> None:
     """Print ``data`` as JSON (dataclasses as objects, anything else as its str) or as text."""
     if as_json:
         click.echo(json.dumps(data, indent=2, default=_jsonable))
     else:
         text()
+
+
+def lines(texts: Iterable[str]) -> Callable[[], None]:
+    """The ``text`` for ``emit`` that prints each of ``texts`` on a line of its own."""
+
+    def text() -> None:
+        for line in texts:
+            click.echo(line)
+
+    return text
 
 
 def _jsonable(value: Any) -> Any:

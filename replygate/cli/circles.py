@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from replygate.cli import App, clean_errors, emit, pass_app
+from replygate.cli import App, clean_errors, emit, lines, pass_app
 from replygate.core import operations, views
 
 
@@ -41,8 +41,4 @@ def add_member(app: App, name: str, email: str) -> None:
 def list_circles(app: App, as_json: bool) -> None:
     """List Circles and their members."""
     rows = views.circles(app.factory)
-    emit(
-        rows,
-        as_json,
-        lambda: [click.echo(f"{c.name}: {', '.join(c.members) or '-'}") for c in rows],
-    )
+    emit(rows, as_json, lines(f"{c.name}: {', '.join(c.members) or '-'}" for c in rows))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from replygate.cli import App, clean_errors, emit, pass_app
+from replygate.cli import App, clean_errors, emit, lines, pass_app
 
 
 @click.group("config")
@@ -19,4 +19,4 @@ def group() -> None:
 def show(app: App, as_json: bool) -> None:
     """Print the effective configuration, secrets masked."""
     data = app.settings.masked()
-    emit(data, as_json, lambda: [click.echo(f"{k} = {v}") for k, v in data.items()])
+    emit(data, as_json, lines(f"{k} = {v}" for k, v in data.items()))

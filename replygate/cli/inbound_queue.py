@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from replygate.cli import App, clean_errors, emit, pass_app
+from replygate.cli import App, clean_errors, emit, lines, pass_app
 from replygate.core import operations, views
 
 
@@ -164,11 +164,7 @@ def explain(app: App, inbound_id: int) -> None:
 def stats(app: App, as_json: bool) -> None:
     """Count inbound mail by status and reason."""
     counts = views.queue_stats(app.factory)
-    emit(
-        counts,
-        as_json,
-        lambda: [click.echo(f"{c.count:>7}  {c.status:<9} {c.reason or ''}") for c in counts],
-    )
+    emit(counts, as_json, lines(f"{c.count:>7}  {c.status:<9} {c.reason or ''}" for c in counts))
 
 
 @group.command("purge")

@@ -6,7 +6,7 @@ import dataclasses
 
 import click
 
-from replygate.cli import App, clean_errors, emit, pass_app
+from replygate.cli import App, clean_errors, emit, lines, pass_app
 from replygate.core import operations, views
 
 
@@ -22,7 +22,7 @@ def group() -> None:
 def show(app: App, as_json: bool) -> None:
     """Show the organisation's settings."""
     data = dataclasses.asdict(views.organisation_settings(app.factory, app.settings))
-    emit(data, as_json, lambda: [click.echo(f"{k}: {v}") for k, v in data.items()])
+    emit(data, as_json, lines(f"{k}: {v}" for k, v in data.items()))
 
 
 @group.command("convenience")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from replygate.cli import App, clean_errors, emit, pass_app
+from replygate.cli import App, clean_errors, emit, lines, pass_app
 from replygate.core import operations, views
 
 
@@ -21,7 +21,7 @@ def group() -> None:
 def inspect(app: App, address: str, as_json: bool) -> None:
     """Say what a reply address names and whether it is accepted now."""
     data = views.reply_address(app.factory, app.settings, address)
-    emit(data, as_json, lambda: [click.echo(f"{k}: {v}") for k, v in data.items()])
+    emit(data, as_json, lines(f"{k}: {v}" for k, v in data.items()))
 
 
 @group.command("revoke")

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
 from replygate.core.messaging import Messaging
-from replygate.core.views import UserRow, days_ago, plain, user_row
+from replygate.core.views import UserRow, plain, user_row
 from replygate.errors import Invalid, NotFound
 from replygate.mail import reply_token
 from replygate.store import directory, inbound, outbox, tokens
@@ -224,7 +225,7 @@ def purge_raw_mail(
     """
     days = settings.retention_days if older_than_days is None else older_than_days
     with transaction(factory) as session:
-        return Purged(inbound.purge(session, older_than=days_ago(days)), days)
+        return Purged(inbound.purge(session, older_than=utcnow() - timedelta(days=days)), days)
 
 
 # -- the outbox -----------------------------------------------------------------------------
