@@ -22,14 +22,16 @@ from replygate.store.models import (
     CircleMember,
     Message,
     MessageAttachment,
+    MessageSource,
     Thread,
     ThreadParticipant,
     User,
+    UserRole,
 )
 
 PAGE_SIZE = 50
 PREVIEW_LENGTH = 140
-STAFF_ROLES = ("admin", "staff")
+STAFF_ROLES = (UserRole.ADMIN, UserRole.STAFF)
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class Viewer:
 
     @property
     def is_admin(self) -> bool:
-        return self.role == "admin"
+        return self.role == UserRole.ADMIN
 
 
 @dataclass(frozen=True)
@@ -236,7 +238,7 @@ def read_thread(session: Session, thread_id: int, user: User) -> ThreadView:
             author_email=m.author.email,
             author_is_viewer=m.author_id == user.id,
             created_at=m.created_at,
-            by_email=m.source == "email",
+            by_email=m.source == MessageSource.EMAIL,
             body=m.body,
             quote=m.quote,
             signature=m.signature,
