@@ -252,12 +252,12 @@ class Filing:
 
         if not released:
             policy = directory.organisation(session).sender_policy
-            reason = sender_mismatch(self.policy, prepared.headers, [route.user_email])
-            if reason is not None:
+            mismatch = sender_mismatch(self.policy, prepared.headers, [route.user_email])
+            if mismatch is not None:
                 status = (
                     InboundStatus.HELD if policy == SenderPolicy.HOLD else InboundStatus.REJECTED
                 )
-                return self._finish(row, status, reason, SenderRefused(policy))
+                return self._finish(row, status, mismatch, SenderRefused(policy))
             try:
                 check_dmarc(self.policy, prepared.headers)
             except DmarcFailed as exc:

@@ -10,6 +10,7 @@ thread per recipient with the sender, so recipients never see each other.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -225,8 +226,8 @@ class Messaging:
         same = [Message.inbound_id.in_(inbound_ids)] if inbound_ids else []
         if email_message_ids:
             same.append(Message.email_message_id.in_(email_message_ids))
-        filed: set[tuple] = session.info.setdefault(_FILED, set())
-        covered: set[tuple] = session.info.setdefault(_FILED_COVERED, set())
+        filed: set[tuple[object, ...]] = session.info.setdefault(_FILED, set())
+        covered: set[tuple[object, ...]] = session.info.setdefault(_FILED_COVERED, set())
         if same:
             for inbound_id, thread_id, author_id, email_message_id in session.execute(
                 select(
@@ -360,7 +361,8 @@ class Messaging:
             if person.id == author.id:
                 continue
             notification_id = secrets.token_hex(10)
-            base = dict(
+            secure = Notification(
+                mode="secure",
                 notification_id=notification_id,
                 to_address=person.email,
                 to_name=person.name,
@@ -371,7 +373,8 @@ class Messaging:
             )
             if org.convenience_mode:
                 previous = outbox.latest_header_message_id(session, thread.id, person.id)
-                notification = Notification(
+                notification = dataclasses.replace(
+                    secure,
                     mode="content",
                     subject=thread.subject,
                     body=message.body,
@@ -382,10 +385,9 @@ class Messaging:
                     ),
                     in_reply_to=previous,
                     references=(previous,) if previous else (),
-                    **base,
                 )
             else:
-                notification = Notification(mode="secure", **base)
+                notification = secure
             suppressed = person.address_status == AddressStatus.SUPPRESSED
             outbox.add(
                 session,

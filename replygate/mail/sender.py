@@ -226,7 +226,7 @@ def parse_authentication_result(value: str) -> tuple[str, list[tuple[str, str, d
 _Results = list[tuple[str, str, dict[str, str]]]
 
 
-def _trusted(values: list[str], trusted_authserv_ids: set[str]) -> Iterator[_Results]:
+def _trusted(values: list[str], trusted_authserv_ids: AbstractSet[str]) -> Iterator[_Results]:
     """The parsed results of each header stamped by a trusted authserv-id, top first."""
     trusted = {t.strip().lower() for t in trusted_authserv_ids if t and t.strip()}
     for value in values:

@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.store import dialect
@@ -59,6 +61,11 @@ def close_reads(reads: sessionmaker[Session] | None) -> None:
     bind = bound_engine(reads) if reads is not None else None
     if bind is not None:
         bind.dispose()
+
+
+def updated(session: Session, statement: Update) -> CursorResult[Any]:
+    """Run an UPDATE; its result is a CursorResult, which has the row count."""
+    return cast("CursorResult[Any]", session.execute(statement))
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVarTuple
 
 from sqlalchemy import Engine, Select, create_engine, event, func, select
 from sqlalchemy.engine import make_url
@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
-T = TypeVar("T", bound=Select[Any])
+Ts = TypeVarTuple("Ts")
 
 
 class Backend(StrEnum):
@@ -170,7 +170,9 @@ def write_turn(bind: Engine | None) -> Iterator[None]:
 # -- row locks and wake-ups --------------------------------------------------------------------
 
 
-def locked(stmt: T, session: Session, *, skip_locked: bool = False) -> T:
+def locked(
+    stmt: Select[*Ts], session: Session, *, skip_locked: bool = False
+) -> Select[*Ts]:
     """``stmt`` locking the rows it reads for this transaction, where rows can be locked."""
     if backend(session) is Backend.POSTGRESQL:
         return stmt.with_for_update(skip_locked=skip_locked)

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from replygate.errors import Invalid, NotFound
 from replygate.store import dialect
-from replygate.store.db import transaction
+from replygate.store.db import transaction, updated
 from replygate.store.models import InboundMail, InboundStatus, utcnow
 
 # The PostgreSQL channel notified when mail is queued; engines LISTEN on it.
@@ -67,7 +67,7 @@ RETRY_DELAY = timedelta(seconds=30)
 _EARLIER = aliased(InboundMail, name="earlier")
 
 
-def _claimable(now: datetime, lease: timedelta) -> Select[tuple[InboundMail]]:
+def _claimable(now: datetime, lease: timedelta) -> Select[InboundMail]:
     """Queued mail (a retry only once its delay has passed) and expired claims.
 
     A reply waits while an earlier reply to the same thread is still queued
@@ -186,14 +186,15 @@ def claim(
 def claim_one(factory: sessionmaker[Session], inbound_id: int) -> bool:
     """Claim one queued mail by id (an operator's replay); False if another worker has it."""
     with transaction(factory) as session:
-        result = session.execute(
+        result = updated(
+            session,
             update(InboundMail)
             .where(InboundMail.id == inbound_id, InboundMail.status == InboundStatus.QUEUED)
             .values(
                 status=InboundStatus.PROCESSING,
                 claimed_at=utcnow(),
                 attempts=InboundMail.attempts + 1,
-            )
+            ),
         )
         return bool(result.rowcount)
 
@@ -327,14 +328,15 @@ def purge(session: Session, *, older_than: datetime) -> int:
     The queue row (envelope, status, decisions) and every filed message stay;
     queued, processing and held mail is never purged.
     """
-    result = session.execute(
+    result = updated(
+        session,
         update(InboundMail)
         .where(
             InboundMail.received_at < older_than,
             InboundMail.status.in_(FINAL),
             InboundMail.raw.is_not(None),
         )
-        .values(raw=None)
+        .values(raw=None),
     )
     return int(result.rowcount or 0)
 

@@ -41,9 +41,9 @@ import weakref
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Table
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.store import dialect as store_dialect
@@ -72,7 +72,7 @@ class BulkInsert:
 
     def __init__(self, engine: Engine) -> None:
         dialect = engine.dialect
-        table = InboundMail.__table__
+        table = cast(Table, InboundMail.__table__)
         self.engine = engine
         self.columns = QUEUE_COLUMNS
         self.processors = [
@@ -152,8 +152,10 @@ class BulkInsert:
         # Detached from the pool, so no other user ever gets it in that mode.
         conn = self.engine.raw_connection()
         conn.detach()
-        conn.dbapi_connection.rollback()
-        conn.dbapi_connection.autocommit = True
+        dbapi = conn.dbapi_connection
+        assert dbapi is not None  # a fresh connection from the pool has its driver's
+        dbapi.rollback()
+        dbapi.autocommit = True  # type: ignore[attr-defined]  # psycopg's, not in the DBAPI protocol
         return conn
 
     def close(self) -> None:
@@ -287,7 +289,8 @@ class InboundWriter:
         try:
             if self._insert is None:
                 with self.factory() as session:
-                    self._insert = BulkInsert(session.get_bind())
+                    bind = session.get_bind()
+                    self._insert = BulkInsert(bind if isinstance(bind, Engine) else bind.engine)
             ids = insert_rows(self._insert, rows)
         except Exception as exc:
             if len(batch) == 1:

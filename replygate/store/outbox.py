@@ -24,13 +24,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol, cast
+from typing import Protocol, cast
 
-from sqlalchemy import Table, Update, case, func, literal, select, tuple_, update
-from sqlalchemy.engine import CursorResult
+from sqlalchemy import Table, case, func, literal, select, tuple_, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from replygate.store.db import transaction
+from replygate.store.db import transaction, updated
 from replygate.store.directory import TRANSACTION_CACHE
 from replygate.store.models import OutboxMessage, utcnow
 
@@ -313,16 +312,11 @@ def get(session: Session, outbox_id: int) -> OutboxMessage | None:
     return session.get(OutboxMessage, outbox_id)
 
 
-def _updated(session: Session, statement: Update) -> CursorResult[Any]:
-    """Run an ORM UPDATE; its result is a CursorResult, which has the row count."""
-    return cast("CursorResult[Any]", session.execute(statement))
-
-
 def requeue(session: Session, outbox_ids: Sequence[int], *, now: datetime) -> int:
     """Queue ``failed`` rows again, due at once (an operator's replay). Returns the count."""
     if not outbox_ids:
         return 0
-    result = _updated(
+    result = updated(
         session,
         update(OutboxMessage)
         .where(OutboxMessage.id.in_(tuple(outbox_ids)), OutboxMessage.status == "failed")
@@ -334,7 +328,7 @@ def requeue(session: Session, outbox_ids: Sequence[int], *, now: datetime) -> in
 
 def requeue_failed(session: Session, *, now: datetime) -> int:
     """Queue every ``failed`` row again, due at once, in one statement. Returns the count."""
-    result = _updated(
+    result = updated(
         session,
         update(OutboxMessage)
         .where(OutboxMessage.status == "failed")

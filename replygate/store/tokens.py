@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any, cast
 
-from sqlalchemy import Update, select, update
-from sqlalchemy.engine import CursorResult
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, joinedload
 
+from replygate.store.db import updated
 from replygate.store.directory import TRANSACTION_CACHE
 from replygate.store.models import ReplyToken
 
@@ -126,14 +125,9 @@ def _forget(session: Session) -> None:
     session.info.pop(_BY_THREAD, None)
 
 
-def _updated(session: Session, statement: Update) -> CursorResult[Any]:
-    """Run an ORM UPDATE; its result is a CursorResult, which has the row count."""
-    return cast("CursorResult[Any]", session.execute(statement))
-
-
 def revoke(session: Session, token: str, *, now: datetime) -> bool:
     _forget(session)
-    result = _updated(
+    result = updated(
         session,
         update(ReplyToken)
         .where(ReplyToken.token == token, ReplyToken.revoked_at.is_(None))
@@ -145,7 +139,7 @@ def revoke(session: Session, token: str, *, now: datetime) -> bool:
 def revoke_all(session: Session, *, now: datetime) -> int:
     """Void every outstanding token at once (Convenience Mode switched off)."""
     _forget(session)
-    result = _updated(
+    result = updated(
         session, update(ReplyToken).where(ReplyToken.revoked_at.is_(None)).values(revoked_at=now)
     )
     return int(result.rowcount or 0)
