@@ -35,10 +35,10 @@ lint: $(STAMP)
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
-## The store, core, workers and edges, on SQLite and on PostgreSQL.
+## The store, core, workers and edges, and the attacks, on SQLite and on PostgreSQL.
 test-integration: $(STAMP)
-	$(BIN)/python -m pytest -q tests/integration
-	REPLYGATE_TEST_DATABASE_URL=$(PG_TEST_URL) $(BIN)/python -m pytest -q tests/integration
+	$(BIN)/python -m pytest -q tests/integration tests/security
+	REPLYGATE_TEST_DATABASE_URL=$(PG_TEST_URL) $(BIN)/python -m pytest -q tests/integration tests/security
 
 ## Postfix, the browser and multi-process tests, on SQLite and on PostgreSQL.
 test-system: $(STAMP) system-deps

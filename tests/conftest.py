@@ -98,13 +98,18 @@ def sessions(engine: Engine) -> sessionmaker[Session]:
 
 
 TIERS = ("unit", "integration", "system")
+# Folders of their own that run in a tier: the attacks run against real
+# databases and sockets, as integration tests do.
+FOLDER_TIERS = {**{tier: tier for tier in TIERS}, "security": "integration"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test with its tier, the folder it lives in (``-m unit`` and so on)."""
+    """Mark every test with its tier, from the folder it lives in (``-m unit`` and so on)."""
     root = Path(__file__).resolve().parent
     for item in items:
-        tier = Path(item.path).resolve().relative_to(root).parts[0]
-        if tier not in TIERS:
-            raise pytest.UsageError(f"{item.nodeid} is in no tier; put it under tests/{TIERS}")
-        item.add_marker(tier)
+        folder = Path(item.path).resolve().relative_to(root).parts[0]
+        if folder not in FOLDER_TIERS:
+            raise pytest.UsageError(
+                f"{item.nodeid} is in no tier; put it under tests/{sorted(FOLDER_TIERS)}"
+            )
+        item.add_marker(FOLDER_TIERS[folder])

@@ -1,0 +1,1 @@
+"""Attacks, each written as the attacker sends it, and the safe outcome."""
