@@ -62,6 +62,13 @@ class SenderPolicy(StrEnum):
     HOLD = "hold"
 
 
+class DmarcPolicy(StrEnum):
+    """How trusted Authentication-Results decide: refuse a reported failure, or demand a pass."""
+
+    REJECT_FAIL = "reject-fail"
+    REQUIRE_PASS = "require-pass"
+
+
 class InboundStatus(StrEnum):
     """Where one accepted inbound mail stands; the last five are final but replayable."""
 
@@ -123,6 +130,9 @@ class Organisation(Base):
     hipaa_acknowledged_by: Mapped[str | None] = mapped_column(String(320))
     hipaa_acknowledged_at: Mapped[datetime | None]
     sender_policy: Mapped[str] = mapped_column(String(20), default=SenderPolicy.REJECT)
+    dmarc_policy: Mapped[str] = mapped_column(
+        String(20), default=DmarcPolicy.REJECT_FAIL, server_default=DmarcPolicy.REJECT_FAIL.value
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -299,6 +309,7 @@ __all__ = [
     "Base",
     "Circle",
     "CircleMember",
+    "DmarcPolicy",
     "InboundMail",
     "InboundStatus",
     "Message",
