@@ -146,6 +146,9 @@ class User(Base):
     password_hash: Mapped[str | None] = mapped_column(String(200))
     address_status: Mapped[str] = mapped_column(String(20), default=AddressStatus.OK)
     bounce_count: Mapped[int] = mapped_column(Integer, default=0)
+    # The UTC dates (ISO, oldest first) of the hard bounces counted since the last reset:
+    # suppression needs two of them, so one burst of bounces cannot silence an address.
+    bounce_days: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
