@@ -1,4 +1,4 @@
-"""``replygate settings``: the organisation's Convenience Mode and sender policy."""
+"""``replygate settings``: the organisation's Convenience Mode, sender and DMARC policies."""
 
 from __future__ import annotations
 
@@ -58,3 +58,14 @@ def sender_policy(app: App, policy: str) -> None:
     """What to do with a reply whose From is not the token's recipient."""
     operations.set_sender_policy(app.factory, app.settings, policy)
     click.echo(f"sender policy: {policy}")
+
+
+@group.command("dmarc-policy")
+@click.argument("policy", type=click.Choice(operations.DMARC_POLICIES))
+@pass_app
+@clean_errors
+def dmarc_policy(app: App, policy: str) -> None:
+    """Refuse replies whose From domain a trusted relay says failed DMARC (reject-fail),
+    or also those it does not say passed (require-pass)."""
+    operations.set_dmarc_policy(app.factory, app.settings, policy)
+    click.echo(f"DMARC policy: {policy}")

@@ -41,7 +41,7 @@ from replygate.mail.parse import Attachment, ParsedMail, parse_message
 from replygate.mail.policy import check_dmarc, files_to_keep, sender_mismatch
 from replygate.store import directory, inbound, tokens
 from replygate.store.db import transaction
-from replygate.store.models import InboundMail, InboundStatus, SenderPolicy, utcnow
+from replygate.store.models import DmarcPolicy, InboundMail, InboundStatus, SenderPolicy, utcnow
 
 log = get_logger("replygate.engine")
 
@@ -66,7 +66,7 @@ class _Batch:
     """
 
     since: datetime
-    recent: dict[tuple[str, str], int]
+    recent: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -107,8 +107,7 @@ class Filing:
                 else:
                     outcome = self._decide(session, row, prep, released=False, batch=batch)
                     if outcome.status == InboundStatus.FILED and row.received_at >= batch.since:
-                        key = (row.rcpt, row.mail_from)
-                        batch.recent[key] = batch.recent.get(key, 0) + 1
+                        batch.recent[row.rcpt] = batch.recent.get(row.rcpt, 0) + 1
                     outcomes.append(outcome)
         for queue_id, error, then in failures:
             log.error("inbound.error", queue_id=queue_id, error=error, then=then)
@@ -196,9 +195,7 @@ class Filing:
             ],
         )
         since = utcnow() - timedelta(minutes=s.breaker_window_minutes)
-        recent = inbound.recent_filed_many(
-            session, {(row.rcpt, row.mail_from) for row in replies}, since=since
-        )
+        recent = inbound.recent_filed_many(session, {row.rcpt for row in replies}, since=since)
         return _Batch(since=since, recent=recent)
 
     def prepare(self, raw: bytes, *, mail_from: str, rcpt: str) -> Prepared:
@@ -251,7 +248,8 @@ class Filing:
             inbound.note(row, routed.to_record())
 
         if not released:
-            policy = directory.organisation(session).sender_policy
+            org = directory.organisation(session)
+            policy = org.sender_policy
             mismatch = sender_mismatch(self.policy, prepared.headers, [route.user_email])
             if mismatch is not None:
                 status = (
@@ -259,21 +257,21 @@ class Filing:
                 )
                 return self._finish(row, status, mismatch, SenderRefused(policy))
             try:
-                check_dmarc(self.policy, prepared.headers)
+                require_pass = org.dmarc_policy == DmarcPolicy.REQUIRE_PASS
+                check_dmarc(self.policy, prepared.headers, require_pass=require_pass)
             except DmarcFailed as exc:
                 return self._finish(row, InboundStatus.REJECTED, str(exc), DmarcRefused())
             if batch is not None:
-                flood = batch.recent.get((row.rcpt, row.mail_from), 0)
+                flood = batch.recent.get(row.rcpt, 0)
             else:
                 flood = inbound.recent_filed(
                     session,
                     rcpt=row.rcpt,
-                    mail_from=row.mail_from,
                     since=utcnow() - timedelta(minutes=s.breaker_window_minutes),
                 )
             if flood >= s.breaker_max_replies:
                 reason = (
-                    f"{flood} replies from {row.mail_from} to this address in "
+                    f"{flood} replies to this reply address (from {route.user_email}) in "
                     f"{s.breaker_window_minutes} minutes; held until an operator releases it"
                 )
                 return self._finish(row, InboundStatus.HELD, reason, Braked(flood))

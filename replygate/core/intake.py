@@ -43,7 +43,7 @@ from replygate.mail.parse import parse_message
 from replygate.mail.policy import Policy, check_dmarc, check_size, files_to_keep, sender_mismatch
 from replygate.store import directory, inbound
 from replygate.store.db import transaction
-from replygate.store.models import InboundStatus, SenderPolicy
+from replygate.store.models import DmarcPolicy, InboundStatus, SenderPolicy
 
 
 class StoreUnavailable(Exception):
@@ -63,6 +63,7 @@ class Recipient:
     route: Route | None
     decision: RecipientAccepted
     sender_policy: str = SenderPolicy.REJECT
+    dmarc_policy: str = DmarcPolicy.REJECT_FAIL
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def check_recipient(
                 reply_domain=settings.reply_domain,
                 now=now,
             )
-            policy = directory.organisation(session).sender_policy
+            org = directory.organisation(session)
     except (SQLAlchemyError, OSError) as exc:
         raise StoreUnavailable(f"cannot look up the reply address: {exc}") from exc
     decision = RecipientAccepted(
@@ -103,7 +104,14 @@ def check_recipient(
         thread_id=route.thread_id,
         user_id=route.user_id,
     )
-    return Recipient(address, "reply", route, decision, sender_policy=policy)
+    return Recipient(
+        address,
+        "reply",
+        route,
+        decision,
+        sender_policy=org.sender_policy,
+        dmarc_policy=org.dmarc_policy,
+    )
 
 
 @functools.lru_cache(maxsize=16)
@@ -203,7 +211,8 @@ def check(
     headers = read_headers(raw)
     sender = check_sender(policy, headers, recipients)
     if any(r.route is not None for r in recipients):
-        check_dmarc(policy, headers)
+        require_pass = any(r.dmarc_policy == DmarcPolicy.REQUIRE_PASS for r in recipients)
+        check_dmarc(policy, headers, require_pass=require_pass)
     files = check_attachments(policy, raw, headers, recipients)
     decisions: list[Decision] = [sender, files, Stored(via, len(raw))]
     return Checked(headers.message_id, decisions)

@@ -29,6 +29,7 @@ from replygate.store import directory, inbound, outbox, tokens
 from replygate.store.db import transaction
 from replygate.store.models import (
     AddressStatus,
+    DmarcPolicy,
     InboundMail,
     InboundStatus,
     SenderPolicy,
@@ -37,6 +38,8 @@ from replygate.store.models import (
 
 # What to do with a reply whose From is not the address its token was issued to.
 SENDER_POLICIES = tuple(policy.value for policy in SenderPolicy)
+# What trusted Authentication-Results must say of the From domain.
+DMARC_POLICIES = tuple(policy.value for policy in DmarcPolicy)
 
 
 # -- people ---------------------------------------------------------------------------------
@@ -107,6 +110,24 @@ def set_sender_policy(factory: sessionmaker[Session], settings: Settings, policy
     with transaction(factory) as session:
         org = directory.organisation(session, default_name=settings.organisation_name)
         org.sender_policy = SenderPolicy(policy)
+
+
+def set_dmarc_policy(factory: sessionmaker[Session], settings: Settings, policy: str) -> None:
+    """Refuse replies a trusted relay says failed DMARC, or also those it does not say passed.
+
+    ``require-pass`` without a trusted authserv-id would refuse every reply,
+    so it is refused until ``trusted_authserv_ids`` names the relays.
+    """
+    if policy not in DMARC_POLICIES:
+        raise Invalid(f"DMARC policy must be one of {', '.join(DMARC_POLICIES)}, not {policy!r}")
+    if policy == DmarcPolicy.REQUIRE_PASS and not settings.trusted_authserv:
+        raise Invalid(
+            "require-pass needs trusted_authserv_ids (REPLYGATE_TRUSTED_AUTHSERV_IDS): "
+            "without a relay we trust, no reply could ever pass"
+        )
+    with transaction(factory) as session:
+        org = directory.organisation(session, default_name=settings.organisation_name)
+        org.dmarc_policy = DmarcPolicy(policy)
 
 
 def revoke_reply_address(factory: sessionmaker[Session], settings: Settings, address: str) -> None:

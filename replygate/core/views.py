@@ -106,6 +106,7 @@ class OrganisationSettings:
     hipaa_acknowledged_by: str | None
     hipaa_acknowledged_at: datetime | None
     sender_policy: str
+    dmarc_policy: str
 
 
 def organisation_settings(
@@ -120,6 +121,7 @@ def organisation_settings(
             hipaa_acknowledged_by=org.hipaa_acknowledged_by,
             hipaa_acknowledged_at=org.hipaa_acknowledged_at,
             sender_policy=plain(org.sender_policy),
+            dmarc_policy=plain(org.dmarc_policy),
         )
 
 

@@ -40,15 +40,14 @@ def read_headers(raw: bytes) -> Headers:
     fields = _plain_header_fields(block)
     if fields is None:
         msg = BytesHeaderParser(policy=compat32).parsebytes(block)
-        from_values = [str(v) for v in msg.get_all("From", [])]
         message_id = msg.get("Message-ID")
         content_type = msg.get("Content-Type")
         auth_results = [str(v) for v in msg.get_all("Authentication-Results", [])]
     else:
-        from_values = fields.get("from", [])
         message_id = fields.get("message-id", [None])[0]
         content_type = fields.get("content-type", [None])[0]
         auth_results = fields.get("authentication-results", [])
+    from_values = _from_fields(block)
     message_id = str(message_id).strip()[:MAX_MESSAGE_ID] if message_id else None
     content_type = str(content_type or "text/plain").strip().lower()
     return Headers(
@@ -59,14 +58,46 @@ def read_headers(raw: bytes) -> Headers:
     )
 
 
+# A From field however spelled: any case, and RFC 5322's obsolete whitespace
+# before the colon ("From :"), which the email package does not call From.
+_FROM_FIELD = re.compile(rb"[Ff][Rr][Oo][Mm][ \t]*:")
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+
+
+def _from_fields(block: bytes) -> list[str]:
+    """Every From field of a header block, unfolded (RFC 5322 3.2.2), in order.
+
+    Read here rather than through the email package so that no spelling of a
+    second From escapes the count, and a legally folded From reads whole.
+    """
+    found: list[list[bytes]] = []
+    current: list[bytes] | None = None
+    for line in block.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t"):
+            if current is not None:
+                current.append(line)
+            continue
+        current = None
+        head = _FROM_FIELD.match(line)
+        if head is not None:
+            current = [line[head.end() :]]
+            found.append(current)
+    values = []
+    for parts in found:
+        text = b"".join(parts).decode("utf-8", errors="replace")
+        values.append(_FOLD.sub("", text).strip(" \t\r\n"))
+    return values
+
+
 # A header field line as the email package's feed parser takes it: a name of
 # printable characters other than the colon, then a colon.
 _FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+:")
-_WANTED = frozenset({"from", "message-id", "content-type", "authentication-results"})
+_WANTED = frozenset({"message-id", "content-type", "authentication-results"})
 
 
 def _plain_header_fields(block: bytes) -> dict[str, list[str]] | None:
-    """The From, Message-ID and Content-Type values of a plain header block, or None.
+    """The Message-ID, Content-Type and Authentication-Results values of a plain header
+    block, or None.
 
     Gives what ``BytesHeaderParser(policy=compat32)`` gives for a block of
     ASCII lines ended by CRLF only, each a ``name:`` field or a folded

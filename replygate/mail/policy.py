@@ -9,8 +9,10 @@ differently, nor the other way round. Rules, in the order they apply:
 2. sender: the message has one From header naming one mailbox
    (``sender.read_from``), the address every reply token was issued to
    (``sender_mismatch``); a ``+tag`` is ignored only when allowed;
-3. DMARC: no trusted ``Authentication-Results`` says the From domain failed
-   (``check_dmarc``); untrusted ones are ignored, since anyone can write one;
+3. DMARC: no trusted ``Authentication-Results`` says the From domain failed,
+   and under the ``require-pass`` policy one says it passed (``check_dmarc``);
+   a result counts only for the From domain, and untrusted ones are ignored,
+   since anyone can write one;
 4. attachments: each of an allowed type and within the per-file and total
    limits (``files_to_keep``); inline images referenced from the HTML are
    dropped, not refused.
@@ -66,14 +68,22 @@ def _same(from_value: str, issued_to: str, allow_plus_tags: bool) -> bool:
     return sender.same_sender(from_value, issued_to, allow_plus_tags=allow_plus_tags)
 
 
-def check_dmarc(policy: Policy, headers: Headers) -> None:
-    """Refuse a message whose From domain failed DMARC, as a trusted relay reports it."""
-    if not policy.trusted_authserv:
+def check_dmarc(policy: Policy, headers: Headers, *, require_pass: bool = False) -> None:
+    """Refuse a message whose From domain failed DMARC, as a trusted relay reports it;
+    with ``require_pass``, refuse one without a trusted pass for its From domain too."""
+    if not policy.trusted_authserv and not require_pass:
         return
     domain = sender.read_from(headers.from_values).domain
-    if sender.dmarc_failed(list(headers.authentication_results), policy.trusted_authserv, domain):
+    found = sender.dmarc_result(
+        list(headers.authentication_results), policy.trusted_authserv, domain
+    )
+    shown = domain or "the From domain"
+    if found == "fail":
+        raise DmarcFailed(f"DMARC failed for {shown} (trusted Authentication-Results)")
+    if require_pass and found != "pass":
         raise DmarcFailed(
-            f"DMARC failed for {domain or 'the From domain'} (trusted Authentication-Results)"
+            f"no trusted Authentication-Results says DMARC passed for {shown}, "
+            "and this organisation requires it"
         )
 
 

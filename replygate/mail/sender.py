@@ -33,9 +33,10 @@ def _addr_spec(value: str) -> tuple[str, str] | None:
     check, and a burst of replies repeats the same few addresses.
 
     ``value`` may be a bare address or a whole From header value with display
-    name, comments and RFC 2047 words. Groups, several mailboxes, and
-    anything without both a local part and a domain give ``None``: an
-    ambiguous From never matches.
+    name, comments and RFC 2047 words. Groups, several mailboxes, anything
+    the parser had to repair (a defect: obsolete route syntax, text after the
+    address) and anything without both a local part and a domain give
+    ``None``: an ambiguous From never matches.
     """
     text = (value or "").strip()
     if not text or "\r" in text or "\n" in text:
@@ -46,7 +47,9 @@ def _addr_spec(value: str) -> tuple[str, str] | None:
         grouped = any(group.display_name is not None for group in header.groups)
     except Exception:
         return None
-    if grouped:
+    if grouped or header.defects:
+        # Defects are where parsers part ways: "<a@x>@y", "a@x <b@y>" and route
+        # syntax each read as a@x here and as something else elsewhere.
         return None
     if len(addresses) != 1:
         return None
@@ -260,6 +263,35 @@ def parse_authentication_results(
     return merged
 
 
+def dmarc_result(
+    values: list[str], trusted_authserv_ids: AbstractSet[str], from_domain: str | None
+) -> str | None:
+    """What trusted ``Authentication-Results`` say of DMARC for the From domain.
+
+    Rules:
+    - only trusted headers (as in ``parse_authentication_results``), top first;
+    - a result counts only when its ``header.from`` is ``from_domain``
+      (case-insensitive, IDNA): a pass for another domain says nothing of
+      this mail; a ``fail`` that names no domain, or when the From domain is
+      unknown, still counts as a failure;
+    - any counted ``fail`` gives ``"fail"`` (whatever the policy, ``p=none``
+      too), else a counted ``pass`` gives ``"pass"``, else ``None``.
+    """
+    wanted = _domain_key(from_domain) if from_domain else None
+    passed = False
+    for results in _trusted(values, trusted_authserv_ids):
+        for method, result, props in results:
+            if method != "dmarc":
+                continue
+            named = props.get("header.from")
+            same = wanted is not None and named is not None and _domain_key(named) == wanted
+            if result == "fail" and (same or not named or wanted is None):
+                return "fail"
+            if result == "pass" and same:
+                passed = True
+    return "pass" if passed else None
+
+
 def dmarc_failed(
     values: list[str], trusted_authserv_ids: AbstractSet[str], from_domain: str | None = None
 ) -> bool:
@@ -272,12 +304,4 @@ def dmarc_failed(
     - when ``from_domain`` is given and the result names ``header.from``, the
       two must be the same domain (case-insensitive) for it to count.
     """
-    wanted = _domain_key(from_domain) if from_domain else None
-    for results in _trusted(values, trusted_authserv_ids):
-        for method, result, props in results:
-            if method != "dmarc" or result != "fail":
-                continue
-            named = props.get("header.from")
-            if wanted is None or not named or _domain_key(named) == wanted:
-                return True
-    return False
+    return dmarc_result(values, trusted_authserv_ids, from_domain) == "fail"

@@ -242,16 +242,20 @@ def note(row: InboundMail, decision: dict) -> None:
     row.decisions = [*(row.decisions or []), decision]
 
 
-def recent_filed(session: Session, *, rcpt: str, mail_from: str, since: datetime) -> int:
-    """How many mails from ``mail_from`` to ``rcpt`` were filed since ``since`` (flood brake)."""
+def recent_filed(session: Session, *, rcpt: str, since: datetime) -> int:
+    """How many mails to ``rcpt`` were filed since ``since`` (the flood brake).
+
+    Counted per reply address, whatever the envelope sender: a reply address
+    names one person, whose From every filed mail to it has matched, while
+    anyone may write any MAIL FROM.
+    """
     return int(
         session.scalar(
             select(func.count())
             .select_from(InboundMail)
             .where(
                 InboundMail.rcpt == rcpt,
-                InboundMail.mail_from == mail_from,
-                InboundMail.status == "filed",
+                InboundMail.status == InboundStatus.FILED,
                 InboundMail.received_at >= since,
             )
         )
@@ -259,23 +263,21 @@ def recent_filed(session: Session, *, rcpt: str, mail_from: str, since: datetime
     )
 
 
-def recent_filed_many(
-    session: Session, pairs: Iterable[tuple[str, str]], *, since: datetime
-) -> dict[tuple[str, str], int]:
-    """``recent_filed`` for many (rcpt, mail_from) pairs in one statement; absent means 0."""
-    wanted = set(pairs)
+def recent_filed_many(session: Session, rcpts: Iterable[str], *, since: datetime) -> dict[str, int]:
+    """``recent_filed`` for many reply addresses in one statement; absent means 0."""
+    wanted = set(rcpts)
     if not wanted:
         return {}
     rows = session.execute(
-        select(InboundMail.rcpt, InboundMail.mail_from, func.count())
+        select(InboundMail.rcpt, func.count())
         .where(
-            InboundMail.rcpt.in_({rcpt for rcpt, _ in wanted}),
-            InboundMail.status == "filed",
+            InboundMail.rcpt.in_(wanted),
+            InboundMail.status == InboundStatus.FILED,
             InboundMail.received_at >= since,
         )
-        .group_by(InboundMail.rcpt, InboundMail.mail_from)
+        .group_by(InboundMail.rcpt)
     )
-    return {(r, f): int(n) for r, f, n in rows if (r, f) in wanted}
+    return {rcpt: int(n) for rcpt, n in rows}
 
 
 def list_mail(

@@ -221,6 +221,7 @@ COMMANDS = {
     "send": ["--body", "--from", "--json", "--subject", "--to"],
     "serve": ["--portal", "--role", "--smtp"],
     "settings convenience": ["--acknowledge-hipaa", "--by", "state"],
+    "settings dmarc-policy": ["policy"],
     "settings sender-policy": ["policy"],
     "settings show": ["--json"],
     "threads list": ["--json"],

@@ -27,6 +27,9 @@ from replygate.workers.inbound import InboundWorker
 HOSTILE_FROM = {
     "two mailboxes, the client's first": "Cleo <cleo@example.com>, Eve <eve@evil.test>",
     "a group holding the client": "friends: cleo@example.com;",
+    "the client's address with a domain after it": "<cleo@example.com>@evil.test",
+    "the client's address as bare text before the real one": "cleo@example.com <eve@evil.test>",
+    "obsolete route syntax": "<@evil.test:cleo@example.com>",
     "the client's address as display name": '"cleo@example.com" <eve@evil.test>',
     "an encoded display name that decodes to the address": (
         "=?utf-8?q?cleo=40example=2Ecom?= <eve@evil.test>"
@@ -49,9 +52,9 @@ def reply_address(sessions: sessionmaker[Session], settings: Settings) -> str:
     return f"reply+{token}@{settings.reply_domain}"
 
 
-def _raw(from_value: str, to: str, extra: str = "") -> bytes:
+def _raw(from_value: str, to: str, extra: str = "", *, field: str = "From: ") -> bytes:
     return (
-        f"From: {from_value}\r\nTo: {to}\r\nSubject: Re: Hi\r\n"
+        f"{field}{from_value}\r\nTo: {to}\r\nSubject: Re: Hi\r\n"
         f"Message-ID: <attack@evil.test>\r\n{extra}\r\nI am Cleo, trust me.\r\n"
     ).encode()
 
@@ -116,3 +119,40 @@ def test_the_dmarc_domain_is_the_one_mailbox_the_sender_check_read(
         row = s.get(InboundMail, queue_id)
         assert row is not None
         assert (row.status, "DMARC failed" in (row.reason or "")) == ("rejected", True)
+
+
+def test_an_obsolete_from_field_before_the_real_one_counts_as_a_second_from(
+    sessions: sessionmaker[Session], settings: Settings, reply_address: str
+) -> None:
+    """``From :`` (RFC 5322's obsolete spelling) is a From field too: with the
+    attacker's own From after it, the message has two, and is refused."""
+    raw = _raw(
+        "Cleo <cleo@example.com>", reply_address, "From: Eve <eve@evil.test>\r\n", field="From : "
+    )
+    with transaction(sessions) as s:
+        directory.organisation(s).sender_policy = "reject"
+    recipient = intake.check_recipient(sessions, settings, reply_address, now=datetime.now(UTC))
+    with pytest.raises(SenderMismatch, match="several From headers"):
+        intake.check(settings, recipients=[recipient], raw=raw, via="smtp")
+
+
+def test_a_legally_folded_from_is_the_client(
+    sessions: sessionmaker[Session], settings: Settings, reply_address: str
+) -> None:
+    """A From folded over two lines (as long display names are) is read whole and filed."""
+    raw = _raw('"Cleo Client, RN"\r\n <cleo@example.com>', reply_address)
+    recipient = intake.check_recipient(sessions, settings, reply_address, now=datetime.now(UTC))
+    accepted = intake.accept(
+        sessions,
+        settings,
+        mail_from="cleo@example.com",
+        recipients=[recipient],
+        raw=raw,
+        peer=None,
+        via="pipe",
+    )
+    assert accepted.decisions[0].sender == "ok"
+    InboundWorker(sessions, settings).drain()
+    with sessions() as s:
+        row = s.get(InboundMail, accepted.queue_ids[0])
+        assert row is not None and row.status == "filed", row.reason
