@@ -30,6 +30,7 @@ system-deps:
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 ## The pure tier alone: no database, no sockets, no system packages.
 test-unit: $(STAMP)

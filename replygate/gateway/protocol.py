@@ -59,7 +59,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import math
-from typing import TYPE_CHECKING, AnyStr
+from typing import TYPE_CHECKING, AnyStr, cast
 
 # aiosmtpd's undocumented names are looked up on their modules where used, so
 # a release without one still imports and fails the checks, naming it.
@@ -169,6 +169,10 @@ class GatewaySMTP(SMTP):
     """
 
     event_handler: GatewayHandler
+    # Set from ``Shared.constants`` (``__dict__.update``) and by the timers.
+    _data_timeout: float
+    _timer_at: float
+    _deadline: float
 
     def __init__(self, shared: Shared, loop: asyncio.AbstractEventLoop) -> None:
         asyncio.StreamReaderProtocol.__init__(
@@ -234,6 +238,7 @@ class GatewaySMTP(SMTP):
         Per-command call limits are off here, so their branch is left out.
         """
         session = self.session
+        assert session is not None and self.transport is not None  # set on connection
         if self._proxy_timeout is not None:
             self._reset_timeout(self._proxy_timeout)
             session.proxy_data = await aiosmtpd.proxy_protocol.get_proxy(self._reader)
@@ -311,11 +316,12 @@ class GatewaySMTP(SMTP):
             except Exception as error:
                 await self._answer_error(error)
             # The session object changes on STARTTLS (aiosmtpd starts a new one).
-            session = self.session
+            if self.session is not None:
+                session = self.session
 
     async def _answer_error(self, error: Exception) -> None:
         """What aiosmtpd answers when a command raised."""
-        status = None
+        status = "500 Error: Cannot describe error"
         try:
             status = await self.handle_exception(error)
         except Exception as inner:
@@ -325,7 +331,8 @@ class GatewaySMTP(SMTP):
                 status = "500 Error: Cannot describe error"
         finally:
             if isinstance(error, TLSSetupException):
-                self.transport.close()
+                if self.transport is not None:
+                    self.transport.close()
                 self.connection_lost(error)
             else:
                 await self.push(status)
@@ -361,10 +368,13 @@ class GatewaySMTP(SMTP):
         transport = self.transport
         if transport is None:
             return
-        waiting_for_proxy = self._proxy_timeout is not None and self.session.proxy_data is None
+        session = self.session
+        waiting_for_proxy = self._proxy_timeout is not None and (
+            session is None or session.proxy_data is None
+        )
         if not waiting_for_proxy and not transport.is_closing():
-            line = self.event_handler.timed_out(self.session, self.envelope, in_data=self._in_data)
-            transport.write(line.encode("ascii") + b"\r\n")
+            line = self.event_handler.timed_out(session, self.envelope, in_data=self._in_data)
+            cast(asyncio.WriteTransport, transport).write(line.encode("ascii") + b"\r\n")
         transport.close()
 
     async def push(self, status: AnyStr) -> None:
@@ -375,17 +385,19 @@ class GatewaySMTP(SMTP):
         """
         if isinstance(status, str):
             if status.startswith("552 Error:"):
-                status = self.event_handler.refused_oversize(self.session, self.envelope)
+                line = self.event_handler.refused_oversize(self.session, self.envelope)
             else:
-                status = self._with_status(status)
-            if status[3:4] == "-":
-                self._continued.append(status)
+                line = self._with_status(status)
+            if line[3:4] == "-":
+                self._continued.append(line)
                 return
             if self._continued:
-                status = "\r\n".join([*self._continued, status])
+                line = "\r\n".join([*self._continued, line])
                 self._continued.clear()
-            status = status.encode()  # enable_SMTPUTF8 is on: aiosmtpd encodes as UTF-8
-        self._writer.write(status + b"\r\n")
+            data = line.encode()  # enable_SMTPUTF8 is on: aiosmtpd encodes as UTF-8
+        else:
+            data = bytes(status)
+        self._writer.write(data + b"\r\n")
         await self._writer.drain()
 
     def _with_status(self, line: str) -> str:
