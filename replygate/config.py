@@ -79,6 +79,7 @@ class Settings:
     retention_days: int = 30
     attachment_max_bytes: int = 10 * 1024 * 1024
     attachments_total_max_bytes: int = 20 * 1024 * 1024
+    max_attachments: int = 20  # files per mail, those inside forwarded messages included
     attachment_types: str = (
         "application/pdf,image/png,image/jpeg,image/gif,image/heic,text/plain,text/csv,"
         "application/msword,application/vnd.openxmlformats-officedocument.*,"
