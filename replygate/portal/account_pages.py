@@ -12,11 +12,11 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from replygate.portal.pages import Pages
 from replygate.portal.security import safe_next
-from replygate.portal.site import Site
 
 
-class AccountPages(Site):
+class AccountPages(Pages):
     async def login_page(self, request: Request) -> Response:
         next_url = safe_next(request.query_params.get("next"))
         if await self.current(request) is not None:

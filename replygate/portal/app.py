@@ -23,8 +23,8 @@ from starlette.staticfiles import StaticFiles
 from replygate.config import Settings
 from replygate.portal.account_pages import AccountPages
 from replygate.portal.message_pages import MessagePages
+from replygate.portal.pages import STATIC_DIR, LoginRequired
 from replygate.portal.security import SecurityHeaders
-from replygate.portal.site import STATIC_DIR, LoginRequired
 from replygate.portal.staff_pages import StaffPages
 
 SESSION_MAX_AGE = 8 * 60 * 60  # idle seconds before a login expires

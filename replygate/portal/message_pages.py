@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from replygate.core.workspace import SignedIn
 from replygate.errors import Invalid, NotFound
-from replygate.portal.site import MAX_BODY_CHARS, Site, page_number, sentence
+from replygate.portal.pages import MAX_BODY_CHARS, Pages, page_number, sentence
 
 # Types a browser may show as they are; anything else downloads as octet-stream.
 INLINE_SAFE_TYPES = frozenset({"application/pdf", "image/png", "image/jpeg", "image/gif"})
@@ -31,7 +31,7 @@ def content_disposition(filename: str) -> str:
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
-class MessagePages(Site):
+class MessagePages(Pages):
     # -- reading --------------------------------------------------------------------------
 
     async def home(self, request: Request) -> Response:

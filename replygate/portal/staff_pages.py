@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from replygate.errors import Invalid, NotFound
-from replygate.portal.site import Site, sentence
+from replygate.portal.pages import Pages, sentence
 
 HIPAA_WARNING = [
     "Convenience Mode sends the full content of every message (subject, text and the "
@@ -34,7 +34,7 @@ HIPAA_WARNING = [
 ]
 
 
-class StaffPages(Site):
+class StaffPages(Pages):
     # -- canned responses -----------------------------------------------------------------
 
     async def canned_index(self, request: Request) -> Response:

@@ -3,7 +3,7 @@
 Handlers never wait on the database in the event loop (it is shared with the
 SMTP gateway): every core call goes through ``call``, which runs it in a
 worker thread. The page groups (``account_pages``, ``message_pages``,
-``staff_pages``) extend ``Site``; ``app`` assembles them.
+``staff_pages``) extend ``Pages``; ``app`` assembles them.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class LoginRequired(Exception):
     """Raised by a handler when nobody is logged in (answered by a redirect to /login)."""
 
 
-class Site:
+class Pages:
     """The plumbing under every page, bound to one store and one settings object."""
 
     def __init__(self, settings: Settings, factory: sessionmaker[Session]) -> None:
