@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -159,6 +160,8 @@ class Circle(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
+    # Off: only staff may write to the Circle. On: clients may too (reaching its staff).
+    clients_may_write: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     members: Mapped[list[User]] = relationship(secondary="circle_members", order_by="User.id")
 
@@ -379,3 +382,24 @@ class MessageAttachment(Base):
 
 
 __all__ += ["MessageAttachment"]
+
+
+class PortalSession(Base):
+    """A portal login, from its start to logout or expiry.
+
+    The cookie carries a random id; this row keeps only its SHA-256 hash, so
+    whoever reads the table learns no id to present.
+    """
+
+    __tablename__ = "portal_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    id_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    address: Mapped[str] = mapped_column(String(64))
+    user_agent: Mapped[str] = mapped_column(String(200), default="")
+
+
+__all__ += ["PortalSession"]
