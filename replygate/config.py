@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import ipaddress
 import os
 import secrets
 import tomllib
@@ -72,6 +73,13 @@ class Settings:
     portal_host: str = "127.0.0.1"
     portal_port: int = 8025
     portal_url: str = ""
+    # A portal login ends after this many idle seconds (for staff, admins and clients
+    # alike), and this long after it began whatever happens.
+    session_idle_seconds: int = 900
+    session_max_seconds: int = 12 * 60 * 60
+    # Reverse proxies whose X-Forwarded-For names the client ("10.0.0.5, 10.1.0.0/16").
+    # None by default: otherwise anyone could pick the address their failed logins count against.
+    trusted_proxies: str = ""
 
     worker_poll_seconds: float = 0.5
     worker_lease_seconds: float = 300.0  # a claim older than this is taken over by another worker
@@ -109,6 +117,18 @@ class Settings:
     def attachment_allow_list(self) -> tuple[str, ...]:
         """``attachment_types`` as lower-cased patterns (``*`` wildcards), parsed once."""
         return tuple(t.strip().lower() for t in self.attachment_types.split(",") if t.strip())
+
+    @functools.cached_property
+    def trusted_proxy_networks(self) -> tuple[str, ...]:
+        """``trusted_proxies`` as networks in canonical form; ``ConfigError`` for a bad entry."""
+        networks = []
+        for entry in self.trusted_proxies.split(","):
+            if entry.strip():
+                try:
+                    networks.append(str(ipaddress.ip_network(entry.strip(), strict=False)))
+                except ValueError as exc:
+                    raise ConfigError(f"trusted_proxies: {entry.strip()!r} is no network") from exc
+        return tuple(networks)
 
     @property
     def uses_smarthost(self) -> bool:
@@ -229,6 +249,9 @@ def _derive(s: Settings) -> Settings:
         s = dataclasses.replace(s, secret_key=_local_secret(var_dir))
     if len(s.secret_key) < 32:
         raise ConfigError("the secret key must be at least 32 characters long")
+    if s.session_idle_seconds <= 0 or s.session_max_seconds <= 0:
+        raise ConfigError("session_idle_seconds and session_max_seconds must be positive")
+    s.trusted_proxy_networks  # noqa: B018 - refuses a malformed entry now, not at the first login
     return s
 
 
