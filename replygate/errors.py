@@ -7,6 +7,7 @@
     └── InboundRefused       an inbound mail we refuse in the SMTP dialogue
         ├── NotAReplyAddress   recipient is not reply+<token>@<reply domain>
         ├── UnknownToken       token well-formed but never issued (or forged)
+        ├── UnknownBounceAddress bounces+… address whose MAC does not verify
         ├── TokenExpired       token past its expiry date
         ├── TokenRevoked       token revoked, or voided when Convenience Mode went off
         ├── ConvenienceModeOff the organisation does not accept replies by email
@@ -49,6 +50,10 @@ class NotAReplyAddress(InboundRefused):
 
 class UnknownToken(InboundRefused):
     """Raised when the token was never issued by us (or fails its check)."""
+
+
+class UnknownBounceAddress(InboundRefused):
+    """Raised when a bounce address of ours carries no valid MAC (forged, guessed or unsigned)."""
 
 
 class TokenExpired(InboundRefused):

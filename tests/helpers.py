@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from replygate.mail.compose import Notification
+from replygate.mail.verp import bounce_key
+from tests.conftest import TEST_SECRET
 
 T = TypeVar("T")
 
@@ -58,6 +60,8 @@ def read_maildir(path: Path) -> list[EmailMessage]:
 
 
 BODY_WORDS = "Zanzibar quokka thermometer"
+# The key the test settings' secret signs bounce addresses with (``settings`` in conftest).
+BOUNCE_KEY = bounce_key(TEST_SECRET)
 
 
 def notification(n: int = 1, **changes: object) -> Notification:
@@ -74,6 +78,7 @@ def notification(n: int = 1, **changes: object) -> Notification:
         body=f"Hello,\n{BODY_WORDS}\nSee you soon.",
         author_name="Dr Ada",
         reply_address="reply+abcdefabcdef@reply.test",
+        bounce_key=BOUNCE_KEY,
     )
     values.update(changes)
     return Notification(**values)  # type: ignore[arg-type]

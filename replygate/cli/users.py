@@ -34,12 +34,27 @@ def add(app: App, email: str, name: str, role: str, as_json: bool) -> None:
 @pass_app
 @clean_errors
 def list_users(app: App, as_json: bool) -> None:
-    """List users with the state of their email address."""
+    """List users with the state of their email address.
+
+    A suppressed staff or admin address is marked and warned about at the
+    end: that person hears of no new message until it is reset.
+    """
     rows = views.users(app.factory)
 
     def text() -> None:
         for u in rows:
-            click.echo(f"{u.id:>5}  {u.role:<6}  {u.email:<36} {u.name:<24} {u.address_status}")
+            mark = "  <- not notified" if u.staff_suppressed else ""
+            click.echo(
+                f"{u.id:>5}  {u.role:<6}  {u.email:<36} {u.name:<24} {u.address_status}{mark}"
+            )
+        for u in rows:
+            if u.staff_suppressed:
+                days = ", ".join(u.bounce_days) or "unknown days"
+                click.echo(
+                    f"warning: {u.role} {u.email} is suppressed after {u.bounce_count} hard "
+                    f"bounces ({days}) and gets no notifications; check the address, then "
+                    f"run 'replygate users reset-bounces {u.email}'"
+                )
 
     emit(rows, as_json, text)
 

@@ -231,7 +231,9 @@ class Filing:
             reason = "; ".join(verdict.reasons) or verdict.kind
             decision = Classified(verdict.kind, list(verdict.reasons))
             if verdict.kind == "bounce" and verdict.bounce is not None:
-                address = bounces.record_bounce(session, verdict.bounce, rcpt=row.rcpt, settings=s)
+                address = bounces.record_bounce(
+                    session, verdict.bounce, parsed, rcpt=row.rcpt, settings=s, at=row.received_at
+                )
                 decision = dataclasses.replace(decision, address=address)
             return self._finish(row, InboundStatus.IGNORED, reason, decision)
 

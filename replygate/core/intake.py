@@ -3,10 +3,12 @@
 Both ingresses make the same decisions through these functions, so a reply
 refused over SMTP is refused through ``replygate ingest`` for the same reason:
 
-- recipient: a live reply token of ours (``routing.resolve``), or our VERP
-  bounce address ``bounces+<id>@<reply domain>`` (accepted unrouted, so
-  delivery reports about our notifications reach the engine); anything else
-  raises the ``InboundRefused`` subclass that says why;
+- recipient: a live reply token of ours (``routing.resolve``), or the signed
+  VERP bounce address of one of our notifications
+  ``bounces+<id>-<mac>@<reply domain>`` (accepted unrouted, so delivery
+  reports about our notifications reach the engine; a bounce address whose
+  MAC does not verify, the old unsigned form included, is unknown); anything
+  else raises the ``InboundRefused`` subclass that says why;
 - size: at most ``settings.max_message_size`` bytes;
 - attachments: within the per-file and total limits and of an allowed type
   (the engine's own rules, ``threading.attachments``), checked here so the
@@ -35,12 +37,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from replygate.config import Settings
 from replygate.core import routing
 from replygate.core.routing import Route
-from replygate.errors import SenderMismatch
+from replygate.errors import SenderMismatch, UnknownBounceAddress
 from replygate.mail.classify import verp_notification_id
 from replygate.mail.decisions import DataChecked, Decision, RecipientAccepted, Stored
 from replygate.mail.headers import Headers, read_headers
 from replygate.mail.parse import parse_message
 from replygate.mail.policy import Policy, check_dmarc, check_size, files_to_keep, sender_mismatch
+from replygate.mail.verp import bounce_key, is_bounce_address
 from replygate.store import directory, inbound
 from replygate.store.db import transaction
 from replygate.store.models import DmarcPolicy, InboundStatus, SenderPolicy
@@ -80,8 +83,13 @@ def check_recipient(
 ) -> Recipient:
     """Accept ``address`` or raise the ``InboundRefused`` that says why (``StoreUnavailable``
     when the database cannot answer)."""
-    ident = verp_notification_id(address, settings.reply_domain)
-    if ident is not None:
+    if is_bounce_address(address, settings.reply_domain):
+        key = bounce_key(settings.secret_key)
+        ident = verp_notification_id(address, settings.reply_domain, key)
+        if ident is None:
+            raise UnknownBounceAddress(
+                f"{address} is not a signed bounce address of ours (forged, guessed or unsigned)"
+            )
         decision = RecipientAccepted(address, "bounce", bounce_id=ident)
         return Recipient(address, "bounce", None, decision)
     try:

@@ -23,6 +23,7 @@ from replygate.config import Settings
 from replygate.errors import Invalid, NotFound
 from replygate.mail import reply_token
 from replygate.mail.compose import Notification, compose
+from replygate.mail.verp import bounce_key
 from replygate.store import directory, outbox, tokens
 from replygate.store.db import transaction
 from replygate.store.models import (
@@ -74,6 +75,7 @@ class Messaging:
         self.factory = factory
         self.settings = settings
         self._portal_base = settings.portal_url.rstrip("/")
+        self._bounce_key = bounce_key(settings.secret_key)
 
     # -- sending --------------------------------------------------------------------------
 
@@ -370,6 +372,7 @@ class Messaging:
                 organisation=org.name,
                 reply_domain=self.settings.reply_domain,
                 portal_link=f"{self._portal_base}/threads/{thread.id}",
+                bounce_key=self._bounce_key,
             )
             if org.convenience_mode:
                 previous = outbox.latest_header_message_id(session, thread.id, person.id)

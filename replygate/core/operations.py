@@ -64,11 +64,11 @@ def set_password(factory: sessionmaker[Session], email: str, password: str) -> s
 def reset_bounces(factory: sessionmaker[Session], email: str) -> str:
     """Mark an address good again once its bounces were dealt with; notifications resume.
 
-    Returns the address as stored.
+    Clears the count and the days of its hard bounces; returns the address as stored.
     """
     with transaction(factory) as session:
         user = directory.user(session, email)
-        user.bounce_count, user.address_status = 0, AddressStatus.OK
+        user.bounce_count, user.bounce_days, user.address_status = 0, [], AddressStatus.OK
         return user.email
 
 

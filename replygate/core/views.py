@@ -25,7 +25,15 @@ from replygate.mail import reply_token
 from replygate.mail.decisions import explain
 from replygate.store import directory, inbound, outbox, tokens
 from replygate.store.db import transaction
-from replygate.store.models import InboundMail, OutboxMessage, Thread, User, utcnow
+from replygate.store.models import (
+    AddressStatus,
+    InboundMail,
+    OutboxMessage,
+    Thread,
+    User,
+    UserRole,
+    utcnow,
+)
 
 # The headers ``queue show`` prints: enough to see who sent what and how it
 # was judged, never the whole header block.
@@ -58,23 +66,40 @@ def days_ago(days: float | None) -> datetime | None:
 
 @dataclass(frozen=True)
 class UserRow:
+    """A person and their address; ``bounce_days`` are the UTC days of counted hard bounces."""
+
     id: int
     email: str
     name: str
     role: str
     address_status: str
     bounce_count: int
+    bounce_days: list[str]
+    # A staff or admin address no longer notified: shown to admins, since forged
+    # bounces once silenced staff without anyone noticing.
+    staff_suppressed: bool
 
 
 def user_row(user: User) -> UserRow:
+    role, status = plain(user.role), plain(user.address_status)
     return UserRow(
         id=user.id,
         email=user.email,
         name=user.name,
-        role=plain(user.role),
-        address_status=plain(user.address_status),
+        role=role,
+        address_status=status,
         bounce_count=user.bounce_count,
+        bounce_days=list(user.bounce_days or []),
+        staff_suppressed=role in STAFF_ROLES and status == AddressStatus.SUPPRESSED,
     )
+
+
+STAFF_ROLES = frozenset({UserRole.STAFF.value, UserRole.ADMIN.value})
+
+
+def suppressed_staff(factory: sessionmaker[Session]) -> list[UserRow]:
+    """Staff and admins whose address is suppressed: nobody notifies them any more."""
+    return [u for u in users(factory) if u.staff_suppressed]
 
 
 def users(factory: sessionmaker[Session]) -> list[UserRow]:

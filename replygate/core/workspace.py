@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
-from replygate.core import accounts, canned, inbox, organisation
+from replygate.core import accounts, canned, inbox, organisation, views
 from replygate.core.canned import Canned
 from replygate.core.inbox import (
     AttachmentFile,
@@ -27,6 +27,7 @@ from replygate.core.inbox import (
     Viewer,
 )
 from replygate.core.organisation import OrganisationView
+from replygate.core.views import UserRow
 from replygate.store import directory
 from replygate.store.db import transaction
 
@@ -142,3 +143,7 @@ class Workspace:
 
     def rename_organisation(self, name: str) -> None:
         self._run(organisation.rename, name, self.settings.organisation_name)
+
+    def suppressed_staff(self) -> list[UserRow]:
+        """Staff and admins whose address bounced until suppressed: they hear of nothing."""
+        return views.suppressed_staff(self.factory)

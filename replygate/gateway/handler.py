@@ -51,7 +51,9 @@ log = get_logger("replygate.gateway")
 
 # Refusals that count against a client IP: addresses we never issued. An
 # expired or revoked token is a real person replying late, not a guesser.
-THROTTLED_CONDITIONS = frozenset({Condition.UNKNOWN_TOKEN, Condition.NOT_A_REPLY_ADDRESS})
+THROTTLED_CONDITIONS = frozenset(
+    {Condition.UNKNOWN_TOKEN, Condition.NOT_A_REPLY_ADDRESS, Condition.UNKNOWN_BOUNCE_ADDRESS}
+)
 # How long an accepted reply address is trusted without asking the database
 # again. A reply storm hits the same few addresses; each lookup is several
 # round trips. A token revoked (or Convenience Mode switched off) within

@@ -36,6 +36,7 @@ from replygate.errors import (
     SenderMismatch,
     TokenExpired,
     TokenRevoked,
+    UnknownBounceAddress,
     UnknownToken,
 )
 
@@ -54,6 +55,7 @@ class Condition(StrEnum):
     ACCEPTED = "accepted"
     NOT_A_REPLY_ADDRESS = "not_a_reply_address"
     UNKNOWN_TOKEN = "unknown_token"
+    UNKNOWN_BOUNCE_ADDRESS = "unknown_bounce_address"
     TOKEN_EXPIRED = "token_expired"
     TOKEN_REVOKED = "token_revoked"
     CONVENIENCE_MODE_OFF = "convenience_mode_off"
@@ -135,6 +137,14 @@ CATALOGUE: Mapping[Condition, Reply] = MappingProxyType(
             "5.1.1",
             "this reply address does not exist; please reply from the notification email "
             "or log in to the portal",
+            EX_NOUSER,
+        ),
+        # No backscatter: a report refused here is the reporting MTA's to drop.
+        Condition.UNKNOWN_BOUNCE_ADDRESS: Reply(
+            550,
+            "5.1.1",
+            "this bounce address does not exist; we accept delivery reports only for "
+            "notifications we sent",
             EX_NOUSER,
         ),
         Condition.TOKEN_EXPIRED: Reply(
@@ -333,6 +343,7 @@ REFUSALS: Mapping[type[InboundRefused], Condition] = MappingProxyType(
     {
         NotAReplyAddress: Condition.NOT_A_REPLY_ADDRESS,
         UnknownToken: Condition.UNKNOWN_TOKEN,
+        UnknownBounceAddress: Condition.UNKNOWN_BOUNCE_ADDRESS,
         TokenExpired: Condition.TOKEN_EXPIRED,
         TokenRevoked: Condition.TOKEN_REVOKED,
         ConvenienceModeOff: Condition.CONVENIENCE_MODE_OFF,

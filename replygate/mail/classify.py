@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from email.utils import parseaddr
 from typing import TYPE_CHECKING
 
-from replygate.mail.markers import LOOP_HEADER, MESSAGE_ID_PREFIX, NOTIFICATION_ID, VERP_PREFIX
+from replygate.mail.markers import LOOP_HEADER, MESSAGE_ID_PREFIX, NOTIFICATION_ID
+from replygate.mail.verp import claimed_notification_id, verified_notification_id
 
 if TYPE_CHECKING:  # the record's type only; this module imports nothing of ours at run time
     from replygate.mail.parse import ParsedMail
@@ -187,8 +188,10 @@ def bounce_report(mail: ParsedMail, *, rcpt: str | None, our_domain: str) -> Bou
 
     - RFC 3464 per-recipient fields of the ``message/delivery-status`` part;
     - else ``X-Failed-Recipients`` and the first status code in the text;
-    - the notification: the VERP recipient ``bounces+<id>@<our domain>``, else
-      our loop header or Message-ID inside the returned headers.
+    - the notification: the VERP recipient ``bounces+<id>-<mac>@<our domain>``,
+      else our loop header or Message-ID inside the returned headers. Neither
+      is verified here (there is no key): ``core.bounces`` counts a bounce
+      only through a VERP address whose MAC verifies.
     """
     recipients: tuple[str, ...] = ()
     status = action = diagnostic = None
@@ -202,7 +205,7 @@ def bounce_report(mail: ParsedMail, *, rcpt: str | None, our_domain: str) -> Bou
         status = found.group(1) if found else None
     notification_id = None
     if rcpt:
-        notification_id = verp_notification_id(rcpt, our_domain)
+        notification_id = claimed_notification_id(rcpt, our_domain)
     if notification_id is None:
         notification_id = returned_notification_id(mail.returned_headers, our_domain)
     return BounceReport(recipients, status, action, diagnostic, notification_id)
@@ -289,20 +292,13 @@ def returned_notification_id(returned_headers: str | None, our_domain: str) -> s
     return None
 
 
-def verp_notification_id(rcpt: str, our_domain: str) -> str | None:
-    """The notification id in a VERP address ``bounces+<id>@<our domain>``, or ``None``.
+def verp_notification_id(rcpt: str, our_domain: str, key: bytes) -> str | None:
+    """The notification id in our signed VERP address ``bounces+<id>-<mac>@<our domain>``.
 
-    The prefix and domain are compared case-insensitively; the id is returned
-    as written and must have the shape ``outbound.compose`` gives ids.
+    ``None`` unless the MAC was made with ``key`` (``verp.bounce_key``): an id
+    alone, guessed or read off a notification's Message-ID, names nothing.
     """
-    address = parseaddr(rcpt or "")[1] or (rcpt or "").strip().strip("<>")
-    local, at, domain = address.rpartition("@")
-    if not at or domain.lower() != (our_domain or "").strip().lower():
-        return None
-    if not local.lower().startswith(VERP_PREFIX):
-        return None
-    candidate = local[len(VERP_PREFIX) :]
-    return candidate if NOTIFICATION_ID.fullmatch(candidate) else None
+    return verified_notification_id(rcpt, our_domain, key)
 
 
 def _describe(report: BounceReport) -> list[str]:

@@ -24,7 +24,7 @@ Stdlib only: no store, no settings, no clock except the ``Date`` header
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import policy, quoprimime
 from email.headerregistry import Address
@@ -38,8 +38,8 @@ from replygate.mail.markers import (
     MESSAGE_ID_PREFIX,
     NOTIFICATION_ID,
     REPLY_ABOVE_LINE,
-    VERP_PREFIX,
 )
+from replygate.mail.verp import bounce_address
 
 SECURE_SUBJECT = "You have a new secure message"
 
@@ -82,6 +82,8 @@ class Notification:
     reply_address: str | None = None  # content mode only: reply+<token>@<domain>
     in_reply_to: str | None = None  # earlier Message-ID in this thread, for client threading
     references: tuple[str, ...] = ()
+    # Signs the VERP envelope sender (``verp.bounce_key(secret)``); compose refuses without it.
+    bounce_key: bytes = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True)
@@ -100,10 +102,14 @@ def message_id_for(notification_id: str, reply_domain: str) -> str:
     return f"<{MESSAGE_ID_PREFIX}n.{notification_id}@{_clean_domain(reply_domain)}>"
 
 
-def verp_sender(notification_id: str, reply_domain: str) -> str:
-    """The envelope sender: a bounce to it names the notification that failed."""
+def verp_sender(notification_id: str, reply_domain: str, key: bytes) -> str:
+    """The envelope sender: a bounce to it names the notification that failed.
+
+    Signed with ``key`` (``verp.bounce_key``), so nobody else can write a
+    bounce address that the gateway accepts.
+    """
     _check_id(notification_id)
-    return f"{VERP_PREFIX}{notification_id}@{_clean_domain(reply_domain)}"
+    return bounce_address(notification_id, _clean_domain(reply_domain), key)
 
 
 def compose(n: Notification, *, now: datetime | None = None) -> ComposedMail:
@@ -116,7 +122,7 @@ def compose(n: Notification, *, now: datetime | None = None) -> ComposedMail:
     if n.mode not in ("secure", "content"):
         raise ValueError(f"unknown notification mode: {n.mode!r}")
     message_id = message_id_for(n.notification_id, n.reply_domain)
-    envelope_from = verp_sender(n.notification_id, n.reply_domain)
+    envelope_from = verp_sender(n.notification_id, n.reply_domain, n.bounce_key)
     recipient = _check_address(n.to_address)
 
     msg = EmailMessage(policy=policy.SMTP)

@@ -224,7 +224,9 @@ def sentence(d: Decision) -> str:
         case Classified():
             text = f"Classified as {d.kind}: {'; '.join(d.reasons) or d.kind}."
             a = d.address
-            if isinstance(a, dict) and a.get("matched"):
+            if isinstance(a, dict) and a.get("counted") is False and a.get("why"):
+                text += f" Not counted as a bounce: {a['why']}."
+            elif isinstance(a, dict) and a.get("matched"):
                 status, count = a["address_status"], a["bounce_count"]
                 text += f" {a['user']} is now {status} ({count} hard bounces)."
             return text + " It is never filed nor notified on."

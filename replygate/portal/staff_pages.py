@@ -97,7 +97,14 @@ class StaffPages(Pages):
     ) -> Response:
         current = await self.require(request, admin=True)
         org = await self.call(self.workspace.organisation)
-        context = {"section": "settings", "org": org, "warning": HIPAA_WARNING, "error": error}
+        suppressed = await self.call(self.workspace.suppressed_staff)
+        context = {
+            "section": "settings",
+            "org": org,
+            "warning": HIPAA_WARNING,
+            "error": error,
+            "suppressed": suppressed,
+        }
         return self.render(request, "settings.html", context, current=current, status=status)
 
     async def settings_organisation(self, request: Request) -> Response:

@@ -14,9 +14,11 @@ from structlog.testing import capture_logs
 
 from replygate.config import Settings
 from replygate.gateway.handler import GatewayHandler
+from replygate.mail.verp import bounce_address
 from replygate.store import directory, inbound_writer
 from replygate.store.db import make_engine, session_factory, transaction
 from replygate.store.models import Thread, ThreadParticipant
+from tests.helpers import BOUNCE_KEY
 from tests.integration.gateway.conftest import (
     World,
     add_reply_address,
@@ -26,7 +28,7 @@ from tests.integration.gateway.conftest import (
 )
 
 BODY_MARK = "Tuesday at 10 works for me."
-BOUNCES = "bounces+9f2c41d0a7b35e6c8d12@reply.test"
+BOUNCES = bounce_address("9f2c41d0a7b35e6c8d12", "reply.test", BOUNCE_KEY)
 
 
 def _session() -> SMTPSession:

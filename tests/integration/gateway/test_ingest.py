@@ -13,8 +13,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from replygate.config import Settings
 from replygate.gateway.ingest import ingest
 from replygate.mail import reply_token
+from replygate.mail.verp import bounce_address
 from replygate.store import inbound
 from replygate.store.db import make_engine, session_factory
+from tests.helpers import BOUNCE_KEY
 from tests.integration.gateway.conftest import (
     World,
     add_reply_address,
@@ -149,7 +151,8 @@ def test_delivery_report_to_the_bounce_address_exits_0(
     settings: Settings, sessions: sessionmaker[Session]
 ) -> None:
     raw = b"From: MAILER-DAEMON@mx.test\r\nSubject: failure\r\n\r\nno such user\r\n"
-    code, _ = ingest(settings, sessions, rcpt="bounces+a1b2c3@reply.test", sender="", raw=raw)
+    rcpt = bounce_address("a1b2c3", "reply.test", BOUNCE_KEY)
+    code, _ = ingest(settings, sessions, rcpt=rcpt, sender="", raw=raw)
     assert code == EX_OK
     assert queued(sessions)[0].mail_from == ""
 

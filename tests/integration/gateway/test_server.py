@@ -17,7 +17,9 @@ from replygate.config import Settings
 from replygate.core import intake
 from replygate.gateway.server import GatewayThread, start_gateway
 from replygate.mail import reply_token
+from replygate.mail.verp import bounce_address
 from replygate.store import inbound_writer
+from tests.helpers import BOUNCE_KEY
 from tests.integration.gateway.conftest import (
     World,
     add_reply_address,
@@ -274,15 +276,16 @@ def test_a_bug_answers_451_and_the_session_goes_on(
 def test_delivery_report_to_the_bounce_address_is_accepted(
     sessions: sessionmaker[Session], client: smtplib.SMTP
 ) -> None:
+    verp = bounce_address("17", "reply.test", BOUNCE_KEY)
     dsn = (
-        b"From: MAILER-DAEMON@mx.client.test\r\nTo: bounces+17@reply.test\r\n"
+        b"From: MAILER-DAEMON@mx.client.test\r\nTo: " + verp.encode() + b"\r\n"
         b"Subject: Undelivered Mail Returned to Sender\r\n"
         b"Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n"
         b"--b\r\n\r\nno such user\r\n--b--\r\n"
     )
-    client.sendmail("<>", ["bounces+17@reply.test"], dsn)
+    client.sendmail("<>", [verp], dsn)
     (row,) = queued(sessions)
-    assert row.mail_from == "" and row.rcpt == "bounces+17@reply.test" and row.raw == dsn
+    assert row.mail_from == "" and row.rcpt == verp and row.raw == dsn
 
 
 def test_one_transaction_mixing_good_and_bad_recipients(

@@ -263,9 +263,7 @@ def test_a_bounce_for_a_notification_marks_the_address_and_suppresses_after_repe
     sessions: sessionmaker[Session], settings: Settings, reply_address: tuple[int, str]
 ) -> None:
     with sessions() as s:
-        header_id = s.scalars(select(OutboxMessage.header_message_id)).one()
-    notification_id = header_id.split(".")[2].split("@")[0]
-    verp = f"bounces+{notification_id}@{settings.reply_domain}"
+        verp = s.scalars(select(OutboxMessage.envelope_from)).one()  # the signed VERP address
     dsn = (
         "From: MAILER-DAEMON@mx.example.com\r\nTo: " + verp + "\r\n"
         "Subject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\n"
@@ -277,8 +275,10 @@ def test_a_bounce_for_a_notification_marks_the_address_and_suppresses_after_repe
         "--b--\r\n"
     ).encode()
     tight = dataclasses.replace(settings, bounce_suppress_after=2)
-    for _ in range(2):
-        enqueue(sessions, verp, dsn, mail_from="")
+    for day in range(2):  # suppression needs hard bounces on two different days
+        queue_id = enqueue(sessions, verp, dsn, mail_from="")
+        with transaction(sessions) as s:
+            s.get(InboundMail, queue_id).received_at += timedelta(days=day)
         InboundWorker(sessions, tight).drain()
         with sessions() as s:
             cleo = directory.user(s, "cleo@example.com")

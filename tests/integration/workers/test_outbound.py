@@ -13,6 +13,7 @@ from sqlalchemy import Engine, event, update
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.testing import capture_logs
 
+from replygate.mail.verp import bounce_address
 from replygate.store import outbox
 from replygate.store.db import transaction
 from replygate.store.models import OutboxMessage
@@ -26,7 +27,7 @@ from replygate.workers.transports import (
     TransientDeliveryError,
     Transport,
 )
-from tests.helpers import BODY_WORDS
+from tests.helpers import BODY_WORDS, BOUNCE_KEY
 from tests.integration.workers.support import (
     Smarthost,
     free_port,
@@ -404,7 +405,7 @@ def test_smtp_success(sessions: sessionmaker[Session], smarthost: Smarthost) -> 
     with capture_logs() as logs:
         assert asyncio.run(smtp_worker(sessions, smarthost.port, Clock()).run_once()) == 1
     [got] = smarthost.handler.received
-    assert got.mail_from == "bounces+n0001abc@reply.test"
+    assert got.mail_from == bounce_address("n0001abc", "reply.test", BOUNCE_KEY)
     assert got.rcpt_tos == ["client1@example.com"]
     assert row(sessions, oid).status == "sent"
     [line] = deliveries(logs)

@@ -12,6 +12,7 @@ import pytest
 
 from replygate.config import Settings
 from replygate.mail.compose import compose
+from replygate.mail.verp import bounce_address
 from replygate.store.outbox import Claimed
 from replygate.workers.transports import (
     MaildirTransport,
@@ -21,7 +22,10 @@ from replygate.workers.transports import (
     TransientDeliveryError,
     transport_from_settings,
 )
+from tests.helpers import BOUNCE_KEY
 from tests.integration.workers.support import Smarthost, free_port, notification
+
+VERP = bounce_address("n0001abc", "reply.test", BOUNCE_KEY)  # notification 1's envelope sender
 
 
 def claimed(n: int = 1) -> Claimed:
@@ -51,7 +55,7 @@ def test_maildir_delivery_creates_the_folder_and_adds_trace_headers(tmp_path: Pa
     data = box.get_bytes(key)
     assert b"\r" not in data
     msg = message_from_bytes(data, policy=policy.default)
-    assert msg["Return-Path"] == "<bounces+n0001abc@reply.test>"
+    assert msg["Return-Path"] == f"<{VERP}>"
     assert msg["Delivered-To"] == "client1@example.com"
     assert msg["Message-ID"] == mail.header_message_id
     assert data.endswith(mail.raw.replace(b"\r\n", b"\n"))
@@ -68,7 +72,7 @@ def test_smtp_delivery_uses_the_verp_sender(smarthost: Smarthost) -> None:
     mail = claimed()
     asyncio.run(smtp(smarthost).send(mail))
     [got] = smarthost.handler.received
-    assert got.mail_from == "bounces+n0001abc@reply.test"
+    assert got.mail_from == VERP
     assert got.rcpt_tos == ["client1@example.com"]
     assert got.content.replace(b"\r\n", b"\n").rstrip() == mail.raw.replace(b"\r\n", b"\n").rstrip()
 

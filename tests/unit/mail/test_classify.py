@@ -14,11 +14,13 @@ from replygate.mail.classify import (
     verp_notification_id,
 )
 from replygate.mail.parse import ParsedMail, parse_message
+from replygate.mail.verp import bounce_address, bounce_key
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "classify"
 DOMAIN = "reply.example.com"
 REPLY_RCPT = "reply+a3k9x2m7qz@reply.example.com"
-VERP_RCPT = "bounces+Vb7Kq2xP@reply.example.com"
+KEY = bounce_key("classify-test-secret")
+VERP_RCPT = bounce_address("Vb7Kq2xP", DOMAIN, KEY)
 PERSON = "client@example.org"
 NULL = "null reverse-path (MAIL FROM:<>), as bounces and auto-replies are sent"
 
@@ -229,10 +231,18 @@ def test_parse_delivery_status_prefers_failed_recipients() -> None:
 @pytest.mark.parametrize(
     ("rcpt", "expected"),
     [
-        ("bounces+Vb7Kq2xP@reply.example.com", "Vb7Kq2xP"),
-        ("<bounces+abc-123_x@Reply.Example.COM>", "abc-123_x"),
-        ("Bounces+abc@reply.example.com", "abc"),
-        ("bounces+abc@elsewhere.example", None),
+        (VERP_RCPT, "Vb7Kq2xP"),
+        (
+            "<"
+            + bounce_address("abc-123_x", DOMAIN, KEY).replace(DOMAIN, "Reply.Example.COM")
+            + ">",
+            "abc-123_x",
+        ),
+        ("B" + bounce_address("abc", DOMAIN, KEY)[1:], "abc"),
+        (bounce_address("abc", "elsewhere.example", KEY), None),
+        # The unsigned form notifications used to carry, and a MAC made with another key.
+        ("bounces+Vb7Kq2xP@reply.example.com", None),
+        (bounce_address("abc", DOMAIN, bounce_key("another secret")), None),
         ("bounces+@reply.example.com", None),
         ("bounces+a.b@reply.example.com", None),
         ("reply+abc@reply.example.com", None),
@@ -241,7 +251,7 @@ def test_parse_delivery_status_prefers_failed_recipients() -> None:
     ],
 )
 def test_verp_notification_id(rcpt: str, expected: str | None) -> None:
-    assert verp_notification_id(rcpt, DOMAIN) == expected
+    assert verp_notification_id(rcpt, DOMAIN, KEY) == expected
 
 
 # -- loops --------------------------------------------------------------------------------------

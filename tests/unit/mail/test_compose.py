@@ -21,7 +21,8 @@ from replygate.mail.compose import (
     verp_sender,
 )
 from replygate.mail.markers import LOOP_HEADER, REPLY_ABOVE_LINE
-from tests.helpers import notification
+from replygate.mail.verp import bounce_address, verified_notification_id
+from tests.helpers import BOUNCE_KEY, notification
 
 NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 SECRET_SUBJECT = "Biopsy results for Quixotic Marmalade"
@@ -53,7 +54,9 @@ def secure(**changes: object):
 
 def test_ids_and_verp_sender_have_the_agreed_shape() -> None:
     assert message_id_for("abc-123_x", "reply.test") == "<rg.n.abc-123_x@reply.test>"
-    assert verp_sender("abc-123_x", "reply.test") == "bounces+abc-123_x@reply.test"
+    signed = verp_sender("abc-123_x", "reply.test", BOUNCE_KEY)
+    assert signed == bounce_address("abc-123_x", "reply.test", BOUNCE_KEY)
+    assert verified_notification_id(signed, "reply.test", BOUNCE_KEY) == "abc-123_x"
 
 
 @pytest.mark.parametrize("bad", ["", "a b", "a@b", "a\r\nb", "é", "x" * 57, "a.b"])
@@ -61,7 +64,7 @@ def test_notification_ids_must_be_url_safe(bad: str) -> None:
     with pytest.raises(ValueError):
         message_id_for(bad, "reply.test")
     with pytest.raises(ValueError):
-        verp_sender(bad, "reply.test")
+        verp_sender(bad, "reply.test", BOUNCE_KEY)
 
 
 def test_secure_mode_leaks_neither_subject_nor_body_nor_author() -> None:
@@ -92,7 +95,7 @@ def test_secure_mode_has_the_protective_headers() -> None:
     assert msg["From"].addresses[0].addr_spec == "notifications@reply.test"
     assert msg["From"].addresses[0].display_name == "Acme Clinic"
     assert msg["To"].addresses[0].addr_spec == "client1@example.com"
-    assert mail.envelope_from == "bounces+n0001abc@reply.test"
+    assert mail.envelope_from == bounce_address("n0001abc", "reply.test", BOUNCE_KEY)
     assert mail.recipient == "client1@example.com"
 
 
