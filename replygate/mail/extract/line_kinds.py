@@ -5,9 +5,21 @@ wrapped over up to three lines, an Outlook "From:/Sent:" block,
 "-----Original Message-----"), forward banner, and text. A header wrapped
 over several lines marks every line it spans, so the cut that follows works
 on runs of one kind rather than on guesses line by line.
+
+Rules beyond ``quote_headers``' one-line tests:
+
+- a header sharing its line with the reply ("ok On … wrote:") and a rule
+  glued to the field under it ("_____Von: X") are split first;
+- "<Name> wrote:" with no date or address is a header only directly above a
+  ``>``-quoted line, and only when what precedes the verb is a name
+  (capitalised words, an address);
+- a header wrapped over up to six lines (Polymail) must show a date or an
+  address in its first line.
 """
 
 from __future__ import annotations
+
+import regex as re
 
 from replygate.mail.extract import quote_headers as qh
 
@@ -30,6 +42,10 @@ def split_shared_lines(lines: list[str]) -> list[str]:
     """Put a quote header that shares a line with the reply ("ok On … wrote:") on its own."""
     out: list[str] = []
     for line in lines:
+        glued = qh.RE_GLUED_RULE.match(line) if len(line) <= qh.MAX_HEADER_LINE else None
+        if glued and qh.RE_FROM_FIELD.match(glued.group(2)):
+            out.extend((glued.group(1), glued.group(2)))
+            continue
         # A quoted line (">" or supercite's "A>") holding a header is quote, never split.
         shared = line.rstrip().endswith((":", "：")) and not is_quoted(line)
         split = qh.split_shared_line(line) if shared else None
@@ -91,6 +107,8 @@ def classify_lines(lines: list[str], layers: list[str]) -> list[str]:
             continue
         else:
             span = _wrote_header_span(lines, i)
+            if not span and i + 1 < n and is_quoted(lines[i + 1]) and _RE_NAME_WROTE.match(line):
+                span = 1
             if span:
                 for j in range(i, i + span):
                     kinds[j] = HEADER
@@ -132,7 +150,8 @@ def _wrote_header_span(lines: list[str], i: int) -> int:
         # A wrapped header's first line already shows it: an opener word, a date or an address.
         if span == 1 and not qh.could_open_header(joined):
             return 0
-    if qh.could_open_header(lines[i].strip()) and qh.RE_OPENER.match(lines[i].strip()):
+    first = lines[i].strip()
+    if qh.RE_OPENER.match(first) and qh.RE_HEADER_EVIDENCE.search(first):
         # Polymail and some webmails break "On <date> <name> <mailto:…> wrote:" over
         # up to six lines, blank and ">"-led ones included.
         joined = ""
@@ -146,3 +165,11 @@ def _wrote_header_span(lines: list[str], i: int) -> int:
             if j > i and qh.RE_WROTE_TAIL.search(joined.strip()) and qh.is_wrote_header(joined):
                 return j - i + 1
     return 0
+
+
+# "Dana Staff wrote:", "Dana <d@example.com> schrieb:": a name (capitalised words, an address
+# in brackets) and a wrote-verb, nothing else.
+_RE_NAME_WROTE = re.compile(
+    rf"^\s*\"?(?:\p{{Lu}}[\w.'’-]*\s+){{0,3}}\p{{Lu}}[\w.'’-]*\"?(?:\s*<[^<>\s]+@[^<>\s]+>)?"
+    rf"\s+(?:{qh.WROTE_VERBS})\s*[:：]\s*$"
+)

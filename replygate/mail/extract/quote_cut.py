@@ -12,7 +12,10 @@ Works on runs of one line kind (``line_kinds``). Rules:
 - a quote answered inline (text before it and real text after it) is kept
   with the answers, as Discourse does;
 - a quote leading the mail with no header is the person quoting selectively
-  and stays.
+  and stays;
+- a header and its quote leading the mail, with no answer after the last
+  ``>`` block, is the history above a bottom-posted reply: it goes, and the
+  ``>`` lines under the reply are the person's own and stay.
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ def remove_quotes(
             lines[i] for i in range(len(lines)) if kinds[i] == HEADER
         ]
 
-    text_seen = False
+    text_seen = own_quotes = False
     for idx, (kind, start, end) in enumerate(runs):
         if kind == TEXT:
             text_seen = True
@@ -92,7 +95,9 @@ def remove_quotes(
                     elided.update(range(start, end))
                     continue  # interleaved: the quote stays with its answers
                 if not text_seen and any(k == QUOTED for k, _, _ in after[1:]):
-                    continue  # inline answers under a header at the top
+                    if _ends_answered(after):
+                        continue  # inline answers under a header at the top
+                    own_quotes = True  # the history above a bottom-posted reply
                 _drop_run(drop, nxt)
                 continue
             if nxt[0] in (TEXT, FORWARD) and text_seen:
@@ -102,6 +107,8 @@ def remove_quotes(
                 break
             continue
         if kind == QUOTED:
+            if own_quotes:
+                continue
             later = runs[idx + 1 :]
             if any(k == HEADER for k, _, _ in later):
                 continue  # the header below starts the quoted history; this is the reply's
@@ -124,6 +131,16 @@ def _answered_inline(lines: list[str], after: list[tuple[str, int, int]]) -> boo
         if kind == TEXT:
             answer += sum(1 for line in lines[start:end] if line.strip())
     return answer >= INLINE_ANSWER_MIN_LINES
+
+
+def _ends_answered(runs: list[tuple[str, int, int]]) -> bool:
+    """True when text follows the last ``>`` block of ``runs`` (up to the next header)."""
+    last = ""
+    for kind, _, _ in runs:
+        if kind == HEADER:
+            break
+        last = kind
+    return last != QUOTED
 
 
 def _drop_run(drop: list[bool], run: tuple[str, int, int]) -> None:

@@ -4,12 +4,20 @@ Rules, surest first; each returns the index of the first signature line:
 
 1. the ``-- `` delimiter (or a bare ``--``/``---`` line) followed by a short block;
 2. mobile and app footers ("Sent from my iPhone", "Envoyé de mon iPhone",
-   "Get Outlook for Android", ...) in many languages, with what follows them;
-3. a ``-Name`` line ending the mail (email_reply_parser's convention);
-4. a trailing contact block: short lines after a blank line holding a phone
+   "Get Outlook for Android", ...) in many languages
+   (``sent_from``), with what follows them; a business card just above such a
+   footer goes with it (``business_card``);
+3. a business card ending the mail, scored as a whole (``business_card``);
+4. a ``-Name`` line ending the mail (email_reply_parser's convention);
+5. a trailing contact block: short lines after a blank line holding a phone
    number, an e-mail address or a web address;
-5. talon's brute-force detector, accepted only when what it found is more
+6. talon's brute-force detector, accepted only when what it found is more
    than a plain sign-off ("Thanks,\\nCleo" is part of what the person wrote).
+
+A rule of four dashes or more directly under a line of text underlines it
+(a table's head, a title): it is never a delimiter. A sent-from footer
+opening the mail, with the person's text under it, is found by
+``leading_footer``.
 """
 
 from __future__ import annotations
@@ -30,6 +38,9 @@ if "talon.signature" not in sys.modules:
     sys.modules["talon.signature"] = _stub
 from talon.signature import bruteforce
 
+from replygate.mail.extract.business_card import find_card
+from replygate.mail.extract.sent_from import RE_MOBILE, is_sent_from
+
 # Signatures are short: the rules only look at the last lines of a reply.
 MAX_SIGNATURE_LINES = 12
 # People who stack footers from several devices: the block under the first one may run longer.
@@ -39,29 +50,6 @@ MAX_SIGNATURE_LINE = 120
 
 # "-- " (RFC 3676), and the bare "--"/"---" most clients and people type instead.
 RE_DELIMITER = re.compile(r"^-{2,3}\s*$")
-
-# Mobile and app footers: "Sent from my iPhone", "Sent from Mailbox", "Get Outlook for iOS".
-RE_MOBILE = re.compile(
-    r"^\s*(?:"
-    r"sent\s+(?:wirelessly\s+)?(?:from|via|with|using)\s+(?:my|mon|a\s+mobile)\s+[^,.;]{1,40}[.!]?"
-    r"|sent\s+(?:from|via|with|using)\s+(?-i:[A-Z0-9])[\w-]*(?:\s+[\w-]+){0,5}[.!]?"
-    r"|sent\s+(?:from|via|with)\s+(?:mobile|phone)|(?:from|sent\s+from)\s+my\s+i\w+(?:\s+\w+)?"
-    r"|\w+\s+from\s+mobile"
-    r"|sent\s+\S+\s+from\s+my\s+.*|diese\s+nachricht\s+wurde\s+von\s+meinem\s+.*gesendet\.?"
-    r"|get\s+outlook\s+for\s+\S+"
-    r"|envoyé\s+(?:de|depuis|avec|à\s+partir\s+de)\s+.*"
-    r"|von\s+meinem\s+.*gesendet.*|gesendet\s+(?:von|mit|vom)\s+.*"
-    r"|enviado\s+(?:desde|do|de|com|con|a\s+partir\s+do)\s+.*"
-    r"|inviato\s+da\s+.*"
-    r"|verzonden\s+(?:vanaf|met|van)\s+.*|verstuurd\s+(?:vanaf|met|van)\s+.*"
-    r"|skickat\s+från\s+.*|sendt\s+fra\s+.*"
-    r"|wysłane\s+z\s+.*|wysłano\s+z\s+.*"
-    r"|отправлено\s+(?:с|из)\s+.*|надіслано\s+з\s+.*"
-    r"|从我的.*发送|從我的.*傳送|发自我的.*|.*から送信"
-    r"|via\s+mobile|typed\s+on\s+(?:a\s+|my\s+)?\S+.*"
-    r")(?:\s*<[^<>\s]*>|\s*\(https?://[^()\s]*\))?\s*$",
-    re.I,
-)
 
 # A rule of many dashes: a signature delimiter only when contact details follow it.
 RE_LONG_RULE = re.compile(r"^\s*-{4,}\s*$")
@@ -116,6 +104,7 @@ def find_signature(lines: list[str]) -> tuple[int | None, str]:
         if (
             i > first_text
             and RE_LONG_RULE.match(lines[i])
+            and not lines[i - 1].strip()
             and _is_short_block(lines[i + 1 :])
             and sum(bool(RE_CONTACT.search(x)) for x in lines[i + 1 :]) >= 2
         ):
@@ -130,6 +119,9 @@ def find_signature(lines: list[str]) -> tuple[int | None, str]:
         ):
             # Footers stacked above this one (one per device, blank lines between) go too.
             i = _footer_stack_start(lines, i, first_text)
+            card = find_card(lines, i)
+            if card is not None:
+                return card, "signature:card"
             # A name alone on the line above a footer ("Stavros\nvia mobile") signs it.
             if i >= 2 and RE_NAME.match(lines[i - 1]) and not lines[i - 2].strip():
                 return i - 1, "signature:mobile"
@@ -138,6 +130,9 @@ def find_signature(lines: list[str]) -> tuple[int | None, str]:
             if above is not None and above > first_text and is_dash_sign_off(lines, above):
                 return above, "signature:mobile"
             return i, "signature:mobile"
+    card = find_card(lines)
+    if card is not None:
+        return card, "signature:card"
     # Placeholders clients write into the text part for inline images ("[image: logo.png]",
     # "[cid:…]", Outlook's "[Company logo]") at the very end belong to the signature.
     tail = n
@@ -226,4 +221,23 @@ def _bruteforce(lines: list[str], first_text: int) -> tuple[int | None, str]:
     index = len(lines) - len(sig_lines)
     if index <= first_text:
         return None, ""
+    # talon takes any rule for a delimiter; one directly under a line of text underlines it.
+    if RE_LONG_RULE.match(lines[index]) and lines[index - 1].strip():
+        return None, ""
     return index, "signature:bruteforce"
+
+
+def leading_footer(lines: list[str]) -> int:
+    """How many lines a sent-from footer opening the mail takes (0 when none).
+
+    "Sent from my iPhone" above the person's text: the client put its footer
+    first and the person typed under it. The footer and the blank lines after
+    it are counted only when text follows.
+    """
+    first = next((i for i, line in enumerate(lines) if line.strip()), len(lines))
+    if first >= len(lines) or not is_sent_from(lines[first]):
+        return 0
+    rest = first + 1
+    while rest < len(lines) and not lines[rest].strip():
+        rest += 1
+    return rest if rest < len(lines) else 0
