@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 from email import policy
 from email.message import Message
 
-from replygate.mail.decoding import decode_header_value, decode_text
+from replygate.mail.decoding import (
+    decode_base64,
+    decode_header_value,
+    decode_text,
+    transfer_encoding,
+)
 
 __all__ = ["MAX_DEPTH", "MAX_PARTS", "FoundFile", "Walk", "walk"]
 
@@ -110,11 +115,13 @@ def walk(message: Message) -> Walk:
         is_text_body = (
             ctype in ("text/plain", "text/html") and not filename and disposition != "attachment"
         )
+        notes: list[str] = []
         try:
-            raw = _decoded_payload(part)
+            raw = _decoded_payload(part, notes)
         except Exception as exc:  # a payload the stdlib cannot decode at all
             out.defects.append(f"part {index} ({ctype}): payload unreadable: {exc}")
             raw = b""
+        out.defects.extend(f"part {index} ({ctype}): {note}" for note in notes)
         if is_text_body:
             text, note = decode_text(raw, part.get_content_charset())
             if note:
@@ -138,8 +145,27 @@ def _children(part: Message) -> list[Message | str]:
     return payload if isinstance(payload, list) else []
 
 
-def _decoded_payload(part: Message) -> bytes:
-    """A leaf part's body with its transfer encoding undone (``b""`` when there is none)."""
+def _decoded_payload(part: Message, notes: list[str] | None = None) -> bytes:
+    """A leaf part's body with its transfer encoding undone (``b""`` when there is none).
+
+    The encoding's name is trimmed and lower-cased first (``base64 `` is base64)
+    and base64 is decoded leniently (``decoding.decode_base64``), with a note
+    when it had to be: the stdlib does neither, and filed raw base64 as text.
+    """
+    declared = part.get("Content-Transfer-Encoding")
+    cte = transfer_encoding(declared)
+    if cte == "base64":
+        try:
+            text = part.get_payload()
+        except Exception:  # 8-bit bytes under a label the stdlib cannot decode
+            text = None
+        if isinstance(text, str):
+            value, note = decode_base64(text)
+            if note and notes is not None:
+                notes.append(note)
+            return value
+    elif declared is not None and str(declared) != cte:
+        part.replace_header("Content-Transfer-Encoding", cte)
     raw = part.get_payload(decode=True)
     return raw if isinstance(raw, bytes) else b""
 

@@ -21,8 +21,15 @@ Who does what:
 - **This module** reads the headers, the From mailbox and the Message-IDs,
   marks the files an HTML body shows inline, and assembles the record.
 - **stdlib ``email`` with ``policy.default``** takes over when mail-parser
-  gives up (it raises on a tree nested past its limit): we then read the
-  headers alone and say so in ``defects``.
+  gives up: we then read the headers alone and say so in ``defects``.
+
+Before either library sees the bytes, two shapes that make them slow or
+make them fail are defused, with a defect: parts nested past
+``nesting.MAX_NESTING`` levels lose their bodies (``nesting.prune``: the
+stdlib recurses once per level, and checks each line against every open
+boundary), and a message of more than ``MAX_ENCODED_WORDS`` RFC 2047 words is
+read without mail-parser (it decodes every header with the stdlib's
+``decode_header``, quadratic in the words; ours is linear).
 """
 
 from __future__ import annotations
@@ -33,13 +40,22 @@ from dataclasses import dataclass, field
 from email import policy
 from email.message import Message
 from email.parser import BytesHeaderParser
+from email.policy import Policy
 from typing import Protocol
 from urllib.parse import unquote
 
 import mailparser
 
+from replygate.mail import nesting
 from replygate.mail.decoding import decode_header_value
 from replygate.mail.mime_walk import walk
+
+# More RFC 2047 words than any real mail carries (a header of 75-character words
+# folded over hundreds of lines); past it, mail-parser's quadratic decoding is skipped.
+MAX_ENCODED_WORDS = 1000
+# The stdlib's structured From parser is not linear either; a From longer than
+# any mailbox list a person writes is read by mail-parser alone.
+_MAX_FROM_PARSED = 4096
 
 
 @dataclass(frozen=True)
@@ -157,7 +173,7 @@ def _mailboxes(mp: _Reading | None, message: Message) -> list[tuple[str, str]]:
         except Exception:
             found = []
     raw = message.get("From")
-    if not found and raw:
+    if not found and raw and len(str(raw)) <= _MAX_FROM_PARSED:
         try:
             header = policy.default.header_factory("from", str(raw))
             found = [
@@ -253,16 +269,25 @@ def _build(message: Message, mp: _Reading | None, defects: list[str]) -> ParsedM
 def parse_message(raw: bytes) -> ParsedMail:
     """Parse raw RFC 5322 bytes. Never raises on malformed mail: problems land in ``defects``."""
     defects: list[str] = []
-    mp: _Reading | None
+    mp: _Reading | None = None
     message: Message | None
-    try:
-        mp = mailparser.MailParser.from_bytes(raw)
-        message = mp.message
-        defects.extend(_library_defects(mp))
-    except Exception as exc:
-        defects.append(f"mail-parser gave up ({type(exc).__name__}); read with the stdlib")
-        mp = None
-        message = _stdlib(raw, defects)
+    raw, pruned = nesting.prune(raw)
+    if pruned:
+        defects.append(
+            f"MIME parts nested deeper than {nesting.MAX_NESTING} levels; their bodies dropped"
+        )
+    if raw.count(b"=?") > MAX_ENCODED_WORDS:
+        defects.append(f"more than {MAX_ENCODED_WORDS} encoded words; read with the stdlib")
+        message = _stdlib(raw, defects, policy.compat32)
+    else:
+        try:
+            mp = mailparser.MailParser.from_bytes(raw)
+            message = mp.message
+            defects.extend(_library_defects(mp))
+        except Exception as exc:
+            defects.append(f"mail-parser gave up ({type(exc).__name__}); read with the stdlib")
+            mp = None
+            message = _stdlib(raw, defects, policy.default)
     if message is None:
         message = email.message_from_bytes(b"", policy=policy.compat32)
     try:
@@ -274,15 +299,11 @@ def parse_message(raw: bytes) -> ParsedMail:
         return _empty(_headers_only(raw, defects), defects)
 
 
-def _stdlib(raw: bytes, defects: list[str]) -> Message:
-    """The stdlib's reading of what mail-parser refused; headers alone if even that fails.
-
-    mail-parser refuses trees nested past the stack, and the stdlib parser
-    recurses just the same: the headers still tell the engine what the mail
-    is (and whether it is a bounce).
-    """
+def _stdlib(raw: bytes, defects: list[str], how: Policy) -> Message:
+    """The stdlib's reading of what mail-parser refused or was spared; headers alone if
+    even that fails, since they still tell the engine what the mail is (a bounce?)."""
     try:
-        return email.message_from_bytes(raw, policy=policy.default)
+        return email.message_from_bytes(raw, policy=how)
     except Exception as exc:
         defects.append(f"MIME structure unreadable ({type(exc).__name__}); headers only")
         return _headers_only(raw, defects)

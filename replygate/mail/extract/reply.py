@@ -40,12 +40,7 @@ from replygate.mail.extract.line_kinds import (
 )
 from replygate.mail.extract.own_notification import find_marker, find_own_message_id
 from replygate.mail.extract.quote_cut import remove_quotes
-from replygate.mail.extract.signatures import (
-    RE_DELIMITER,
-    find_signature,
-    is_dash_sign_off,
-    leading_footer,
-)
+from replygate.mail.extract.signatures import RE_DELIMITER, find_signature, is_dash_sign_off
 from replygate.mail.markers import REPLY_ABOVE_LINE
 
 __all__ = [
@@ -126,17 +121,27 @@ def extract_from_parts(
     """Extract from the better of a message's two renderings.
 
     The plain part is used when it is real; HTML when the plain part is missing,
-    empty, or carries less than half the HTML's text (a client's poor rendering).
+    empty, or carries less than half the HTML's text (a client's poor rendering)
+    and the HTML decoded cleanly: text holding replacement characters or
+    control characters was guessed at (a wrong charset, BOM-less UTF-16 read
+    as ASCII) and never outweighs a plain part that is there.
     """
     if text_html and text_html.strip():
         if not text_plain or not text_plain.strip():
             return extract_reply(text_html, html=True, budget_s=budget_s)
+        if _UNCLEAN.search(text_html):
+            return extract_reply(text_plain, budget_s=budget_s)
         plain_size = len("".join(text_plain.split()))
         if len(text_html) < 2_000_000:
             html_size = len("".join(html_to_text(text_html).split()))
             if plain_size * 2 < html_size:
                 return extract_reply(text_html, html=True, budget_s=budget_s)
     return extract_reply(text_plain or "", budget_s=budget_s)
+
+
+# What a clean decoding never yields: U+FFFD (bytes a guess could not map) and the C0
+# controls but tab, line feed, form feed and carriage return.
+_UNCLEAN = re.compile("[\ufffd\x00-\x08\x0b\x0e-\x1f]")
 
 
 def _normalise_newlines(text: str) -> str:
@@ -194,9 +199,6 @@ def _extract_text(text: str, clock: _Clock, layers: list[str]) -> ReplyParts:
     clock.check()
     kept.extend(lines[sig_at:])
     kept = _trim(kept)
-    # A sent-from footer the client put above the person's text goes with the signature.
-    unquoted, lead = kept, leading_footer(kept)
-    lead_lines, kept = _trim(kept[:lead]), kept[lead:]
 
     signature_at, rule = find_signature(kept) if not sig_rule else (None, "")
     if sig_rule:
@@ -218,9 +220,9 @@ def _extract_text(text: str, clock: _Clock, layers: list[str]) -> ReplyParts:
         quote_parts.insert(0, "\n".join(removed))
     return ReplyParts(
         reply="\n".join(_trim(reply_lines)),
-        signature="\n".join(_trim(lead_lines + sig_lines)),
+        signature="\n".join(_trim(sig_lines)),
         quote="\n".join(q.strip("\n") for q in quote_parts if q.strip()),
-        unquoted="\n".join(unquoted),
+        unquoted="\n".join(kept),
         layers=tuple(dict.fromkeys(layers)),
     )
 
@@ -260,11 +262,7 @@ def _tail_signature(lines: list[str], kinds: list[str]) -> tuple[int, str]:
         ):
             return i, "signature:delimiter"
     at, rule = find_signature(lines[start:])
-    if (
-        at is not None
-        and rule in ("signature:mobile", "signature:card")
-        and any(k == QUOTED for k in kinds[:start])
-    ):
+    if at is not None and rule == "signature:mobile" and any(k == QUOTED for k in kinds[:start]):
         return start + at, rule
     return n, ""
 
