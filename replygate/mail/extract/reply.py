@@ -40,7 +40,12 @@ from replygate.mail.extract.line_kinds import (
 )
 from replygate.mail.extract.own_notification import find_marker, find_own_message_id
 from replygate.mail.extract.quote_cut import remove_quotes
-from replygate.mail.extract.signatures import RE_DELIMITER, find_signature, is_dash_sign_off
+from replygate.mail.extract.signatures import (
+    RE_DELIMITER,
+    find_signature,
+    is_dash_sign_off,
+    leading_footer,
+)
 from replygate.mail.markers import REPLY_ABOVE_LINE
 
 __all__ = [
@@ -199,6 +204,9 @@ def _extract_text(text: str, clock: _Clock, layers: list[str]) -> ReplyParts:
     clock.check()
     kept.extend(lines[sig_at:])
     kept = _trim(kept)
+    # A sent-from footer the client put above the person's text goes with the signature.
+    unquoted, lead = kept, leading_footer(kept)
+    lead_lines, kept = _trim(kept[:lead]), kept[lead:]
 
     signature_at, rule = find_signature(kept) if not sig_rule else (None, "")
     if sig_rule:
@@ -220,9 +228,9 @@ def _extract_text(text: str, clock: _Clock, layers: list[str]) -> ReplyParts:
         quote_parts.insert(0, "\n".join(removed))
     return ReplyParts(
         reply="\n".join(_trim(reply_lines)),
-        signature="\n".join(_trim(sig_lines)),
+        signature="\n".join(_trim(lead_lines + sig_lines)),
         quote="\n".join(q.strip("\n") for q in quote_parts if q.strip()),
-        unquoted="\n".join(kept),
+        unquoted="\n".join(unquoted),
         layers=tuple(dict.fromkeys(layers)),
     )
 
@@ -262,7 +270,11 @@ def _tail_signature(lines: list[str], kinds: list[str]) -> tuple[int, str]:
         ):
             return i, "signature:delimiter"
     at, rule = find_signature(lines[start:])
-    if at is not None and rule == "signature:mobile" and any(k == QUOTED for k in kinds[:start]):
+    if (
+        at is not None
+        and rule in ("signature:mobile", "signature:card")
+        and any(k == QUOTED for k in kinds[:start])
+    ):
         return start + at, rule
     return n, ""
 
