@@ -36,6 +36,7 @@ from replygate.mail.decisions import (
     SenderRefused,
 )
 from replygate.mail.extract.reply import ReplyParts, extract_from_parts
+from replygate.mail.extract.signatures import fallback_reason
 from replygate.mail.headers import Headers, read_headers
 from replygate.mail.parse import Attachment, ParsedMail, parse_message
 from replygate.mail.policy import check_dmarc, files_to_keep, sender_mismatch
@@ -283,7 +284,16 @@ class Filing:
         parts, files = prepared.parts, prepared.files
         assert parts is not None  # a reply that passed the attachment policy was extracted
         layers = Extracted(list(parts.layers), parts.degraded)
-        if not parts.reply.strip():
+        body, signature = parts.reply, parts.signature
+        # Never lose the person's words: a reply cut to nothing (or to a sign-off) while
+        # the unquoted text held more files the unquoted text, and says so.
+        why = fallback_reason(parts.reply, parts.signature, parts.unquoted)
+        if why is not None:
+            body, signature = parts.unquoted.strip("\n"), ""
+            layers = dataclasses.replace(
+                layers, fallback=f"{why} once quoted text and signature were removed"
+            )
+        if not body.strip():
             reason = "the reply is empty once quoted text and signature are removed"
             return self._finish(row, InboundStatus.IGNORED, reason, layers)
 
@@ -291,9 +301,9 @@ class Filing:
             session,
             thread_id=route.thread_id,
             author_id=route.user_id,
-            body=parts.reply,
+            body=body,
             quote=parts.quote,
-            signature=parts.signature,
+            signature=signature,
             inbound_id=row.id,
             email_message_id=parsed.message_id,
             body_html=parsed.text_html if parsed.text_plain is None else None,

@@ -127,13 +127,19 @@ class AttachmentsRefused(Decision):
 
 @dataclass(frozen=True)
 class Extracted(Decision):
-    """The reply was cut out (``layers`` are the rules used) and filed as ``message``."""
+    """The reply was cut out (``layers`` are the rules used) and filed as ``message``.
+
+    ``fallback`` says why the unquoted text (quote removed, signature kept) was filed
+    instead of the reply: the reply came out empty, or as nothing but a sign-off, while
+    the unquoted text held more.
+    """
 
     stage = Stage.EXTRACT
     layers: list[str] = field(default_factory=list)
     degraded: bool = False
     message: int | None = None
     duplicate: bool | None = None
+    fallback: str | None = None
 
 
 @dataclass(frozen=True)
@@ -244,6 +250,11 @@ def sentence(d: Decision) -> str:
             text = f"Reply extracted (rules used: {', '.join(d.layers) or 'none needed'})"
             if d.degraded:
                 text += "; the time budget ran out, so a cheaper cut was used"
+            if d.fallback:
+                text += (
+                    f"; {d.fallback}, so the text with only the quote removed"
+                    " (signature kept) was filed instead"
+                )
             if d.duplicate:
                 return text + "; the same mail had been filed already, so nothing new was filed."
             if d.message:

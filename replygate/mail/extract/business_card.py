@@ -29,7 +29,14 @@ from __future__ import annotations
 
 import regex as re
 
-__all__ = ["MAX_CARD_LINES", "find_card"]
+__all__ = [
+    "MAX_CARD_LINES",
+    "RE_DISCLAIMER",
+    "RE_NAME_LINE",
+    "RE_SIGN_OFF",
+    "find_card",
+    "is_sentence",
+]
 
 # A card is short: name, title, company, two or three numbers, an address, web, disclaimer.
 MAX_CARD_LINES = 14
@@ -139,12 +146,12 @@ def _features(line: str) -> set[str]:
     if len(line) > MAX_CARD_LINE:
         return set()
     found = {name for name, pattern in _FEATURES.items() if pattern.search(line)}
-    if found - {"phone", "web"} and _is_sentence(line):
+    if found - {"phone", "web"} and is_sentence(line):
         return found & {"phone", "web"}
     return found
 
 
-def _is_sentence(line: str) -> bool:
+def is_sentence(line: str) -> bool:
     """A sentence: a long run of words, or four words or more ending like one ("… moved.").
 
     Cards set fields side by side ("Name | Title | Company"): each field is judged alone.
@@ -165,7 +172,7 @@ def _belongs(line: str, features: set[str]) -> bool:
         return False  # "call me on …", "my new address is …": the person speaking
     if features:
         return "disclaimer" in features or len(line) <= MAX_CARD_LINE
-    return len(line) <= 60 and not _is_sentence(line) and len(line.split()) <= 6
+    return len(line) <= 60 and not is_sentence(line) and len(line.split()) <= 6
 
 
 def find_card(lines: list[str], end: int | None = None) -> int | None:

@@ -7,9 +7,11 @@ rejected before any pattern runs, so the cost stays linear in the body.
 Rules for an attribution ("On <date>, <name> wrote:") and its translations
 (the languages Gmail, Outlook, Apple Mail and Thunderbird are localised into):
 
-1. a wrote-verb before a final colon, and evidence (a digit or an address):
-   an opener word ("On", "Le", "Am", "Op", "Στις", …) alone is prose
-   ("On Thursday. Dana wrote:", "On Monday I told you what she wrote:");
+1. a wrote-verb before a final colon, and evidence (a digit or an address);
+   without evidence, an opener word ("On", "Le", "Am", "Op", "Στις", …) and
+   only capitalised words up to the verb ("On Mon, Dana Staff wrote:"), so
+   prose stays prose ("On Thursday. Dana wrote:", "On Monday I told you
+   what she wrote:");
 2. the same without the colon when an opener and evidence are there and the
    line ends with the verb or with an address ("Am … schrieb X <x@y>");
 3. a date or time, then an address and a colon closing the line
@@ -56,6 +58,11 @@ RE_WROTE_TAIL = re.compile(
 
 # A line ending with a wrote-verb and no colon ("On … Dana <d@x> wrote").
 RE_WROTE_END = re.compile(rf"(?:^|\s)(?:{WROTE_VERBS})$", re.I)
+
+# "On Mon, Dana Staff wrote:": an opener, capitalised words and commas only, the verb.
+RE_OPENER_NAME_WROTE = re.compile(
+    rf"^(?:{_OPENERS})(?:,?\s+\p{{Lu}}[\p{{L}}'’-]*)+,?\s+(?:{WROTE_VERBS})\s*[:：]$"
+)
 
 # A header that opens with a known word ("On ...", "Am ...") and contains a wrote-verb.
 RE_OPENER = re.compile(rf"^(?:{_OPENERS})\b", re.I)
@@ -178,7 +185,9 @@ def is_wrote_header(text: str) -> bool:
             and (RE_WROTE_END.search(text) or RE_TRAILING_ADDRESS.search(text))
         )
     if RE_WROTE_TAIL.search(text):
-        return bool(RE_HEADER_EVIDENCE.search(text))
+        if RE_HEADER_EVIDENCE.search(text):
+            return True
+        return bool(RE_OPENER_NAME_WROTE.match(text))
     # German/Scandinavian order: "Am <date> schrieb <name>:", verb before the name.
     return bool(
         RE_OPENER.match(text)

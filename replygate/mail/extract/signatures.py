@@ -38,7 +38,13 @@ if "talon.signature" not in sys.modules:
     sys.modules["talon.signature"] = _stub
 from talon.signature import bruteforce
 
-from replygate.mail.extract.business_card import find_card
+from replygate.mail.extract.business_card import (
+    RE_DISCLAIMER,
+    RE_NAME_LINE,
+    find_card,
+    is_sentence,
+)
+from replygate.mail.extract.business_card import RE_SIGN_OFF as RE_ANY_SIGN_OFF
 from replygate.mail.extract.sent_from import RE_MOBILE, is_sent_from
 
 # Signatures are short: the rules only look at the last lines of a reply.
@@ -241,3 +247,29 @@ def leading_footer(lines: list[str]) -> int:
     while rest < len(lines) and not lines[rest].strip():
         rest += 1
     return rest if rest < len(lines) else 0
+
+
+def fallback_reason(reply: str, signature: str, unquoted: str) -> str | None:
+    """Why the unquoted text should be filed instead of ``reply``, or None to trust it.
+
+    Rules (the person's words are never lost to a cut that went too far):
+
+    1. the reply is empty while the unquoted text holds something;
+    2. the reply is nothing but a sign-off and a name ("Thanks,\\nCleo") while what was
+       cut as signature holds prose: a sentence, not a card, footer or disclaimer.
+    """
+    if not reply.strip():
+        return "nothing was left" if unquoted.strip() else None
+    if is_sign_off_only(reply) and any(
+        is_sentence(line) and not RE_DISCLAIMER.search(line) for line in signature.split("\n")
+    ):
+        return "only a sign-off was left"
+    return None
+
+
+def is_sign_off_only(text: str) -> bool:
+    """True when ``text`` is nothing but a sign-off and a name ("Thanks,\\nCleo")."""
+    content = [line for line in text.split("\n") if line.strip()]
+    return 0 < len(content) <= 3 and all(
+        RE_ANY_SIGN_OFF.match(line) or RE_NAME_LINE.match(line) for line in content
+    )

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import pytest
 
+from replygate.mail.decisions import Extracted, from_record, sentence
 from replygate.mail.extract.business_card import find_card
 from replygate.mail.extract.line_kinds import split_shared_lines
 from replygate.mail.extract.quote_headers import header_block_at, is_wrote_header
 from replygate.mail.extract.reply import extract_reply
 from replygate.mail.extract.sent_from import is_sent_from
+from replygate.mail.extract.signatures import fallback_reason
 
 CARD = "Maria Lopez\nOffice Manager\nLopez Dental Clinic\n(415) 555-0132\nwww.lopezdental.com"
 
@@ -83,7 +85,6 @@ def test_leading_footer_goes_and_the_text_under_it_stays() -> None:
     [
         "On Thursday. Dana Staff wrote:",
         "On Monday I told you what my lawyer wrote:",
-        "On Monday, Dana Staff wrote:",
         "Am Montag schrieb ich ihm eine lange Antwort",
     ],
 )
@@ -100,3 +101,26 @@ def test_lone_from_field_needs_a_blank_line_under_it() -> None:
     assert header_block_at(["Fine.", "From: dana@example.com", "", "Old text"], 1)
     assert not header_block_at(["From: dana@example.com", ""], 0)
     assert not header_block_at(["From: dana@example.com", "I forwarded her note."], 0)
+
+
+def test_fallback_when_the_cut_went_too_far() -> None:
+    """Nothing, or a sign-off over prose cut as signature, files the unquoted text."""
+    parts = extract_reply("Thanks,\n\n--\nI can come on Thursday at two with the lease.\nCleo")
+    assert parts.reply == "Thanks,"
+    assert fallback_reason(parts.reply, parts.signature, parts.unquoted)
+    assert fallback_reason("", "", "-- \nCleo") == "nothing was left"
+    assert fallback_reason("", "", "") is None
+
+
+def test_no_fallback_for_a_sign_off_over_a_card() -> None:
+    parts = extract_reply("Thanks!\n\n-- \nCleo Client\n+1 555 0100\nwww.example.com")
+    assert parts.reply == "Thanks!"
+    assert fallback_reason(parts.reply, parts.signature, parts.unquoted) is None
+
+
+def test_explain_says_the_fallback() -> None:
+    record = Extracted(["signature:delimiter"], fallback="only a sign-off was left").to_record()
+    assert record["fallback"] == "only a sign-off was left"
+    text = sentence(from_record(record))
+    assert "only a sign-off was left" in text and "was filed instead" in text
+    assert "fallback" not in Extracted(["marker"]).to_record()
