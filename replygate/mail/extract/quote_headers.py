@@ -56,6 +56,9 @@ RE_WROTE_TAIL = re.compile(
     rf"(?:^|[\s,(\"'])(?:{WROTE_VERBS})(?:\s(?:[^:：]|:\d){{0,80}})?\s*[:：]$", re.I
 )
 
+# Hungarian Gmail's "X <x@y> ezt írta (időpont: 2024. máj. 3., P, 9:12):": the date in brackets.
+RE_WROTE_PAREN = re.compile(rf"(?:^|\s)(?:{WROTE_VERBS})\s*\([^()]{{1,80}}\)\s*[:：]$", re.I)
+
 # A line ending with a wrote-verb and no colon ("On … Dana <d@x> wrote").
 RE_WROTE_END = re.compile(rf"(?:^|\s)(?:{WROTE_VERBS})$", re.I)
 
@@ -69,7 +72,7 @@ RE_OPENER = re.compile(rf"^(?:{_OPENERS})\b", re.I)
 
 # Japanese and Chinese headers: "…のメッセージ:", "…さんは書きました:", "在…写道：", "…寫道：".
 RE_CJK_WROTE = re.compile(
-    r"(?:写道|寫道|のメッセージ|は書きました|が書きました|書きました|님이\s*작성|님이\s*씀)\s*[:：]?$"
+    r"(?:写道|寫道|のメッセージ|のメール|は書きました|が書きました|書きました|님이\s*작성|님이\s*씀|\s작성)\s*[:：]?$"
 )
 
 # Something that makes "… wrote:" a header rather than prose: a digit (date) or an address.
@@ -184,7 +187,7 @@ def is_wrote_header(text: str) -> bool:
             RE_HEADER_EVIDENCE.search(text)
             and (RE_WROTE_END.search(text) or RE_TRAILING_ADDRESS.search(text))
         )
-    if RE_WROTE_TAIL.search(text):
+    if RE_WROTE_TAIL.search(text) or RE_WROTE_PAREN.search(text):
         if RE_HEADER_EVIDENCE.search(text):
             return True
         return bool(RE_OPENER_NAME_WROTE.match(text))
