@@ -9,6 +9,7 @@ told apart.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from copy import deepcopy
 
 from lxml import etree
@@ -104,9 +105,16 @@ def _is_border_top_separator(el: HtmlElement) -> bool:
     return "border-top:solid" in style and ("padding:3.0pt" in style or "padding-top" in style)
 
 
-def find_quote_start(root: HtmlElement) -> tuple[HtmlElement | None, str]:
-    """The first element where a client's inserted quote begins, and the rule's name."""
-    for el in root.iter():
+def find_quote_start(
+    root: HtmlElement, check: Callable[[], None] | None = None
+) -> tuple[HtmlElement | None, str]:
+    """The first element where a client's inserted quote begins, and the rule's name.
+
+    ``check`` is called every few thousand elements (the time budget).
+    """
+    for seen, el in enumerate(root.iter()):
+        if check is not None and seen % _CHECK_EVERY == _CHECK_EVERY - 1:
+            check()
         if not isinstance(el.tag, str):
             continue
         # Our own notification, named by its Message-ID in a cite="mid:…" or data attribute.
@@ -196,16 +204,17 @@ def parse(markup: str) -> HtmlElement:
     return root
 
 
-def split_html(markup: str) -> tuple[str, str, str]:
+def split_html(markup: str, check: Callable[[], None] | None = None) -> tuple[str, str, str]:
     """``(text of the reply part, text of the quote, rule name)`` for a mail's HTML.
 
     A client's quote container is cut with everything after it; a quote the
     client forwarded whole, with nothing above it, is kept. ``<blockquote>``
     content is rendered with ``>`` prefixes so the text rules decide about it
     (inline answers, bottom posting) exactly as they do for plain mail.
+    ``check`` is called while rendering and may raise to stop when time is up.
     """
     root = parse(markup)
-    start, rule = find_quote_start(root)
+    start, rule = find_quote_start(root, check)
     quote = ""
     if start is not None:
         kept = deepcopy(root)
@@ -231,8 +240,8 @@ def split_html(markup: str) -> tuple[str, str, str]:
         if "moz-cite-prefix" in _classes(cite):
             rule = rule or "html:moz-cite-prefix"
     if not _has_text_outside_blockquotes(root):
-        return render(root), quote, "html:quote_only"
-    return render(root, quote_prefix=True), quote, rule
+        return render(root, check=check), quote, "html:quote_only"
+    return render(root, quote_prefix=True, check=check), quote, rule
 
 
 def _starts_with_forward(text: str) -> bool:
@@ -261,16 +270,21 @@ def _has_text_outside_blockquotes(root: HtmlElement) -> bool:
     return False
 
 
-def render(root: HtmlElement, *, quote_prefix: bool = False) -> str:
+def render(
+    root: HtmlElement, *, quote_prefix: bool = False, check: Callable[[], None] | None = None
+) -> str:
     """Text of an element: block elements and ``<br>`` become line breaks, nothing is guessed.
 
-    Walked with ``iterwalk`` rather than recursion, so deeply nested quotes cost no stack.
+    Walked with ``iterwalk`` rather than recursion, so deeply nested quotes cost no stack;
+    ``check`` is called every few thousand elements (the time budget).
     """
     if not isinstance(root.tag, str):
         return ""  # a comment or processing instruction renders as nothing
     out: list[str] = []
     skipping = 0
-    for event, el in etree.iterwalk(root, events=("start", "end")):
+    for seen, (event, el) in enumerate(etree.iterwalk(root, events=("start", "end"))):
+        if check is not None and seen % _CHECK_EVERY == _CHECK_EVERY - 1:
+            check()
         tag = el.tag if isinstance(el.tag, str) else ""
         if event == "start":
             if tag in _SKIP or not tag:
@@ -299,6 +313,12 @@ def render(root: HtmlElement, *, quote_prefix: bool = False) -> str:
 
 # Markers for blockquote nesting in the rendering, replaced by "> " prefixes afterwards.
 _OPEN_QUOTE, _CLOSE_QUOTE = "\n\x01\n", "\n\x02\n"
+_CHECK_EVERY = 4096
+# Quote levels drawn as "> " before a line. The text rules ask only whether a line is
+# quoted; drawing every level cost memory hundreds of times the mail's size (lines of
+# one word 250 <blockquote>s deep), so deeper levels are drawn as this many.
+MAX_DRAWN_DEPTH = 4
+_PREFIXES = ["> " * n for n in range(MAX_DRAWN_DEPTH + 1)]
 
 
 def _prefix_quotes(text: str) -> str:
@@ -310,7 +330,7 @@ def _prefix_quotes(text: str) -> str:
         elif line == "\x02":
             depth = max(0, depth - 1)
         elif depth and line.strip():
-            out.append("> " * depth + line)
+            out.append(_PREFIXES[min(depth, MAX_DRAWN_DEPTH)] + line)
         else:
             out.append(line)
     return _BLANKS.sub("\n\n", "\n".join(out)).strip("\n")

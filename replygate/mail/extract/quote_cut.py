@@ -20,10 +20,15 @@ Works on runs of one line kind (``line_kinds``). Rules:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from replygate.mail.extract import quote_headers as qh
 from replygate.mail.extract.line_kinds import EMPTY, FORWARD, HEADER, QUOTED, TEXT
 
 __all__ = ["INLINE_ANSWER_MIN_LINES", "remove_quotes"]
+
+# How many runs pass between two looks at the time budget.
+_CHECK_EVERY = 512
 
 # A quote answered inline needs at least this many lines of answer after it to be kept.
 INLINE_ANSWER_MIN_LINES = 3
@@ -43,12 +48,21 @@ def _blocks(kinds: list[str]) -> list[tuple[str, int, int]]:
 
 
 def remove_quotes(
-    lines: list[str], kinds: list[str], layers: list[str]
+    lines: list[str],
+    kinds: list[str],
+    layers: list[str],
+    check: Callable[[], None] | None = None,
 ) -> tuple[list[str], list[str]]:
-    """The lines kept and the lines removed as quote, by the rules in this module's docstring."""
+    """The lines kept and the lines removed as quote, by the rules in this module's docstring.
+
+    Linear in the lines: what each rule asks about the runs after a given one
+    is computed once, from the end (``_After``). ``check`` is called every few
+    hundred runs and may raise to stop the work when the time budget is spent.
+    """
     runs = _blocks(kinds)
     if not runs:
         return list(lines), []
+    after = _After(lines, runs)
     drop = [False] * len(lines)
     # Headers removed from the middle of kept text: the spacing around them stays as written.
     elided: set[int] = set()
@@ -80,6 +94,8 @@ def remove_quotes(
 
     text_seen = own_quotes = False
     for idx, (kind, start, end) in enumerate(runs):
+        if check is not None and idx % _CHECK_EVERY == _CHECK_EVERY - 1:
+            check()
         if kind == TEXT:
             text_seen = True
             continue
@@ -90,12 +106,11 @@ def remove_quotes(
             if nxt is None:
                 break
             if nxt[0] == QUOTED:
-                after = runs[idx + 2 :]
-                if text_seen and _answered_inline(lines, after):
+                if text_seen and after.answered[idx + 2]:
                     elided.update(range(start, end))
                     continue  # interleaved: the quote stays with its answers
-                if not text_seen and any(k == QUOTED for k, _, _ in after[1:]):
-                    if _ends_answered(after):
+                if not text_seen and after.quoted[idx + 3]:
+                    if after.ends_answered[idx + 2]:
                         continue  # inline answers under a header at the top
                     own_quotes = True  # the history above a bottom-posted reply
                 _drop_run(drop, nxt)
@@ -109,38 +124,66 @@ def remove_quotes(
         if kind == QUOTED:
             if own_quotes:
                 continue
-            later = runs[idx + 1 :]
-            if any(k == HEADER for k, _, _ in later):
+            if after.header[idx + 1]:
                 continue  # the header below starts the quoted history; this is the reply's
-            if not any(k == TEXT for k, _, _ in later) and text_seen:
+            if not after.text[idx + 1] and text_seen:
                 _drop_run(drop, (kind, start, len(lines)))  # a quote ending the mail
                 break
-            if text_seen and not _answered_inline(lines, later):
+            if text_seen and not after.answered[idx + 1]:
                 _drop_run(drop, (kind, start, end))  # a quote between text and a short footer
     return _apply(lines, drop, layers, elided)
 
 
-def _answered_inline(lines: list[str], after: list[tuple[str, int, int]]) -> bool:
-    """True when the runs after a quote hold a real answer (not just a sign-off)."""
-    answer = 0
-    for kind, start, end in after:
-        if kind == HEADER:
-            break
-        if kind == QUOTED and answer:
-            return True
-        if kind == TEXT:
-            answer += sum(1 for line in lines[start:end] if line.strip())
-    return answer >= INLINE_ANSWER_MIN_LINES
+class _After:
+    """For each run index ``j``, facts about the runs from ``j`` on, computed from the end.
 
+    Asked of the runs after each run in turn, these questions made the cut
+    quadratic (alternating ``>`` and text lines, Supercite's ``AB>``: 250 KB in
+    20 s); each array is filled in one backward pass instead. Index
+    ``len(runs)`` (and one past it) is the empty tail.
 
-def _ends_answered(runs: list[tuple[str, int, int]]) -> bool:
-    """True when text follows the last ``>`` block of ``runs`` (up to the next header)."""
-    last = ""
-    for kind, _, _ in runs:
-        if kind == HEADER:
-            break
-        last = kind
-    return last != QUOTED
+    - ``header``, ``text``, ``quoted``: some run from ``j`` on is of that kind;
+    - ``answered``: the runs from ``j`` hold a real answer to a quote: before
+      the next header, text followed by another quote, or at least
+      ``INLINE_ANSWER_MIN_LINES`` non-blank lines of text (not just a sign-off);
+    - ``ends_answered``: text follows the last ``>`` block before the next header.
+    """
+
+    def __init__(self, lines: list[str], runs: list[tuple[str, int, int]]) -> None:
+        n = len(runs)
+        size = n + 2
+        self.header = [False] * size
+        self.text = [False] * size
+        self.quoted = [False] * size
+        self.answered = [False] * size
+        self.ends_answered = [True] * size
+        stop = ["E"] * size  # the first quote ("Q"), header ("H") or end ("E") from j on
+        words = [0] * size  # non-blank text lines from j up to that stop
+        for j in range(n - 1, -1, -1):
+            kind, start, end = runs[j]
+            self.header[j] = kind == HEADER or self.header[j + 1]
+            self.text[j] = kind == TEXT or self.text[j + 1]
+            self.quoted[j] = kind == QUOTED or self.quoted[j + 1]
+            if kind in (HEADER, QUOTED):
+                stop[j], words[j] = ("H" if kind == HEADER else "Q"), 0
+            else:
+                count = sum(1 for line in lines[start:end] if line.strip()) if kind == TEXT else 0
+                stop[j], words[j] = stop[j + 1], words[j + 1] + count
+            if kind == HEADER:
+                self.answered[j] = False
+            elif kind == TEXT and words[j] > words[j + 1]:
+                mine = words[j] - words[j + 1]
+                self.answered[j] = (
+                    stop[j + 1] == "Q" or mine + words[j + 1] >= INLINE_ANSWER_MIN_LINES
+                )
+            else:
+                self.answered[j] = self.answered[j + 1]
+            if kind == HEADER:
+                self.ends_answered[j] = True
+            elif j + 1 == n or runs[j + 1][0] == HEADER:
+                self.ends_answered[j] = kind != QUOTED
+            else:
+                self.ends_answered[j] = self.ends_answered[j + 1]
 
 
 def _drop_run(drop: list[bool], run: tuple[str, int, int]) -> None:

@@ -19,8 +19,9 @@ a message's two renderings (plain text or HTML) to run them on.
 
 HTML is first cut by its structure (``html_quotes``) and then goes through the
 same text layers. Every rule is linear in the body and the whole extraction
-has a time budget: when it runs out, the text up to the first quote header
-found cheaply is returned with ``degraded=True``.
+has a time budget, checked between layers and inside the loops that walk the
+body (the quote cut, the HTML rendering): when it runs out, the text up to
+the first quote header found cheaply is returned with ``degraded=True``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from replygate.mail.extract.line_kinds import (
     QUOTED,
     TEXT,
     classify_lines,
+    is_quoted,
     split_shared_lines,
 )
 from replygate.mail.extract.own_notification import find_marker, find_own_message_id
@@ -84,10 +86,12 @@ def extract_reply(body: str, *, html: bool = False, budget_s: float = 0.5) -> Re
     clock = _Clock(budget_s)
     layers: list[str] = []
     html_quote = ""
+    rendered = not html
     try:
         if html:
             markup = body
-            body, html_quote, rule = split_html(markup)
+            body, html_quote, rule = split_html(markup, clock.check)
+            rendered = True
             if rule:
                 layers.append(rule)
             clock.check()
@@ -97,7 +101,9 @@ def extract_reply(body: str, *, html: bool = False, budget_s: float = 0.5) -> Re
                 return ReplyParts(text, "", html_quote, text, False, tuple(layers))
         parts = _extract_text(_normalise_newlines(body), clock, layers)
     except _Overrun:
-        text = html_to_text(body) if html and "<" in body else body
+        # HTML cut short before its rendering is rendered once more, without a budget
+        # (linear); a finished rendering keeps its "> " quote prefixes for the cheap cut.
+        text = body if rendered else html_to_text(body)
         return _degraded(_normalise_newlines(text), html_quote)
     if html:
         # The "> " prefixes were drawn by our rendering of <blockquote>, not typed: kept
@@ -153,16 +159,23 @@ def _normalise_newlines(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+# The cheap cut looks for quote headers (regular expressions) in this many lines at
+# most, and for ">" and our marker (string tests) in all of them: it runs when the
+# budget is already spent, so its own cost must stay small on any input.
+DEGRADED_HEADER_LINES = 2_000
+
+
 def _degraded(text: str, quote: str) -> ReplyParts:
     """The cheap fallback: everything above the first quoted line, marker or header line."""
     lines = text.split("\n")
     cut = len(lines)
     for i, line in enumerate(lines):
         head = line[:200]
-        if (
-            head.lstrip().startswith(">")
-            or REPLY_ABOVE_LINE in line
-            or qh.carries_own_message_id(head)
+        if is_quoted(head) or REPLY_ABOVE_LINE in line:
+            cut = i
+            break
+        if i < DEGRADED_HEADER_LINES and (
+            qh.carries_own_message_id(head)
             or qh.is_separator(head)
             or (len(line) <= qh.MAX_HEADER_LINE and qh.is_wrote_header(line))
         ):
@@ -194,13 +207,13 @@ def _extract_text(text: str, clock: _Clock, layers: list[str]) -> ReplyParts:
     clock.check()
 
     lines = split_shared_lines(lines)
-    kinds = classify_lines(lines, layers)
+    kinds = _classify(lines, layers, clock)
     clock.check()
 
     # A signature ending the mail is set aside first, so a quote above it still counts as trailing.
     sig_at, sig_rule = _tail_signature(lines, kinds)
     body_lines, body_kinds = lines[:sig_at], kinds[:sig_at]
-    kept, removed = remove_quotes(body_lines, body_kinds, layers)
+    kept, removed = remove_quotes(body_lines, body_kinds, layers, clock.check)
     clock.check()
     kept.extend(lines[sig_at:])
     kept = _trim(kept)
@@ -233,6 +246,28 @@ def _extract_text(text: str, clock: _Clock, layers: list[str]) -> ReplyParts:
         unquoted="\n".join(unquoted),
         layers=tuple(dict.fromkeys(layers)),
     )
+
+
+# Lines classified between two looks at the clock, and the lines of context read on
+# each side of a chunk: more than any header spans (a block of 12 fields and the rule
+# above it, a "wrote:" wrapped over 6 lines), so one that crosses a boundary reads whole.
+_CLASSIFY_CHUNK = 2_000
+_CLASSIFY_CONTEXT = 16
+
+
+def _classify(lines: list[str], layers: list[str], clock: _Clock) -> list[str]:
+    """``classify_lines`` in chunks, with the time budget checked between them."""
+    n = len(lines)
+    if n <= _CLASSIFY_CHUNK:
+        return classify_lines(lines, layers)
+    kinds: list[str] = []
+    for start in range(0, n, _CLASSIFY_CHUNK):
+        clock.check()
+        low = max(0, start - _CLASSIFY_CONTEXT)
+        high = min(n, start + _CLASSIFY_CHUNK + _CLASSIFY_CONTEXT)
+        chunk = classify_lines(lines[low:high], layers)
+        kinds.extend(chunk[start - low : start - low + min(_CLASSIFY_CHUNK, n - start)])
+    return kinds
 
 
 # Whitespace plus the invisible marks trackers leave on a line of their own (Gmail's "ᐧ").
