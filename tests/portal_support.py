@@ -104,11 +104,16 @@ CSRF_RE = re.compile(r'name="csrf" value="([^"]+)"')
 
 
 class Client:
-    """Just enough of a browser: cookies, forms, no redirects followed."""
+    """Just enough of a browser: cookies, forms, no redirects followed.
 
-    def __init__(self, base: str) -> None:
+    ``source`` is the local address to connect from (any of 127.0.0.0/8
+    works on loopback), for a second client address without a proxy.
+    """
+
+    def __init__(self, base: str, source: str | None = None) -> None:
         parts = urlsplit(base)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.source = (source, 0) if source else None
         self.cookies: dict[str, str] = {}
         self.set_cookie_headers: list[str] = []
 
@@ -119,7 +124,9 @@ class Client:
         data: dict[str, object] | None = None,
         headers: dict[str, str] | None = None,
     ) -> Reply:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=20)
+        conn = http.client.HTTPConnection(
+            self.host, self.port, timeout=20, source_address=self.source
+        )
         sent = dict(headers or {})
         if self.cookies:
             sent["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())

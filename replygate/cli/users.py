@@ -1,4 +1,4 @@
-"""``replygate users``: staff, clients and admins, and the state of their addresses."""
+"""``replygate users``: staff, clients and admins, the state of their addresses, their sessions."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from replygate.cli import App, clean_errors, emit, pass_app
-from replygate.core import operations, views
+from replygate.cli import App, clean_errors, emit, lines, pass_app
+from replygate.core import operations, sessions, views
 from replygate.store.models import UserRole
 
 
@@ -81,3 +81,32 @@ def reset_bounces(app: App, email: str) -> None:
     """Mark an address good again after its bounces were dealt with."""
     stored = operations.reset_bounces(app.factory, email)
     click.echo(f"{stored}: address ok, notifications resume")
+
+
+@group.command("sessions")
+@click.argument("email")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+@clean_errors
+def list_sessions(app: App, email: str, as_json: bool) -> None:
+    """A user's live portal sessions: fingerprint, started, last seen, address, browser."""
+    rows = sessions.sessions_of(app.factory, app.settings, email)
+    emit(
+        rows,
+        as_json,
+        lines(
+            f"{s.fingerprint}  {s.created_at:%Y-%m-%d %H:%M}  {s.last_seen_at:%Y-%m-%d %H:%M}"
+            f"  {s.address:<39}  {s.user_agent}"
+            for s in rows
+        ),
+    )
+
+
+@group.command("logout")
+@click.argument("email")
+@pass_app
+@clean_errors
+def logout(app: App, email: str) -> None:
+    """End every portal session of a user at once."""
+    ended = sessions.log_out_everywhere(app.factory, email)
+    click.echo(f"{email}: {ended} session(s) ended")

@@ -1,14 +1,20 @@
-"""Portal accounts: argon2 password hashes, login with throttling, session tags.
+"""Portal accounts: argon2 password hashes, and login with throttling.
 
 Failed logins are rows in the store (``login_attempts``), not process memory,
 so every portal process sharing the database throttles the same guesser.
-Callers own the transaction: each function takes a ``Session``.
+They count per account *and client address*, and per address: an attacker's
+failures slow that attacker down, never the account's owner logging in from
+elsewhere, so nobody can lock anybody out. Past the allowance each further
+attempt waits for a delay that doubles with every failure (1, 2, 4 …
+minutes, at most an hour). The address is the peer's, or what a trusted
+proxy says (``trusted_proxies``; the portal works it out). Sessions live in
+``core.sessions``. Callers own the transaction: each function takes a
+``Session``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -17,15 +23,18 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import ColumnElement, delete, func, select
 from sqlalchemy.orm import Session
 
+from replygate.core import sessions
 from replygate.errors import Invalid
 from replygate.store import directory
 from replygate.store.models import LoginAttempt, User, utcnow
 
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 1024
-THROTTLE_WINDOW = timedelta(minutes=15)
-MAX_FAILURES_PER_ACCOUNT = 5
-MAX_FAILURES_PER_ADDRESS = 30
+MAX_FAILURES_PER_ACCOUNT = 5  # for one account from one address, in FORGET_AFTER
+MAX_FAILURES_PER_ADDRESS = 30  # from one address for any accounts, in ADDRESS_WINDOW
+ADDRESS_WINDOW = timedelta(hours=1)
+FIRST_DELAY = timedelta(minutes=1)
+MAX_DELAY = timedelta(hours=1)
 FORGET_AFTER = timedelta(days=1)
 
 _hasher = PasswordHasher()
@@ -59,52 +68,67 @@ def set_password(session: Session, email: str, password: str) -> None:
     """Set a user's portal password (used by ``replygate users set-password``).
 
     Raises ``NotFound`` for an unknown email and ``Invalid`` for a weak
-    password. Sessions signed with the old password stop working, because
-    their tag (see ``session_tag``) covers the hash.
+    password. Every session of the user ends: whoever knew the old password
+    is logged out.
     """
     check_password_rules(password)
     user = directory.user(session, email)
     user.password_hash = hash_password(password)
+    sessions.end_all(session, user.id)
     session.flush()
 
 
-def session_tag(user: User, secret_key: str) -> str:
-    """A short MAC over the user's id and password hash, kept in the session cookie.
+def change_password(
+    session: Session,
+    email: str,
+    current: str,
+    new: str,
+    *,
+    address: str,
+    now: datetime | None = None,
+) -> LoginResult:
+    """A person's own change of password, which needs the current one.
 
-    Changing the password changes the tag, which logs out every other session.
+    The current password is checked (and throttled) as a login is; on
+    success every session of the user ends, and the caller starts a new one
+    for the browser that asked. Raises ``Invalid`` for a weak new password.
     """
-    material = f"{user.id}:{user.password_hash or ''}".encode()
-    return hmac.new(secret_key.encode(), material, hashlib.sha256).hexdigest()[:32]
-
-
-def tag_matches(user: User, secret_key: str, tag: str) -> bool:
-    return hmac.compare_digest(session_tag(user, secret_key), tag)
-
-
-def session_user(session: Session, user_id: int, tag: str, secret_key: str) -> User | None:
-    """The user a session cookie names, or None once they are gone or their password changed."""
-    user = session.get(User, user_id)
-    if user is None or not tag_matches(user, secret_key, tag):
-        return None
-    return user
+    check_password_rules(new)
+    result = authenticate(session, email, current, address=address, now=now)
+    if result.user is not None:
+        result.user.password_hash = hash_password(new)
+        sessions.end_all(session, result.user.id)
+        session.flush()
+    return result
 
 
 def authenticate(
     session: Session, email: str, password: str, *, address: str, now: datetime | None = None
 ) -> LoginResult:
-    """Check a login, refusing outright while the account or address is throttled.
+    """Check a login, refusing outright while this address must wait for this account.
 
     A throttled attempt does not verify the password at all, so guessing
-    continues to learn nothing until the window has passed.
+    continues to learn nothing until the delay has passed. A success forgets
+    the failures of this account from this address.
     """
     now = now or utcnow()
     email = directory.normalise_email(email)[:320]
     address = (address or "unknown")[:64]
-    since = now - THROTTLE_WINDOW
-    by_account = _failures(session, LoginAttempt.email == email, since)
-    by_address = _failures(session, LoginAttempt.address == address, since)
-    if by_account >= MAX_FAILURES_PER_ACCOUNT or by_address >= MAX_FAILURES_PER_ADDRESS:
-        return LoginResult(user=None, throttled=True, retry_after=int(THROTTLE_WINDOW.seconds))
+    waits = [
+        _wait_until(
+            session,
+            (LoginAttempt.email == email) & (LoginAttempt.address == address),
+            now - FORGET_AFTER,
+            MAX_FAILURES_PER_ACCOUNT,
+        ),
+        _wait_until(
+            session, LoginAttempt.address == address, now - ADDRESS_WINDOW, MAX_FAILURES_PER_ADDRESS
+        ),
+    ]
+    until = max((w for w in waits if w is not None), default=None)
+    if until is not None and until > now:
+        retry_after = math.ceil((until - now).total_seconds())
+        return LoginResult(user=None, throttled=True, retry_after=retry_after)
 
     user = directory.find_user(session, email)
     stored = user.password_hash if user is not None else None
@@ -115,7 +139,9 @@ def authenticate(
         session.flush()
         return LoginResult(user=None)
     assert user is not None and stored is not None
-    session.execute(delete(LoginAttempt).where(LoginAttempt.email == email))
+    session.execute(
+        delete(LoginAttempt).where(LoginAttempt.email == email, LoginAttempt.address == address)
+    )
     if _hasher.check_needs_rehash(stored):
         user.password_hash = hash_password(password)
     session.flush()
@@ -131,8 +157,20 @@ def _verify(stored: str, password: str) -> bool:
         return False
 
 
-def _failures(session: Session, condition: ColumnElement[bool], since: datetime) -> int:
-    count = session.scalar(
-        select(func.count(LoginAttempt.id)).where(condition, LoginAttempt.attempted_at >= since)
+def _wait_until(
+    session: Session, condition: ColumnElement[bool], since: datetime, allowed: int
+) -> datetime | None:
+    """When the next attempt may come, once ``allowed`` failures since ``since`` are used up.
+
+    Each failure past the allowance doubles the delay after the latest one.
+    """
+    query = select(func.count(LoginAttempt.id), func.max(LoginAttempt.attempted_at)).where(
+        condition, LoginAttempt.attempted_at >= since
     )
-    return count or 0
+    row = session.execute(query).one()
+    count: int = row[0]
+    latest: datetime | None = row[1]  # the column's type: aware UTC on every backend
+    if count < allowed or latest is None:
+        return None
+    delay = min(FIRST_DELAY * (1 << min(count - allowed, 16)), MAX_DELAY)
+    return latest + delay

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
-from replygate.core import accounts, canned, inbox, organisation, views
+from replygate.core import accounts, canned, inbox, organisation, sessions, views
 from replygate.core.canned import Canned
 from replygate.core.inbox import (
     AttachmentFile,
@@ -28,6 +28,7 @@ from replygate.core.inbox import (
 )
 from replygate.core.organisation import OrganisationView
 from replygate.core.views import UserRow
+from replygate.errors import NotFound
 from replygate.store import directory
 from replygate.store.db import transaction
 
@@ -45,10 +46,10 @@ class SignedIn:
 
 @dataclass(frozen=True)
 class LoginOutcome:
-    """A login attempt: the session to keep (``user_id`` and ``tag``), or why there is none."""
+    """A login attempt: the new session's id (for the cookie alone), or why there is none."""
 
     user_id: int | None
-    tag: str = ""
+    session_id: str = ""
     throttled: bool = False
     retry_after: int = 0
 
@@ -59,6 +60,7 @@ class Workspace:
     def __init__(self, factory: sessionmaker[Session], settings: Settings) -> None:
         self.factory = factory
         self.settings = settings
+        self._lifetimes = sessions.Lifetimes.of(settings)
 
     def _run(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         with transaction(self.factory) as session:
@@ -66,8 +68,14 @@ class Workspace:
 
     # -- accounts -------------------------------------------------------------------------
 
-    def log_in(self, email: str, password: str, *, address: str) -> LoginOutcome:
-        """Check a login (throttled as ``accounts.authenticate`` says) and tag the session."""
+    def log_in(
+        self, email: str, password: str, *, address: str, user_agent: str = "", previous: str = ""
+    ) -> LoginOutcome:
+        """Check a login (throttled as ``accounts.authenticate`` says) and start a session.
+
+        The session the browser had before (``previous``) ends: a login always
+        gets a new id, so an id planted in a browser beforehand is worth nothing.
+        """
 
         def work(session: Session) -> LoginOutcome:
             result = accounts.authenticate(session, email, password, address=address)
@@ -75,20 +83,52 @@ class Workspace:
                 return LoginOutcome(
                     user_id=None, throttled=result.throttled, retry_after=result.retry_after
                 )
-            tag = accounts.session_tag(result.user, self.settings.secret_key)
-            return LoginOutcome(user_id=result.user.id, tag=tag)
+            sessions.end(session, previous)
+            new = sessions.start(
+                session, result.user, self._lifetimes, address=address, user_agent=user_agent
+            )
+            return LoginOutcome(user_id=result.user.id, session_id=new)
 
         return self._run(work)
 
-    def signed_in(self, user_id: int, tag: str) -> SignedIn | None:
-        """The session's person with their unread count, or None if the session is void."""
+    def signed_in(self, session_id: str) -> SignedIn | None:
+        """The session's person with their unread count, or None if it ended or expired."""
 
         def work(session: Session) -> SignedIn | None:
-            user = accounts.session_user(session, user_id, tag, self.settings.secret_key)
+            user = sessions.resume(session, session_id, self._lifetimes)
             if user is None:
                 return None
             org = directory.organisation(session, default_name=self.settings.organisation_name)
             return SignedIn(inbox.viewer(user), inbox.unread_threads(session, user.id), org.name)
+
+        return self._run(work)
+
+    def log_out(self, session_id: str) -> None:
+        self._run(sessions.end, session_id)
+
+    def change_password(
+        self, session_id: str, current: str, new: str, *, address: str, user_agent: str = ""
+    ) -> LoginOutcome:
+        """Change the session's person's password, ending all their sessions and starting one.
+
+        ``Invalid`` for a weak new password, ``NotFound`` once the session has
+        ended; a wrong current password counts as a failed login (and is
+        throttled like one).
+        """
+
+        def work(session: Session) -> LoginOutcome:
+            user = sessions.resume(session, session_id, self._lifetimes)
+            if user is None:
+                raise NotFound("this session has ended")
+            result = accounts.change_password(session, user.email, current, new, address=address)
+            if result.user is None:
+                return LoginOutcome(
+                    user_id=None, throttled=result.throttled, retry_after=result.retry_after
+                )
+            new_id = sessions.start(
+                session, result.user, self._lifetimes, address=address, user_agent=user_agent
+            )
+            return LoginOutcome(user_id=result.user.id, session_id=new_id)
 
         return self._run(work)
 

@@ -1,19 +1,34 @@
-"""Logging in and out.
+"""Logging in and out, and changing one's password.
 
-A login starts a fresh session (and CSRF token); the session keeps the
-user's id and a tag over their password hash (``accounts.session_tag``), so
-a changed password ends every other session. Failed logins are counted in
-the store by ``accounts.authenticate``, so every portal process throttles the
-same guesser.
+A login starts a new server-side session (``core.sessions``) and a fresh
+cookie and CSRF token, so an id planted beforehand is worth nothing; logout
+ends the session on the server, so a copy of the cookie dies with it. A new
+password ends every session of the person and starts one for the browser
+that changed it. Failed logins are counted in the store by
+``accounts.authenticate``, per account and client address, so every portal
+process throttles the same guesser and no guesser locks out the owner.
 """
 
 from __future__ import annotations
 
+import math
+
 from starlette.requests import Request
 from starlette.responses import Response
 
-from replygate.portal.pages import Pages
+from replygate.core.workspace import SignedIn
+from replygate.errors import Invalid, NotFound
+from replygate.portal.pages import LoginRequired, Pages, sentence
 from replygate.portal.security import safe_next
+
+
+def _throttled_message(retry_after: int) -> str:
+    minutes = max(1, math.ceil(retry_after / 60))
+    unit = "minute" if minutes == 1 else "minutes"
+    return (
+        "Too many failed attempts. For your security, logging in from here is paused for "
+        f"up to {minutes} {unit}."
+    )
 
 
 class AccountPages(Pages):
@@ -28,15 +43,16 @@ class AccountPages(Pages):
         email = str(form.get("email", "")).strip()
         password = str(form.get("password", ""))
         next_url = safe_next(str(form.get("next", "")))
-        address = request.client.host if request.client else "unknown"
-        result = await self.call(lambda: self.workspace.log_in(email, password, address=address))
+        address, agent = self.client_address(request), self.user_agent(request)
+        previous = self.session_id(request)
+        result = await self.call(
+            lambda: self.workspace.log_in(
+                email, password, address=address, user_agent=agent, previous=previous
+            )
+        )
         if result.user_id is None:
             if result.throttled:
-                message = (
-                    "Too many failed attempts. For your security, logging in is paused for "
-                    f"up to {result.retry_after // 60} minutes."
-                )
-                status = 429
+                message, status = _throttled_message(result.retry_after), 429
             else:
                 message, status = "That email and password do not match an account.", 401
             context = {"next": next_url, "email": email, "error": message}
@@ -44,12 +60,52 @@ class AccountPages(Pages):
             if result.throttled:
                 response.headers["retry-after"] = str(result.retry_after)
             return response
-        request.session.clear()  # a fresh session (and CSRF token) for the new login
-        request.session["uid"] = result.user_id
-        request.session["tag"] = result.tag
+        self.begin_session(request, result.session_id)
         return self.redirect(next_url)
 
     async def logout(self, request: Request) -> Response:
         await self.form(request)
+        await self.call(self.workspace.log_out, self.session_id(request))
         request.session.clear()
         return self.redirect("/login")
+
+    # -- password -------------------------------------------------------------------------
+
+    async def password_page(self, request: Request) -> Response:
+        current = await self.require(request)
+        return self.render(request, "password.html", {"section": "password"}, current=current)
+
+    async def change_password(self, request: Request) -> Response:
+        current = await self.require(request)
+        form = await self.form(request)
+        old, new = str(form.get("current", "")), str(form.get("new", ""))
+        if new != str(form.get("confirm", "")):
+            return self._password_error(request, current, "The new passwords do not match.", 400)
+        address, agent = self.client_address(request), self.user_agent(request)
+        try:
+            result = await self.call(
+                lambda: self.workspace.change_password(
+                    self.session_id(request), old, new, address=address, user_agent=agent
+                )
+            )
+        except NotFound as exc:
+            raise LoginRequired from exc
+        except Invalid as exc:
+            return self._password_error(request, current, sentence(exc), 400)
+        if result.user_id is None:
+            if result.throttled:
+                response = self._password_error(
+                    request, current, _throttled_message(result.retry_after), 429
+                )
+                response.headers["retry-after"] = str(result.retry_after)
+                return response
+            return self._password_error(request, current, "That is not your password.", 401)
+        self.begin_session(request, result.session_id)
+        self.flash(request, "Password changed. You were logged out everywhere else.")
+        return self.redirect("/inbox")
+
+    def _password_error(
+        self, request: Request, current: SignedIn, error: str, status: int
+    ) -> Response:
+        context = {"section": "password", "error": error}
+        return self.render(request, "password.html", context, current=current, status=status)

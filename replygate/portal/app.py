@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from replygate.config import Settings
 from replygate.portal.account_pages import AccountPages
@@ -26,8 +27,6 @@ from replygate.portal.message_pages import MessagePages
 from replygate.portal.pages import STATIC_DIR, LoginRequired
 from replygate.portal.security import SecurityHeaders
 from replygate.portal.staff_pages import StaffPages
-
-SESSION_MAX_AGE = 8 * 60 * 60  # idle seconds before a login expires
 
 
 class Portal(AccountPages, MessagePages, StaffPages):
@@ -68,6 +67,8 @@ class Portal(AccountPages, MessagePages, StaffPages):
             Route("/login", self.login_page, methods=["GET"]),
             Route("/login", self.login, methods=["POST"]),
             Route("/logout", self.logout, methods=["POST"]),
+            Route("/password", self.password_page, methods=["GET"]),
+            Route("/password", self.change_password, methods=["POST"]),
             Route("/inbox", self.inbox),
             Route("/sent", self.sent),
             Route("/threads/{thread_id:int}", self.thread),
@@ -89,18 +90,28 @@ class Portal(AccountPages, MessagePages, StaffPages):
 
 
 def create_app(settings: Settings, factory: sessionmaker[Session]) -> Starlette:
-    """The portal as an ASGI app over one store; ``serve`` runs it with uvicorn."""
+    """The portal as an ASGI app over one store; ``serve`` runs it with uvicorn.
+
+    X-Forwarded-For and -Proto are believed only from ``trusted_proxies``
+    (uvicorn's own middleware, outermost, sets the client from them): from
+    anyone else they would let a guesser pick the address its failed logins
+    count against. The cookie lives no longer than a session may
+    (``session_max_seconds``); the server decides when it ends.
+    """
     portal = Portal(settings, factory)
     https = portal.https
+    proxies = settings.trusted_proxy_networks
+    forwarded = [Middleware(ProxyHeadersMiddleware, trusted_hosts=list(proxies))] if proxies else []
     app = Starlette(
         routes=portal.routes(),
         middleware=[
+            *forwarded,
             Middleware(SecurityHeaders, https=https),
             Middleware(
                 SessionMiddleware,
                 secret_key=settings.secret_key,
                 session_cookie="__Host-replygate" if https else "replygate_session",
-                max_age=SESSION_MAX_AGE,
+                max_age=settings.session_max_seconds,
                 same_site="lax",
                 https_only=https,
             ),

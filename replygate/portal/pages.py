@@ -1,6 +1,9 @@
 """What every page shares: who is asking, the CSRF-checked form, templates, redirects.
 
-Handlers never wait on the database in the event loop (it is shared with the
+The session cookie (starlette's, signed) holds the CSRF token, flashes and,
+once logged in, only the random id of a session kept on the server
+(``core.sessions``): no user id, no email, nothing the server believes but
+that id. Handlers never wait on the database in the event loop (it is shared with the
 SMTP gateway): every core call goes through ``call``, which runs it in a
 worker thread. The page groups (``account_pages``, ``message_pages``,
 ``staff_pages``) extend ``Pages``; ``app`` assembles them.
@@ -36,6 +39,8 @@ from replygate.portal.security import (
 )
 
 T = TypeVar("T")
+
+SESSION_KEY = "sid"  # the key of the session id in the cookie
 
 MAX_BODY_CHARS = 100_000
 MAX_FORM_FIELDS = 200
@@ -81,14 +86,38 @@ class Pages:
 
     async def current(self, request: Request) -> SignedIn | None:
         """Who is logged in (with unread count and organisation name), or None."""
-        uid, tag = request.session.get("uid"), request.session.get("tag")
-        if not isinstance(uid, int) or not isinstance(tag, str):
+        session_id = request.session.get(SESSION_KEY)
+        if not isinstance(session_id, str) or not session_id:
             return None
-        found = await self.call(self.workspace.signed_in, uid, tag)
+        found = await self.call(self.workspace.signed_in, session_id)
         if found is None:
-            request.session.pop("uid", None)
-            request.session.pop("tag", None)
+            request.session.pop(SESSION_KEY, None)
         return found
+
+    @staticmethod
+    def session_id(request: Request) -> str:
+        """The id of the server-side session the cookie names ("" for none)."""
+        found = request.session.get(SESSION_KEY)
+        return found if isinstance(found, str) else ""
+
+    @staticmethod
+    def begin_session(request: Request, session_id: str) -> None:
+        """A fresh cookie (and CSRF token) holding only the new session's id."""
+        request.session.clear()
+        request.session[SESSION_KEY] = session_id
+
+    @staticmethod
+    def client_address(request: Request) -> str:
+        """The client's address: the peer's, or a trusted proxy's word for it.
+
+        uvicorn's proxy-header middleware (installed by ``app`` for the
+        ``trusted_proxies`` alone) has already put it in ``request.client``.
+        """
+        return request.client.host if request.client else "unknown"
+
+    @staticmethod
+    def user_agent(request: Request) -> str:
+        return request.headers.get("user-agent", "")
 
     async def require(
         self, request: Request, *, staff: bool = False, admin: bool = False

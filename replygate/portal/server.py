@@ -60,7 +60,12 @@ class PortalServer(uvicorn.Server):
 
 
 def portal_config(app: ASGIApp, host: str, port: int) -> uvicorn.Config:
-    """uvicorn settings: our own logging stays in charge, no lifespan, proxies on localhost."""
+    """uvicorn settings: our own logging stays in charge, no lifespan, no proxy headers.
+
+    The app believes X-Forwarded-For only from the proxies the operator
+    trusts (``create_app``); uvicorn's default would take it from any local
+    process.
+    """
     return uvicorn.Config(
         app,
         host=host,
@@ -69,8 +74,7 @@ def portal_config(app: ASGIApp, host: str, port: int) -> uvicorn.Config:
         access_log=False,
         lifespan="off",
         server_header=False,
-        proxy_headers=True,
-        forwarded_allow_ips="127.0.0.1",
+        proxy_headers=False,
     )
 
 

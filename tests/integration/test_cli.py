@@ -230,7 +230,9 @@ COMMANDS = {
     "tokens revoke": ["address"],
     "users add": ["--json", "--name", "--role", "email"],
     "users list": ["--json"],
+    "users logout": ["email"],
     "users reset-bounces": ["email"],
+    "users sessions": ["--json", "email"],
     "users set-password": ["email"],
     "worker": ["--once"],
 }

@@ -34,24 +34,24 @@ def workspace(settings: Settings, sessions: sessionmaker[Session]) -> Workspace:
 def _signed_in(workspace: Workspace, email: str) -> SignedIn:
     outcome = workspace.log_in(email, PASSWORD, address="192.0.2.1")
     assert outcome.user_id is not None
-    found = workspace.signed_in(outcome.user_id, outcome.tag)
+    found = workspace.signed_in(outcome.session_id)
     assert found is not None
     return found
 
 
-def test_a_login_tags_the_session_and_a_new_password_voids_it(
+def test_a_login_starts_a_session_and_a_new_password_voids_it(
     workspace: Workspace, people: People, sessions: sessionmaker[Session]
 ) -> None:
-    """The tag from ``log_in`` names the user until their password changes."""
+    """The session id from ``log_in`` names the user until their password changes."""
     outcome = workspace.log_in(people.client1, PASSWORD, address="192.0.2.1")
     assert outcome.user_id is not None and not outcome.throttled
-    found = workspace.signed_in(outcome.user_id, outcome.tag)
+    found = workspace.signed_in(outcome.session_id)
     assert found is not None
     assert found.viewer.email == people.client1 and found.unread == 0
-    assert workspace.signed_in(outcome.user_id, "0" * 32) is None
+    assert workspace.signed_in("0" * 32) is None
     with transaction(sessions) as s:
         accounts.set_password(s, people.client1, "another long password")
-    assert workspace.signed_in(outcome.user_id, outcome.tag) is None
+    assert workspace.signed_in(outcome.session_id) is None
 
 
 def test_wrong_passwords_give_no_session_then_a_throttle(
@@ -59,7 +59,7 @@ def test_wrong_passwords_give_no_session_then_a_throttle(
 ) -> None:
     for _ in range(accounts.MAX_FAILURES_PER_ACCOUNT):
         refused = workspace.log_in(people.client1, "wrong password!", address="192.0.2.1")
-        assert refused.user_id is None and refused.tag == "" and not refused.throttled
+        assert refused.user_id is None and refused.session_id == "" and not refused.throttled
     throttled = workspace.log_in(people.client1, PASSWORD, address="192.0.2.1")
     assert throttled.user_id is None and throttled.throttled and throttled.retry_after > 0
 
