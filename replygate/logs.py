@@ -2,24 +2,40 @@
 
 key=value on a terminal, JSON lines in production (``--log-json``). Callers
 log one canonical line per unit of work (an inbound mail, a delivery) and
-never a message body.
+never a message body, a subject or an attachment's name; they bind reply
+addresses as fingerprints.
+
+The last line of defence is ``redact``, which the caller passes in (this
+module knows nothing of tokens): every string of every event, the rendered
+traceback included, and every line of stdlib logging (aiosmtpd's, asyncio's)
+goes through it just before it is written. Tracebacks are rendered by
+``format_exc_info``, as plain text without local variables (structlog's
+``dict_tracebacks`` and rich would show locals, such as a raw message).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 import structlog
 
+Redact = Callable[[str], str]
 
-def configure(*, json: bool = False, level: int = logging.INFO) -> None:
-    """Route structlog (and stdlib logging, e.g. aiosmtpd's) to stderr."""
+_PLAIN = (int, float, bool, type(None))
+
+
+def configure(*, json: bool = False, level: int = logging.INFO, redact: Redact) -> None:
+    """Route structlog (and stdlib logging, e.g. aiosmtpd's) to stderr, through ``redact``."""
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        redacting(redact),  # after the traceback is rendered, before anything is written
     ]
     renderer: structlog.typing.Processor
     logger_factory: structlog.typing.WrappedLogger
@@ -32,14 +48,67 @@ def configure(*, json: bool = False, level: int = logging.INFO) -> None:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
         logger_factory = structlog.PrintLoggerFactory(file=sys.stderr)
     structlog.configure(
-        processors=[*processors, structlog.processors.format_exc_info, renderer],
+        processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=logger_factory,
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
+    _configure_stdlib(redact)
     # mail-parser warns about every part type it does not handle (e.g. DSN headers).
     logging.getLogger("mailparser").setLevel(logging.ERROR)
+
+
+def redacting(redact: Redact) -> structlog.typing.Processor:
+    """A processor passing every string of an event (nested ones too) through ``redact``."""
+
+    def processor(
+        logger: structlog.typing.WrappedLogger, method: str, event: structlog.typing.EventDict
+    ) -> structlog.typing.EventDict:
+        return {key: _redacted(value, redact) for key, value in event.items()}
+
+    return processor
+
+
+def _redacted(value: Any, redact: Redact) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, dict):
+        return {key: _redacted(item, redact) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redacted(item, redact) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_redacted(item, redact) for item in value)
+    # Anything else is rendered by its str or repr: hide what either would show.
+    for shown in (str(value), repr(value)):
+        if redact(shown) != shown:
+            return redact(shown)
+    return value
+
+
+class RedactingFormatter(logging.Formatter):
+    """Stdlib log records, tracebacks included, formatted and then passed through ``redact``."""
+
+    def __init__(self, redact: Redact) -> None:
+        super().__init__("%(name)s: %(message)s")
+        self.redact = redact
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.redact(super().format(record))
+
+
+def _configure_stdlib(redact: Redact) -> None:
+    """As ``logging.basicConfig`` (nothing if the root logger has handlers of its own),
+    with our formatter; configuring again gives our handler the new ``redact``."""
+    root = logging.getLogger()
+    ours = [h.formatter for h in root.handlers if isinstance(h.formatter, RedactingFormatter)]
+    for formatter in ours:
+        formatter.redact = redact
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(RedactingFormatter(redact))
+        logging.basicConfig(level=logging.WARNING, handlers=[handler])
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:

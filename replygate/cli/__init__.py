@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from replygate import logs
 from replygate.config import Settings, load_settings
 from replygate.errors import ReplygateError
+from replygate.mail.redaction import redact
 from replygate.store.db import make_engine, session_factory
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -58,6 +59,11 @@ class App:
         if self._factory is None:
             self._factory = session_factory(self.engine)
         return self._factory
+
+    def redact(self, text: str) -> str:
+        """``text`` fit for a log: tokens fingerprinted with the secret once settings are
+        loaded, hidden before (writing a log line never loads them)."""
+        return redact(self._settings.secret_key if self._settings is not None else None, text)
 
     def close(self) -> None:
         if self._engine is not None:
@@ -136,7 +142,7 @@ def main(
         if log_json is not None
         else os.environ.get("REPLYGATE_LOG_JSON", "").strip().lower() in ("1", "true", "yes", "on")
     )
-    logs.configure(json=json_logs)
+    logs.configure(json=json_logs, redact=app.redact)
 
 
 def _add_command_groups() -> None:

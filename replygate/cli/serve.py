@@ -88,7 +88,7 @@ def ingest(app: App, rcpt: str, sender: str) -> None:
     from replygate.gateway.ingest import ingest as run_ingest
 
     # Postfix's pipe copies our stderr into the bounce it sends: only the reason goes there.
-    logs.configure(json=app.settings.log_json, level=logging.ERROR)
+    logs.configure(json=app.settings.log_json, level=logging.ERROR, redact=app.redact)
     try:
         raw = sys.stdin.buffer.read()
         code, reason = run_ingest(app.settings, app.factory, rcpt=rcpt, sender=sender, raw=raw)

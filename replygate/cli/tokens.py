@@ -19,7 +19,8 @@ def group() -> None:
 @pass_app
 @clean_errors
 def inspect(app: App, address: str, as_json: bool) -> None:
-    """Say what a reply address names and whether it is accepted now."""
+    """Say what a reply address names, whether it is accepted now, and its fingerprint
+    (how log lines name it: ``reply+fp:<fingerprint>@…``)."""
     data = views.reply_address(app.factory, app.settings, address)
     emit(data, as_json, lines(f"{k}: {v}" for k, v in data.items()))
 

@@ -134,11 +134,12 @@ class Filing:
             outcome = self._write(inbound_id, prepared, released=released)
         except Exception as exc:
             outcome = self._fail(inbound_id, exc)
+        # Why it was decided stays on the queue row (``queue explain``), with the mail:
+        # a reason may quote it (an attachment's name, a header).
         log.info(
             "inbound.processed",
             queue_id=inbound_id,
             status=outcome.status,
-            reason=outcome.reason,
             message=outcome.message_id,
             released=released or None,
             ms=round((time.perf_counter() - started) * 1000, 1),

@@ -414,10 +414,12 @@ def reply_address(
     """What a reply address names and whether the gateway would accept it now, and why not.
 
     A dict, not a dataclass: the thread and recipient keys appear only for a
-    token we know, as ``tokens inspect --json`` has always shown them.
+    token we know, as ``tokens inspect --json`` has always shown them. The
+    ``fingerprint`` is how log lines name the token (``reply+fp:<it>@…``).
     """
     token = reply_token.token_from_address(address, settings.reply_domain)
-    data: dict[str, Any] = {"address": address, "token": token}
+    fingerprint = reply_token.fingerprint(settings.secret_key, token) if token else None
+    data: dict[str, Any] = {"address": address, "token": token, "fingerprint": fingerprint}
     # A write: routing asks for the organisation, which is created on first use.
     with transaction(factory) as session:
         row = tokens.find(session, token) if token else None

@@ -17,7 +17,8 @@ logs and the queue row alike.
 
 Logging: one line per refused recipient (``inbound.rcpt``), and one
 canonical line per message at the end of DATA (``inbound.mail``) with the
-envelope, decision, reason and queue ids; never the body.
+envelope, decision, reason and queue ids; never the body, and reply
+addresses only as fingerprints (``gateway.logged``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from replygate.config import Settings
 from replygate.core import intake
 from replygate.core.intake import Recipient, StoreUnavailable
 from replygate.errors import InboundRefused
-from replygate.gateway import replies
+from replygate.gateway import logged, replies
 from replygate.gateway.replies import Condition
 from replygate.gateway.throttle import Throttle, parse_networks
 from replygate.logs import get_logger
@@ -187,7 +188,7 @@ class GatewayHandler:
             recipient = await self._lookup(address)
         except InboundRefused as exc:
             condition = replies.condition_for(exc)
-            self._log_rcpt(session, envelope, address, condition, str(exc))
+            self._log_rcpt(session, envelope, address, condition, exc)
             if condition in THROTTLED_CONDITIONS and self.throttle.failed(ip):
                 log.warning(
                     "inbound.throttle",
@@ -202,7 +203,8 @@ class GatewayHandler:
             self._log_rcpt(session, envelope, address, Condition.STORE_UNAVAILABLE, str(exc))
             return self._render(Condition.STORE_UNAVAILABLE, address)
         except Exception as exc:  # a bug: answer 4xx so the MTA retries after the fix
-            log.error("inbound.error", stage="rcpt", recipient=address, exc_info=exc)
+            shown = logged.address(self.settings, address)
+            log.error("inbound.error", stage="rcpt", recipient=shown, exc_info=exc)
             return self._render(Condition.INTERNAL_ERROR, address)
         accepted.append(recipient)
         envelope.rcpt_tos.append(address)
@@ -258,7 +260,7 @@ class GatewayHandler:
             )
             queue_ids = await self.writer.submit_async(rows)
         except InboundRefused as exc:
-            return self._finish(replies.condition_for(exc), str(exc), fields, started)
+            return self._finish(replies.condition_for(exc), exc, fields, started)
         except (SQLAlchemyError, OSError) as exc:
             reason = f"cannot store the message: {exc}"
             return self._finish(Condition.STORE_UNAVAILABLE, reason, fields, started)
@@ -292,7 +294,8 @@ class GatewayHandler:
             cause = error.__cause__
             log.info("inbound.tls", decision="failed", error=f"{type(cause).__name__}: {cause}")
         else:
-            log.error("inbound.error", error=f"{type(error).__name__}: {error}", exc_info=error)
+            shown = logged.reason(self.settings, f"{type(error).__name__}: {error}")
+            log.error("inbound.error", error=shown, exc_info=error)
         return self._render(Condition.INTERNAL_ERROR)
 
     def refused_at_connect(self, session: SMTPSession | None) -> str | None:
@@ -368,10 +371,19 @@ class GatewayHandler:
         return self._finish(condition, reason, fields, time.perf_counter())
 
     def _finish(
-        self, condition: Condition, reason: str | None, fields: dict[str, Any], started: float
+        self,
+        condition: Condition,
+        reason: InboundRefused | str | None,
+        fields: dict[str, Any],
+        started: float,
     ) -> str:
         """Write the canonical line for one message and return its reply."""
         reply = replies.reply(condition)
+        fields = {
+            **fields,
+            "mail_from": logged.address(self.settings, fields["mail_from"]),
+            "rcpt": [logged.address(self.settings, rcpt) for rcpt in fields["rcpt"]],
+        }
         decision = {2: "accepted", 4: "deferred"}.get(reply.code // 100, "refused")
         log_at = log.warning if decision == "deferred" else log.info
         log_at(
@@ -379,7 +391,7 @@ class GatewayHandler:
             decision=decision,
             condition=str(condition),
             reply=f"{reply.code} {reply.status}",
-            reason=reason,
+            reason=logged.reason(self.settings, reason),
             ms=round((time.perf_counter() - started) * 1000, 1),
             **fields,
         )
@@ -391,7 +403,7 @@ class GatewayHandler:
         envelope: Envelope,
         address: str,
         condition: Condition,
-        reason: str | None,
+        reason: InboundRefused | str | None,
     ) -> None:
         reply = replies.reply(condition)
         log.info(
@@ -399,9 +411,9 @@ class GatewayHandler:
             decision="deferred" if reply.code // 100 == 4 else "refused",
             condition=str(condition),
             reply=f"{reply.code} {reply.status}",
-            reason=reason,
+            reason=logged.reason(self.settings, reason),
             via="smtp",
             peer=peer_of(session),
-            mail_from=intake.envelope_sender(envelope.mail_from),
-            recipient=address,
+            mail_from=logged.address(self.settings, intake.envelope_sender(envelope.mail_from)),
+            recipient=logged.address(self.settings, address),
         )

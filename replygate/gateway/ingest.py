@@ -4,7 +4,8 @@ For a Postfix ``pipe`` transport (or any MTA that hands a message to a
 command). The same checks and the same durable enqueue as the SMTP handler
 (``intake``), answered with sysexits codes the MTA understands: 0 accepted,
 67 unknown recipient and 77 refused (the MTA bounces, quoting our reason),
-75 try again later (the MTA keeps the message and retries).
+75 try again later (the MTA keeps the message and retries). Its log line is
+the gateway's ``inbound.mail``, with the same fingerprints (``logged``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from replygate.config import Settings
 from replygate.core import intake
 from replygate.errors import InboundRefused
-from replygate.gateway import replies
+from replygate.gateway import logged, replies
 from replygate.gateway.replies import Condition
 from replygate.logs import get_logger
 from replygate.store.models import utcnow
@@ -48,7 +49,7 @@ def ingest(
     fields: dict[str, Any] = {
         "via": "pipe",
         "mail_from": intake.envelope_sender(sender),
-        "rcpt": [rcpt],
+        "rcpt": [logged.address(settings, rcpt)],
         "size": len(raw),
     }
     try:
@@ -63,7 +64,7 @@ def ingest(
             via="pipe",
         )
     except InboundRefused as exc:
-        return _finish(settings, replies.condition_for(exc), str(exc), rcpt, fields, started)
+        return _finish(settings, replies.condition_for(exc), exc, rcpt, fields, started)
     except intake.StoreUnavailable as exc:
         return _finish(settings, Condition.STORE_UNAVAILABLE, str(exc), rcpt, fields, started)
     fields.update(queue_ids=accepted.queue_ids, message_id=accepted.message_id)
@@ -73,7 +74,7 @@ def ingest(
 def _finish(
     settings: Settings,
     condition: Condition,
-    reason: str | None,
+    reason: InboundRefused | str | None,
     rcpt: str,
     fields: dict[str, Any],
     started: float,
@@ -81,6 +82,7 @@ def _finish(
     """Write the canonical line for the message and build the exit code and stderr line."""
     reply = replies.reply(condition)
     decision = {0: "accepted", replies.EX_TEMPFAIL: "deferred"}.get(reply.exit_code, "refused")
+    shown = {**fields, "mail_from": logged.address(settings, fields["mail_from"])}
     log_at = log.warning if decision == "deferred" else log.info
     log_at(
         "inbound.mail",
@@ -88,9 +90,9 @@ def _finish(
         condition=str(condition),
         reply=f"{reply.code} {reply.status}",
         exit_code=reply.exit_code,
-        reason=reason,
+        reason=logged.reason(settings, reason),
         ms=round((time.perf_counter() - started) * 1000, 1),
-        **fields,
+        **shown,
     )
     if reply.exit_code == replies.EX_OK:
         return IngestResult(reply.exit_code, "")

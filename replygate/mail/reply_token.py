@@ -6,11 +6,16 @@ octets of local part, inside the 64 allowed. The random part makes it
 unguessable; the tag lets the gateway refuse a forged or mistyped token
 without touching the database. Which thread and recipient a token names,
 its expiry and revocation live in the store.
+
+Logs name a token only by its ``fingerprint``: an HMAC under a key of its
+own, so a log line lets an operator find the token (``tokens inspect``
+shows the same fingerprint) but never lets its reader post as the client.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import os
@@ -20,6 +25,7 @@ RANDOM_BYTES = 16
 TAG_BYTES = 5
 TOKEN_LENGTH = 34  # 26 base32 chars for 16 bytes + 8 for 5 bytes
 _ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz234567")
+FINGERPRINT_LENGTH = 12  # hex characters: 48 bits, enough to tell a day's tokens apart
 
 
 def _b32(data: bytes) -> str:
@@ -66,3 +72,19 @@ def token_from_address(address: str, domain: str) -> str | None:
         return None
     token = local[len(LOCAL_PREFIX) :]
     return token or None
+
+
+@functools.lru_cache(maxsize=4)
+def _fingerprint_key(secret: str) -> bytes:
+    """The key of fingerprints: HMAC(secret, "log-fingerprint"), used for nothing else."""
+    return hmac.new(secret.encode(), b"log-fingerprint", hashlib.sha256).digest()
+
+
+def fingerprint(secret: str, token: str) -> str:
+    """What logs show instead of ``token``: 12 hex characters of a keyed HMAC.
+
+    One-way and keyed, so neither the token nor a guess at it can be had from
+    a log; case is folded as ``token_from_address`` folds it.
+    """
+    mac = hmac.new(_fingerprint_key(secret), token.lower().encode(), hashlib.sha256)
+    return mac.hexdigest()[:FINGERPRINT_LENGTH]

@@ -6,6 +6,8 @@ Everything else in the store asks here instead of testing a dialect's name:
   ``synchronous=FULL`` (a commit survives a power cut: we answer 250 after
   it), a busy timeout, and IMMEDIATE transactions; PostgreSQL (psycopg 3)
   with a pool;
+  both with ``hide_parameters``: an SQL error names its statement but not
+  the values bound to it (raw mail, tokens), since its text reaches logs;
 - snapshot reads: on SQLite, read-only sessions that begin DEFERRED and read
   a WAL snapshot, so idle polls and RCPT lookups never queue for the write
   lock; PostgreSQL's readers never wait for writers, so it needs none;
@@ -68,7 +70,13 @@ def engine_for(url: str, *, pool_size: int) -> Engine:
         engine = _sqlite_engine(url)
         event.listen(engine, "begin", _begin_immediate)
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        hide_parameters=True,
+    )
 
 
 def snapshot_engine_for(url: str, *, pool_size: int) -> Engine:
@@ -95,7 +103,9 @@ def snapshot_reads(bind: Engine) -> Engine | None:
 
 def _sqlite_engine(url: str) -> Engine:
     engine = create_engine(
-        url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "isolation_level": None}
+        url,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "isolation_level": None},
+        hide_parameters=True,
     )
     event.listen(engine, "connect", _sqlite_pragmas)
     return engine

@@ -18,6 +18,7 @@ def outbound_worker(settings: Settings, factory: sessionmaker[Session]) -> Outbo
         transport_from_settings(settings),
         max_attempts=settings.delivery_max_attempts,
         backoff_seconds=settings.delivery_backoff_seconds,
+        secret=settings.secret_key,
     )
 
 

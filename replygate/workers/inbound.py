@@ -121,11 +121,12 @@ class InboundWorker:
             return [self.filing.process(mail.id) for mail in claimed]
         ms = round((time.perf_counter() - started) * 1000, 1)
         for outcome in outcomes:
+            # Why it was decided stays on the queue row (``queue explain``), with the mail:
+            # a reason may quote it (an attachment's name, a header).
             log.info(
                 "inbound.processed",
                 queue_id=outcome.inbound_id,
                 status=outcome.status,
-                reason=outcome.reason,
                 message=outcome.message_id,
                 batch=len(claimed),
                 ms=ms,

@@ -15,7 +15,8 @@ concurrently and records each outcome:
 
 Database calls run in a thread (``asyncio.to_thread``) so the event loop that
 also serves SMTP never waits on the database. Every delivery logs one
-canonical line, ``outbox.delivery``, and never the mail's content.
+canonical line, ``outbox.delivery``, and never the mail's content; a
+smarthost's error quoting our bounce address shows it as a fingerprint.
 
 When idle the worker polls; an engine in the same process that has just
 written notifications sets the ``wake`` event so they go out at once, and
@@ -33,6 +34,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.logs import get_logger
+from replygate.mail.redaction import redact
 from replygate.store import outbox
 from replygate.store.db import close_reads, snapshot_reads
 from replygate.store.models import utcnow
@@ -80,6 +82,7 @@ class OutboundWorker:
         max_backoff_seconds: float = MAX_BACKOFF_SECONDS,
         clock: Callable[[], datetime] = utcnow,
         rng: Callable[[], float] = random.random,
+        secret: str | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -93,6 +96,7 @@ class OutboundWorker:
         self.clock = clock
         self.rng = rng
         self.concurrency = concurrency
+        self.secret = secret  # fingerprints addresses in log lines; without it they are hidden
         self.peek = snapshot_reads(factory)
 
     async def run_once(self) -> int:
@@ -218,6 +222,9 @@ class OutboundWorker:
         if not owned:
             # Our lease ran out and another worker holds the row: its outcome counts.
             extra["lease_lost"] = True
+        error = extra.get("error")
+        if isinstance(error, str):
+            extra["error"] = redact(self.secret, error)
         level = log.info if outcome == "sent" else log.warning
         level("outbox.delivery", outcome=outcome, duration_ms=duration_ms, **fields, **extra)
 

@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 
 from replygate.config import Settings
 from replygate.gateway.handler import GatewayHandler
+from replygate.mail import reply_token
 from replygate.mail.verp import bounce_address
 from replygate.store import directory, inbound_writer
 from replygate.store.db import make_engine, session_factory, transaction
@@ -287,7 +288,10 @@ def test_one_canonical_log_line_per_mail_without_the_body(
     (row,) = queued(sessions)
     assert line["decision"] == "accepted"
     assert line["queue_ids"] == [row.id]
-    assert line["rcpt"] == [world.address]
+    token = world.address.removeprefix("reply+").partition("@")[0]
+    assert line["rcpt"] == [
+        f"reply+fp:{reply_token.fingerprint(settings.secret_key, token)}@reply.test"
+    ]
     assert line["mail_from"] == world.client_email
     assert line["peer"] == "192.0.2.7:40000"
     assert line["message_id"] == row.message_id
