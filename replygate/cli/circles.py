@@ -15,12 +15,32 @@ def group() -> None:
 
 @group.command("add")
 @click.argument("name")
+@click.option(
+    "--clients-may-write",
+    is_flag=True,
+    help="Clients may write to the Circle too (reaching its staff); off by default.",
+)
 @pass_app
 @clean_errors
-def add(app: App, name: str) -> None:
-    """Create a Circle."""
-    operations.add_circle(app.factory, name)
-    click.echo(f"added Circle {name}")
+def add(app: App, name: str, clients_may_write: bool) -> None:
+    """Create a Circle (only staff may write to it unless --clients-may-write)."""
+    operations.add_circle(app.factory, name, clients_may_write=clients_may_write)
+    click.echo(f"added Circle {name}" + (" (clients may write)" if clients_may_write else ""))
+
+
+@group.command("set")
+@click.argument("name")
+@click.option(
+    "--clients-may-write/--staff-only",
+    required=True,
+    help="Whether clients may write to the Circle (reaching its staff).",
+)
+@pass_app
+@clean_errors
+def set_access(app: App, name: str, clients_may_write: bool) -> None:
+    """Open a Circle to clients' messages, or make it staff-only again."""
+    operations.set_circle_access(app.factory, name, clients_may_write=clients_may_write)
+    click.echo(f"{name}: " + ("clients may write" if clients_may_write else "staff only"))
 
 
 @group.command("add-member")
@@ -39,6 +59,11 @@ def add_member(app: App, name: str, email: str) -> None:
 @pass_app
 @clean_errors
 def list_circles(app: App, as_json: bool) -> None:
-    """List Circles and their members."""
+    """List Circles, who may write to them, and their members."""
     rows = views.circles(app.factory)
-    emit(rows, as_json, lines(f"{c.name}: {', '.join(c.members) or '-'}" for c in rows))
+
+    def line(c: views.CircleRow) -> str:
+        access = "clients may write" if c.clients_may_write else "staff only"
+        return f"{c.name} ({access}): {', '.join(c.members) or '-'}"
+
+    emit(rows, as_json, lines(line(c) for c in rows))

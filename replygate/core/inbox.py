@@ -15,7 +15,13 @@ from datetime import datetime
 from sqlalchemy import ScalarSelect, UnaryExpression, and_, func, select
 from sqlalchemy.orm import Session, selectinload
 
-from replygate.core.messaging import CIRCLE_PREFIX, Messaging
+from replygate.core.messaging import (
+    CIRCLE_PREFIX,
+    STAFF_ROLES,
+    Messaging,
+    circles_open_to,
+    people_open_to,
+)
 from replygate.errors import NotFound
 from replygate.store.models import (
     Circle,
@@ -31,7 +37,6 @@ from replygate.store.models import (
 
 PAGE_SIZE = 50
 PREVIEW_LENGTH = 140
-STAFF_ROLES = (UserRole.ADMIN, UserRole.STAFF)
 
 
 @dataclass(frozen=True)
@@ -324,16 +329,23 @@ def attachment_for(session: Session, attachment_id: int, user: User) -> Attachme
 
 
 def recipients(session: Session, me: Viewer) -> tuple[list[Recipient], list[Recipient]]:
-    """(Circles, people) the viewer may write to: staff reach everyone, clients reach staff."""
-    people_query = select(User).where(User.id != me.id).order_by(User.name, User.email)
-    if not me.is_staff:
-        people_query = people_query.where(User.role.in_(STAFF_ROLES))
+    """(Circles, people) the viewer may write to, by the rule ``Messaging.send`` applies.
+
+    Staff see how many members a Circle has; clients only its name.
+    """
     people = [
         Recipient(value=u.email, label=f"{u.name} <{u.email}> · {u.role}")
-        for u in session.scalars(people_query)
+        for u in session.scalars(
+            select(User)
+            .where(User.id != me.id, people_open_to(me.role))
+            .order_by(User.name, User.email)
+        )
     ]
+    open_circles = session.scalars(
+        select(Circle).where(circles_open_to(me.role)).order_by(Circle.name)
+    ).all()
     if not me.is_staff:
-        return [], people
+        return [Recipient(f"{CIRCLE_PREFIX}{c.name}", c.name) for c in open_circles], people
     counts = dict(
         session.execute(
             select(CircleMember.circle_id, func.count()).group_by(CircleMember.circle_id)
@@ -344,6 +356,6 @@ def recipients(session: Session, me: Viewer) -> tuple[list[Recipient], list[Reci
             value=f"{CIRCLE_PREFIX}{c.name}",
             label=f"{c.name} · Circle of {counts.get(c.id, 0)}",
         )
-        for c in session.scalars(select(Circle).order_by(Circle.name))
+        for c in open_circles
     ]
     return circles, people

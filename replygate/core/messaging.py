@@ -6,6 +6,12 @@ from here (the outbound worker delivers the outbox).
 
 Privacy rule: a message to several people (or a Circle) starts one private
 thread per recipient with the sender, so recipients never see each other.
+
+Whom one may write to (``people_open_to``, ``circles_open_to``; the compose
+page lists by the same rule): staff write to anyone and any Circle; clients
+write to staff, and to the staff of a Circle open to clients
+(``clients_may_write``). A client addressing anything else gets one answer,
+``NOT_OPEN``, whether it exists or not, after the same lookups.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, insert, or_, select
+from sqlalchemy import ColumnElement, and_, insert, or_, select, true
 from sqlalchemy.orm import Session, make_transient_to_detached, selectinload, sessionmaker
 
 from replygate.config import Settings
@@ -28,6 +34,8 @@ from replygate.store import directory, outbox, tokens
 from replygate.store.db import transaction
 from replygate.store.models import (
     AddressStatus,
+    Circle,
+    CircleMember,
     Message,
     MessageAttachment,
     MessageSource,
@@ -40,6 +48,8 @@ from replygate.store.models import (
 )
 
 CIRCLE_PREFIX = "circle:"
+STAFF_ROLES = (UserRole.ADMIN, UserRole.STAFF)
+NOT_OPEN = "clients can write only to staff and to Circles open to clients"
 TOKEN_MIN_REMAINING = timedelta(days=7)
 MAX_SUBJECT = 500
 # Per transaction (see ``directory.TRANSACTION_CACHE``): what ``prefetch_replies``
@@ -47,6 +57,16 @@ MAX_SUBJECT = 500
 _FILED = directory.TRANSACTION_CACHE + "messaging.filed"
 _FILED_COVERED = directory.TRANSACTION_CACHE + "messaging.filed_covered"
 _THREADS = directory.TRANSACTION_CACHE + "messaging.threads"
+
+
+def people_open_to(role: str) -> ColumnElement[bool]:
+    """The users someone of ``role`` may write to (directly or through a Circle)."""
+    return true() if role in STAFF_ROLES else User.role.in_(STAFF_ROLES)
+
+
+def circles_open_to(role: str) -> ColumnElement[bool]:
+    """The Circles someone of ``role`` may write to."""
+    return true() if role in STAFF_ROLES else Circle.clients_may_write.is_(True)
 
 
 @dataclass(frozen=True)
@@ -91,10 +111,6 @@ class Messaging:
         with transaction(self.factory) as session:
             author = directory.user(session, sender)
             recipients = self._expand(session, to, author)
-            if author.role == UserRole.CLIENT and any(
-                r.role == UserRole.CLIENT for r in recipients
-            ):
-                raise Invalid("clients can write to staff only")
             now = utcnow()
             threads: list[SentThread] = []
             messages: list[int] = []
@@ -313,22 +329,64 @@ class Messaging:
     # -- internals --------------------------------------------------------------------------
 
     def _expand(self, session: Session, to: list[str], author: User) -> list[User]:
-        """Resolve addresses and ``circle:NAME`` entries to distinct users, in order."""
+        """Resolve addresses and ``circle:NAME`` entries to distinct users, in order.
+
+        Staff hear what is wrong with an entry; a client hears ``NOT_OPEN`` for
+        any entry they may not write to, once every entry was looked up.
+        """
+        staff = author.role in STAFF_ROLES
         seen: dict[int, User] = {}
+        refused = False
         for entry in to:
             entry = entry.strip()
-            if entry.lower().startswith(CIRCLE_PREFIX):
-                members = directory.circle(session, entry[len(CIRCLE_PREFIX) :]).members
-                if not members:
-                    raise Invalid(f"Circle {entry[len(CIRCLE_PREFIX) :]!r} has no members")
-            else:
-                members = [directory.user(session, entry)]
+            members = self._open_recipients(session, entry, author.role)
+            if not members:
+                if not staff:
+                    refused = True
+                    continue
+                self._say_why(session, entry)
             for member in members:
                 if member.id != author.id:
                     seen.setdefault(member.id, member)
+        if refused:
+            raise Invalid(NOT_OPEN)
         if not seen:
             raise Invalid("a message needs at least one recipient other than its author")
         return list(seen.values())
+
+    @staticmethod
+    def _open_recipients(session: Session, entry: str, role: str) -> list[User]:
+        """Whom one entry names, among those someone of ``role`` may write to.
+
+        An address takes one query and a Circle one (and one for its members
+        when it is open), whatever exists, so refusals all take alike.
+        """
+        if entry.lower().startswith(CIRCLE_PREFIX):
+            name = entry[len(CIRCLE_PREFIX) :].strip()
+            circle_id = session.scalars(
+                select(Circle.id).where(Circle.name == name, circles_open_to(role))
+            ).first()
+            if circle_id is None:
+                return []
+            return list(
+                session.scalars(
+                    select(User)
+                    .join(CircleMember, CircleMember.user_id == User.id)
+                    .where(CircleMember.circle_id == circle_id, people_open_to(role))
+                    .order_by(User.id)
+                )
+            )
+        email = directory.normalise_email(entry)
+        return list(session.scalars(select(User).where(User.email == email, people_open_to(role))))
+
+    @staticmethod
+    def _say_why(session: Session, entry: str) -> None:
+        """For staff: raise what is wrong with an entry that named nobody."""
+        if entry.lower().startswith(CIRCLE_PREFIX):
+            name = entry[len(CIRCLE_PREFIX) :]
+            directory.circle(session, name)  # NotFound when there is none
+            raise Invalid(f"Circle {name!r} has no members")
+        directory.user(session, entry)  # NotFound
 
     @staticmethod
     def _add_message(

@@ -72,9 +72,20 @@ def reset_bounces(factory: sessionmaker[Session], email: str) -> str:
         return user.email
 
 
-def add_circle(factory: sessionmaker[Session], name: str) -> None:
+def add_circle(
+    factory: sessionmaker[Session], name: str, *, clients_may_write: bool = False
+) -> None:
+    """Create a Circle; only staff may write to it unless ``clients_may_write``."""
     with transaction(factory) as session:
-        directory.add_circle(session, name)
+        directory.add_circle(session, name, clients_may_write=clients_may_write)
+
+
+def set_circle_access(
+    factory: sessionmaker[Session], name: str, *, clients_may_write: bool
+) -> None:
+    """Open a Circle to messages from clients (reaching its staff), or close it again."""
+    with transaction(factory) as session:
+        directory.circle(session, name).clients_may_write = clients_may_write
 
 
 def add_member(factory: sessionmaker[Session], circle: str, email: str) -> None:

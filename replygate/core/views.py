@@ -113,13 +113,19 @@ class CircleRow:
     id: int
     name: str
     members: list[str]
+    clients_may_write: bool
 
 
 def circles(factory: sessionmaker[Session]) -> list[CircleRow]:
     """Every Circle by name, with its members' addresses."""
     with factory() as session:
         return [
-            CircleRow(id=c.id, name=c.name, members=[m.email for m in c.members])
+            CircleRow(
+                id=c.id,
+                name=c.name,
+                members=[m.email for m in c.members],
+                clients_may_write=c.clients_may_write,
+            )
             for c in directory.list_circles(session)
         ]
 

@@ -83,13 +83,13 @@ def list_users(session: Session) -> list[User]:
     return list(session.scalars(select(User).order_by(User.id)))
 
 
-def add_circle(session: Session, name: str) -> Circle:
+def add_circle(session: Session, name: str, *, clients_may_write: bool = False) -> Circle:
     name = name.strip()
     if not name:
         raise Invalid("a Circle needs a name")
     if find_circle(session, name) is not None:
         raise Invalid(f"a Circle named {name!r} already exists")
-    circle = Circle(name=name)
+    circle = Circle(name=name, clients_may_write=clients_may_write)
     session.add(circle)
     session.flush()
     return circle

@@ -193,9 +193,10 @@ def test_outbox_list_shows_no_content_and_retry_requeues_failed(
 # Every command and its arguments and options: renaming one breaks scripts,
 # systemd units and the runbook in docs/operating.md.
 COMMANDS = {
-    "circles add": ["name"],
+    "circles add": ["--clients-may-write", "name"],
     "circles add-member": ["email", "name"],
     "circles list": ["--json"],
+    "circles set": ["--clients-may-write", "name"],
     "config show": ["--json"],
     "db upgrade": [],
     "demo": [],
