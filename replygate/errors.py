@@ -14,6 +14,7 @@
         ├── SenderMismatch     From is not the address the token was issued to
         ├── DmarcFailed        a trusted relay says DMARC failed for the From domain
         ├── MessageTooLarge    message exceeds the configured size limit
+        ├── NestedTooDeep      MIME parts nested deeper than any mail client nests them
         ├── AttachmentTooLarge an attachment, or all of them, exceed their size limits
         └── AttachmentTypeRefused an attachment's content type is not on the allow-list
 
@@ -78,6 +79,14 @@ class DmarcFailed(SenderMismatch):
 
 class MessageTooLarge(InboundRefused):
     """Raised when a message exceeds the size limit."""
+
+
+class NestedTooDeep(InboundRefused):
+    """Raised when a message nests multiparts or attached messages past ``MAX_NESTING``.
+
+    No mail client nests so deep; parsers recurse once per level, so such a
+    mail is a way to make them fail, refused while its sender can be told.
+    """
 
 
 class AttachmentTooLarge(InboundRefused):

@@ -9,7 +9,8 @@ refused over SMTP is refused through ``replygate ingest`` for the same reason:
   reports about our notifications reach the engine; a bounce address whose
   MAC does not verify, the old unsigned form included, is unknown); anything
   else raises the ``InboundRefused`` subclass that says why;
-- size: at most ``settings.max_message_size`` bytes;
+- size: at most ``settings.max_message_size`` bytes, parts nested at most
+  ``nesting.MAX_NESTING`` levels (554 5.6.0: parsers recurse per level);
 - attachments: within the per-file and total limits and of an allowed type
   (the engine's own rules, ``threading.attachments``), checked here so the
   sender hears why instead of the reply vanishing;
@@ -42,7 +43,14 @@ from replygate.mail.classify import verp_notification_id
 from replygate.mail.decisions import DataChecked, Decision, RecipientAccepted, Stored
 from replygate.mail.headers import Headers, read_headers
 from replygate.mail.parse import parse_message
-from replygate.mail.policy import Policy, check_dmarc, check_size, files_to_keep, sender_mismatch
+from replygate.mail.policy import (
+    Policy,
+    check_dmarc,
+    check_nesting,
+    check_size,
+    files_to_keep,
+    sender_mismatch,
+)
 from replygate.mail.verp import bounce_key, is_bounce_address
 from replygate.store import directory, inbound
 from replygate.store.db import transaction
@@ -216,6 +224,7 @@ def check(
     """The acceptance policy at DATA; raises what refuses the message."""
     policy = acceptance_policy(settings)
     check_size(policy, len(raw))
+    check_nesting(policy, raw)
     headers = read_headers(raw)
     sender = check_sender(policy, headers, recipients)
     if any(r.route is not None for r in recipients):

@@ -32,6 +32,7 @@ from replygate.errors import (
     DmarcFailed,
     InboundRefused,
     MessageTooLarge,
+    NestedTooDeep,
     NotAReplyAddress,
     SenderMismatch,
     TokenExpired,
@@ -63,6 +64,7 @@ class Condition(StrEnum):
     DMARC_FAILED = "dmarc_failed"
     REFUSED = "refused"
     MESSAGE_TOO_LARGE = "message_too_large"
+    NESTED_TOO_DEEP = "nested_too_deep"
     ATTACHMENT_TOO_LARGE = "attachment_too_large"
     ATTACHMENT_TYPE_REFUSED = "attachment_type_refused"
     TOO_MANY_RECIPIENTS = "too_many_recipients"
@@ -187,6 +189,14 @@ CATALOGUE: Mapping[Condition, Reply] = MappingProxyType(
             "5.3.4",
             "message too big: the limit is {limit} bytes; please send a shorter reply "
             "or attach large files in the portal",
+            EX_NOPERM,
+        ),
+        # X.6.0 other media error: the structure, not the size or the type, is refused.
+        Condition.NESTED_TOO_DEEP: Reply(
+            554,
+            "5.6.0",
+            "this message nests attachments or forwarded messages inside each other "
+            "too deeply for us to read; please send your reply without them, or use the portal",
             EX_NOPERM,
         ),
         Condition.ATTACHMENT_TOO_LARGE: Reply(
@@ -350,6 +360,7 @@ REFUSALS: Mapping[type[InboundRefused], Condition] = MappingProxyType(
         SenderMismatch: Condition.SENDER_MISMATCH,
         DmarcFailed: Condition.DMARC_FAILED,
         MessageTooLarge: Condition.MESSAGE_TOO_LARGE,
+        NestedTooDeep: Condition.NESTED_TOO_DEEP,
         AttachmentTooLarge: Condition.ATTACHMENT_TOO_LARGE,
         AttachmentTypeRefused: Condition.ATTACHMENT_TYPE_REFUSED,
     }

@@ -5,7 +5,9 @@ and ``parse.parse_message`` and ask these functions, so a reply the gateway
 accepts is never refused by the worker for a reason the gateway read
 differently, nor the other way round. Rules, in the order they apply:
 
-1. size: at most ``max_message_size`` bytes (``check_size``);
+1. size: at most ``max_message_size`` bytes (``check_size``), and parts
+   nested at most ``max_nesting`` levels deep (``check_nesting``; the worker
+   files what is above the limit of a mail queued before this rule);
 2. sender: the message has one From header naming one mailbox
    (``sender.read_from``), the address every reply token was issued to
    (``sender_mismatch``); a ``+tag`` is ignored only when allowed;
@@ -23,8 +25,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from replygate.errors import DmarcFailed, MessageTooLarge
-from replygate.mail import attachments, sender
+from replygate.errors import DmarcFailed, MessageTooLarge, NestedTooDeep
+from replygate.mail import attachments, nesting, sender
 from replygate.mail.headers import Headers
 from replygate.mail.parse import Attachment
 
@@ -39,6 +41,7 @@ class Policy:
     attachment_types: tuple[str, ...]
     trusted_authserv: frozenset[str] = frozenset()
     allow_plus_tags: bool = False
+    max_nesting: int = nesting.MAX_NESTING
 
 
 def check_size(policy: Policy, size: int) -> None:
@@ -46,6 +49,12 @@ def check_size(policy: Policy, size: int) -> None:
         raise MessageTooLarge(
             f"message of {size} bytes exceeds the limit of {policy.max_message_size}"
         )
+
+
+def check_nesting(policy: Policy, raw: bytes) -> None:
+    """Refuse parts nested deeper than ``max_nesting`` (read in one pass, no recursion)."""
+    if nesting.too_deep(raw, limit=policy.max_nesting):
+        raise NestedTooDeep(f"MIME parts nested more than {policy.max_nesting} levels deep")
 
 
 def sender_mismatch(policy: Policy, headers: Headers, issued_to: Sequence[str]) -> str | None:
