@@ -18,11 +18,14 @@ import re
 from collections.abc import Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from email import policy
+from email import errors, policy
 from email.headerregistry import Address
 
 # One header_factory per process: building it is the slow part of headerregistry.
 _HEADER_FACTORY = policy.default.header_factory
+# Defects of an encoded word's charset (unknown, or a codec such as rot13): they are
+# about how the display name decodes, never about which address the header names.
+_NAME_DEFECTS = (errors.CharsetError, errors.UndecodableBytesDefect)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -36,7 +39,8 @@ def _addr_spec(value: str) -> tuple[str, str] | None:
     name, comments and RFC 2047 words. Groups, several mailboxes, anything
     the parser had to repair (a defect: obsolete route syntax, text after the
     address) and anything without both a local part and a domain give
-    ``None``: an ambiguous From never matches.
+    ``None``: an ambiguous From never matches. The defects of an encoded
+    word's charset are the exception: they concern the display name only.
     """
     text = (value or "").strip()
     if not text or "\r" in text or "\n" in text:
@@ -47,7 +51,7 @@ def _addr_spec(value: str) -> tuple[str, str] | None:
         grouped = any(group.display_name is not None for group in header.groups)
     except Exception:
         return None
-    if grouped or header.defects:
+    if grouped or any(not isinstance(d, _NAME_DEFECTS) for d in header.defects):
         # Defects are where parsers part ways: "<a@x>@y", "a@x <b@y>" and route
         # syntax each read as a@x here and as something else elsewhere.
         return None

@@ -57,10 +57,14 @@ def assert_refused(answer: tuple[int, str], code: int, status: str, condition: s
 
 
 def head(
-    world: World, content_type: str, *extra: str, subject: str = "Re: Your appointment"
+    world: World,
+    content_type: str,
+    *extra: str,
+    subject: str = "Re: Your appointment",
+    name: str = "Cleo Park",
 ) -> bytes:
     lines = [
-        f"From: Cleo Park <{world.client_email}>",
+        f"From: {name} <{world.client_email}>",
         f"To: {world.address}",
         f"Subject: {subject}",
         "Message-ID: <hostile@client.test>",
@@ -83,6 +87,13 @@ def codec_label_body(world: World) -> bytes:
 
 def codec_label_subject(world: World) -> bytes:
     return head(world, "text/plain; charset=utf-8", subject="=?base64?q?R=E9?=") + (
+        REPLY.encode("utf-8") + b"\r\n"
+    )
+
+
+def codec_label_from_name(world: World) -> bytes:
+    """The display name is the encoded word: it must not make the From unreadable."""
+    return head(world, "text/plain; charset=utf-8", name="=?rot13?q?Cl=E9o?=") + (
         REPLY.encode("utf-8") + b"\r\n"
     )
 
@@ -127,6 +138,7 @@ def nested(world: World, depth: int) -> bytes:
 FILED: dict[str, Callable[[World], bytes]] = {
     "a body labelled rot13": codec_label_body,
     "a Subject in an encoded word labelled base64": codec_label_subject,
+    "a From display name in an encoded word labelled rot13": codec_label_from_name,
     "base64 declared with a trailing space": base64_trailing_space,
     "base64 one character past a group of four": base64_one_past,
     "UTF-16 without a byte-order mark, plain and HTML": utf16_without_bom,
