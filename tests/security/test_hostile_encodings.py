@@ -218,3 +218,16 @@ def test_supercite_quotes_alternating_with_answers_are_filed_in_linear_time(
     body = filed_body(sessions)
     assert body.startswith(REPLY) and body.endswith("an answer to it")
     assert body.count("an answer to it") == 4_000
+
+
+def test_a_from_of_thousands_of_encoded_words_is_refused_quickly(
+    gateway: GatewayThread, world: World, sessions: sessionmaker[Session]
+) -> None:
+    """The header parser takes time quadratic in a From's encoded words (224 KB: 16 s,
+    during the SMTP dialogue); no person's From is that long, so it names no mailbox."""
+    name = "\r\n ".join(["=?utf-8?q?Cl=C3=A9o?="] * 10_000)  # folded, one word a line
+    started = time.monotonic()
+    answer = send(gateway, world, head(world, "text/plain; charset=utf-8", name=name) + b"Yes\r\n")
+    assert time.monotonic() - started < 10
+    assert_refused(answer, 550, "5.7.1", "sender_mismatch")
+    assert queued(sessions) == []
