@@ -63,7 +63,7 @@ def remove_quotes(
     if not runs:
         return list(lines), []
     after = _After(lines, runs)
-    drop = [False] * len(lines)
+    drop = bytearray(len(lines))  # 1 where a line goes; a byte a line, not a list slot
     # Headers removed from the middle of kept text: the spacing around them stays as written.
     elided: set[int] = set()
     has_text = any(kind == TEXT for kind, _, _ in runs)
@@ -152,30 +152,24 @@ class _After:
     def __init__(self, lines: list[str], runs: list[tuple[str, int, int]]) -> None:
         n = len(runs)
         size = n + 2
-        self.header = [False] * size
-        self.text = [False] * size
-        self.quoted = [False] * size
-        self.answered = [False] * size
-        self.ends_answered = [True] * size
-        stop = ["E"] * size  # the first quote ("Q"), header ("H") or end ("E") from j on
-        words = [0] * size  # non-blank text lines from j up to that stop
+        # A byte per run each (not a list slot of 8): runs can be as many as lines.
+        self.header = bytearray(size)
+        self.text = bytearray(size)
+        self.quoted = bytearray(size)
+        self.answered = bytearray(size)
+        self.ends_answered = bytearray(b"\x01" * size)
+        stop = "E"  # the first quote ("Q"), header ("H") or end ("E") after run j
+        words = 0  # non-blank text lines after run j up to that stop
         for j in range(n - 1, -1, -1):
             kind, start, end = runs[j]
             self.header[j] = kind == HEADER or self.header[j + 1]
             self.text[j] = kind == TEXT or self.text[j + 1]
             self.quoted[j] = kind == QUOTED or self.quoted[j + 1]
-            if kind in (HEADER, QUOTED):
-                stop[j], words[j] = ("H" if kind == HEADER else "Q"), 0
-            else:
-                count = sum(1 for line in lines[start:end] if line.strip()) if kind == TEXT else 0
-                stop[j], words[j] = stop[j + 1], words[j + 1] + count
+            count = sum(1 for line in lines[start:end] if line.strip()) if kind == TEXT else 0
             if kind == HEADER:
                 self.answered[j] = False
-            elif kind == TEXT and words[j] > words[j + 1]:
-                mine = words[j] - words[j + 1]
-                self.answered[j] = (
-                    stop[j + 1] == "Q" or mine + words[j + 1] >= INLINE_ANSWER_MIN_LINES
-                )
+            elif count:
+                self.answered[j] = stop == "Q" or count + words >= INLINE_ANSWER_MIN_LINES
             else:
                 self.answered[j] = self.answered[j + 1]
             if kind == HEADER:
@@ -184,15 +178,19 @@ class _After:
                 self.ends_answered[j] = kind != QUOTED
             else:
                 self.ends_answered[j] = self.ends_answered[j + 1]
+            if kind in (HEADER, QUOTED):
+                stop, words = ("H" if kind == HEADER else "Q"), 0
+            else:
+                words += count
 
 
-def _drop_run(drop: list[bool], run: tuple[str, int, int]) -> None:
+def _drop_run(drop: bytearray, run: tuple[str, int, int]) -> None:
     for j in range(run[1], run[2]):
         drop[j] = True
 
 
 def _apply(
-    lines: list[str], drop: list[bool], layers: list[str], elided: set[int] | None = None
+    lines: list[str], drop: bytearray, layers: list[str], elided: set[int] | None = None
 ) -> tuple[list[str], list[str]]:
     # Blank lines right after a removed quote go with it, so the text keeps one separator.
     for i in range(1, len(lines)):

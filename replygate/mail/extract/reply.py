@@ -101,6 +101,11 @@ def extract_reply(body: str, *, html: bool = False, budget_s: float = 0.5) -> Re
                 return ReplyParts(text, "", html_quote, text, False, tuple(layers))
         parts = _extract_text(_normalise_newlines(body), clock, layers)
     except _Overrun:
+        overrun = True
+    else:
+        overrun = False
+    if overrun:
+        # Out of the except block, so the layers' lists die with their frames first.
         # HTML cut short before its rendering is rendered once more, without a budget
         # (linear); a finished rendering keeps its "> " quote prefixes for the cheap cut.
         text = body if rendered else html_to_text(body)
@@ -166,23 +171,35 @@ DEGRADED_HEADER_LINES = 2_000
 
 
 def _degraded(text: str, quote: str) -> ReplyParts:
-    """The cheap fallback: everything above the first quoted line, marker or header line."""
-    lines = text.split("\n")
-    cut = len(lines)
-    for i, line in enumerate(lines):
+    """The cheap fallback: everything above the first quoted line, marker or header line.
+
+    Walks the text by offsets, one line alive at a time, and cuts it by slicing:
+    it runs when the budget is spent, so it must not build a list of lines.
+    """
+    cut, at, i = len(text), 0, 0
+    while True:
+        nl = text.find("\n", at)
+        line = text[at:] if nl == -1 else text[at:nl]
         head = line[:200]
-        if is_quoted(head) or REPLY_ABOVE_LINE in line:
-            cut = i
-            break
-        if i < DEGRADED_HEADER_LINES and (
-            qh.carries_own_message_id(head)
-            or qh.is_separator(head)
-            or (len(line) <= qh.MAX_HEADER_LINE and qh.is_wrote_header(line))
+        if (
+            is_quoted(head)
+            or REPLY_ABOVE_LINE in line
+            or (
+                i < DEGRADED_HEADER_LINES
+                and (
+                    qh.carries_own_message_id(head)
+                    or qh.is_separator(head)
+                    or (len(line) <= qh.MAX_HEADER_LINE and qh.is_wrote_header(line))
+                )
+            )
         ):
-            cut = i
+            cut = at
             break
-    reply = "\n".join(lines[:cut]).strip("\n")
-    rest = "\n".join(lines[cut:]).strip("\n")
+        if nl == -1:
+            break
+        at, i = nl + 1, i + 1
+    reply = text[:cut].strip("\n")
+    rest = text[cut:].strip("\n")
     quote = "\n".join(q for q in (rest, quote) if q)
     return ReplyParts(reply, "", quote, reply, True, ("degraded",))
 
