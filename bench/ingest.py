@@ -120,7 +120,7 @@ def main() -> None:
 
                     @contextlib.contextmanager
                     def pair(p, w=world):
-                        with gateway(w, p), gateway(w, p):
+                        with gateway(w, p, reuse_port=True), gateway(w, p, reuse_port=True):
                             yield
 
                     servers["2×pg"] = (pair, w_rcpt(world), world)

@@ -179,18 +179,23 @@ def wait_ready(notify: socket.socket, count: int, timeout: float = 120) -> None:
 
 
 @contextlib.contextmanager
-def gateway(world: World, port: int, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+def gateway(
+    world: World, port: int, *, reuse_port: bool = False, **env: str
+) -> Iterator[subprocess.Popen[bytes]]:
     """``replygate serve --role gateway``, yielded once it has said READY=1.
 
-    Waiting for the port is not enough when a second gateway shares it
-    (SO_REUSEPORT): the first already answers while the second is still
-    importing, and its start-up would be measured as the pair's throughput.
+    Gateways sharing a port must each be started with ``reuse_port``
+    (``--reuse-port``, SO_REUSEPORT). Waiting for the port is not enough when
+    a second gateway shares it: the first already answers while the second is
+    still importing, and its start-up would be measured as the pair's throughput.
     """
     with tempfile.TemporaryDirectory(prefix="replygate-notify-") as tmp:
         path = str(Path(tmp) / "notify")
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
             notify.bind(path)
             serve = [REPLYGATE, "serve", "--role", "gateway", "--smtp", f"127.0.0.1:{port}"]
+            if reuse_port:
+                serve.append("--reuse-port")
             with process(serve, env=world.env(NOTIFY_SOCKET=path, **env)) as proc:
                 deadline = time.monotonic() + 120
                 while True:

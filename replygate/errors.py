@@ -4,6 +4,7 @@
     ├── ConfigError          configuration is missing or contradictory
     ├── NotFound             a named user, Circle, thread or queue entry does not exist
     ├── Invalid              a request the domain refuses (bad role, empty body, ...)
+    ├── StartupError         a part of ``serve`` cannot start (port taken, schema behind)
     └── InboundRefused       an inbound mail we refuse in the SMTP dialogue
         ├── NotAReplyAddress   recipient is not reply+<token>@<reply domain>
         ├── UnknownToken       token well-formed but never issued (or forged)
@@ -39,6 +40,12 @@ class NotFound(ReplygateError):
 
 class Invalid(ReplygateError):
     """Raised when a request breaks a domain rule."""
+
+
+class StartupError(ReplygateError):
+    """Raised when a part of the service cannot start: its port is taken, or the
+    database's schema is not the one this release writes. The message is one
+    sentence the operator can act on."""
 
 
 class InboundRefused(ReplygateError):

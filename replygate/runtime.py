@@ -10,12 +10,14 @@ import asyncio
 import contextlib
 import gc
 import signal
+import socket
 from enum import StrEnum
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate import sdnotify
 from replygate.config import Settings
+from replygate.errors import StartupError
 from replygate.logs import get_logger
 from replygate.workers.drain import outbound_worker
 from replygate.workers.inbound import InboundWorker
@@ -71,23 +73,38 @@ async def run_service(
     portal_addr: tuple[str, int] | None = None,
     stop: asyncio.Event | None = None,
     ready: asyncio.Event | None = None,
+    reuse_port: bool = False,
 ) -> None:
-    """Run the parts of ``role`` until ``stop`` is set (or a signal arrives)."""
+    """Run the parts of ``role`` until ``stop`` is set (or a signal arrives).
+
+    Every listening socket is bound before any part starts or logs, so a port
+    already taken is one ``StartupError`` and nothing else. ``reuse_port`` lets
+    the gateway share its port with other gateway processes (SO_REUSEPORT).
+    """
     stop = stop or asyncio.Event()
+    parts = PARTS[ProcessRole(role)]
+    portal_addr = portal_addr or (settings.portal_host, settings.portal_port)
+    portal_sock = bind_portal(*portal_addr) if Part.PORTAL in parts else None
+    gateway = None
+    if Part.GATEWAY in parts:
+        from replygate.gateway.server import start_gateway
+
+        host, port = smtp_addr or (settings.smtp_host, settings.smtp_port)
+        try:
+            gateway = await start_gateway(
+                settings, factory, host=host, port=port, reuse_port=reuse_port
+            )
+        except BaseException:
+            if portal_sock is not None:
+                portal_sock.close()
+            raise
+        log.info("gateway.listening", host=host, port=gateway.port, reuse_port=reuse_port)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
-    parts = PARTS[ProcessRole(role)]
     tasks: list[asyncio.Task[None]] = []
-    gateway = None
     try:
-        if Part.GATEWAY in parts:
-            from replygate.gateway.server import start_gateway
-
-            host, port = smtp_addr or (settings.smtp_host, settings.smtp_port)
-            gateway = await start_gateway(settings, factory, host=host, port=port)
-            log.info("gateway.listening", host=host, port=gateway.port)
         # Set by the engine when it has written notifications; the outbound
         # worker of this process then delivers them without waiting to poll.
         notified = asyncio.Event()
@@ -108,10 +125,12 @@ async def run_service(
         if Part.PORTAL in parts:
             from replygate.portal.server import run_portal
 
-            host, port = portal_addr or (settings.portal_host, settings.portal_port)
+            host, port = portal_addr
             started = asyncio.Event()
             portal = asyncio.create_task(
-                run_portal(settings, factory, stop, host=host, port=port, started=started)
+                run_portal(
+                    settings, factory, stop, host=host, port=port, started=started, sock=portal_sock
+                )
             )
             tasks.append(portal)
             await _until_started(portal, started)
@@ -129,7 +148,29 @@ async def run_service(
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if portal_sock is not None:
+            portal_sock.close()
         log.info("service.stopped", role=role)
+
+
+def bind_portal(host: str, port: int) -> socket.socket:
+    """The portal's listening socket, bound (uvicorn listens on it); ``StartupError``
+    with one sentence when the address is taken or refused."""
+    from replygate.gateway.server import listen_failure
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise StartupError(listen_failure(host, port, exc, "another web server")) from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(listen_failure(host, port, exc, "another web server")) from exc
+    sock.set_inheritable(True)
+    return sock
 
 
 async def _until_started(task: asyncio.Task[None], started: asyncio.Event) -> None:

@@ -12,6 +12,36 @@ import click
 
 from replygate import logs
 from replygate.cli import App, clean_errors, pass_app
+from replygate.errors import StartupError
+
+
+class StartFailed(click.ClickException):
+    """A start-up failure: one line on stderr, ``replygate: <sentence>``, exit status 1."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"replygate: {self.format_message()}", err=True, file=file)
+
+
+def _check_schema(app: App, migrate: bool) -> None:
+    """Refuse to start on a database without the newest schema (``--migrate`` first
+    brings it there), instead of failing on every query of every loop."""
+    from replygate.store.db import schema_problem, upgrade
+
+    if migrate:
+        upgrade(app.settings.database_url)
+    problem = schema_problem(app.engine)
+    if problem is not None:
+        raise StartFailed(problem)
+
+
+def _start(app: App, migrate: bool, coro: Coroutine[Any, Any, None]) -> None:
+    try:
+        _check_schema(app, migrate)
+        _run_async(coro)
+    except StartupError as exc:
+        raise StartFailed(str(exc)) from exc
+    finally:
+        coro.close()  # never awaited when the check refused to start
 
 
 def _host_port(value: str | None, default_host: str, default_port: int) -> tuple[str, int]:
@@ -44,23 +74,36 @@ def _run_async(coro: Coroutine[Any, Any, None]) -> None:
     show_default=True,
     help="Run everything in one process, or one part of it.",
 )
+@click.option(
+    "--reuse-port",
+    is_flag=True,
+    help="Share the SMTP port with other gateway processes of this deployment "
+    "(SO_REUSEPORT; each must be started with it). Without it a port in use is an error.",
+)
+@click.option("--migrate", is_flag=True, help="Bring the database schema up to date first.")
 @pass_app
 @clean_errors
-def serve(app: App, smtp: str | None, portal: str | None, role: str) -> None:
-    """Run the gateway, the engine and outbound workers and the portal until Ctrl-C."""
+def serve(
+    app: App, smtp: str | None, portal: str | None, role: str, reuse_port: bool, migrate: bool
+) -> None:
+    """Run the gateway, the engine and outbound workers and the portal until Ctrl-C.
+
+    Any start-up failure (a port in use, a schema behind this release) is one
+    line on stderr and exit status 1.
+    """
     smtp_addr = _host_port(smtp, app.settings.smtp_host, app.settings.smtp_port)
     portal_addr = _host_port(portal, app.settings.portal_host, app.settings.portal_port)
     from replygate.runtime import run_service
 
-    _run_async(
-        run_service(
-            app.settings,
-            app.factory,
-            role=role,
-            smtp_addr=smtp_addr,
-            portal_addr=portal_addr,
-        )
+    service = run_service(
+        app.settings,
+        app.factory,
+        role=role,
+        smtp_addr=smtp_addr,
+        portal_addr=portal_addr,
+        reuse_port=reuse_port,
     )
+    _start(app, migrate, service)
 
 
 @click.command("worker")
@@ -73,10 +116,11 @@ def worker(app: App, once: bool) -> None:
     from replygate.workers.drain import drain_once
 
     if once:
+        _check_schema(app, migrate=False)
         filed, delivered = drain_once(app.settings, app.factory)
         click.echo(f"processed {filed} inbound mail(s), delivered {delivered} notification(s)")
         return
-    _run_async(run_service(app.settings, app.factory, role="worker"))
+    _start(app, False, run_service(app.settings, app.factory, role="worker"))
 
 
 @click.command("ingest")

@@ -12,12 +12,18 @@ Options from the settings: STARTTLS when ``smtp_tls_cert`` and
 ``smtp_require_starttls``); a PROXY protocol header expected first on every
 connection with ``smtp_proxy_protocol`` (the gateway must then be reachable
 from the load balancer only: whoever connects may name any client).
+
+Port sharing is opt-in (``reuse_port``, ``serve --reuse-port``): several
+gateway processes of one deployment on one host then share the port and the
+kernel spreads connections over them. Without it a port already taken is a
+``StartupError``, never a second server silently taking half the mail.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ssl
 import sys
 import threading
@@ -28,13 +34,13 @@ from typing import Self
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
-from replygate.errors import ConfigError
+from replygate.errors import ConfigError, StartupError
 from replygate.gateway.handler import GatewayHandler
 from replygate.gateway.protocol import GatewaySMTP, check_aiosmtpd
 from replygate.gateway.shared import Shared
 
 STOP_GRACE_SECONDS = 5.0
-REUSE_PORT = sys.platform == "linux"
+REUSE_PORT_SUPPORTED = sys.platform == "linux"
 GIL_SWITCH_SECONDS = 0.001
 BACKLOG = 1024
 
@@ -71,6 +77,18 @@ def protocol_factory(settings: Settings, handler: GatewayHandler) -> Callable[[]
     return make
 
 
+def listen_failure(host: str, port: int, exc: OSError, other: str) -> str:
+    """The sentence for a socket that could not be bound; ``other`` names who else
+    might hold the port ("another mail server")."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"cannot listen on {where}: address already in use (another replygate, or {other}?)"
+    if exc.errno == errno.EACCES:
+        return f"cannot listen on {where}: permission denied (a port below 1024 needs privileges)"
+    reason = (exc.strerror or str(exc)).lower()
+    return f"cannot listen on {where}: {reason}"
+
+
 class Gateway:
     """The listening SMTP server in the current loop; ``start`` then ``stop``."""
 
@@ -82,8 +100,10 @@ class Gateway:
         host: str | None = None,
         port: int | None = None,
         handler: GatewayHandler | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.settings = settings
+        self.reuse_port = reuse_port
         self.host = settings.smtp_host if host is None else host
         self.port = settings.smtp_port if port is None else port
         self.handler = handler or GatewayHandler(settings, factory)
@@ -98,11 +118,15 @@ class Gateway:
         make = protocol_factory(self.settings, self.handler)
         self._open = make.shared.open  # type: ignore[attr-defined]
         loop = asyncio.get_running_loop()
-        # SO_REUSEPORT: several gateway processes on one host share the port and
-        # the kernel spreads connections over them.
-        self._server = await loop.create_server(
-            make, self.host, self.port, reuse_port=REUSE_PORT, backlog=BACKLOG
-        )
+        reuse_port = self.reuse_port and REUSE_PORT_SUPPORTED
+        try:
+            self._server = await loop.create_server(
+                make, self.host, self.port, reuse_port=reuse_port, backlog=BACKLOG
+            )
+        except OSError as exc:
+            raise StartupError(
+                listen_failure(self.host, self.port, exc, "another mail server")
+            ) from exc
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
@@ -142,9 +166,12 @@ async def start_gateway(
     *,
     host: str | None = None,
     port: int | None = None,
+    reuse_port: bool = False,
 ) -> Gateway:
-    """Start the gateway in the running loop (defaults: ``settings.smtp_host/smtp_port``)."""
-    gateway = Gateway(settings, factory, host=host, port=port)
+    """Start the gateway in the running loop (defaults: ``settings.smtp_host/smtp_port``).
+
+    Raises ``StartupError`` when the address cannot be bound."""
+    gateway = Gateway(settings, factory, host=host, port=port, reuse_port=reuse_port)
     await gateway.start()
     return gateway
 

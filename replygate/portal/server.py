@@ -86,11 +86,14 @@ async def run_portal(
     host: str | None = None,
     port: int | None = None,
     started: asyncio.Event | None = None,
+    sock: socket.socket | None = None,
 ) -> None:
     """Serve the portal until ``stop`` is set; ``started`` is set once it listens.
 
-    Raises ``OSError`` if the address cannot be bound (uvicorn reports that by
-    exiting, which we turn into an error the caller can show).
+    ``sock``, when given, is the socket already bound to ``host:port`` (``serve``
+    binds it before anything starts, so a port taken is one clear error).
+    Otherwise raises ``OSError`` if the address cannot be bound (uvicorn reports
+    that by exiting, which we turn into an error the caller can show).
     """
     host = host or settings.portal_host
     port = settings.portal_port if port is None else port
@@ -103,7 +106,8 @@ async def run_portal(
     server = PortalServer(
         portal_config(create_app(settings, factory), host, port), on_started=listening
     )
-    serving = asyncio.create_task(server.serve(), name="portal")
+    sockets = None if sock is None else [sock]
+    serving = asyncio.create_task(server.serve(sockets=sockets), name="portal")
     stopping = asyncio.create_task(stop.wait(), name="portal-stop")
     try:
         done, _ = await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)

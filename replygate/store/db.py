@@ -99,3 +99,32 @@ def current_revision(engine: Engine) -> str | None:
 
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision() -> str:
+    """The newest Alembic revision this release ships."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+    assert head is not None, "no migrations shipped"
+    return head
+
+
+def schema_problem(engine: Engine) -> str | None:
+    """None when the database has the schema this release writes (the newest
+    revision), else one sentence saying what is wrong and what to run."""
+    from alembic.script import ScriptDirectory
+
+    current, head = current_revision(engine), head_revision()
+    if current == head:
+        return None
+    fix = "run `replygate db upgrade` first (or start with `replygate serve --migrate`)"
+    if current is None:
+        return f"the database has no replygate schema yet: {fix}"
+    known = {script.revision for script in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}
+    if current in known:
+        return f"the database schema is at revision {current}, behind {head}: {fix}"
+    return (
+        f"the database schema is at revision {current}, which this replygate does not know "
+        f"(written by a newer release?); its newest is {head}"
+    )

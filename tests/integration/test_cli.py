@@ -220,7 +220,7 @@ COMMANDS = {
     "queue show": ["--json", "--raw", "inbound_id"],
     "queue stats": ["--json"],
     "send": ["--body", "--from", "--json", "--subject", "--to"],
-    "serve": ["--portal", "--role", "--smtp"],
+    "serve": ["--migrate", "--portal", "--reuse-port", "--role", "--smtp"],
     "settings convenience": ["--acknowledge-hipaa", "--by", "state"],
     "settings dmarc-policy": ["policy"],
     "settings sender-policy": ["policy"],

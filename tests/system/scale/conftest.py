@@ -100,8 +100,10 @@ class Processes:
         self.running.append(proc)
         return proc
 
-    def gateway(self, port: int) -> subprocess.Popen[bytes]:
-        proc = self.start("serve", "--role", "gateway", "--smtp", f"127.0.0.1:{port}")
+    def gateway(self, port: int, *, reuse_port: bool = False) -> subprocess.Popen[bytes]:
+        """A gateway process; gateways sharing one port each need ``reuse_port``."""
+        args = ["serve", "--role", "gateway", "--smtp", f"127.0.0.1:{port}"]
+        proc = self.start(*args, *(["--reuse-port"] if reuse_port else []))
         wait_for(lambda: port_open("127.0.0.1", port), timeout=30, what="the gateway")
         return proc
 

@@ -40,8 +40,8 @@ def test_two_gateways_two_workers_file_every_reply_once_in_order(
 ) -> None:
     threads = seed_threads(sessions, settings, THREADS)
     port = free_port()
-    processes.gateway(port)
-    processes.gateway(port)  # the same port: SO_REUSEPORT
+    processes.gateway(port, reuse_port=True)
+    processes.gateway(port, reuse_port=True)  # the same port: SO_REUSEPORT
     doomed = processes.worker()
     processes.worker()
 
