@@ -17,7 +17,10 @@
         ├── MessageTooLarge    message exceeds the configured size limit
         ├── NestedTooDeep      MIME parts nested deeper than any mail client nests them
         ├── AttachmentTooLarge an attachment, or all of them, exceed their size limits
+        ├── TooManyAttachments the message carries more files than we accept
         └── AttachmentTypeRefused an attachment's content type is not on the allow-list
+            ├── AttachmentNameRefused     its name runs when clicked or hides characters
+            └── AttachmentContentMismatch its content or name is not its declared type
 
 The gateway maps each ``InboundRefused`` subclass to one SMTP reply in
 ``replygate.gateway.replies``; nothing else decides SMTP codes.
@@ -100,5 +103,19 @@ class AttachmentTooLarge(InboundRefused):
     """Raised when one attachment or their total exceeds the configured limits."""
 
 
+class TooManyAttachments(InboundRefused):
+    """Raised when a message carries more files than ``max_attachments``."""
+
+
 class AttachmentTypeRefused(InboundRefused):
     """Raised when an attachment's content type is outside the allow-list."""
+
+
+class AttachmentNameRefused(AttachmentTypeRefused):
+    """Raised when an attachment's name ends in an extension a click runs or renders
+    (``.exe``, ``.js``, ``.html``), or holds control or bidi characters."""
+
+
+class AttachmentContentMismatch(AttachmentTypeRefused):
+    """Raised when an attachment's bytes or name are not of the type it declares
+    (a program declared ``image/png``, ``x.html`` declared ``image/png``)."""

@@ -11,9 +11,10 @@ refused over SMTP is refused through ``replygate ingest`` for the same reason:
   else raises the ``InboundRefused`` subclass that says why;
 - size: at most ``settings.max_message_size`` bytes, parts nested at most
   ``nesting.MAX_NESTING`` levels (554 5.6.0: parsers recurse per level);
-- attachments: within the per-file and total limits and of an allowed type
-  (the engine's own rules, ``threading.attachments``), checked here so the
-  sender hears why instead of the reply vanishing;
+- attachments: not too many, each of an allowed type that its name and
+  content agree with, within the per-file and total limits (the worker's
+  own rules, ``mail.attachments``), checked here so the sender hears why
+  instead of the reply vanishing;
 - sender: the message's single From header names the address each token was
   issued to (not checked for bounce addresses: a DSN comes from a mailer).
   When the organisation's sender policy is ``hold``, a mismatch is accepted
@@ -42,6 +43,7 @@ from replygate.errors import SenderMismatch, UnknownBounceAddress
 from replygate.mail.classify import verp_notification_id
 from replygate.mail.decisions import DataChecked, Decision, RecipientAccepted, Stored
 from replygate.mail.headers import Headers, read_headers
+from replygate.mail.mime_walk import only_body
 from replygate.mail.parse import parse_message
 from replygate.mail.policy import (
     Policy,
@@ -140,6 +142,7 @@ def acceptance_policy(settings: Settings) -> Policy:
         attachment_types=settings.attachment_allow_list,
         trusted_authserv=settings.trusted_authserv,
         allow_plus_tags=settings.sender_allow_plus_tags,
+        max_attachments=settings.max_attachments,
     )
 
 
@@ -166,10 +169,16 @@ def check_sender(policy: Policy, headers: Headers, recipients: list[Recipient]) 
 def check_attachments(
     policy: Policy, raw: bytes, headers: Headers, recipients: list[Recipient]
 ) -> DataChecked:
-    """Refuse attachments the worker would refuse; a plain-text reply is not parsed at all."""
+    """Refuse attachments the worker would refuse.
+
+    A reply that is one body part (text/plain or text/html, unnamed, not an
+    attachment: what the parser reads as body) is not parsed whole; one
+    text part named or marked as an attachment is a file like any other.
+    """
     if not any(r.route is not None for r in recipients):
         return DataChecked("attachments", attachments="not checked", reason="delivery report")
-    if headers.content_type.startswith("text/"):
+    top = headers.content_type.split(";")[0].strip()
+    if top in ("text/plain", "text/html") and only_body(raw):
         return DataChecked("attachments", attachments=0)
     kept = files_to_keep(policy, parse_message(raw).attachments)
     return DataChecked("attachments", attachments=len(kept))

@@ -26,6 +26,8 @@ from enum import StrEnum
 from types import MappingProxyType
 
 from replygate.errors import (
+    AttachmentContentMismatch,
+    AttachmentNameRefused,
     AttachmentTooLarge,
     AttachmentTypeRefused,
     ConvenienceModeOff,
@@ -37,6 +39,7 @@ from replygate.errors import (
     SenderMismatch,
     TokenExpired,
     TokenRevoked,
+    TooManyAttachments,
     UnknownBounceAddress,
     UnknownToken,
 )
@@ -67,6 +70,9 @@ class Condition(StrEnum):
     NESTED_TOO_DEEP = "nested_too_deep"
     ATTACHMENT_TOO_LARGE = "attachment_too_large"
     ATTACHMENT_TYPE_REFUSED = "attachment_type_refused"
+    ATTACHMENT_NAME_REFUSED = "attachment_name_refused"
+    ATTACHMENT_CONTENT_MISMATCH = "attachment_content_mismatch"
+    TOO_MANY_ATTACHMENTS = "too_many_attachments"
     TOO_MANY_RECIPIENTS = "too_many_recipients"
     LINE_TOO_LONG = "line_too_long"
     TOO_MANY_CONNECTIONS = "too_many_connections"
@@ -211,6 +217,30 @@ CATALOGUE: Mapping[Condition, Reply] = MappingProxyType(
             "5.6.1",
             "an attachment is of a type we do not accept; please send documents as PDF or "
             "images, or through the portal",
+            EX_NOPERM,
+        ),
+        # X.7.1: refused by policy, whatever the allow-list says.
+        Condition.ATTACHMENT_NAME_REFUSED: Reply(
+            550,
+            "5.7.1",
+            "an attachment's name is not accepted: we refuse programs, scripts, web pages "
+            "and names with hidden characters; please rename the file or use the portal",
+            EX_NOPERM,
+        ),
+        # X.6.1 media not supported: the content is not the media type it declares.
+        Condition.ATTACHMENT_CONTENT_MISMATCH: Reply(
+            554,
+            "5.6.1",
+            "an attachment's content does not match its name or type (for example a "
+            "program named as a document); please attach the original file, or use the portal",
+            EX_NOPERM,
+        ),
+        # X.3.4 message too big for system: one mail carries at most so many files.
+        Condition.TOO_MANY_ATTACHMENTS: Reply(
+            552,
+            "5.3.4",
+            "this message carries more attachments than we accept by email; please send "
+            "fewer files per reply, or upload them in the portal",
             EX_NOPERM,
         ),
         Condition.TOO_MANY_RECIPIENTS: Reply(
@@ -363,6 +393,9 @@ REFUSALS: Mapping[type[InboundRefused], Condition] = MappingProxyType(
         NestedTooDeep: Condition.NESTED_TOO_DEEP,
         AttachmentTooLarge: Condition.ATTACHMENT_TOO_LARGE,
         AttachmentTypeRefused: Condition.ATTACHMENT_TYPE_REFUSED,
+        AttachmentNameRefused: Condition.ATTACHMENT_NAME_REFUSED,
+        AttachmentContentMismatch: Condition.ATTACHMENT_CONTENT_MISMATCH,
+        TooManyAttachments: Condition.TOO_MANY_ATTACHMENTS,
     }
 )
 

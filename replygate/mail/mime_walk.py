@@ -15,6 +15,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from email import policy
 from email.message import Message
+from email.parser import BytesHeaderParser
 
 from replygate.mail.decoding import (
     decode_base64,
@@ -23,7 +24,7 @@ from replygate.mail.decoding import (
     transfer_encoding,
 )
 
-__all__ = ["MAX_DEPTH", "MAX_PARTS", "FoundFile", "Walk", "walk"]
+__all__ = ["MAX_DEPTH", "MAX_PARTS", "FoundFile", "Walk", "is_text_body", "only_body", "walk"]
 
 # Bounds on what one mail may cost us; past them we stop walking and say so.
 MAX_PARTS = 500
@@ -85,7 +86,6 @@ def walk(message: Message) -> Walk:
             out.defects.append(f"more than {MAX_PARTS} MIME parts; the rest ignored")
             break
         ctype = part.get_content_type()
-        disposition = (part.get_content_disposition() or "").lower()
         if part.is_multipart() and ctype.startswith("multipart/"):
             if depth >= MAX_DEPTH:
                 out.defects.append(f"MIME nesting deeper than {MAX_DEPTH}; inner parts ignored")
@@ -112,9 +112,6 @@ def walk(message: Message) -> Walk:
             _attach_message(out, part, inner_msg, index)
             continue
         filename = _filename(part, index, out.defects)
-        is_text_body = (
-            ctype in ("text/plain", "text/html") and not filename and disposition != "attachment"
-        )
         notes: list[str] = []
         try:
             raw = _decoded_payload(part, notes)
@@ -122,7 +119,7 @@ def walk(message: Message) -> Walk:
             out.defects.append(f"part {index} ({ctype}): payload unreadable: {exc}")
             raw = b""
         out.defects.extend(f"part {index} ({ctype}): {note}" for note in notes)
-        if is_text_body:
+        if is_text_body(part, filename):
             text, note = decode_text(raw, part.get_content_charset())
             if note:
                 out.defects.append(f"part {index} ({ctype}): {note}")
@@ -137,6 +134,28 @@ def walk(message: Message) -> Walk:
             )
         )
     return out
+
+
+def is_text_body(part: Message, filename: str | None) -> bool:
+    """Whether a leaf is body text: text/plain or text/html, unnamed, not an attachment."""
+    disposition = (part.get_content_disposition() or "").lower()
+    return (
+        part.get_content_type() in ("text/plain", "text/html")
+        and not filename
+        and disposition != "attachment"
+    )
+
+
+def only_body(raw: bytes) -> bool:
+    """Whether a message is one part that ``walk`` reads as body, so it carries no file.
+
+    Judged from the header block alone, so a plain reply need not be parsed whole.
+    """
+    try:
+        top = BytesHeaderParser(policy=policy.compat32).parsebytes(raw)
+    except Exception:
+        return False
+    return is_text_body(top, _filename(top, 0, []))
 
 
 def _children(part: Message) -> list[Message | str]:

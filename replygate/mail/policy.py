@@ -15,9 +15,10 @@ differently, nor the other way round. Rules, in the order they apply:
    and under the ``require-pass`` policy one says it passed (``check_dmarc``);
    a result counts only for the From domain, and untrusted ones are ignored,
    since anyone can write one;
-4. attachments: each of an allowed type and within the per-file and total
-   limits (``files_to_keep``); inline images referenced from the HTML are
-   dropped, not refused.
+4. attachments: at most ``max_attachments`` files, each of an allowed type
+   whose name and content agree with it, and within the per-file and total
+   limits (``files_to_keep``, rules in ``attachments``); inline images
+   referenced from the HTML are dropped, not refused.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Policy:
     trusted_authserv: frozenset[str] = frozenset()
     allow_plus_tags: bool = False
     max_nesting: int = nesting.MAX_NESTING
+    max_attachments: int = 20
 
 
 def check_size(policy: Policy, size: int) -> None:
@@ -103,4 +105,5 @@ def files_to_keep(policy: Policy, files: Iterable[Attachment]) -> list[Attachmen
         max_file=policy.attachment_max_bytes,
         max_total=policy.attachments_total_max_bytes,
         allowed=policy.attachment_types,
+        max_count=policy.max_attachments,
     )
