@@ -5,6 +5,7 @@
     ├── NotFound             a named user, Circle, thread or queue entry does not exist
     ├── Invalid              a request the domain refuses (bad role, empty body, ...)
     ├── StartupError         a part of ``serve`` cannot start (port taken, schema behind)
+    ├── HeaderMismatch       a composed notification's headers are not the ones intended
     └── InboundRefused       an inbound mail we refuse in the SMTP dialogue
         ├── NotAReplyAddress   recipient is not reply+<token>@<reply domain>
         ├── UnknownToken       token well-formed but never issued (or forged)
@@ -49,6 +50,14 @@ class StartupError(ReplygateError):
     """Raised when a part of the service cannot start: its port is taken, or the
     database's schema is not the one this release writes. The message is one
     sentence the operator can act on."""
+
+
+class HeaderMismatch(ReplygateError):
+    """Raised when a composed mail, parsed back, has other headers than we meant to write.
+
+    Text that became a header of its own (a ``Bcc``, a ``Content-Type``) is
+    the sign of an injection; such a mail is never sent.
+    """
 
 
 class InboundRefused(ReplygateError):

@@ -26,7 +26,8 @@ from sqlalchemy import ColumnElement, and_, insert, or_, select, true
 from sqlalchemy.orm import Session, make_transient_to_detached, selectinload, sessionmaker
 
 from replygate.config import Settings
-from replygate.errors import Invalid, NotFound
+from replygate.errors import HeaderMismatch, Invalid, NotFound
+from replygate.logs import get_logger
 from replygate.mail import reply_token
 from replygate.mail.compose import Notification, compose
 from replygate.mail.verp import bounce_key
@@ -57,6 +58,8 @@ MAX_SUBJECT = 500
 _FILED = directory.TRANSACTION_CACHE + "messaging.filed"
 _FILED_COVERED = directory.TRANSACTION_CACHE + "messaging.filed_covered"
 _THREADS = directory.TRANSACTION_CACHE + "messaging.threads"
+
+log = get_logger("replygate.messaging")
 
 
 def people_open_to(role: str) -> ColumnElement[bool]:
@@ -449,10 +452,25 @@ class Messaging:
                 )
             else:
                 notification = secure
+            try:
+                composed = compose(notification)
+            except HeaderMismatch as exc:
+                # The message stays stored and readable in the portal; only
+                # this mail, whose headers are not the ones meant, is not sent.
+                log.error(
+                    "notification refused",
+                    reason=str(exc),
+                    notification_id=notification_id,
+                    kind=notification.mode,
+                    thread_id=thread.id,
+                    message_id=message.id,
+                    user_id=person.id,
+                )
+                continue
             suppressed = person.address_status == AddressStatus.SUPPRESSED
             outbox.add(
                 session,
-                compose(notification),
+                composed,
                 kind=notification.mode,
                 user_id=person.id,
                 thread_id=thread.id,

@@ -9,6 +9,12 @@ Two modes, decided by the organisation and passed in by the caller:
   ``Reply-To`` and the "reply above this line" marker the threading engine
   cuts replies at.
 
+Every header made from a person's text (the subject, display names) is
+decoded, cleaned of control characters and encoded here (``header_text``),
+then stored as it is: the email package never folds it. The result is parsed
+back, and a mail whose headers are not exactly those intended (names, count,
+order) is refused with ``HeaderMismatch``.
+
 Both modes stamp headers that keep machines quiet and let us recognise our own
 mail coming back: ``Auto-Submitted: auto-generated`` (RFC 3834),
 ``X-Auto-Response-Suppress: All`` (Exchange/Outlook), ``Precedence: bulk``
@@ -27,12 +33,13 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import policy, quoprimime
-from email.headerregistry import Address
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from email.utils import format_datetime, getaddresses
 from typing import Literal
 
+from replygate.errors import HeaderMismatch
+from replygate.mail import header_text
 from replygate.mail.markers import (
     LOOP_HEADER,
     MESSAGE_ID_PREFIX,
@@ -45,10 +52,10 @@ SECURE_SUBJECT = "You have a new secure message"
 
 # C0 and C1 controls and Unicode line separators: all of them break a header line.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
-_MSG_ID = re.compile(r"^<[^<>\s]+@[^<>\s]+>$")
-# Python before 3.12.8/3.13.1 drops the quotes around a display name that it
-# has to fold across lines, so "Smith, John" would turn into two mailboxes.
-# Names this short never need folding; ``_verify`` checks the result anyway.
+# No "=?" in a Message-ID we pass on: the email package would decode it as an
+# encoded word (even inside the angle brackets) and could write a CR/LF back.
+_MSG_ID = re.compile(r"^<(?!.*=\?)[^<>\s]+@[^<>\s]+>$")
+# A display name is a name: longer ones are cut.
 MAX_DISPLAY_NAME = 64
 # What ``_set`` may store without the email package's parse and refold: printable
 # ASCII words separated by single spaces (an encoded word "=?" is refused apart),
@@ -57,11 +64,9 @@ _MAX_LINE = 78
 # Off, every header and the body go through the email package: the tests compare.
 _STORE_PLAIN_AS_IS = True
 _PLAIN_VALUE = re.compile(r"^[!-~]+(?: [!-~]+)*$")
-# A display name of atext words, which the package neither quotes nor encodes, and a
-# dot-atom addr-spec (what ``_check_address`` lets through besides is left to the package).
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_PLAIN_PHRASE = re.compile(rf"^{_ATEXT}(?: {_ATEXT})*$")
-_PLAIN_ADDRESS = re.compile(rf"^{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*$")
+# Raw values are written as they are, never refolded (by default policy.SMTP
+# reparses a raw value with a long line, decoding its encoded words).
+_POLICY = policy.SMTP.clone(refold_source="none")
 
 
 @dataclass(frozen=True)
@@ -116,8 +121,10 @@ def compose(n: Notification, *, now: datetime | None = None) -> ComposedMail:
     """Render ``n`` as RFC 5322 bytes (CRLF line endings) with its envelope.
 
     Raises ``ValueError`` for a malformed id, address or mode; header text
-    (names, subject) is cleaned of control characters instead, so a CR/LF in
-    user-supplied text can never start a header of its own.
+    (names, subject) is decoded and cleaned of control characters instead, so
+    a CR/LF in user-supplied text, raw or encoded, can never start a header of
+    its own. Raises ``HeaderMismatch`` when the rendered headers are not the
+    ones intended (a guard against bugs of the email package).
     """
     if n.mode not in ("secure", "content"):
         raise ValueError(f"unknown notification mode: {n.mode!r}")
@@ -125,14 +132,14 @@ def compose(n: Notification, *, now: datetime | None = None) -> ComposedMail:
     envelope_from = verp_sender(n.notification_id, n.reply_domain, n.bounce_key)
     recipient = _check_address(n.to_address)
 
-    msg = EmailMessage(policy=policy.SMTP)
+    msg = EmailMessage(policy=_POLICY)
     if n.mode == "secure":
-        from_name = _one_line(n.organisation)
+        from_name = _person(n.organisation)
         subject = SECURE_SUBJECT
         text = _secure_body(n)
     else:
-        author = _one_line(n.author_name or "")
-        organisation = _one_line(n.organisation)
+        author = _person(n.author_name or "")
+        organisation = _person(n.organisation)
         from_name = (
             f"{author} via {organisation}" if author and organisation else (author or organisation)
         )
@@ -140,15 +147,20 @@ def compose(n: Notification, *, now: datetime | None = None) -> ComposedMail:
         text = _content_body(n)
 
     from_address = _check_address(n.from_address)
-    _set_address(msg, "From", _display_name(from_name), from_address)
-    _set_address(msg, "To", _display_name(n.to_name), recipient)
-    _set(msg, "Subject", subject)
+    written = {
+        "From": header_text.mailbox("From", _display_name(from_name), from_address),
+        "To": header_text.mailbox("To", _display_name(_person(n.to_name)), recipient),
+        "Subject": header_text.unstructured("Subject", subject),
+    }
+    for name, value in written.items():
+        msg.set_raw(name, value)
     _set(msg, "Date", format_datetime((now or datetime.now(UTC)).astimezone(UTC)))
     _set(msg, "Message-ID", message_id)
     if n.mode == "content":
         if not n.reply_address:
             raise ValueError("a content notification needs its reply address")
-        _set_address(msg, "Reply-To", "", _check_address(n.reply_address))
+        written["Reply-To"] = header_text.mailbox("Reply-To", "", _check_address(n.reply_address))
+        msg.set_raw("Reply-To", written["Reply-To"])
         in_reply_to, references = _threading_headers(n)
         if in_reply_to:
             _set(msg, "In-Reply-To", in_reply_to)
@@ -161,7 +173,12 @@ def compose(n: Notification, *, now: datetime | None = None) -> ComposedMail:
     _set_body(msg, text)
     raw = msg.as_bytes()
     reply_to = n.reply_address if n.mode == "content" else None
-    _verify(raw, {"From": from_address, "To": recipient, "Reply-To": reply_to})
+    _verify(
+        raw,
+        msg.keys(),
+        written,
+        {"From": from_address, "To": recipient, "Reply-To": reply_to},
+    )
     return ComposedMail(
         raw=raw,
         message_id=message_id,
@@ -183,19 +200,6 @@ def _set(msg: EmailMessage, name: str, value: str) -> None:
         msg.set_raw(name, value)
     else:
         msg[name] = value
-
-
-def _set_address(msg: EmailMessage, name: str, display_name: str, addr_spec: str) -> None:
-    """One mailbox; plain words as its display name (nothing to quote or encode) go as is."""
-    value = f"{display_name} <{addr_spec}>" if display_name else addr_spec
-    if (
-        _as_is(name, value)
-        and _PLAIN_ADDRESS.match(addr_spec)
-        and (not display_name or _PLAIN_PHRASE.match(display_name))
-    ):
-        msg.set_raw(name, value)
-    else:
-        msg[name] = Address(display_name=display_name, addr_spec=addr_spec)
 
 
 def _set_body(msg: EmailMessage, text: str) -> None:
@@ -226,8 +230,8 @@ def _as_is(name: str, value: str) -> bool:
 
 
 def _secure_body(n: Notification) -> str:
-    greeting = _one_line(n.to_name)
-    organisation = _one_line(n.organisation) or "Your provider"
+    greeting = _person(n.to_name)
+    organisation = _person(n.organisation) or "Your provider"
     return (
         f"Hello{' ' + greeting if greeting else ''},\n"
         "\n"
@@ -242,7 +246,7 @@ def _secure_body(n: Notification) -> str:
 
 def _content_body(n: Notification) -> str:
     body = (n.body or "").replace("\r\n", "\n").replace("\r", "\n").rstrip()
-    author = _one_line(n.author_name or "") or "Someone"
+    author = _person(n.author_name or "") or "Someone"
     # The blank line above the marker is where the reply is typed; every mail
     # client's quoted copy then carries the marker, which is where the
     # threading engine cuts the reply.
@@ -260,7 +264,7 @@ def _content_body(n: Notification) -> str:
 
 
 def _content_subject(n: Notification) -> str:
-    subject = _one_line(n.subject or "") or "New message"
+    subject = _person(n.subject or "") or "New message"
     # A notification that continues a thread reads as a reply in mail clients.
     if n.in_reply_to and not re.match(r"(?i)^re\s*:", subject):
         subject = f"Re: {subject}"
@@ -279,30 +283,55 @@ def _threading_headers(n: Notification) -> tuple[str | None, list[str]]:
 
 
 def _one_line(text: str) -> str:
-    """Header-safe text: control characters (CR, LF, NUL, TAB...) become one space."""
+    """Our own text on one line: control characters (CR, LF, NUL, TAB...) become one space."""
     return _CONTROL.sub(" ", text).strip()
 
 
+def _person(text: str) -> str:
+    """A person's text for a header (or a line of the body): decoded and cleaned."""
+    return header_text.clean(text)
+
+
 def _display_name(text: str) -> str:
-    return _one_line(text)[:MAX_DISPLAY_NAME].rstrip()
+    """A name already ``_person``-clean, cut to MAX_DISPLAY_NAME."""
+    return text[:MAX_DISPLAY_NAME].rstrip()
 
 
-def _verify(raw: bytes, expected: dict[str, str | None]) -> None:
-    """Parse the result back: each address header names exactly the mailbox we meant.
+def _verify(
+    raw: bytes,
+    intended: list[str],
+    written: dict[str, str],
+    mailboxes: dict[str, str | None],
+) -> None:
+    """Parse the result back: exactly the headers we meant, in order, as we wrote them.
 
     A guard against folding bugs in the email package: a notification must
-    never go to, or claim to be from, anyone else.
+    never carry a header nobody meant (a ``Bcc``, a ``Content-Type``), nor go
+    to, or claim to be from, anyone else.
     """
     # Headers only, and the strict address parser of email.utils: a full re-parse of the
     # message with policy.default costs more than composing it.
     parsed = BytesHeaderParser(policy=policy.compat32).parsebytes(raw)
-    for header, address in expected.items():
+    # The messages name our headers and counts only: what else was found is a
+    # person's text (a subject's words), which logs must not carry.
+    found = [h.lower() for h in parsed]
+    for position, name in enumerate(intended):
+        if position >= len(found) or found[position] != name.lower():
+            raise HeaderMismatch(f"{name} is not where it was meant to be ({position + 1})")
+    if len(found) != len(intended):
+        raise HeaderMismatch(f"{len(found)} headers rendered where {len(intended)} were meant")
+    if parsed.defects:
+        names = sorted({type(d).__name__ for d in parsed.defects})
+        raise HeaderMismatch(f"the rendered headers have defects: {', '.join(names)}")
+    for header, value in written.items():
+        if parsed[header] != value.replace("\n", "\r\n"):
+            raise HeaderMismatch(f"{header} was not rendered as written")
+    for header, address in mailboxes.items():
         if address is None:
             continue
         values = parsed.get_all(header) or []
-        mailboxes = [a for _, a in getaddresses(values)]
-        if mailboxes != [address]:
-            raise ValueError(f"{header} did not survive rendering: {mailboxes!r}")
+        if [a for _, a in getaddresses(values)] != [address]:
+            raise HeaderMismatch(f"{header} does not name the one mailbox meant")
 
 
 def _check_id(notification_id: str) -> None:
