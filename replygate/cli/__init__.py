@@ -5,6 +5,11 @@ receives it through ``pass_app``. Each command group lives in a module of its
 own and only parses, calls ``replygate.core`` and prints. Errors are one
 clear line and exit status 1, never a traceback. Every listing has
 ``--json``; those shapes are a contract.
+
+Text for a terminal goes through ``say`` (or ``lines``): what mail brought
+(a subject, a body, a header) may hold escape sequences that retitle, clear
+or reprogram an operator's terminal, so control characters are shown as
+escapes instead. ``--json`` and ``--raw`` stay exact.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +36,13 @@ from replygate.mail.redaction import redact
 from replygate.store.db import make_engine, session_factory
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# What a terminal acts on rather than shows: C0 controls but TAB and LF, DEL, the
+# C1 controls (CSI U+009B, OSC U+009D: 8-bit escape sequences), line and
+# paragraph separators, and the bidi controls that reorder what is shown.
+_TERMINAL_CONTROLS = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]"
+)
 
 
 @dataclass
@@ -81,7 +94,7 @@ def clean_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except (ReplygateError, ValueError) as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(terminal_safe(str(exc))) from exc
         except (OperationalError, ProgrammingError) as exc:
             detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
             hint = (
@@ -92,6 +105,21 @@ def clean_errors(fn: F) -> F:
             raise click.ClickException(f"database error: {detail}{hint}") from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with each control character a terminal acts on written as an escape (``\\x1b``)."""
+    return _TERMINAL_CONTROLS.sub(_escaped, text)
+
+
+def _escaped(found: re.Match[str]) -> str:
+    code = ord(found.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def say(text: str = "") -> None:
+    """Print one line of text that may hold what mail brought, made ``terminal_safe``."""
+    click.echo(terminal_safe(text))
 
 
 def emit(data: Any, as_json: bool, text: Callable[[], None]) -> None:
@@ -107,7 +135,7 @@ def lines(texts: Iterable[str]) -> Callable[[], None]:
 
     def text() -> None:
         for line in texts:
-            click.echo(line)
+            say(line)
 
     return text
 

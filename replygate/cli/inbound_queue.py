@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from replygate.cli import App, clean_errors, emit, lines, pass_app
+from replygate.cli import App, clean_errors, emit, lines, pass_app, say
 from replygate.core import operations, views
 
 
@@ -49,11 +49,11 @@ def list_mail(
 
     def text() -> None:
         if not rows:
-            click.echo("no inbound mail")
+            say("no inbound mail")
             return
-        click.echo(f"{'ID':>6}  {'STATUS':<9} {'RECEIVED':<19}  {'FROM':<28} REASON")
+        say(f"{'ID':>6}  {'STATUS':<9} {'RECEIVED':<19}  {'FROM':<28} REASON")
         for r in rows:
-            click.echo(
+            say(
                 f"{r.id:>6}  {r.status:<9} {r.received_at[:19]:<19}  "
                 f"{(r.mail_from or '<>')[:28]:<28} {r.reason or ''}"
             )
@@ -77,15 +77,15 @@ def show(app: App, inbound_id: int, raw: bool, as_json: bool) -> None:
 
     def text() -> None:
         for line in views.explanation(mail, mail.decisions):
-            click.echo(line)
-        click.echo("\nHeaders:")
+            say(line)
+        say("\nHeaders:")
         for name, value in mail.headers.items():
-            click.echo(f"  {name}: {value}")
+            say(f"  {name}: {value}")
         if mail.reply is None:
-            click.echo("\n(raw bytes purged)")
+            say("\n(raw bytes purged)")
         else:
-            click.echo("\nExtracted reply:")
-            click.echo("  " + mail.reply.replace("\n", "\n  "))
+            say("\nExtracted reply:")
+            say("  " + mail.reply.replace("\n", "\n  "))
 
     emit(mail, as_json, text)
 
@@ -117,9 +117,9 @@ def replay(app: App, ids: tuple[int, ...], failed: bool) -> None:
                     + (f" ({done.reason})" if done.reason else "")
                 )
     for line in lines:
-        click.echo(line)
+        say(line)
     if not requeued:
-        click.echo("nothing to replay")
+        say("nothing to replay")
 
 
 @group.command("release")
@@ -133,7 +133,7 @@ def release(app: App, inbound_id: int) -> None:
     operations.release_held(app.factory, inbound_id)
     outcome = InboundWorker(app.factory, app.settings).process(inbound_id, released=True)
     status = views.plain(outcome.status)
-    click.echo(f"{inbound_id}: {status}" + (f" ({outcome.reason})" if outcome.reason else ""))
+    say(f"{inbound_id}: {status}" + (f" ({outcome.reason})" if outcome.reason else ""))
 
 
 @group.command("reject")
@@ -144,7 +144,7 @@ def release(app: App, inbound_id: int) -> None:
 def reject(app: App, inbound_id: int, reason: str) -> None:
     """Drop a held mail without filing it."""
     operations.reject_held(app.factory, inbound_id, reason)
-    click.echo(f"{inbound_id}: rejected")
+    say(f"{inbound_id}: rejected")
 
 
 @group.command("explain")
@@ -154,7 +154,7 @@ def reject(app: App, inbound_id: int, reason: str) -> None:
 def explain(app: App, inbound_id: int) -> None:
     """Say in plain words what was decided about a mail, and why."""
     for line in views.explain_mail(app.factory, inbound_id):
-        click.echo(line)
+        say(line)
 
 
 @group.command("stats")
@@ -176,7 +176,7 @@ def stats(app: App, as_json: bool) -> None:
 def purge(app: App, older_than: float | None) -> None:
     """Delete raw mail past retention; filed messages and queue records stay."""
     purged = operations.purge_raw_mail(app.factory, app.settings, older_than)
-    click.echo(
+    say(
         f"purged the raw bytes of {purged.count} mail(s) received more than "
         f"{purged.days:g} days ago"
     )

@@ -1,10 +1,10 @@
-"""``replygate threads``: read threads as an operator."""
+"""``replygate threads``: read threads as an operator (mail text made terminal-safe)."""
 
 from __future__ import annotations
 
 import click
 
-from replygate.cli import App, clean_errors, emit, pass_app
+from replygate.cli import App, clean_errors, emit, pass_app, say
 from replygate.core import views
 
 
@@ -23,7 +23,7 @@ def list_threads(app: App, as_json: bool) -> None:
 
     def text() -> None:
         for t in rows:
-            click.echo(
+            say(
                 f"{t.id:>5}  {t.subject[:40]:<40}  {', '.join(t.participants)}  "
                 f"({t.messages} messages)"
             )
@@ -41,12 +41,12 @@ def show(app: App, thread_id: int, as_json: bool) -> None:
     thread = views.thread(app.factory, thread_id)
 
     def text() -> None:
-        click.echo(f"thread {thread.id}: {thread.subject}")
-        click.echo(f"participants: {', '.join(thread.participants)}")
+        say(f"thread {thread.id}: {thread.subject}")
+        say(f"participants: {', '.join(thread.participants)}")
         for m in thread.messages:
-            click.echo(f"\n--- message {m.id} from {m.author} via {m.source}, {m.created_at}")
-            click.echo(m.body)
+            say(f"\n--- message {m.id} from {m.author} via {m.source}, {m.created_at}")
+            say(m.body)
             for a in m.attachments:
-                click.echo(f"[attachment {a.id}: {a.filename}, {a.content_type}, {a.size} bytes]")
+                say(f"[attachment {a.id}: {a.filename}, {a.content_type}, {a.size} bytes]")
 
     emit(thread, as_json, text)
