@@ -60,8 +60,10 @@ def read_headers(raw: bytes) -> Headers:
 
 # A From field however spelled: any case, and RFC 5322's obsolete whitespace
 # before the colon ("From :"), which the email package does not call From.
-_FROM_FIELD = re.compile(rb"[Ff][Rr][Oo][Mm][ \t]*:")
-_FOLD = re.compile(r"\r?\n(?=[ \t])")
+_FROM_COLON = re.compile(rb"[ \t]*:")
+# A field's value: up to the first line break not followed by a space or tab.
+_VALUE = re.compile(rb"(?:[^\r\n]|(?:\r\n|\r|\n)[ \t])*")
+_FOLD = re.compile(rb"(?:\r\n|\r|\n)(?=[ \t])")
 
 
 def _from_fields(block: bytes) -> list[str]:
@@ -69,23 +71,19 @@ def _from_fields(block: bytes) -> list[str]:
 
     Read here rather than through the email package so that no spelling of a
     second From escapes the count, and a legally folded From reads whole.
+    Lines end at CR, LF or CRLF, as the email package's parser ends them.
     """
-    found: list[list[bytes]] = []
-    current: list[bytes] | None = None
-    for line in block.splitlines(keepends=True):
-        if line[:1] in (b" ", b"\t"):
-            if current is not None:
-                current.append(line)
-            continue
-        current = None
-        head = _FROM_FIELD.match(line)
-        if head is not None:
-            current = [line[head.end() :]]
-            found.append(current)
     values = []
-    for parts in found:
-        text = b"".join(parts).decode("utf-8", errors="replace")
-        values.append(_FOLD.sub("", text).strip(" \t\r\n"))
+    lowered = block.lower()
+    at = lowered.find(b"from")
+    while at != -1:
+        colon = _FROM_COLON.match(block, at + 4)
+        if colon is not None and (at == 0 or block[at - 1] in b"\r\n"):
+            found = _VALUE.match(block, colon.end())
+            value = found.group() if found is not None else b""
+            text = _FOLD.sub(b"", value).decode("utf-8", errors="replace")
+            values.append(text.strip(" \t\r\n"))
+        at = lowered.find(b"from", at + 4)
     return values
 
 

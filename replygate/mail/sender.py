@@ -80,6 +80,9 @@ class FromHeader:
 def read_from(from_values: Sequence[str]) -> FromHeader:
     """The single mailbox of a message's From header fields, strictly.
 
+    Remembered per tuple of values (``_read_from``): every reply is read at
+    DATA and again by the worker, and a burst repeats senders.
+
     Rules:
     - exactly one From field (none, or several, is a problem);
     - its value parses to exactly one mailbox with a local part and a domain
@@ -87,6 +90,11 @@ def read_from(from_values: Sequence[str]) -> FromHeader:
     Raw values are expected (encoded words still encoded), so a display name
     that decodes to something address-like is never read as an address.
     """
+    return _read_from(tuple(from_values))
+
+
+@functools.lru_cache(maxsize=4096)
+def _read_from(from_values: tuple[str, ...]) -> FromHeader:
     if len(from_values) != 1:
         found = "no From header" if not from_values else "several From headers"
         return FromHeader(None, problem=f"the message has {found}")
@@ -114,10 +122,13 @@ def _local_key(local: str, *, strip_tag: bool) -> str:
     return local.casefold()
 
 
+@functools.lru_cache(maxsize=4096)
 def same_sender(
     from_header_or_address: str, issued_to: str, *, allow_plus_tags: bool = False
 ) -> bool:
     """True when ``from_header_or_address`` names exactly the mailbox ``issued_to``.
+
+    Remembered, as ``read_from`` is: the IDNA step of comparing domains is not cheap.
 
     Rules:
     - both sides parse to exactly one mailbox with a local part and a domain;
