@@ -28,7 +28,6 @@ runs it in a worker thread, never on the event loop.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -132,9 +131,25 @@ def check_recipient(
     )
 
 
-@functools.lru_cache(maxsize=16)
 def acceptance_policy(settings: Settings) -> Policy:
-    """The acceptance policy of ``settings`` (the gateway and the worker use this one)."""
+    """The acceptance policy of ``settings`` (the gateway and the worker use this one).
+
+    Remembered per settings object, by identity: hashing a frozen ``Settings``
+    walks every one of its fields, which cost more than the checks it serves.
+    """
+    found = _POLICIES.get(id(settings))
+    if found is None or found[0] is not settings:
+        if len(_POLICIES) >= 64:
+            _POLICIES.clear()
+        found = _POLICIES[id(settings)] = (settings, _policy_of(settings))
+    return found[1]
+
+
+# Each entry holds its settings, so their id cannot be reused while it lives.
+_POLICIES: dict[int, tuple[Settings, Policy]] = {}
+
+
+def _policy_of(settings: Settings) -> Policy:
     return Policy(
         max_message_size=settings.max_message_size,
         attachment_max_bytes=settings.attachment_max_bytes,

@@ -149,13 +149,37 @@ def is_text_body(part: Message, filename: str | None) -> bool:
 def only_body(raw: bytes) -> bool:
     """Whether a message is one part that ``walk`` reads as body, so it carries no file.
 
-    Judged from the header block alone, so a plain reply need not be parsed whole.
+    Judged from the header block alone, so a plain reply need not be parsed whole;
+    a text block that names no file anywhere (no ``name`` parameter, no
+    Content-Disposition) is body without asking the parser.
     """
+    end = raw.find(b"\r\n\r\n")
+    block = raw if end == -1 else raw[: end + 4]
+    lowered = block.lower()
+    if b"content-disposition" not in lowered and b"name" not in lowered:
+        fast = _plain_text_type(lowered)
+        if fast is not None:
+            return fast
     try:
-        top = BytesHeaderParser(policy=policy.compat32).parsebytes(raw)
+        top = BytesHeaderParser(policy=policy.compat32).parsebytes(block)
     except Exception:
         return False
     return is_text_body(top, _filename(top, 0, []))
+
+
+def _plain_text_type(lowered: bytes) -> bool | None:
+    """From a lower-cased header block: whether its one Content-Type is text/plain or
+    text/html (none at all is text/plain); None when the parser should say."""
+    if lowered.count(b"content-type") > 1:
+        return None
+    at = 0 if lowered.startswith(b"content-type:") else lowered.find(b"\ncontent-type:") + 1
+    if at == 0 and not lowered.startswith(b"content-type:"):
+        return True
+    value = lowered[at + len(b"content-type:") :].lstrip()
+    for kind in (b"text/plain", b"text/html"):
+        if value.startswith(kind) and value[len(kind) : len(kind) + 1] in b"; \t\r\n":
+            return True
+    return False
 
 
 def _children(part: Message) -> list[Message | str]:

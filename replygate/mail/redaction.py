@@ -48,7 +48,7 @@ def redact(secret: str | None, text: str) -> str:
             return f"{match[1]}fp:{shown}@"
 
         text = _ADDRESS.sub(address, text)
-    if secret:
+    if secret and len(text) >= reply_token.TOKEN_LENGTH:  # most values are shorter
 
         def bare(match: re.Match[str]) -> str:
             token = match[0].lower()
