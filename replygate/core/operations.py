@@ -218,9 +218,13 @@ def release_held(factory: sessionmaker[Session], inbound_id: int) -> None:
     The caller then files it (the inbound worker's ``process`` with
     ``released=True``).
     """
+    owner = inbound.process_owner(factory, "release")
     with transaction(factory) as session:
         row = _held(session, inbound_id)
         row.status, row.claimed_at = InboundStatus.PROCESSING, None
+        # Owned by this process while it lives: if it dies before filing, a worker
+        # takes the claim back (and decides the mail again).
+        row.claimed_by = owner
         inbound.note(row, {"stage": "operator", "action": "release"})
 
 

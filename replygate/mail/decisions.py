@@ -31,6 +31,7 @@ class Stage(StrEnum):
     EXTRACT = "extract"
     OPERATOR = "operator"
     REPLAY = "replay"
+    TAKEN_BACK = "taken_back"
     ERROR = "error"
 
 
@@ -170,6 +171,15 @@ class Replayed(Decision):
 
 
 @dataclass(frozen=True)
+class TakenBack(Decision):
+    """A claim whose worker process was gone, put back in the queue."""
+
+    stage = Stage.TAKEN_BACK
+    at: str
+    owner: str
+
+
+@dataclass(frozen=True)
 class Failed(Decision):
     stage = Stage.ERROR
     error: str
@@ -201,6 +211,7 @@ _TYPES: dict[str, type[Decision]] = {
         Extracted,
         OperatorAction,
         Replayed,
+        TakenBack,
         Failed,
     )
 }
@@ -279,6 +290,8 @@ def sentence(d: Decision) -> str:
             return f"An operator chose to {d.action} it."
         case Replayed():
             return f"Replayed by an operator at {d.at[:19]}."
+        case TakenBack():
+            return f"Taken back at {d.at[:19]} from {d.owner}, a worker that was gone."
         case Failed():
             return f"Processing failed: {d.error}."
         case Unknown(record=record):

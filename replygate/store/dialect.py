@@ -18,7 +18,13 @@ Everything else in the store asks here instead of testing a dialect's name:
   workers claim side by side; on SQLite the IMMEDIATE transaction already
   holds the whole database;
 - wake-ups: ``pg_notify`` and a libpq URL to LISTEN with on PostgreSQL;
-  SQLite cannot notify another process, so its workers poll.
+  SQLite cannot notify another process, so its workers poll;
+- claim owners: a worker process holds a mark of being alive for as long as
+  it lives, and the OS or the server drops it when the process dies, so a
+  claim's owner can be seen to be gone: on SQLite an ``flock`` on a file of
+  its own beside the database (``<file>.owners/``), on PostgreSQL a
+  session-level advisory lock on a hash of its id, held by a connection of
+  its own (``pg_locks`` shows who holds one).
 
 The process-wide table of write turns below is the one piece of global
 state in the store.
@@ -26,15 +32,18 @@ state in the store.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVarTuple
 
-from sqlalchemy import Engine, Select, create_engine, event, func, select
+from sqlalchemy import Engine, Select, create_engine, event, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -205,3 +214,101 @@ def listen_url(bind: Engine | None) -> str | None:
 def numbered_parameters(bind: Engine) -> bool:
     """Whether a raw cursor takes ``$1``-style parameters (psycopg) rather than qmarks."""
     return backend(bind) is Backend.POSTGRESQL
+
+
+# -- claim owners ------------------------------------------------------------------------------
+
+# The first key of every owner's advisory lock (the second is hashtext of the
+# owner's id), so our locks never meet another application's one-key locks.
+OWNER_LOCK_SPACE = 0x52474331  # "RGC1"
+
+
+def hold_owner(bind: Engine, owner: str) -> Callable[[], None]:
+    """Mark ``owner`` alive until the returned function is called or the process dies.
+
+    SQLite: an exclusive ``flock`` on ``<database>.owners/<hash of owner>``,
+    which the kernel drops with the process. PostgreSQL: a session-level
+    advisory lock held by a connection of its own, which the server drops
+    when the connection goes (the process died, or the link was lost: its
+    claims are then taken back and filed once by the duplicate check).
+    """
+    if backend(bind) is Backend.SQLITE:
+        return _hold_owner_file(_owner_file(bind, owner))
+    conn = bind.connect().execution_options(isolation_level="AUTOCOMMIT")
+    got = conn.execute(
+        text("SELECT pg_try_advisory_lock(:space, hashtext(:owner))"),
+        {"space": OWNER_LOCK_SPACE, "owner": owner},
+    ).scalar()
+    if not got:
+        conn.close()
+        raise RuntimeError(f"the owner lock of {owner} is held by another session")
+
+    def release() -> None:
+        try:
+            conn.execute(
+                text("SELECT pg_advisory_unlock(:space, hashtext(:owner))"),
+                {"space": OWNER_LOCK_SPACE, "owner": owner},
+            )
+        finally:
+            conn.invalidate()  # never back to the pool still holding a lock
+            conn.close()
+
+    return release
+
+
+def dead_owners(session: Session, owners: Collection[str]) -> set[str]:
+    """Those of ``owners`` that no living process holds (see ``hold_owner``)."""
+    if not owners:
+        return set()
+    if backend(session) is Backend.SQLITE:
+        engine = session.get_bind()
+        assert isinstance(engine, Engine)
+        return {owner for owner in owners if not _owner_file_held(_owner_file(engine, owner))}
+    alive = session.execute(
+        text(
+            "SELECT owner FROM unnest(CAST(:owners AS text[])) AS owner WHERE EXISTS ("
+            " SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted"
+            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " AND l.classid = CAST(:space AS oid) AND l.objid = CAST(hashtext(owner) AS oid)"
+            " AND l.objsubid = 2)"
+        ),
+        {"owners": list(owners), "space": OWNER_LOCK_SPACE},
+    ).scalars()
+    return set(owners) - set(alive)
+
+
+def _owner_file(bind: Engine, owner: str) -> Path:
+    database = Path(bind.url.database or "memory")
+    name = hashlib.sha256(owner.encode()).hexdigest()[:32]
+    return database.with_name(f"{database.name}.owners") / f"{name}.lock"
+
+
+def _hold_owner_file(path: Path) -> Callable[[], None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a fresh id: nobody else holds it
+
+    def release() -> None:
+        try:
+            path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+    return release
+
+
+def _owner_file_held(path: Path) -> bool:
+    """Whether a living process holds ``path``'s lock; a dead owner's file is removed."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        path.unlink(missing_ok=True)
+        return False
+    finally:
+        os.close(fd)

@@ -1,7 +1,11 @@
 """The inbound queue: raw mail committed before 250, claimed by engine workers.
 
-Claiming commits a ``processing`` mark with a lease; a worker that dies leaves
-the row to be reclaimed when the lease runs out, or replayed by an operator.
+Claiming commits a ``processing`` mark with a lease and the claiming worker
+process's id (``claimed_by``). A worker that dies leaves its claims to be
+taken back (``take_back_dead``) as soon as another worker sees that their
+owner is gone (``dialect.hold_owner``: a lock the process holds while it
+lives); a claim with no owner is reclaimed when its lease runs out, or
+replayed by an operator.
 On PostgreSQL the claim uses ``FOR UPDATE SKIP LOCKED`` so any number of
 workers on any number of hosts never take the same mail; SQLite serialises
 writers itself (``BEGIN IMMEDIATE``, see ``db.py``).
@@ -9,16 +13,18 @@ writers itself (``BEGIN IMMEDIATE``, see ``db.py``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import os
+import socket
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Select, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from replygate.errors import Invalid, NotFound
 from replygate.store import dialect
-from replygate.store.db import transaction, updated
+from replygate.store.db import bound_engine, transaction, updated
 from replygate.store.models import InboundMail, InboundStatus, utcnow
 
 # The PostgreSQL channel notified when mail is queued; engines LISTEN on it.
@@ -92,7 +98,12 @@ def _claimable(now: datetime, lease: timedelta) -> Select[InboundMail]:
                 ),
                 and_(
                     InboundMail.status == InboundStatus.PROCESSING,
-                    InboundMail.claimed_at < now - lease,
+                    or_(
+                        InboundMail.claimed_at < now - lease,
+                        # Neither a lease nor an owner (an operator's release before
+                        # releases had an owner): no one will ever file it.
+                        and_(InboundMail.claimed_at.is_(None), InboundMail.claimed_by.is_(None)),
+                    ),
                 ),
             ),
             ~waits_for_earlier,
@@ -117,9 +128,12 @@ def claim_mail(
     limit: int = 1,
     lease_seconds: float = 300,
     now: datetime | None = None,
+    owner: str | None = None,
 ) -> list[ClaimedMail]:
     """Mark up to ``limit`` claimable mails ``processing``, oldest first, and return them.
 
+    ``owner`` is the claiming worker process's id, recorded on each claim so
+    that its claims are taken back once it is gone (``take_back_dead``).
     Two statements whatever the batch size: one select (``SKIP LOCKED`` on
     PostgreSQL) and one update of all the claimed rows.
     """
@@ -144,11 +158,84 @@ def claim_mail(
                 .values(
                     status=InboundStatus.PROCESSING,
                     claimed_at=now,
+                    claimed_by=owner,
                     attempts=InboundMail.attempts + 1,
                 )
                 .execution_options(synchronize_session=False)
             )
         return claimed
+
+
+def hold_owner(factory: sessionmaker[Session], owner: str) -> Callable[[], None]:
+    """Mark the worker process ``owner`` alive while it lives; call the result to let go."""
+    bind = bound_engine(factory)
+    if bind is None:
+        raise ValueError("claims need a session maker bound to an engine")
+    return dialect.hold_owner(bind, owner)
+
+
+def owner_id() -> str:
+    """A claiming process's id: host, pid and start time (a pid is reused)."""
+    started = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f")
+    return f"{socket.gethostname()}:{os.getpid()}:{started}"
+
+
+# This process's owner id for claims made outside a worker's run (an operator's
+# release), marked alive until the process exits; made on first use. The one
+# piece of global state here, beside dialect's write turns.
+_PROCESS_OWNER: dict[str, tuple[str, Callable[[], None]]] = {}
+
+
+def process_owner(factory: sessionmaker[Session], tag: str) -> str:
+    """An owner id for this process on ``factory``'s database, held until the process
+    exits (the OS or the server then drops the mark): a claim it records is taken
+    back by a worker if the process dies before finishing."""
+    bind = bound_engine(factory)
+    key = bind.url.render_as_string(hide_password=True) if bind is not None else ""
+    if key not in _PROCESS_OWNER:
+        owner = f"{tag}:{owner_id()}"
+        _PROCESS_OWNER[key] = (owner, hold_owner(factory, owner))
+    return _PROCESS_OWNER[key][0]
+
+
+def take_back_dead(factory: sessionmaker[Session], *, now: datetime | None = None) -> list[int]:
+    """Put back in the queue every ``processing`` claim whose owner process is gone.
+
+    A claim of a living owner (this process included) is left alone, and so
+    is one with no owner, which its lease covers. Each mail taken back notes
+    whose claim it was; it keeps its place, so the thread-order rule files it
+    before the later replies of its thread.
+    """
+    now = now or utcnow()
+    with transaction(factory) as session:
+        owners = set(
+            session.scalars(
+                select(InboundMail.claimed_by)
+                .where(
+                    InboundMail.status == InboundStatus.PROCESSING,
+                    InboundMail.claimed_by.is_not(None),
+                )
+                .distinct()
+            )
+        )
+        dead = dialect.dead_owners(session, {o for o in owners if o is not None})
+        if not dead:
+            return []
+        stmt = (
+            select(InboundMail)
+            .where(
+                InboundMail.status == InboundStatus.PROCESSING,
+                InboundMail.claimed_by.in_(dead),
+            )
+            .order_by(InboundMail.id)
+        )
+        rows = list(session.scalars(dialect.locked(stmt, session, skip_locked=True)))
+        for row in rows:
+            owner = row.claimed_by
+            row.status, row.claimed_at, row.claimed_by = InboundStatus.QUEUED, None, None
+            # The record of mail.decisions.TakenBack (the store does not import mail).
+            note(row, {"stage": "taken_back", "at": now.isoformat(), "owner": owner})
+        return [row.id for row in rows]
 
 
 def any_claimable(
@@ -356,7 +443,7 @@ def requeue(session: Session, ids: Sequence[int]) -> list[int]:
         if row.raw is None:
             raise Invalid(f"mail {inbound_id} was purged; its raw bytes are gone")
         row.status = InboundStatus.QUEUED
-        row.claimed_at = None
+        row.claimed_at = row.claimed_by = None
         row.decisions = [*(row.decisions or []), {"event": "replay", "at": utcnow().isoformat()}]
         done.append(inbound_id)
     return done

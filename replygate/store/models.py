@@ -233,6 +233,8 @@ class InboundMail(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     claimed_at: Mapped[datetime | None]
+    # The worker process holding a processing claim (host:pid:start); see dialect's owners.
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
     processed_at: Mapped[datetime | None]
     thread_id: Mapped[int | None] = mapped_column(ForeignKey("threads.id", ondelete="SET NULL"))
     decisions: Mapped[list | None] = mapped_column(JSON)

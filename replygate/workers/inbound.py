@@ -10,6 +10,13 @@ process that queues mail notifies in the queuing transaction. A lost
 listener connection is logged once and retried with backoff; meanwhile the
 poll (``worker_poll_seconds``) files the mail, as it does for SQLite
 gateways in other processes, which cannot notify.
+
+A running engine has an owner id (``host:pid:start``) recorded on each of
+its claims and marks itself alive for its whole life (``inbound.hold_owner``:
+a file lock on SQLite, an advisory lock on PostgreSQL). On start, and every
+``TAKE_BACK_SECONDS`` after, it takes back the claims of owners that are
+gone, so mail held by a worker that was killed is filed within seconds, not
+at the end of its lease.
 """
 
 from __future__ import annotations
@@ -29,6 +36,9 @@ from replygate.workers.waiting import first_of
 
 log = get_logger("replygate.engine")
 
+# How often a running engine looks for claims of workers that are gone.
+TAKE_BACK_SECONDS = 2.0
+
 
 class InboundWorker:
     """Processes the inbound queue. Safe to run many of, on many hosts."""
@@ -38,6 +48,8 @@ class InboundWorker:
         self.settings = settings
         self.filing = Filing(factory, settings)
         self.peek = snapshot_reads(factory)
+        self.owner: str | None = None  # set while ``run`` holds the owner lock
+        self._next_take_back = 0.0
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -57,6 +69,9 @@ class InboundWorker:
         PostgreSQL a listener for ``inbound.CHANNEL`` sets it too.
         """
         wake = wake or asyncio.Event()
+        owner = inbound.owner_id()
+        release = await asyncio.to_thread(inbound.hold_owner, self.factory, owner)
+        self.owner = owner
         listener = None
         url = _listen_url(self.factory)
         if url is not None:
@@ -79,6 +94,8 @@ class InboundWorker:
                 listener.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await listener
+            self.owner = None
+            release()
 
     def run_once(self, limit: int = 20) -> int:
         """Claim and process up to ``limit`` mails; returns how many were processed."""
@@ -94,12 +111,16 @@ class InboundWorker:
         rolls back whole and each mail is processed again in its own
         transaction, so one bad mail never holds back the rest.
         """
+        self._take_back_dead()
         if self.peek is not None and not inbound.any_claimable(
             self.peek, lease_seconds=self.settings.worker_lease_seconds
         ):
             return []
         claimed = inbound.claim_mail(
-            self.factory, limit=limit, lease_seconds=self.settings.worker_lease_seconds
+            self.factory,
+            limit=limit,
+            lease_seconds=self.settings.worker_lease_seconds,
+            owner=self.owner,
         )
         if not claimed:
             return []
@@ -132,6 +153,16 @@ class InboundWorker:
                 ms=ms,
             )
         return outcomes
+
+    def _take_back_dead(self) -> None:
+        """While running as an owner: take back the claims of dead owners, at most
+        every ``TAKE_BACK_SECONDS`` (the first batch does it at once)."""
+        if self.owner is None or time.monotonic() < self._next_take_back:
+            return
+        self._next_take_back = time.monotonic() + TAKE_BACK_SECONDS
+        taken = inbound.take_back_dead(self.factory)
+        if taken:
+            log.warning("engine.taken_back", count=len(taken), queue_ids=taken[:20])
 
     def process(self, inbound_id: int, *, released: bool = False) -> Outcome:
         """Decide one claimed mail now (``queue release`` and ``queue replay``)."""
