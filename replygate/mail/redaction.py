@@ -19,6 +19,7 @@ idempotent: ``reply+fp:…@`` is left as it is.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from replygate.mail import reply_token
@@ -39,8 +40,13 @@ _BARE_TOKEN = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=8192)
 def redact(secret: str | None, text: str) -> str:
-    """``text`` with every reply or bounce address, and every bare token of ours, fingerprinted."""
+    """``text`` with every reply or bounce address, and every bare token of ours, fingerprinted.
+
+    Remembered: the gateway writes the same few addresses and values on every
+    line, and a fingerprint is an HMAC.
+    """
     if "+" in text:
 
         def address(match: re.Match[str]) -> str:
