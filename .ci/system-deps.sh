@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the test suite drives for real, installed when missing:
-#   postfix   tests/deploy/test_postfix.py starts its own Postfix on loopback
-#   systemd   systemd-analyze, for tests/deploy/test_systemd_units.py
+#   postfix   tests/system/deploy/test_postfix.py starts its own Postfix on loopback
+#   systemd   systemd-analyze, for tests/system/deploy/test_systemd_units.py
 #   python3   the pipe-transport test runs replygate as an unprivileged user; when the
 #             virtualenv's interpreter is not readable by that user, Debian's is used
 #   chromium  the portal tests drive a real headless browser

@@ -5,7 +5,7 @@ aiosmtpd reads DATA one line at a time (``readuntil(b"\\r\\n")`` through a
 reader takes whatever the socket delivered, finds the end of data and
 undoes dot-stuffing with ``bytes.find``/``bytes.replace``, and applies the
 same limits with the same precedence, so the stored bytes and the replies
-are those of the stock reader (``tests/gateway/test_data.py`` compares both):
+are those of the stock reader (``tests/integration/gateway/test_data_stock.py`` compares both):
 
 - the data ends at the first line that is exactly ``.`` (``\\r\\n.\\r\\n``,
   or ``.\\r\\n`` as the very first line); lines end at CRLF only, a bare LF

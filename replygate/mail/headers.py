@@ -99,7 +99,7 @@ def _plain_header_fields(block: bytes) -> dict[str, list[str]] | None:
 
     Gives what ``BytesHeaderParser(policy=compat32)`` gives for a block of
     ASCII lines ended by CRLF only, each a ``name:`` field or a folded
-    continuation (``tests/gateway/test_headers.py`` compares both); for
+    continuation (``tests/unit/gateway/test_read_headers.py`` compares both); for
     anything else (8-bit octets, bare CR or LF, a unix-from line, defects)
     None, and the caller asks the email package. The parser costs more than
     the rest of a small reply's DATA checks.
