@@ -37,14 +37,16 @@ def one_run(tree: Path, backend: str, messages: int, size: int, sessions: int) -
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / tick
 
-    with tempfile.TemporaryDirectory(prefix="replygate-ab-") as tmp:
-        with database(backend, Path(tmp)) as world:
-            port = free_port()
-            with gateway(world, port) as proc:
-                drive(port, sessions, size, max(messages // 10, 50), world.addresses[0])
-                before = cpu_seconds(proc.pid)
-                rate = drive(port, sessions, size, messages, world.addresses[0])
-                used = cpu_seconds(proc.pid) - before
+    with (
+        tempfile.TemporaryDirectory(prefix="replygate-ab-") as tmp,
+        database(backend, Path(tmp)) as world,
+    ):
+        port = free_port()
+        with gateway(world, port) as proc:
+            drive(port, sessions, size, max(messages // 10, 50), world.addresses[0])
+            before = cpu_seconds(proc.pid)
+            rate = drive(port, sessions, size, messages, world.addresses[0])
+            used = cpu_seconds(proc.pid) - before
     return {"rate": rate, "cpu_ms": 1000 * used / messages}
 
 
@@ -91,8 +93,9 @@ def main() -> None:
         for tree in trees
     }
     a, b = (medians[tree] for tree in trees)
+    load = os.getloadavg()[0]
     print(f"\n{args.backend}, {args.size} bytes, {args.sessions} sessions, "
-          f"{args.messages} messages × {args.rounds} rounds, load {os.getloadavg()[0]:.1f}")  # fmt: skip
+          f"{args.messages} messages × {args.rounds} rounds, load {load:.1f}")  # fmt: skip
     for tree in trees:
         m = medians[tree]
         print(f"  {tree}: {m['cpu_ms']:.3f} ms CPU/msg, {m['rate']:,.0f} msg/s")

@@ -85,6 +85,9 @@ class Settings:
     worker_lease_seconds: float = 300.0  # a claim older than this is taken over by another worker
     worker_max_attempts: int = 5
     retention_days: int = 30
+    # The audit trail is kept this long (45 CFR 164.316(b)(2): six years), whatever
+    # ``queue purge`` removes; ``replygate audit purge`` applies it.
+    audit_retention_days: int = 6 * 366
     attachment_max_bytes: int = 10 * 1024 * 1024
     attachments_total_max_bytes: int = 20 * 1024 * 1024
     max_attachments: int = 20  # files per mail, those inside forwarded messages included

@@ -176,6 +176,7 @@ def main(
 def _add_command_groups() -> None:
     """Attach each group's module; they import ``pass_app`` and friends from here."""
     from replygate.cli import (
+        audit,
         circles,
         configuration,
         database,
@@ -189,7 +190,7 @@ def _add_command_groups() -> None:
         users,
     )
 
-    for module in (configuration, database, users, circles, settings, threads, tokens):
+    for module in (configuration, database, users, circles, settings, threads, tokens, audit):
         main.add_command(module.group)
     main.add_command(send.send)
     main.add_command(inbound_queue.group)

@@ -17,6 +17,9 @@ Everything else in the store asks here instead of testing a dialect's name:
 - row locks: ``FOR UPDATE [SKIP LOCKED]`` on PostgreSQL, where several
   workers claim side by side; on SQLite the IMMEDIATE transaction already
   holds the whole database;
+- serial sections: a transaction that must see the last row another wrote
+  (the audit chain) waits for an advisory lock on PostgreSQL; on SQLite
+  the IMMEDIATE transaction is already alone;
 - wake-ups: ``pg_notify`` and a libpq URL to LISTEN with on PostgreSQL;
   SQLite cannot notify another process, so its workers poll;
 - claim owners: a worker process holds a mark of being alive for as long as
@@ -196,6 +199,23 @@ def locked(
     if backend(session) is Backend.POSTGRESQL:
         return stmt.with_for_update(skip_locked=skip_locked)
     return stmt
+
+
+# The first key of the transaction locks ``serialise`` takes (the second is hashtext of its name).
+SERIAL_LOCK_SPACE = 0x52475331  # "RGS1"
+
+
+def serialise(session: Session, name: str) -> None:
+    """Let one transaction at a time past this point until it ends (``name`` says which line).
+
+    PostgreSQL: a transaction-level advisory lock. SQLite: nothing to do, as
+    the IMMEDIATE transaction already holds the database's write lock.
+    """
+    if backend(session) is Backend.POSTGRESQL:
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(:space, hashtext(:name))"),
+            {"space": SERIAL_LOCK_SPACE, "name": name},
+        )
 
 
 def notify(session: Session, channel: str) -> None:

@@ -405,3 +405,54 @@ class PortalSession(Base):
 
 
 __all__ += ["PortalSession"]
+
+
+class ActorKind(StrEnum):
+    """Who did what an audit event records: a portal user, an operator at the CLI, or us."""
+
+    USER = "user"
+    OPERATOR = "operator"
+    SYSTEM = "system"
+
+
+class AuditOutcome(StrEnum):
+    OK = "ok"
+    DENIED = "denied"
+    FAILED = "failed"
+
+
+class AuditEvent(Base):
+    """One access to patient data or change to who may reach it; rows are only ever added.
+
+    ``seq`` counts from 1 without gaps and ``mac`` is a keyed MAC over the
+    row and ``prev_mac`` (the previous row's ``mac``), so an edited, inserted
+    or removed row breaks the chain (``store/audit.py``). Nothing here holds
+    message text: objects are named by kind and id, and ``thread_id`` says which thread an event
+    touched (a message or an attachment is in one), for a thread's history.
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_object", "object_kind", "object_id"),
+        Index("ix_audit_events_actor_user_id", "actor_user_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, unique=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor_kind: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(320))
+    actor_user_id: Mapped[int | None] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(64))
+    object_kind: Mapped[str | None] = mapped_column(String(32))
+    object_id: Mapped[str | None] = mapped_column(String(64))
+    thread_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    address: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(200))
+    outcome: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+    prev_mac: Mapped[str] = mapped_column(String(64))
+    mac: Mapped[str] = mapped_column(String(64))
+
+
+__all__ += ["ActorKind", "AuditEvent", "AuditOutcome"]
