@@ -193,6 +193,10 @@ def test_outbox_list_shows_no_content_and_retry_requeues_failed(
 # Every command and its arguments and options: renaming one breaks scripts,
 # systemd units and the runbook in docs/operating.md.
 COMMANDS = {
+    "audit export": ["--format", "--since"],
+    "audit list": ["--json", "--limit", "--since", "--thread", "--user"],
+    "audit purge": [],
+    "audit verify": ["--json"],
     "circles add": ["--clients-may-write", "name"],
     "circles add-member": ["email", "name"],
     "circles list": ["--json"],
