@@ -10,9 +10,10 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml requirements/talon.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
-	# talon last and without its numpy/scipy/scikit-learn stack, which only its ML
-	# signature classifier needs; pyproject.toml lists what the rest of it imports.
+	$(BIN)/pip install -q -e '.[test,bench]'
+	# talon is not a dependency of replygate: only the benchmark compares with it.
+	# Without its numpy/scipy/scikit-learn stack, which only its ML signature
+	# classifier needs; the bench extra lists what the rest of it imports.
 	$(BIN)/pip install -q --no-deps -r requirements/talon.txt
 	touch $(STAMP)
 

@@ -9,6 +9,10 @@ signature kept) for ``reply_without_quote``, ``reply`` otherwise. Prints exact
 matches and mean line-F1 per source and per language for replygate, talon,
 talon followed by its brute-force signature pass, and email-reply-parser, then
 replygate's extraction time per case and its throughput.
+
+The libraries compared come with ``pip install -e '.[bench]'`` and talon with
+``pip install --no-deps -r requirements/talon.txt`` (``make install`` does
+both); replygate itself needs neither. A library that is missing is skipped.
 """
 
 from __future__ import annotations
@@ -16,10 +20,13 @@ from __future__ import annotations
 import argparse
 import email
 import email.policy
+import importlib.util
 import json
+import os
 import statistics
 import sys
 import time
+import types
 import unicodedata
 import warnings
 from collections import Counter, defaultdict
@@ -27,7 +34,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from replygate.mail.extract import reply as ours
-from replygate.mail.extract.signatures import talon_bruteforce
 from replygate.mail.parse import parse_message
 
 # A variant maps (input text or bytes, input kind) to (reply, unquoted).
@@ -119,9 +125,27 @@ def run_talon(raw: bytes, kind: str) -> tuple[str, str]:
     return out, out
 
 
+def _talon_bruteforce(text: str) -> str:
+    """talon's brute-force signature split, without its ML classifier.
+
+    ``talon.signature/__init__`` imports scikit-learn, which talon installed
+    with ``--no-deps`` lacks; registering the package as a bare namespace lets
+    ``bruteforce`` load.
+    """
+    import talon
+
+    if "talon.signature" not in sys.modules:
+        stub = types.ModuleType("talon.signature")
+        stub.__path__ = [os.path.join(os.path.dirname(talon.__file__), "signature")]
+        sys.modules["talon.signature"] = stub
+    from talon.signature import bruteforce
+
+    return bruteforce.extract_signature(text)[0]
+
+
 def run_talon_bruteforce(raw: bytes, kind: str) -> tuple[str, str]:
     out = _talon(raw, kind)
-    return talon_bruteforce(out)[0], out
+    return _talon_bruteforce(out), out
 
 
 def run_email_reply_parser(raw: bytes, kind: str) -> tuple[str, str]:
@@ -141,6 +165,13 @@ VARIANTS: dict[str, Variant] = {
     "email-reply-parser": run_email_reply_parser,
 }
 
+# The library each variant needs, besides replygate.
+NEEDS = {
+    "talon": "talon",
+    "talon+bruteforce": "talon",
+    "email-reply-parser": "email_reply_parser",
+}
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -157,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     timings: list[float] = []
     misses: list[tuple[str, str, str]] = []
     for name, variant in VARIANTS.items():
+        if name in NEEDS and importlib.util.find_spec(NEEDS[name]) is None:
+            print(f"== {name}: skipped, {NEEDS[name]} is not installed")
+            continue
         by_source: dict[str, list[tuple[bool, float]]] = defaultdict(list)
         by_lang: dict[str, list[tuple[bool, float]]] = defaultdict(list)
         for case in cases:

@@ -11,8 +11,11 @@ Rules, surest first; each returns the index of the first signature line:
 4. a ``-Name`` line ending the mail (email_reply_parser's convention);
 5. a trailing contact block: short lines after a blank line holding a phone
    number, an e-mail address or a web address;
-6. talon's brute-force detector, accepted only when what it found is more
-   than a plain sign-off ("Thanks,\\nCleo" is part of what the person wrote).
+6. a rule of dashes alone at the very end, under a blank line: what is left
+   of a client's separator (Outlook's) once the quote under it was cut.
+
+A plain sign-off with a name under it ("Thanks,\\nCleo") is never cut: it is
+part of what the person wrote.
 
 A rule of four dashes or more directly under a line of text underlines it
 (a table's head, a title): it is never a delimiter. A sent-from footer
@@ -22,21 +25,7 @@ opening the mail, with the person's text under it, is found by
 
 from __future__ import annotations
 
-import os
-import sys
-import types
-
 import regex as re
-import talon
-
-# talon's ``signature/__init__`` imports scikit-learn for its ML classifier, which we
-# never install; registering the package as a bare namespace lets ``bruteforce`` load.
-# This is the one place that does it.
-if "talon.signature" not in sys.modules:
-    _stub = types.ModuleType("talon.signature")
-    _stub.__path__ = [os.path.join(os.path.dirname(talon.__file__), "signature")]
-    sys.modules["talon.signature"] = _stub
-from talon.signature import bruteforce
 
 from replygate.mail.extract.business_card import (
     RE_DISCLAIMER,
@@ -80,12 +69,6 @@ RE_SIGN_OFF = re.compile(
     r"|hälsningar|pozdrawiam|с\s+уважением)\b.*$",
     re.I,
 )
-
-
-def talon_bruteforce(text: str) -> tuple[str, str]:
-    """talon's brute-force signature split, as ``(text, signature)`` (``''`` when none)."""
-    body, signature = bruteforce.extract_signature(text)
-    return body, signature or ""
 
 
 def _is_short_block(lines: list[str], limit: int = MAX_SIGNATURE_LINES) -> bool:
@@ -154,7 +137,15 @@ def find_signature(lines: list[str]) -> tuple[int | None, str]:
     contact = _contact_block(lines, first_text)
     if contact is not None:
         return contact, "signature:contact"
-    return _bruteforce(lines, first_text)
+    # A rule alone at the end, under a blank line: a separator whose quote was cut.
+    if (
+        last is not None
+        and last > first_text + 1
+        and RE_LONG_RULE.match(lines[last])
+        and not lines[last - 1].strip()
+    ):
+        return last, "signature:rule"
+    return None, ""
 
 
 def _footer_stack_start(lines: list[str], i: int, first_text: int) -> int:
@@ -209,28 +200,6 @@ def _contact_block(lines: list[str], first_text: int) -> int | None:
     ):
         return i
     return None
-
-
-def _bruteforce(lines: list[str], first_text: int) -> tuple[int | None, str]:
-    tail_start = max(first_text, len(lines) - MAX_SIGNATURE_LINES - 4)
-    tail = "\n".join(line[:MAX_SIGNATURE_LINE] for line in lines[tail_start:])
-    _body, signature = talon_bruteforce(tail)
-    if not signature:
-        return None, ""
-    sig_lines = signature.split("\n")
-    content = [line for line in sig_lines if line.strip()]
-    # A sign-off with a name under it is what the person typed; only richer blocks are cut.
-    if all(RE_SIGN_OFF.match(line) or len(line.split()) <= 3 for line in content) and not any(
-        RE_DELIMITER.match(line) or line.lstrip().startswith("-") for line in content
-    ):
-        return None, ""
-    index = len(lines) - len(sig_lines)
-    if index <= first_text:
-        return None, ""
-    # talon takes any rule for a delimiter; one directly under a line of text underlines it.
-    if RE_LONG_RULE.match(lines[index]) and lines[index - 1].strip():
-        return None, ""
-    return index, "signature:bruteforce"
 
 
 def leading_footer(lines: list[str]) -> int:

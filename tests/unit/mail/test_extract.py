@@ -210,3 +210,16 @@ def test_supercite_quoted_header_is_not_split() -> None:
 def test_bare_quote_markers_at_the_edges_are_blank() -> None:
     """Empty quoted lines (a lone ">") before or after the reply are not filed."""
     assert extract_reply(">\nSee you at ten.\n>").reply == "See you at ten."
+
+
+def test_trailing_rule_left_by_a_cut_quote_goes() -> None:
+    """Outlook's line of dashes, left alone at the end once its quote is cut, is no reply text."""
+    parts = extract_reply("This is a reply from Outlook!\n\n\n ------------------------------\n")
+    assert parts.reply == "This is a reply from Outlook!"
+    assert "signature:rule" in parts.layers
+
+
+def test_rule_under_a_line_of_text_stays() -> None:
+    """A rule directly under a line of text underlines it: the person typed both."""
+    parts = extract_reply("Totals\n------")
+    assert parts.reply == "Totals\n------"
