@@ -215,8 +215,11 @@ class InboundMail(Base):
     __tablename__ = "inbound_mail"
     __table_args__ = (
         Index("ix_inbound_mail_status_id", "status", "id"),
-        # The claim's "an earlier reply to this thread is still pending" check.
+        # Listing one thread's mail.
         Index("ix_inbound_mail_thread_id_id", "thread_id", "id"),
+        # The claim's "an earlier reply to this thread is processing or waits for a
+        # retry" check: a seek per status, covering (migration 0012).
+        Index("ix_inbound_mail_thread_status", "thread_id", "status", "id", "claimed_at"),
         # The flood brake's count of recent replies to one address.
         Index("ix_inbound_mail_rcpt_received", "rcpt", "received_at"),
     )
