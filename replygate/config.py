@@ -34,6 +34,9 @@ class Settings:
     secret_key: str = field(default="", repr=False)
     reply_domain: str = "reply.localhost"
     notification_from: str = ""
+    # The name the organisation is created with, on the database's first use. The
+    # database keeps it from then on: `replygate settings organisation-name NAME`
+    # (or the portal's settings page) renames it, and changing this does nothing.
     organisation_name: str = "Our practice"
 
     smtp_host: str = "127.0.0.1"

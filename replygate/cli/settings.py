@@ -1,4 +1,4 @@
-"""``replygate settings``: the organisation's Convenience Mode, sender and DMARC policies."""
+"""``replygate settings``: the organisation's name, Convenience Mode, sender and DMARC policies."""
 
 from __future__ import annotations
 
@@ -23,6 +23,16 @@ def show(app: App, as_json: bool) -> None:
     """Show the organisation's settings."""
     data = dataclasses.asdict(views.organisation_settings(app.factory, app.settings))
     emit(data, as_json, lines(f"{k}: {v}" for k, v in data.items()))
+
+
+@group.command("organisation-name")
+@click.argument("name")
+@pass_app
+@clean_errors
+def organisation_name(app: App, name: str) -> None:
+    """Rename the organisation (the name notifications and the portal show)."""
+    kept = operations.rename_organisation(app.factory, app.settings, name)
+    click.echo(f"organisation name: {kept}")
 
 
 @group.command("convenience")

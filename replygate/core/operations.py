@@ -21,6 +21,7 @@ from typing import Protocol
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
+from replygate.core import organisation
 from replygate.core.messaging import Messaging
 from replygate.core.views import UserRow, plain, user_row
 from replygate.errors import Invalid, NotFound
@@ -112,6 +113,13 @@ def set_convenience_mode(
     return Messaging(factory, settings).set_convenience_mode(
         on=on, acknowledged_by=acknowledged_by, acknowledge_hipaa=acknowledge_hipaa
     )
+
+
+def rename_organisation(factory: sessionmaker[Session], settings: Settings, name: str) -> str:
+    """Give the organisation a new name (one line); returns the name as kept."""
+    with transaction(factory) as session:
+        organisation.rename(session, name, settings.organisation_name)
+        return directory.organisation(session).name
 
 
 def set_sender_policy(factory: sessionmaker[Session], settings: Settings, policy: str) -> None:

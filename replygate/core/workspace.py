@@ -181,6 +181,10 @@ class Workspace:
     def organisation(self) -> OrganisationView:
         return self._run(organisation.view, self.settings.organisation_name)
 
+    def organisation_name(self) -> str:
+        """The name pages show before anyone logs in (the database's, as after)."""
+        return self.organisation().name
+
     def rename_organisation(self, name: str) -> None:
         self._run(organisation.rename, name, self.settings.organisation_name)
 

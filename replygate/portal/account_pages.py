@@ -36,7 +36,8 @@ class AccountPages(Pages):
         next_url = safe_next(request.query_params.get("next"))
         if await self.current(request) is not None:
             return self.redirect(next_url)
-        return self.render(request, "login.html", {"next": next_url, "email": ""})
+        context = {"next": next_url, "email": "", "org_name": await self.org_name()}
+        return self.render(request, "login.html", context)
 
     async def login(self, request: Request) -> Response:
         form = await self.form(request)
@@ -55,7 +56,12 @@ class AccountPages(Pages):
                 message, status = _throttled_message(result.retry_after), 429
             else:
                 message, status = "That email and password do not match an account.", 401
-            context = {"next": next_url, "email": email, "error": message}
+            context = {
+                "next": next_url,
+                "email": email,
+                "error": message,
+                "org_name": await self.org_name(),
+            }
             response = self.render(request, "login.html", context, status=status)
             if result.throttled:
                 response.headers["retry-after"] = str(result.retry_after)

@@ -8,6 +8,7 @@ a worker thread and renders a template.
 
 from __future__ import annotations
 
+import contextlib
 from urllib.parse import quote, urlencode
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -52,6 +53,9 @@ class Portal(AccountPages, MessagePages, StaffPages):
             exc.status_code, "Something went wrong"
         )
         context = {"title": title, "detail": exc.detail if exc.status_code != 405 else title}
+        if current is None:
+            with contextlib.suppress(Exception):  # as above: it goes out without the name
+                context["org_name"] = await self.org_name()
         response = self.render(
             request, "error.html", context, current=current, status=exc.status_code
         )

@@ -94,6 +94,10 @@ class Pages:
             request.session.pop(SESSION_KEY, None)
         return found
 
+    async def org_name(self) -> str:
+        """The organisation's name from the database, for pages shown before login."""
+        return await self.call(self.workspace.organisation_name)
+
     @staticmethod
     def session_id(request: Request) -> str:
         """The id of the server-side session the cookie names ("" for none)."""
@@ -127,7 +131,7 @@ class Pages:
             raise LoginRequired
         me = found.viewer
         if (admin and not me.is_admin) or (staff and not me.is_staff):
-            raise HTTPException(403, "This page is for staff only.")
+            raise HTTPException(403, f"This page is for {'admins' if admin else 'staff'} only.")
         return found
 
     async def form(self, request: Request) -> FormData:
@@ -155,7 +159,8 @@ class Pages:
             "request": request,
             "viewer": current.viewer if current else None,
             "unread": current.unread if current else 0,
-            "org_name": current.organisation if current else self.settings.organisation_name,
+            # Pages before login pass the database's name in ``context`` (``org_name``).
+            "org_name": current.organisation if current else "",
             "csrf": csrf_token(request),
             "flashes": flashes,
             **context,

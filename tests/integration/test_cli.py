@@ -227,6 +227,7 @@ COMMANDS = {
     "serve": ["--migrate", "--portal", "--reuse-port", "--role", "--smtp"],
     "settings convenience": ["--acknowledge-hipaa", "--by", "state"],
     "settings dmarc-policy": ["policy"],
+    "settings organisation-name": ["name"],
     "settings sender-policy": ["policy"],
     "settings show": ["--json"],
     "threads list": ["--json"],
@@ -290,3 +291,12 @@ def test_operator_commands_refuse_what_they_cannot_do(
     assert run(env, "users", "reset-bounces", "nobody@x.test", code=1).output.strip() == (
         "Error: no user with email nobody@x.test"
     )
+
+
+def test_the_organisation_is_renamed_in_the_database(env: dict[str, str]) -> None:
+    """``settings organisation-name`` renames it (one line); a blank name is refused."""
+    said = run(env, "settings", "organisation-name", "  Harbour \n Clinic ")
+    assert said.output == "organisation name: Harbour Clinic\n"
+    assert json.loads(run(env, "settings", "show", "--json").output)["name"] == "Harbour Clinic"
+    refused = run(env, "settings", "organisation-name", "   ", code=1)
+    assert refused.output.strip() == "Error: the organisation needs a name"

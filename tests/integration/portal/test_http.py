@@ -301,6 +301,34 @@ def test_convenience_mode_needs_the_acknowledgement(
     assert "Harbour Clinic" in admin.get("/inbox").text
 
 
+def test_one_name_for_the_organisation_before_and_after_login(
+    client_for: Callable[[], Client], people: People, settings: Settings
+) -> None:
+    """The login page, error pages and the pages inside show the database's name; a
+    staff user sent to the admins' settings page is told it is for admins."""
+    admin = client_for()
+    admin.login(people.admin)
+    token = admin.csrf("/settings")
+    admin.post("/settings/organisation", {"csrf": token, "name": "Harbour Clinic"})
+
+    stranger = client_for()
+    login = stranger.get("/login")
+    assert "Messages from Harbour Clinic are waiting" in login.text
+    assert settings.organisation_name not in login.text
+    assert "· Harbour Clinic</title>" in stranger.get("/no-such-page").text
+    wrong = stranger.post("/login", {"csrf": stranger.csrf("/login"), "email": "x@y.z"})
+    assert wrong.status == 401 and "Harbour Clinic" in wrong.text
+
+    staff = client_for()
+    staff.login(people.staff)
+    refused = staff.get("/settings")
+    assert refused.status == 403
+    assert "This page is for admins only." in refused.text
+    client = client_for()
+    client.login(people.client1)
+    assert "This page is for staff only." in client.get("/canned").text
+
+
 def test_set_password_rules_and_old_sessions(
     client_for: Callable[[], Client], people: People, sessions: sessionmaker[Session]
 ) -> None:
