@@ -5,6 +5,8 @@
 #   python3   the pipe-transport test runs replygate as an unprivileged user; when the
 #             virtualenv's interpreter is not readable by that user, Debian's is used
 #   chromium  the portal tests drive a real headless browser
+#   prometheus  promtool checks docs/alerts.yml (tests/system/deploy/test_alert_rules.py);
+#             the server it brings is never started
 # Postfix is preseeded "No configuration": nothing is configured or started system-wide;
 # the tests start and stop their own instance. Needs root (or sudo) for apt-get.
 # Usage: .ci/system-deps.sh [--check]    (--check: only report what is missing, exit 1 if any)
@@ -15,10 +17,11 @@ declare -A PROVIDES=(
   [systemd]=/usr/bin/systemd-analyze
   [python3]=/usr/bin/python3
   [chromium]=/usr/bin/chromium
+  [prometheus]=/usr/bin/promtool
 )
 
 missing=()
-for pkg in postfix systemd python3 chromium; do
+for pkg in postfix systemd python3 chromium prometheus; do
   [ -x "${PROVIDES[$pkg]}" ] || missing+=("$pkg")
 done
 

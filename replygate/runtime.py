@@ -9,18 +9,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import signal
 import socket
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from replygate import sdnotify
+from replygate import metrics, sdnotify
 from replygate.config import Settings
 from replygate.errors import StartupError
 from replygate.logs import get_logger
 from replygate.workers.drain import outbound_worker
 from replygate.workers.inbound import InboundWorker
+
+if TYPE_CHECKING:
+    from replygate.gateway.server import Gateway
+    from replygate.monitoring.server import Check, OperatorServer
 
 log = get_logger("replygate.runtime")
 
@@ -74,17 +80,29 @@ async def run_service(
     stop: asyncio.Event | None = None,
     ready: asyncio.Event | None = None,
     reuse_port: bool = False,
+    metrics_addr: tuple[str, int] | None = None,
 ) -> None:
     """Run the parts of ``role`` until ``stop`` is set (or a signal arrives).
 
     Every listening socket is bound before any part starts or logs, so a port
     already taken is one ``StartupError`` and nothing else. ``reuse_port`` lets
     the gateway share its port with other gateway processes (SO_REUSEPORT).
+    ``metrics_addr`` serves ``/metrics``, ``/healthz`` and ``/readyz`` there
+    (``monitoring.server``); without it a process records metrics only when
+    one that serves them started it (``metrics.join_inherited``).
     """
     stop = stop or asyncio.Event()
     parts = PARTS[ProcessRole(role)]
     portal_addr = portal_addr or (settings.portal_host, settings.portal_port)
-    portal_sock = bind_portal(*portal_addr) if Part.PORTAL in parts else None
+    operator = bind_operator(settings, factory, metrics_addr) if metrics_addr else None
+    if operator is None:
+        metrics.join_inherited()
+    try:
+        portal_sock = bind_portal(*portal_addr) if Part.PORTAL in parts else None
+    except BaseException:
+        if operator is not None:
+            operator.stop()
+        raise
     gateway = None
     if Part.GATEWAY in parts:
         from replygate.gateway.server import start_gateway
@@ -97,6 +115,8 @@ async def run_service(
         except BaseException:
             if portal_sock is not None:
                 portal_sock.close()
+            if operator is not None:
+                operator.stop()
             raise
         log.info("gateway.listening", host=host, port=gateway.port, reuse_port=reuse_port)
     loop = asyncio.get_running_loop()
@@ -104,6 +124,7 @@ async def run_service(
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
     tasks: list[asyncio.Task[None]] = []
+    running: dict[Part, asyncio.Task[None]] = {}  # the parts that must keep running
     try:
         # Set by the engine when it has written notifications; the outbound
         # worker of this process then delivers them without waiting to poll.
@@ -116,12 +137,16 @@ async def run_service(
             if gateway is not None:
                 gateway.handler.wake_on_commit(queued)
             engine = InboundWorker(factory, settings)
-            tasks.append(asyncio.create_task(engine.run(stop, notified=notified, wake=queued)))
+            running[Part.ENGINE] = asyncio.create_task(
+                engine.run(stop, notified=notified, wake=queued)
+            )
+            tasks.append(running[Part.ENGINE])
         if Part.OUTBOUND in parts:
             worker = outbound_worker(settings, factory)
-            tasks.append(
-                asyncio.create_task(worker.run(stop, settings.worker_poll_seconds, wake=notified))
+            running[Part.OUTBOUND] = asyncio.create_task(
+                worker.run(stop, settings.worker_poll_seconds, wake=notified)
             )
+            tasks.append(running[Part.OUTBOUND])
         if Part.PORTAL in parts:
             from replygate.portal.server import run_portal
 
@@ -133,8 +158,16 @@ async def run_service(
                 )
             )
             tasks.append(portal)
+            running[Part.PORTAL] = portal
             await _until_started(portal, started)
             log.info("portal.listening", url=f"http://{host}:{port}")
+        found = metrics.instruments()
+        if gateway is not None and found is not None:
+            tasks.append(asyncio.create_task(publish_gateway(found, gateway, stop)))
+        if operator is not None:
+            operator.checks.update(readiness(factory, gateway, running))
+            operator.start()
+            log.info("metrics.listening", port=operator.port)
         settle_heap()
         if ready is not None:
             ready.set()
@@ -150,7 +183,67 @@ async def run_service(
                 await task
         if portal_sock is not None:
             portal_sock.close()
+        if operator is not None:
+            operator.stop()
+        metrics.process_exited()
         log.info("service.stopped", role=role)
+
+
+# How often a gateway's tallies are copied into the metrics (``metrics`` says why).
+PUBLISH_SECONDS = 1.0
+
+
+def bind_operator(
+    settings: Settings, factory: sessionmaker[Session], addr: tuple[str, int]
+) -> OperatorServer:
+    """The operator port bound, and metrics recorded from now on in a directory of its
+    own (``<var_dir>/metrics/<port>``), emptied first; ``StartupError`` when it is taken."""
+    from replygate.gateway.server import listen_failure
+    from replygate.monitoring.server import OperatorServer
+
+    host, port = addr
+    directory = settings.var_dir / "metrics" / str(port or os.getpid())
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        operator = OperatorServer(host, port, directory=directory, factory=factory, checks={})
+    except OSError as exc:
+        raise StartupError(listen_failure(host, port, exc, "another exporter")) from exc
+    # Only once the port is ours: no other process serves this directory.
+    metrics.enable(directory, owner=True)
+    return operator
+
+
+def readiness(
+    factory: sessionmaker[Session], gateway: Gateway | None, running: dict[Part, asyncio.Task[None]]
+) -> dict[str, Check]:
+    """What ``/readyz`` checks: the database answers, the gateway's writer thread lives,
+    and every part of this process is still running."""
+    from replygate.store.db import database_problem
+
+    checks: dict[str, Check] = {"database": lambda: database_problem(factory)}
+    if gateway is not None:
+        checks["writer"] = lambda: None if gateway.writer_alive() else "the writer thread died"
+    for part, task in running.items():
+        checks[str(part)] = _still_running(task)
+    return checks
+
+
+def _still_running(task: asyncio.Task[None]) -> Check:
+    return lambda: "stopped" if task.done() else None
+
+
+async def publish_gateway(
+    found: metrics.Instruments, gateway: Gateway, stop: asyncio.Event
+) -> None:
+    """Copy the gateway's tallies into the metrics every ``PUBLISH_SECONDS``, and once more
+    at the end."""
+    try:
+        while not stop.is_set():
+            found.publish_smtp(*gateway.figures())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), PUBLISH_SECONDS)
+    finally:
+        found.publish_smtp(*gateway.figures())
 
 
 def bind_portal(host: str, port: int) -> socket.socket:

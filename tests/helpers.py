@@ -5,6 +5,8 @@ from __future__ import annotations
 import mailbox
 import socket
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from email import message_from_bytes
 from email.message import EmailMessage
@@ -57,6 +59,36 @@ def read_maildir(path: Path) -> list[EmailMessage]:
         return []
     box = mailbox.Maildir(path, create=False)
     return [message_from_bytes(box.get_bytes(key), policy=default) for key in box.iterkeys()]
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    """GET ``path`` from 127.0.0.1:``port``: the status and the body (4xx/5xx too)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(port: int) -> Samples:
+    """The operator port's ``/metrics``, parsed: (sample name, labels) to value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, body = http_get(port, "/metrics")
+    assert status == 200, body
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float:
+    """One sample's value, 0 when it has not appeared yet (a counter not yet incremented)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 BODY_WORDS = "Zanzibar quokka thermometer"

@@ -81,10 +81,22 @@ def _run_async(coro: Coroutine[Any, Any, None]) -> None:
     "(SO_REUSEPORT; each must be started with it). Without it a port in use is an error.",
 )
 @click.option("--migrate", is_flag=True, help="Bring the database schema up to date first.")
+@click.option(
+    "--metrics",
+    "metrics",
+    metavar="HOST:PORT",
+    help="Serve /metrics (Prometheus), /healthz and /readyz there. Off by default.",
+)
 @pass_app
 @clean_errors
 def serve(
-    app: App, smtp: str | None, portal: str | None, role: str, reuse_port: bool, migrate: bool
+    app: App,
+    smtp: str | None,
+    portal: str | None,
+    role: str,
+    reuse_port: bool,
+    migrate: bool,
+    metrics: str | None,
 ) -> None:
     """Run the gateway, the engine and outbound workers and the portal until Ctrl-C.
 
@@ -102,15 +114,29 @@ def serve(
         smtp_addr=smtp_addr,
         portal_addr=portal_addr,
         reuse_port=reuse_port,
+        metrics_addr=_metrics_addr(metrics),
     )
     _start(app, migrate, service)
 
 
+def _metrics_addr(value: str | None) -> tuple[str, int] | None:
+    """``--metrics HOST:PORT`` (``:PORT`` alone listens on 127.0.0.1)."""
+    if not value:
+        return None
+    return _host_port(value, "127.0.0.1", 0)
+
+
 @click.command("worker")
 @click.option("--once", is_flag=True, help="Process what is queued now, then exit.")
+@click.option(
+    "--metrics",
+    "metrics",
+    metavar="HOST:PORT",
+    help="Serve /metrics (Prometheus), /healthz and /readyz there. Off by default.",
+)
 @pass_app
 @clean_errors
-def worker(app: App, once: bool) -> None:
+def worker(app: App, once: bool, metrics: str | None) -> None:
     """Run the threading engine and outbound delivery workers."""
     from replygate.runtime import run_service
     from replygate.workers.drain import drain_once
@@ -120,7 +146,10 @@ def worker(app: App, once: bool) -> None:
         filed, delivered = drain_once(app.settings, app.factory)
         click.echo(f"processed {filed} inbound mail(s), delivered {delivered} notification(s)")
         return
-    _start(app, False, run_service(app.settings, app.factory, role="worker"))
+    service = run_service(
+        app.settings, app.factory, role="worker", metrics_addr=_metrics_addr(metrics)
+    )
+    _start(app, False, service)
 
 
 @click.command("ingest")

@@ -57,6 +57,7 @@ class Prepared:
     refused: str | None = None
     files: tuple[Attachment, ...] = ()
     parts: ReplyParts | None = None
+    extract_seconds: float | None = None  # how long extraction took (the metrics' histogram)
 
 
 @dataclass
@@ -214,8 +215,12 @@ class Filing:
             files = files_to_keep(self.policy, parsed.attachments)
         except InboundRefused as exc:
             return Prepared(parsed, headers, verdict, refused=str(exc))
+        started = time.perf_counter()
         parts = extract_from_parts(parsed.text_plain, parsed.text_html)
-        return Prepared(parsed, headers, verdict, files=tuple(files), parts=parts)
+        took = time.perf_counter() - started
+        return Prepared(
+            parsed, headers, verdict, files=tuple(files), parts=parts, extract_seconds=took
+        )
 
     def _decide(
         self,

@@ -374,6 +374,7 @@ class GatewaySMTP(SMTP):
         )
         if not waiting_for_proxy and not transport.is_closing():
             line = self.event_handler.timed_out(session, self.envelope, in_data=self._in_data)
+            self.shared.count_reply(replies.reply_key(line))
             cast(asyncio.WriteTransport, transport).write(line.encode("ascii") + b"\r\n")
         transport.close()
 
@@ -386,11 +387,14 @@ class GatewaySMTP(SMTP):
         if isinstance(status, str):
             if status.startswith("552 Error:"):
                 line = self.event_handler.refused_oversize(self.session, self.envelope)
+                key = replies.reply_key(line)
             else:
-                line = self._with_status(status)
+                line, key = self._with_status(status)
             if line[3:4] == "-":
                 self._continued.append(line)
                 return
+            sent = self.shared.replies_sent  # the metrics' tally: one dict increment
+            sent[key] = sent.get(key, 0) + 1
             if self._continued:
                 line = "\r\n".join([*self._continued, line])
                 self._continued.clear()
@@ -400,11 +404,13 @@ class GatewaySMTP(SMTP):
         self._writer.write(data + b"\r\n")
         await self._writer.drain()
 
-    def _with_status(self, line: str) -> str:
+    def _with_status(self, line: str) -> tuple[str, str]:
+        """``line`` with its enhanced status code, and what the metrics count it under."""
         statuses = self.shared.statuses
         found = statuses.get(line)
         if found is None:
-            found = replies.with_status(line)
+            completed = replies.with_status(line)
+            found = (completed, replies.reply_key(completed))
             if len(statuses) >= MEMO_SIZE:
                 statuses.clear()
             statuses[line] = found

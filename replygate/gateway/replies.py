@@ -436,6 +436,15 @@ def with_status(line: str) -> str:
     return line
 
 
+def reply_key(line: str) -> str:
+    """What the metrics count ``line`` under: ``"550 5.1.1"``, or the basic code alone
+    (``"220"``) for a reply without an enhanced status code."""
+    found = _HAS_STATUS.match(line)
+    if found is None:
+        return line[:3]
+    return f"{line[:3]} {found.group(0)[4:].rstrip()}"
+
+
 def refusal(error: InboundRefused) -> Reply:
     """The reply for a refusal raised by the core."""
     return CATALOGUE[condition_for(error)]

@@ -109,6 +109,7 @@ class Gateway:
         self.handler = handler or GatewayHandler(settings, factory)
         self._server: asyncio.Server | None = None
         self._open: set[GatewaySMTP] = set()
+        self.shared: Shared | None = None  # once started: the tables and tallies of its sessions
 
     async def start(self) -> None:
         """Bind and listen; ``port`` then holds the bound port (useful with port 0)."""
@@ -116,7 +117,8 @@ class Gateway:
         # round trip; the default 5 ms hand-over would dominate their latency.
         sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_SECONDS))
         make = protocol_factory(self.settings, self.handler)
-        self._open = make.shared.open  # type: ignore[attr-defined]
+        self.shared = make.shared  # type: ignore[attr-defined]
+        self._open = self.shared.open
         loop = asyncio.get_running_loop()
         reuse_port = self.reuse_port and REUSE_PORT_SUPPORTED
         try:
@@ -128,6 +130,18 @@ class Gateway:
                 listen_failure(self.host, self.port, exc, "another mail server")
             ) from exc
         self.port = self._server.sockets[0].getsockname()[1]
+
+    def figures(self) -> tuple[dict[str, int], int, int]:
+        """Replies sent (by ``replies.reply_key``), connections open and message bytes in
+        memory: what ``metrics`` publishes. Read on the gateway's loop."""
+        shared = self.shared
+        if shared is None:
+            return {}, 0, 0
+        return shared.replies_sent, shared.sessions.open, shared.budget.used
+
+    def writer_alive(self) -> bool:
+        """Whether the thread that commits accepted mail is running (or not needed yet)."""
+        return self.handler.writer.alive()
 
     async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """Stop listening and close open connections.

@@ -63,12 +63,20 @@ class Shared:
     # (and defines a typing.Protocol class on every call); a pure function of
     # the argument, so remembered.
     addresses: dict[tuple[str, int], tuple[str | None, str | None]] = field(default_factory=dict)
-    # Reply lines with their enhanced status code (``replies.with_status``).
-    statuses: dict[str, str] = field(default_factory=dict)
+    # Reply lines with their enhanced status code (``replies.with_status``) and the
+    # key the metrics count them under (``replies.reply_key``).
+    statuses: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # Replies sent since the gateway started, by ``replies.reply_key`` (``metrics``
+    # reads it; a plain dict so that counting costs one increment).
+    replies_sent: dict[str, int] = field(default_factory=dict)
     # The attributes every connection starts with, set in one dict update.
     constants: dict[str, Any] = field(default_factory=dict)
     # The open connections, for ``Gateway.stop`` to close.
     open: set[GatewaySMTP] = field(default_factory=set)
+
+    def count_reply(self, key: str) -> None:
+        """Count a reply sent (``GatewaySMTP.push`` does the same inline)."""
+        self.replies_sent[key] = self.replies_sent.get(key, 0) + 1
 
     def connection_constants(self) -> dict[str, Any]:
         """What ``SMTP.__init__`` would set on each connection, less the per-connection tables."""

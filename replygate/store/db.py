@@ -63,6 +63,18 @@ def close_reads(reads: sessionmaker[Session] | None) -> None:
         bind.dispose()
 
 
+def database_problem(factory: sessionmaker[Session]) -> str | None:
+    """None when ``factory``'s database answers now, else why not (one line)."""
+    bind = bound_engine(factory)
+    if bind is None:
+        return None
+    try:
+        dialect.check_reachable(bind)
+    except Exception as exc:  # whatever the driver raises, the answer is "not reachable"
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None
+
+
 def updated(session: Session, statement: Update) -> CursorResult[Any]:
     """Run an UPDATE; its result is a CursorResult, which has the row count."""
     return cast("CursorResult[Any]", session.execute(statement))

@@ -45,6 +45,7 @@ from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVarTuple
+from urllib.parse import quote
 
 from sqlalchemy import Engine, Select, create_engine, event, func, select, text
 from sqlalchemy.engine import make_url
@@ -111,6 +112,29 @@ def snapshot_reads(bind: Engine) -> Engine | None:
     if backend(bind) is not Backend.SQLITE:
         return None
     return snapshot_engine_for(bind.url.render_as_string(hide_password=False), pool_size=10)
+
+
+def check_reachable(bind: Engine) -> None:
+    """Raise (``sqlite3.Error``, ``SQLAlchemyError``) unless the database answers now.
+
+    On SQLite the file itself must still be there, open for writing and ours
+    (an empty file made in its place is not): a pooled connection keeps a
+    moved or deleted file open and would answer.
+    On PostgreSQL a pooled connection must answer (``pool_pre_ping`` replaces
+    one the server dropped, so a server that is down fails here).
+    """
+    if backend(bind) is Backend.SQLITE:
+        path = bind.url.database
+        if not path or path == ":memory:":
+            return
+        raw = sqlite3.connect(f"file:{quote(path)}?mode=rw", uri=True, timeout=1.0)
+        try:
+            raw.execute("SELECT version_num FROM alembic_version").fetchone()
+        finally:
+            raw.close()
+        return
+    with bind.connect() as conn:
+        conn.execute(text("SELECT 1"))
 
 
 def _sqlite_engine(url: str) -> Engine:

@@ -249,6 +249,12 @@ class InboundWriter:
         self._ensure_started()
         self._queue.put(pending)
 
+    def alive(self) -> bool:
+        """False when the writer thread has died: nothing accepted could be committed.
+        (Before the first message it has not started, and is not needed.)"""
+        thread = self._thread
+        return thread is None or thread.is_alive()
+
     def close(self, timeout: float = 10.0) -> None:
         """Commit what is queued, then stop the thread."""
         with self._lock:

@@ -68,6 +68,7 @@ class Claimed:
     header_message_id: str
     raw: bytes
     attempts: int
+    created_at: datetime | None = None  # when it was queued: the delivery lag starts there
 
 
 def add(
@@ -197,6 +198,7 @@ def claim_due(
             table.c.header_message_id,
             table.c.raw,
             table.c.attempts,
+            table.c.created_at,
         )
         .where(
             table.c.status.in_(("queued", "sending")),
@@ -217,6 +219,7 @@ def claim_due(
                 header_message_id=row.header_message_id,
                 raw=row.raw,
                 attempts=row.attempts + 1,
+                created_at=row.created_at,
             )
             for row in conn.execute(stmt)
         ]

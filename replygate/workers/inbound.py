@@ -27,6 +27,7 @@ import time
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from replygate import metrics
 from replygate.config import Settings
 from replygate.core.filing import Filing, Outcome, Prepared
 from replygate.logs import get_logger
@@ -139,8 +140,12 @@ class InboundWorker:
             log.warning(
                 "engine.batch_failed", size=len(claimed), error=f"{type(exc).__name__}: {exc}"
             )
-            return [self.filing.process(mail.id) for mail in claimed]
-        ms = round((time.perf_counter() - started) * 1000, 1)
+            outcomes = [self.filing.process(mail.id) for mail in claimed]
+            _count(outcomes, prepared, time.perf_counter() - started)
+            return outcomes
+        took = time.perf_counter() - started
+        _count(outcomes, prepared, took)
+        ms = round(took * 1000, 1)
         for outcome in outcomes:
             # Why it was decided stays on the queue row (``queue explain``), with the mail:
             # a reason may quote it (an attachment's name, a header).
@@ -180,6 +185,22 @@ class InboundWorker:
         return total
 
     # -- one mail ---------------------------------------------------------------------------
+
+
+def _count(outcomes: list[Outcome], prepared: list[Prepared | Exception], seconds: float) -> None:
+    """Record a batch in the metrics, when they are on."""
+    found = metrics.instruments()
+    if found is None:
+        return
+    found.engine_batch.observe(seconds)
+    for outcome in outcomes:
+        found.inbound_processed.labels(outcome.status).inc()
+    for item in prepared:
+        if isinstance(item, Prepared):
+            if item.extract_seconds is not None:
+                found.extraction.observe(item.extract_seconds)
+            if item.verdict.kind == "bounce":
+                found.bounces.inc()
 
 
 LISTEN_RETRY_SECONDS = 1.0

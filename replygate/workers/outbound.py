@@ -33,6 +33,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from replygate import metrics
 from replygate.logs import get_logger
 from replygate.mail.redaction import redact
 from replygate.store import outbox
@@ -190,8 +191,12 @@ class OutboundWorker:
             error = str(exc) if isinstance(exc, TransientDeliveryError) else repr(exc)
             await self._retry_or_fail(item, error, fields, started)
         else:
-            owned = await sent.record((item, self.clock()))
+            at = self.clock()
+            owned = await sent.record((item, at))
             self._log(fields, started, "sent", owned)
+            found = metrics.instruments()
+            if found is not None and owned and item.created_at is not None:
+                found.delivery_lag.observe(max(0.0, (at - item.created_at).total_seconds()))
 
     async def _retry_or_fail(
         self, item: Claimed, error: str, fields: dict[str, object], started: float
@@ -225,6 +230,9 @@ class OutboundWorker:
         error = extra.get("error")
         if isinstance(error, str):
             extra["error"] = redact(self.secret, error)
+        found = metrics.instruments()
+        if found is not None and owned:
+            found.delivery_attempts.labels(outcome).inc()
         level = log.info if outcome == "sent" else log.warning
         level("outbox.delivery", outcome=outcome, duration_ms=duration_ms, **fields, **extra)
 

@@ -224,7 +224,7 @@ COMMANDS = {
     "queue show": ["--json", "--raw", "inbound_id"],
     "queue stats": ["--json"],
     "send": ["--body", "--from", "--json", "--subject", "--to"],
-    "serve": ["--migrate", "--portal", "--reuse-port", "--role", "--smtp"],
+    "serve": ["--metrics", "--migrate", "--portal", "--reuse-port", "--role", "--smtp"],
     "settings convenience": ["--acknowledge-hipaa", "--by", "state"],
     "settings dmarc-policy": ["policy"],
     "settings organisation-name": ["name"],
@@ -240,7 +240,7 @@ COMMANDS = {
     "users reset-bounces": ["email"],
     "users sessions": ["--json", "email"],
     "users set-password": ["email"],
-    "worker": ["--once"],
+    "worker": ["--metrics", "--once"],
 }
 
 

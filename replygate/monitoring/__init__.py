@@ -1,0 +1,1 @@
+"""The operator port: metrics and health for whoever runs the service."""
