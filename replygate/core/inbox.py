@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ScalarSelect, UnaryExpression, and_, func, select
+from sqlalchemy import Select, UnaryExpression, and_, func, literal, select, tuple_
 from sqlalchemy.orm import Session, selectinload
 
 from replygate.core.messaging import (
@@ -22,6 +22,7 @@ from replygate.core.messaging import (
     circles_open_to,
     people_open_to,
 )
+from replygate.core.placement import InboxFilter, shown_in
 from replygate.errors import NotFound
 from replygate.store.models import (
     Circle,
@@ -33,6 +34,7 @@ from replygate.store.models import (
     ThreadParticipant,
     User,
     UserRole,
+    UTCDateTime,
 )
 
 PAGE_SIZE = 50
@@ -65,6 +67,8 @@ class ThreadRow:
     last_activity_at: datetime
     preview: str
     unread: int
+    pinned: bool = False
+    archived: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,8 @@ class ThreadView:
     messages: list[MessageView]
     previous_id: int | None
     next_id: int | None
+    pinned: bool = False
+    archived: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,60 +141,110 @@ def _preview(text: str) -> str:
     return flat if len(flat) <= PREVIEW_LENGTH else flat[: PREVIEW_LENGTH - 1] + "…"
 
 
-def _unread_count(user_id: int) -> ScalarSelect[int]:
-    """Correlated count of messages by others after the participant's read mark."""
+def _inbox_order() -> tuple[UnaryExpression[bool], UnaryExpression[datetime], UnaryExpression[int]]:
+    """Pinned first, then newest activity: ``ix_thread_participants_inbox`` read backwards."""
     return (
-        select(func.count(Message.id))
-        .where(
-            Message.thread_id == ThreadParticipant.thread_id,
-            Message.author_id != user_id,
-            Message.id > func.coalesce(ThreadParticipant.last_read_message_id, 0),
-        )
-        .correlate(ThreadParticipant)
-        .scalar_subquery()
+        ThreadParticipant.pinned.desc(),
+        ThreadParticipant.last_activity_at.desc(),
+        ThreadParticipant.thread_id.desc(),
     )
 
 
-def _inbox_order() -> tuple[UnaryExpression[datetime], UnaryExpression[int]]:
-    return (Thread.last_activity_at.desc(), Thread.id.desc())
-
-
-def inbox(session: Session, user_id: int, page: int = 0) -> tuple[list[ThreadRow], bool]:
-    """Threads the user takes part in, newest activity first; and whether more follow."""
-    unread = _unread_count(user_id).label("unread")
-    rows = session.execute(
-        select(Thread, unread)
-        .join(
-            ThreadParticipant,
-            and_(ThreadParticipant.thread_id == Thread.id, ThreadParticipant.user_id == user_id),
+def page_statement(
+    user_id: int, view: InboxFilter, *, offset: int, limit: int
+) -> Select[int, bool, bool, int | None]:
+    """The participant rows of one inbox page, in order: a range of the inbox index."""
+    return (
+        select(
+            ThreadParticipant.thread_id,
+            ThreadParticipant.pinned,
+            ThreadParticipant.archived,
+            ThreadParticipant.last_read_message_id,
         )
-        .options(selectinload(Thread.participants).selectinload(ThreadParticipant.user))
+        .where(ThreadParticipant.user_id == user_id, shown_in(view))
         .order_by(*_inbox_order())
-        .offset(page * PAGE_SIZE)
-        .limit(PAGE_SIZE + 1)
+        .offset(offset)
+        .limit(limit)
+    )
+
+
+def inbox(
+    session: Session,
+    user_id: int,
+    page: int = 0,
+    view: InboxFilter = InboxFilter.ALL,
+    size: int = PAGE_SIZE,
+) -> tuple[list[ThreadRow], bool]:
+    """One page of the user's threads in ``view``, pinned first, then newest activity;
+    and whether more follow.
+
+    The page is picked from the user's participant rows alone, in index order
+    (no thread is read that is not shown), then its threads, names, previews
+    and unread counts are read for those rows only.
+    """
+    picked = session.execute(
+        page_statement(user_id, view, offset=page * size, limit=size + 1)
     ).all()
-    more = len(rows) > PAGE_SIZE
-    rows = rows[:PAGE_SIZE]
-    last = _last_messages(session, [t.id for t, _ in rows])
+    more = len(picked) > size
+    picked = picked[:size]
+    ids = [row.thread_id for row in picked]
+    threads = {
+        t.id: t
+        for t in session.scalars(
+            select(Thread)
+            .where(Thread.id.in_(ids))
+            .options(selectinload(Thread.participants).selectinload(ThreadParticipant.user))
+        )
+    }
+    last = _last_messages(session, ids)
+    unread = _unread_counts(session, user_id, {r.thread_id: r.last_read_message_id for r in picked})
     return [
         ThreadRow(
-            id=t.id,
-            subject=t.subject,
-            with_names=_others(t, user_id),
-            last_activity_at=t.last_activity_at,
-            preview=_preview(last.get(t.id, "")),
-            unread=n or 0,
+            id=row.thread_id,
+            subject=threads[row.thread_id].subject,
+            with_names=_others(threads[row.thread_id], user_id),
+            last_activity_at=threads[row.thread_id].last_activity_at,
+            preview=_preview(last.get(row.thread_id, "")),
+            unread=unread.get(row.thread_id, 0),
+            pinned=row.pinned,
+            archived=row.archived,
         )
-        for t, n in rows
+        for row in picked
     ], more
 
 
+def _unread_counts(
+    session: Session, user_id: int, read_marks: dict[int, int | None]
+) -> dict[int, int]:
+    """How many messages by others each thread holds after the user's read mark."""
+    if not read_marks:
+        return {}
+    mark = func.coalesce(ThreadParticipant.last_read_message_id, 0)
+    rows = session.execute(
+        select(Message.thread_id, func.count(Message.id))
+        .join(
+            ThreadParticipant,
+            and_(
+                ThreadParticipant.thread_id == Message.thread_id,
+                ThreadParticipant.user_id == user_id,
+            ),
+        )
+        .where(
+            Message.thread_id.in_(list(read_marks)),
+            Message.author_id != user_id,
+            Message.id > mark,
+        )
+        .group_by(Message.thread_id)
+    ).all()
+    return {thread_id: count for thread_id, count in rows}
+
+
 def unread_threads(session: Session, user_id: int) -> int:
-    """How many of the user's threads hold something they have not read."""
+    """How many threads in the user's inbox hold something they have not read."""
     count = session.scalar(
         select(func.count())
         .select_from(ThreadParticipant)
-        .where(ThreadParticipant.user_id == user_id, _unread_count(user_id) > 0)
+        .where(ThreadParticipant.user_id == user_id, shown_in(InboxFilter.UNREAD))
     )
     return count or 0
 
@@ -257,7 +313,7 @@ def read_thread(session: Session, thread_id: int, user: User) -> ThreadView:
     ]
     if messages and messages[-1].id > read_up_to:
         me.last_read_message_id = messages[-1].id
-    previous_id, next_id = _neighbours(session, thread, user.id)
+    previous_id, next_id = _neighbours(session, me)
     return ThreadView(
         id=thread.id,
         subject=thread.subject,
@@ -268,29 +324,31 @@ def read_thread(session: Session, thread_id: int, user: User) -> ThreadView:
         messages=views,
         previous_id=previous_id,
         next_id=next_id,
+        pinned=me.pinned,
+        archived=me.archived,
     )
 
 
-def _neighbours(session: Session, thread: Thread, user_id: int) -> tuple[int | None, int | None]:
-    """The threads just above and below this one in the user's inbox order."""
-    mine = select(ThreadParticipant.thread_id).where(ThreadParticipant.user_id == user_id)
+def _neighbours(session: Session, me: ThreadParticipant) -> tuple[int | None, int | None]:
+    """The threads just above and below this one in the user's list (inbox or archive)."""
+    key = tuple_(
+        ThreadParticipant.pinned, ThreadParticipant.last_activity_at, ThreadParticipant.thread_id
+    )
+    mine = tuple_(
+        literal(me.pinned), literal(me.last_activity_at, UTCDateTime()), literal(me.thread_id)
+    )
+    same_list = and_(
+        ThreadParticipant.user_id == me.user_id, ThreadParticipant.archived == me.archived
+    )
     newer = session.scalars(
-        select(Thread.id)
-        .where(
-            Thread.id.in_(mine),
-            (Thread.last_activity_at > thread.last_activity_at)
-            | and_(Thread.last_activity_at == thread.last_activity_at, Thread.id > thread.id),
-        )
-        .order_by(Thread.last_activity_at.asc(), Thread.id.asc())
+        select(ThreadParticipant.thread_id)
+        .where(same_list, key > mine)
+        .order_by(*(c.asc() for c in key.clauses))
         .limit(1)
     ).first()
     older = session.scalars(
-        select(Thread.id)
-        .where(
-            Thread.id.in_(mine),
-            (Thread.last_activity_at < thread.last_activity_at)
-            | and_(Thread.last_activity_at == thread.last_activity_at, Thread.id < thread.id),
-        )
+        select(ThreadParticipant.thread_id)
+        .where(same_list, key < mine)
         .order_by(*_inbox_order())
         .limit(1)
     ).first()

@@ -26,6 +26,7 @@ from sqlalchemy import ColumnElement, and_, insert, or_, select, true
 from sqlalchemy.orm import Session, make_transient_to_detached, selectinload, sessionmaker
 
 from replygate.config import Settings
+from replygate.core.placement import record_activity
 from replygate.errors import HeaderMismatch, Invalid, NotFound
 from replygate.logs import get_logger
 from replygate.mail import reply_token
@@ -125,8 +126,12 @@ class Messaging:
                 session.flush()
                 session.add_all(
                     [
-                        ThreadParticipant(thread_id=thread.id, user_id=author.id),
-                        ThreadParticipant(thread_id=thread.id, user_id=person.id),
+                        ThreadParticipant(
+                            thread_id=thread.id, user_id=author.id, last_activity_at=now
+                        ),
+                        ThreadParticipant(
+                            thread_id=thread.id, user_id=person.id, last_activity_at=now
+                        ),
                     ]
                 )
                 message = self._add_message(
@@ -195,10 +200,7 @@ class Messaging:
         message = Message(id=new_id, **values)
         make_transient_to_detached(message)
         session.add(message)
-        thread.last_activity_at = now
-        for p in thread.participants:  # the author has read what they wrote
-            if p.user_id == author.id:
-                p.last_read_message_id = message.id
+        record_activity(thread, message, now)
         filed = session.info.get(_FILED)
         if filed is not None:
             filed.add(("inbound", inbound_id))
@@ -399,12 +401,8 @@ class Messaging:
             thread_id=thread.id, author_id=author.id, body=body, source=source, **extra
         )
         session.add(message)
-        thread.last_activity_at = utcnow()
         session.flush()
-        # The author has read what they wrote.
-        for p in thread.participants:
-            if p.user_id == author.id:
-                p.last_read_message_id = message.id
+        record_activity(thread, message, utcnow())
         return message
 
     def _notify(

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
-from replygate.core import accounts, canned, inbox, organisation, sessions, views
+from replygate.core import accounts, canned, inbox, organisation, placement, sessions, views
 from replygate.core.canned import Canned
 from replygate.core.inbox import (
     AttachmentFile,
@@ -27,6 +27,7 @@ from replygate.core.inbox import (
     Viewer,
 )
 from replygate.core.organisation import OrganisationView
+from replygate.core.placement import Change, InboxFilter
 from replygate.core.views import UserRow
 from replygate.errors import NotFound
 from replygate.store import directory
@@ -134,8 +135,17 @@ class Workspace:
 
     # -- reading --------------------------------------------------------------------------
 
-    def inbox(self, viewer_id: int, page: int) -> tuple[list[ThreadRow], bool]:
-        return self._run(inbox.inbox, viewer_id, page)
+    def inbox(
+        self, viewer_id: int, page: int, view: InboxFilter = InboxFilter.ALL
+    ) -> tuple[list[ThreadRow], bool]:
+        return self._run(inbox.inbox, viewer_id, page, view)
+
+    def change_placement(self, thread_id: int, viewer: Viewer, what: Change) -> None:
+        """Pin, unpin, archive or unarchive a thread for the viewer alone.
+
+        ``NotFound`` unless the viewer takes part in it.
+        """
+        self._run(placement.change, thread_id, viewer.id, what)
 
     def sent(self, viewer_id: int, page: int) -> tuple[list[SentRow], bool]:
         return self._run(inbox.sent, viewer_id, page)

@@ -77,6 +77,7 @@ class Portal(AccountPages, MessagePages, StaffPages):
             Route("/sent", self.sent),
             Route("/threads/{thread_id:int}", self.thread),
             Route("/threads/{thread_id:int}/reply", self.reply, methods=["POST"]),
+            Route("/threads/{thread_id:int}/placement", self.placement, methods=["POST"]),
             Route("/attachments/{attachment_id:int}", self.attachment),
             Route("/compose", self.compose_page, methods=["GET"]),
             Route("/compose", self.compose, methods=["POST"]),

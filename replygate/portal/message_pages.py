@@ -1,4 +1,5 @@
-"""Reading and writing messages: inbox, sent, a thread, its files, replies, compose.
+"""Reading and writing messages: inbox, sent, a thread, its files, replies, pins and
+archive, compose.
 
 A thread or attachment the viewer does not take part in answers 404, as one
 that does not exist; files that came by email always download, and only a
@@ -14,9 +15,24 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from replygate.core.placement import Change, InboxFilter
 from replygate.core.workspace import SignedIn
 from replygate.errors import Invalid, NotFound
 from replygate.portal.pages import MAX_BODY_CHARS, Pages, page_number, sentence
+from replygate.portal.security import safe_next
+
+FILTER_LABELS = {
+    InboxFilter.ALL: "All",
+    InboxFilter.UNREAD: "Unread",
+    InboxFilter.PINNED: "Pinned",
+    InboxFilter.ARCHIVED: "Archived",
+}
+CHANGE_DONE = {
+    Change.PIN: "Pinned to the top of your inbox.",
+    Change.UNPIN: "Unpinned.",
+    Change.ARCHIVE: "Archived: it comes back when someone writes.",
+    Change.UNARCHIVE: "Back in your inbox.",
+}
 
 # Types a browser may show as they are; anything else downloads as octet-stream.
 INLINE_SAFE_TYPES = frozenset({"application/pdf", "image/png", "image/jpeg", "image/gif"})
@@ -31,6 +47,14 @@ def content_disposition(filename: str) -> str:
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
+def inbox_filter(request: Request) -> InboxFilter:
+    """The inbox view a link asks for (``?show=``); the whole inbox for anything else."""
+    try:
+        return InboxFilter(request.query_params.get("show", InboxFilter.ALL))
+    except ValueError:
+        return InboxFilter.ALL
+
+
 class MessagePages(Pages):
     # -- reading --------------------------------------------------------------------------
 
@@ -40,8 +64,17 @@ class MessagePages(Pages):
     async def inbox(self, request: Request) -> Response:
         current = await self.require(request)
         page = page_number(request)
-        rows, more = await self.call(self.workspace.inbox, current.viewer.id, page)
-        context = {"section": "inbox", "rows": rows, "page": page, "more": more}
+        view = inbox_filter(request)
+        rows, more = await self.call(self.workspace.inbox, current.viewer.id, page, view)
+        context = {
+            "section": "inbox",
+            "rows": rows,
+            "page": page,
+            "more": more,
+            "show": view,
+            "filters": FILTER_LABELS,
+            "here": request.url.path + ("?" + request.url.query if request.url.query else ""),
+        }
         return self.render(request, "inbox.html", context, current=current)
 
     async def sent(self, request: Request) -> Response:
@@ -81,6 +114,22 @@ class MessagePages(Pages):
                 "Cache-Control": "private, no-store",
             },
         )
+
+    async def placement(self, request: Request) -> Response:
+        """Pin, unpin, archive or unarchive a thread for the viewer, then go back."""
+        me = (await self.require(request)).viewer
+        form = await self.form(request)
+        thread_id = request.path_params["thread_id"]
+        try:
+            what = Change(str(form.get("change", "")))
+        except ValueError as exc:
+            raise HTTPException(400, "Choose pin, unpin, archive or unarchive.") from exc
+        try:
+            await self.call(self.workspace.change_placement, thread_id, me, what)
+        except NotFound as exc:
+            raise HTTPException(404, "There is no such conversation.") from exc
+        self.flash(request, CHANGE_DONE[what])
+        return self.redirect(safe_next(str(form.get("next", ""))))
 
     async def reply(self, request: Request) -> Response:
         me = (await self.require(request)).viewer

@@ -194,7 +194,26 @@ class Thread(Base):
 
 
 class ThreadParticipant(Base):
+    """One person in one thread, with where the thread stands for them.
+
+    ``last_activity_at`` and ``last_incoming_message_id`` repeat what the
+    messages say (``core.placement.record_activity`` writes them with each
+    message), so one person's inbox is a range of
+    ``ix_thread_participants_inbox`` read in order, whatever the number of
+    threads, and "unread" needs no count.
+    """
+
     __tablename__ = "thread_participants"
+    __table_args__ = (
+        Index(
+            "ix_thread_participants_inbox",
+            "user_id",
+            "archived",
+            "pinned",
+            "last_activity_at",
+            "thread_id",
+        ),
+    )
 
     thread_id: Mapped[int] = mapped_column(
         ForeignKey("threads.id", ondelete="CASCADE"), primary_key=True
@@ -203,6 +222,14 @@ class ThreadParticipant(Base):
         ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
     )
     last_read_message_id: Mapped[int | None] = mapped_column(Integer)
+    # The newest message by someone else: the thread is unread while it is past the read mark.
+    last_incoming_message_id: Mapped[int | None] = mapped_column(Integer)
+    # The thread's last activity, copied here for the inbox index.
+    last_activity_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # At the top of this person's inbox; never also archived.
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Out of this person's inbox until someone else writes in the thread.
+    archived: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     thread: Mapped[Thread] = relationship(back_populates="participants")
     user: Mapped[User] = relationship()

@@ -230,7 +230,7 @@ COMMANDS = {
     "settings organisation-name": ["name"],
     "settings sender-policy": ["policy"],
     "settings show": ["--json"],
-    "threads list": ["--json"],
+    "threads list": ["--archived", "--json", "--pinned", "--unread", "--user"],
     "threads show": ["--json", "thread_id"],
     "tokens inspect": ["--json", "address"],
     "tokens revoke": ["address"],

@@ -1,6 +1,7 @@
-/* replygate portal: keyboard shortcuts, the shortcut reference, canned responses,
-   local times. Plain JavaScript, loaded from our own origin (the CSP allows no
-   inline script). Every page works without it. */
+/* replygate portal: keyboard shortcuts (p and e submit the pin and archive
+   forms), the shortcut reference, canned responses, local times. Plain
+   JavaScript, loaded from our own origin (the CSP allows no inline script).
+   Every page works without it. */
 (function () {
   "use strict";
 
@@ -50,6 +51,24 @@
 
   function go(url) {
     if (url) window.location.assign(url);
+  }
+
+  // -- p and e: the pin and archive buttons of the selected row or the open thread --
+  function placementScope() {
+    if (rows.length) {
+      if (selected >= 0) return rows[selected];
+      var active = document.activeElement;
+      return active && active.closest ? active.closest("[data-thread-row]") : null;
+    }
+    return conversation;
+  }
+
+  function submitPlacement(key) {
+    var scope = placementScope();
+    var form = scope && scope.querySelector('form[data-key="' + key + '"]');
+    if (!form) return false;
+    form.requestSubmit();
+    return true;
   }
 
   function onKey(event) {
@@ -105,6 +124,10 @@
           event.preventDefault();
           go("/inbox");
         }
+        break;
+      case "p":
+      case "e":
+        if (submitPlacement(event.key)) event.preventDefault();
         break;
       case "j":
         event.preventDefault();
