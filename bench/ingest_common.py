@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,7 +180,7 @@ def wait_ready(notify: socket.socket, count: int, timeout: float = 120) -> None:
 
 @contextlib.contextmanager
 def gateway(
-    world: World, port: int, *, reuse_port: bool = False, **env: str
+    world: World, port: int, *, reuse_port: bool = False, extra: Sequence[str] = (), **env: str
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``replygate serve --role gateway``, yielded once it has said READY=1.
 
@@ -196,6 +196,7 @@ def gateway(
             serve = [REPLYGATE, "serve", "--role", "gateway", "--smtp", f"127.0.0.1:{port}"]
             if reuse_port:
                 serve.append("--reuse-port")
+            serve.extend(extra)
             with process(serve, env=world.env(NOTIFY_SOCKET=path, **env)) as proc:
                 deadline = time.monotonic() + 120
                 while True:

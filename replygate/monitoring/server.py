@@ -110,14 +110,23 @@ class OperatorServer:
         if path == "/metrics":
             return self._metrics(environ, start_response)  # type: ignore[no-any-return]
         if path == "/healthz":
-            start_response("200 OK", TEXT)
-            return [b"ok\n"]
+            return _text(start_response, "200 OK", "ok\n")
         if path == "/readyz":
             problems = self.problems()
             if problems:
-                start_response("503 Service Unavailable", TEXT)
-                return [b"not ready\n", *(f"{p}\n".encode() for p in problems)]
-            start_response("200 OK", TEXT)
-            return [b"ready\n", *(f"{name}: ok\n".encode() for name in self.checks)]
-        start_response("404 Not Found", TEXT)
-        return [b"not found: try /metrics, /healthz or /readyz\n"]
+                body = _lines("not ready", problems)
+                return _text(start_response, "503 Service Unavailable", body)
+            ready = [f"{name}: ok" for name in self.checks]
+            return _text(start_response, "200 OK", _lines("ready", ready))
+        return _text(start_response, "404 Not Found", "not found: /metrics, /healthz, /readyz\n")
+
+
+def _lines(first: str, rest: list[str]) -> str:
+    return "".join(f"{line}\n" for line in [first, *rest])
+
+
+def _text(start_response: StartResponse, status: str, body: str) -> list[bytes]:
+    """One plain-text body with its length (one write: a probe reads it whole)."""
+    data = body.encode()
+    start_response(status, [*TEXT, ("Content-Length", str(len(data)))])
+    return [data]
