@@ -85,8 +85,10 @@ class MonitoredDeployment(Deployment):
             self.worker = None
 
     def stop(self) -> None:
-        self.stop_worker()
-        super().stop()
+        try:
+            self.stop_worker()
+        finally:
+            super().stop()
 
 
 @pytest.fixture
