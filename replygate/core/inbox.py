@@ -130,6 +130,7 @@ class ThreadView:
 class Recipient:
     value: str
     label: str
+    detail: str = ""  # a second line under the label: a person's address and role
 
 
 def viewer(user: User) -> Viewer:
@@ -392,7 +393,7 @@ def recipients(session: Session, me: Viewer) -> tuple[list[Recipient], list[Reci
     Staff see how many members a Circle has; clients only its name.
     """
     people = [
-        Recipient(value=u.email, label=f"{u.name} <{u.email}> · {u.role}")
+        Recipient(value=u.email, label=u.name, detail=f"{u.email} · {u.role}")
         for u in session.scalars(
             select(User)
             .where(User.id != me.id, people_open_to(me.role))

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -63,6 +63,10 @@ class Portal(AccountPages, MessagePages, StaffPages):
             response.headers.update(exc.headers)
         return response
 
+    async def favicon(self, request: Request) -> Response:
+        """The icon, for browsers and tools that ask for it without reading the page."""
+        return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml")
+
     # -- assembly -------------------------------------------------------------------------
 
     def routes(self) -> list[Route | Mount]:
@@ -90,6 +94,7 @@ class Portal(AccountPages, MessagePages, StaffPages):
             Route("/settings", self.settings_page, methods=["GET"]),
             Route("/settings/organisation", self.settings_organisation, methods=["POST"]),
             Route("/settings/convenience", self.settings_convenience, methods=["POST"]),
+            Route("/favicon.ico", self.favicon),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ]
 

@@ -72,7 +72,8 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        static = scope.get("path", "").startswith("/static/")
+        path = scope.get("path", "")
+        static = path.startswith("/static/") or path == "/favicon.ico"
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

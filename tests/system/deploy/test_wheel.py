@@ -173,7 +173,8 @@ def test_the_installed_package_files_a_reply(
         wait_for(filed, timeout=60, interval=0.5, what="the reply to be filed")
 
         base = f"http://127.0.0.1:{portal_port}"
-        for path, kind in (("/login", "text/html"), ("/static/app.css", "text/css")):
+        pages = [("/login", "text/html"), ("/static/app.css", "text/css")]
+        for path, kind in [*pages, ("/favicon.ico", "image/svg+xml")]:
             with urllib.request.urlopen(base + path, timeout=10) as page:
                 assert page.status == 200 and page.headers["Content-Type"].startswith(kind), path
     finally:
