@@ -71,6 +71,10 @@ class _Batch:
     recent: dict[str, int]
 
 
+# Why a claimed reply went back to the queue undecided.
+WAITS = "put back: an earlier reply of its thread waits for a retry"
+
+
 @dataclass(frozen=True)
 class Outcome:
     inbound_id: int
@@ -91,9 +95,16 @@ class Filing:
     def write_batch(
         self, claimed: list[inbound.ClaimedMail], prepared: list[Prepared | Exception]
     ) -> list[Outcome]:
-        """Decide and record a claimed batch in one transaction (all or nothing)."""
+        """Decide and record a claimed batch in one transaction (all or nothing).
+
+        ``claimed`` is in id order, several replies of a thread among them:
+        each is decided after the one before it. A reply that must be retried
+        puts the later replies of its thread back in the queue unprocessed,
+        where they wait for it (``inbound.put_back``).
+        """
         outcomes: list[Outcome] = []
         failures: list[tuple[int, str, str]] = []
+        retried: set[int] = set()  # threads whose reply waits for a retry
         with transaction(self.factory) as session:
             rows = inbound.lock_many(session, [mail.id for mail in claimed])
             batch = self._prefetch(session, claimed, rows, prepared)
@@ -102,6 +113,9 @@ class Filing:
                 if row is None or row.status != InboundStatus.PROCESSING:
                     status = row.status if row is not None else "missing"
                     outcomes.append(Outcome(mail.id, status, "not claimed; left as it is"))
+                elif mail.thread_id in retried:
+                    inbound.put_back(row)
+                    outcomes.append(Outcome(mail.id, row.status, WAITS))
                 elif isinstance(prep, Exception):
                     outcome = self._record_failure(row, prep)
                     failures.append((mail.id, outcome.reason or "", outcome.status))
@@ -111,8 +125,29 @@ class Filing:
                     if outcome.status == InboundStatus.FILED and row.received_at >= batch.since:
                         batch.recent[row.rcpt] = batch.recent.get(row.rcpt, 0) + 1
                     outcomes.append(outcome)
+                if outcomes[-1].status == InboundStatus.QUEUED and mail.thread_id is not None:
+                    retried.add(mail.thread_id)
         for queue_id, error, then in failures:
             log.error("inbound.error", queue_id=queue_id, error=error, then=then)
+        return outcomes
+
+    def process_each(self, claimed: list[inbound.ClaimedMail]) -> list[Outcome]:
+        """Decide a claimed batch one mail per transaction, in order: after its one
+        transaction failed, so one bad mail never holds back the rest. As in
+        ``write_batch``, a reply to be retried puts back the later ones of its thread."""
+        outcomes: list[Outcome] = []
+        retried: set[int] = set()
+        for mail in claimed:
+            if mail.thread_id in retried:
+                with transaction(self.factory) as session:
+                    row = inbound.lock(session, mail.id)
+                    if row.status == InboundStatus.PROCESSING:
+                        inbound.put_back(row)
+                    outcomes.append(Outcome(mail.id, row.status, WAITS))
+                continue
+            outcomes.append(self.process(mail.id))
+            if outcomes[-1].status == InboundStatus.QUEUED and mail.thread_id is not None:
+                retried.add(mail.thread_id)
         return outcomes
 
     def process(self, inbound_id: int, *, released: bool = False) -> Outcome:

@@ -73,43 +73,50 @@ RETRY_DELAY = timedelta(seconds=30)
 _EARLIER = aliased(InboundMail, name="earlier")
 
 
-def _claimable(now: datetime, lease: timedelta) -> Select[InboundMail]:
-    """Queued mail (a retry only once its delay has passed) and expired claims.
+def _claimable(now: datetime, lease: timedelta) -> tuple[Select[InboundMail], Select[InboundMail]]:
+    """Queued mail (a retry only once its delay has passed), and expired claims.
 
-    A reply waits while an earlier reply to the same thread is still queued
-    or being processed, so several workers file one thread's replies in
-    arrival order (the gateway records the thread at enqueue).
+    Two selects, each read in id order from the status index so that a
+    ``LIMIT`` stops it early (one select joined by OR would sort every
+    candidate first); the caller takes the lowest ids of both.
+
+    A reply waits while an earlier reply to the same thread is being
+    processed or waits out its retry delay (two seeks in
+    ``ix_inbound_mail_thread_status``); an earlier one that is claimable
+    itself comes first in id order, so a claim takes a thread's replies as a
+    run from its oldest (``claim_mail`` keeps only such runs) and one worker
+    files them in arrival order (the gateway records the thread at enqueue).
     """
     earlier = _EARLIER
-    waits_for_earlier = exists().where(
+    same_thread_before = (
         earlier.thread_id == InboundMail.thread_id,
         earlier.id < InboundMail.id,
-        earlier.status.in_((InboundStatus.QUEUED, InboundStatus.PROCESSING)),
     )
-    return (
-        select(InboundMail)
-        .where(
-            or_(
-                and_(
-                    InboundMail.status == InboundStatus.QUEUED,
-                    or_(
-                        InboundMail.claimed_at.is_(None), InboundMail.claimed_at < now - RETRY_DELAY
-                    ),
-                ),
-                and_(
-                    InboundMail.status == InboundStatus.PROCESSING,
-                    or_(
-                        InboundMail.claimed_at < now - lease,
-                        # Neither a lease nor an owner (an operator's release before
-                        # releases had an owner): no one will ever file it.
-                        and_(InboundMail.claimed_at.is_(None), InboundMail.claimed_by.is_(None)),
-                    ),
-                ),
-            ),
-            ~waits_for_earlier,
-        )
-        .order_by(InboundMail.id)
+    behind_processing = exists().where(
+        earlier.status == InboundStatus.PROCESSING, *same_thread_before
     )
+    behind_retry = exists().where(
+        earlier.status == InboundStatus.QUEUED,
+        *same_thread_before,
+        earlier.claimed_at >= now - RETRY_DELAY,
+    )
+    in_order = (~behind_processing, ~behind_retry)
+    queued = select(InboundMail).where(
+        InboundMail.status == InboundStatus.QUEUED,
+        or_(InboundMail.claimed_at.is_(None), InboundMail.claimed_at < now - RETRY_DELAY),
+        *in_order,
+    )
+    expired = select(InboundMail).where(
+        InboundMail.status == InboundStatus.PROCESSING,
+        or_(
+            InboundMail.claimed_at < now - lease,
+            # Neither a lease nor an owner (an operator's release before
+            # releases had an owner): no one will ever file it.
+            and_(InboundMail.claimed_at.is_(None), InboundMail.claimed_by.is_(None)),
+        ),
+        *in_order,
+    )
+    return queued.order_by(InboundMail.id), expired.order_by(InboundMail.id)
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,7 @@ class ClaimedMail:
     mail_from: str
     rcpt: str
     raw: bytes
+    thread_id: int | None = None
 
 
 def claim_mail(
@@ -134,23 +142,29 @@ def claim_mail(
 
     ``owner`` is the claiming worker process's id, recorded on each claim so
     that its claims are taken back once it is gone (``take_back_dead``).
-    Two statements whatever the batch size: one select (``SKIP LOCKED`` on
-    PostgreSQL) and one update of all the claimed rows.
+    Several replies of one thread may be claimed together, as a run from the
+    thread's oldest undecided reply, in id order: the worker files them in
+    that order. Four statements whatever the batch size: the two selects of
+    ``_claimable`` (``SKIP LOCKED`` on PostgreSQL), one read of the earlier
+    replies of the claimed threads, and one update of all the claimed rows.
     """
     now = now or utcnow()
     with transaction(factory) as session:
-        stmt = (
-            _claimable(now, timedelta(seconds=lease_seconds))
-            .with_only_columns(
-                InboundMail.id, InboundMail.mail_from, InboundMail.rcpt, InboundMail.raw
-            )
-            .limit(limit)
-        )
-        stmt = dialect.locked(stmt, session, skip_locked=True)
-        claimed = [
-            ClaimedMail(row_id, mail_from, rcpt, raw or b"")
-            for row_id, mail_from, rcpt, raw in session.execute(stmt)
-        ]
+        claimed = []
+        for stmt in _claimable(now, timedelta(seconds=lease_seconds)):
+            stmt = stmt.with_only_columns(
+                InboundMail.id,
+                InboundMail.mail_from,
+                InboundMail.rcpt,
+                InboundMail.raw,
+                InboundMail.thread_id,
+            ).limit(limit)
+            stmt = dialect.locked(stmt, session, skip_locked=True)
+            claimed += [
+                ClaimedMail(row_id, mail_from, rcpt, raw or b"", thread_id)
+                for row_id, mail_from, rcpt, raw, thread_id in session.execute(stmt)
+            ]
+        claimed = _thread_runs(session, sorted(claimed, key=lambda m: m.id)[:limit])
         if claimed:
             session.execute(
                 update(InboundMail)
@@ -164,6 +178,39 @@ def claim_mail(
                 .execution_options(synchronize_session=False)
             )
         return claimed
+
+
+def _thread_runs(session: Session, claimed: list[ClaimedMail]) -> list[ClaimedMail]:
+    """``claimed`` without the replies that an undecided earlier reply of their thread,
+    not among them, must precede.
+
+    The select's rule sees only committed rows: on PostgreSQL another
+    worker's claim may hold a thread's oldest replies, locked but still
+    ``queued``, which ``SKIP LOCKED`` passed over; the later ones are left
+    for after them. One statement, over the claimed threads only.
+    """
+    threads: dict[int, int] = {}  # thread → its newest claimed reply
+    for mail in claimed:
+        if mail.thread_id is not None:
+            threads[mail.thread_id] = max(threads.get(mail.thread_id, 0), mail.id)
+    if not threads:
+        return claimed
+    taken = {mail.id for mail in claimed}
+    first_missing: dict[int, int] = {}
+    for row_id, thread_id in session.execute(
+        select(InboundMail.id, InboundMail.thread_id).where(
+            InboundMail.thread_id.in_(list(threads)),
+            InboundMail.id < max(threads.values()),
+            InboundMail.status.in_((InboundStatus.QUEUED, InboundStatus.PROCESSING)),
+        )
+    ):
+        if row_id not in taken and row_id < first_missing.get(thread_id, threads[thread_id] + 1):
+            first_missing[thread_id] = row_id
+    return [
+        mail
+        for mail in claimed
+        if mail.thread_id is None or mail.id < first_missing.get(mail.thread_id, mail.id + 1)
+    ]
 
 
 def hold_owner(factory: sessionmaker[Session], owner: str) -> Callable[[], None]:
@@ -250,12 +297,10 @@ def any_claimable(
     """
     now = now or utcnow()
     with factory() as session:
-        found = session.execute(
-            _claimable(now, timedelta(seconds=lease_seconds))
-            .with_only_columns(InboundMail.id)
-            .limit(1)
+        return any(
+            session.execute(stmt.with_only_columns(InboundMail.id).limit(1)).first() is not None
+            for stmt in _claimable(now, timedelta(seconds=lease_seconds))
         )
-        return found.first() is not None
 
 
 def claim(
@@ -322,6 +367,14 @@ def record(row: InboundMail, status: str, reason: str | None, decision: dict | N
     row.processed_at = utcnow()
     if decision is not None:
         row.decisions = [*(row.decisions or []), decision]
+
+
+def put_back(row: InboundMail) -> None:
+    """Return a claimed mail to the queue undecided, its claim not counted as an attempt
+    (an earlier reply of its thread is to be retried first)."""
+    row.status = InboundStatus.QUEUED
+    row.claimed_at = row.claimed_by = None
+    row.attempts = max(0, (row.attempts or 1) - 1)
 
 
 def note(row: InboundMail, decision: dict) -> None:

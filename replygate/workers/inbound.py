@@ -105,12 +105,13 @@ class InboundWorker:
     def _run_batch(self, limit: int = 20) -> list[Outcome]:
         """Claim and process up to ``limit`` mails; returns their outcomes.
 
-        A claimed batch never holds two replies to one thread (the claim waits
-        for earlier ones), so the whole batch is decided and filed in one
-        transaction: one commit and a handful of statements per mail instead
-        of a transaction each. If that transaction fails for any reason, it
-        rolls back whole and each mail is processed again in its own
-        transaction, so one bad mail never holds back the rest.
+        A claimed batch holds a run of each thread's replies in arrival order
+        (the claim takes none past an undecided earlier one), and the whole
+        batch is decided and filed in one transaction, in that order: one
+        commit and a handful of statements per mail instead of a transaction
+        each. If that transaction fails for any reason, it rolls back whole
+        and each mail is processed again in its own transaction, in order, so
+        one bad mail never holds back the rest.
         """
         self._take_back_dead()
         if self.peek is not None and not inbound.any_claimable(
@@ -140,7 +141,7 @@ class InboundWorker:
             log.warning(
                 "engine.batch_failed", size=len(claimed), error=f"{type(exc).__name__}: {exc}"
             )
-            outcomes = [self.filing.process(mail.id) for mail in claimed]
+            outcomes = self.filing.process_each(claimed)
             _count(outcomes, prepared, time.perf_counter() - started)
             return outcomes
         took = time.perf_counter() - started

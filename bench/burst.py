@@ -1,0 +1,266 @@
+"""Does filing keep up with the gateway? A burst of replies, and a one-thread backlog.
+
+Burst: N clients, each in a thread of their own with a live reply address
+(Convenience Mode on), send K Gmail-style replies each over S concurrent
+SMTP sessions. Measured: the accept time (first 250 to last 250), and the
+time from the first 250 until every reply is filed and its notification
+written (the database polled every 20 ms); their ratio is the figure. Two
+layouts: ``sqlite`` (``replygate serve``, the README's command) and
+``postgresql`` (``serve --role gateway`` and two ``replygate worker``).
+
+Backlog (``--backlog N``): N replies to one thread queued through a
+gateway-only process, then one worker started; the drain rate is N over the
+time from the first reply filed to the last.
+
+    python bench/burst.py                                   # 40 × 15 over 16, both layouts
+    python bench/burst.py --clients 20 --replies 10 --sessions 16 --layout sqlite
+    python bench/burst.py --backlog 1500 [--layout postgresql]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import queue
+import secrets
+import smtplib
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+from ingest_common import (
+    REPLY_DOMAIN,
+    REPLYGATE,
+    SECRET,
+    STAFF,
+    World,
+    database,
+    free_port,
+    gateway,
+    process,
+    wait_port,
+)
+from sqlalchemy import text
+
+from replygate.mail import reply_token
+from replygate.store import directory, tokens
+from replygate.store.db import make_engine, session_factory, transaction
+from replygate.store.models import Thread, ThreadParticipant, User, utcnow
+
+# Neither the flood brake nor the poll is what is measured.
+ENV = {"REPLYGATE_BREAKER_MAX_REPLIES": "100000", "REPLYGATE_WORKER_POLL_SECONDS": "0.5"}
+
+
+def seed_clients(world: World, clients: int) -> list[tuple[str, str]]:
+    """``clients`` clients, each in a new thread with the staff member and a reply address."""
+    engine = make_engine(world.url)
+    out: list[tuple[str, str]] = []
+    try:
+        with transaction(session_factory(engine)) as session:
+            staff = session.query(User).filter_by(email=STAFF).one()
+            now = utcnow()
+            for i in range(clients):
+                email = f"client{i}@gmail.test"
+                client = directory.add_user(session, email, f"Client {i}", "client")
+                thread = Thread(subject=f"Your appointment {i}", created_by_id=staff.id)
+                session.add(thread)
+                session.flush()
+                session.add_all(
+                    [
+                        ThreadParticipant(thread_id=thread.id, user_id=staff.id),
+                        ThreadParticipant(thread_id=thread.id, user_id=client.id),
+                    ]
+                )
+                token = reply_token.new_token(SECRET)
+                tokens.add(
+                    session,
+                    token,
+                    thread.id,
+                    client.id,
+                    now=now,
+                    expires_at=now + timedelta(days=9),
+                )
+                out.append((email, reply_token.reply_address(token, REPLY_DOMAIN)))
+    finally:
+        engine.dispose()
+    return out
+
+
+def gmail_reply(sender: str, address: str, n: int) -> bytes:
+    """A reply as Gmail writes one: text and HTML alternatives, the quote under an attribution."""
+    boundary = secrets.token_hex(12)
+    mid = f"<CAF{secrets.token_hex(16)}@mail.gmail.com>"
+    return (
+        f"MIME-Version: 1.0\r\nFrom: Client <{sender}>\r\nTo: <{address}>\r\n"
+        f"Date: Mon, 18 Mar 2024 09:52:05 +0000\r\nMessage-ID: {mid}\r\n"
+        f"Subject: Re: Your appointment\r\n"
+        f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'
+        f'--{boundary}\r\nContent-Type: text/plain; charset="UTF-8"\r\n\r\n'
+        f"Reply {n}: yes, Thursday at 2pm works for me. I'll bring the forms.\r\n\r\n"
+        f"Best,\r\nClient\r\n\r\n"
+        f"On Mon, Mar 18, 2024 at 9:30 AM Dr Hale <notifications@{REPLY_DOMAIN}> wrote:\r\n\r\n"
+        f"> ##- Please type your reply above this line -##\r\n>\r\n"
+        f"> Can we meet on Thursday at 2pm?\r\n>\r\n\r\n"
+        f'--{boundary}\r\nContent-Type: text/html; charset="UTF-8"\r\n\r\n'
+        f'<div dir="ltr">Reply {n}: yes, Thursday at 2pm works for me.</div><br>'
+        f'<div class="gmail_quote"><div dir="ltr" class="gmail_attr">On Mon, Mar 18, 2024 '
+        f'Dr Hale wrote:<br></div><blockquote class="gmail_quote">Can we meet on Thursday?'
+        f"<br></blockquote></div>\r\n\r\n--{boundary}--\r\n"
+    ).encode()
+
+
+def send_all(port: int, mails: list[tuple[str, str, bytes]], sessions: int) -> tuple[float, float]:
+    """Send ``mails`` over ``sessions`` SMTP sessions; the times of the first and last 250."""
+    work: queue.Queue[tuple[str, str, bytes]] = queue.Queue()
+    for mail in mails:
+        work.put(mail)
+    stamps: list[float] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def session() -> None:
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
+                while True:
+                    try:
+                        sender, rcpt, raw = work.get_nowait()
+                    except queue.Empty:
+                        return
+                    smtp.sendmail(sender, [rcpt], raw)
+                    with lock:
+                        stamps.append(time.perf_counter())
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=session) for _ in range(sessions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(f"sending failed: {errors[0]!r}")
+    return min(stamps), max(stamps)
+
+
+def counts(url: str) -> tuple[int, int, int]:
+    """Mails filed, notifications written, and mails not yet decided."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            # Counted from the status index: the poll must not read the rows' raw bytes.
+            by_status = dict(
+                conn.execute(
+                    text("SELECT status, count(*) FROM inbound_mail GROUP BY status")
+                ).all()
+            )
+            notes = conn.execute(text("SELECT count(*) FROM outbox")).scalar()
+        pending = by_status.get("queued", 0) + by_status.get("processing", 0)
+        return int(by_status.get("filed", 0)), int(notes or 0), int(pending)
+    finally:
+        engine.dispose()
+
+
+def wait_filed(url: str, total: int, timeout: float = 600) -> tuple[float, float]:
+    """Poll until ``total`` mails are filed and notified: (first seen filed, all done)."""
+    first = None
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        filed, notes, pending = counts(url)
+        now = time.perf_counter()
+        if filed and first is None:
+            first = now
+        if filed >= total and notes >= total:
+            return first or now, now
+        if filed + pending < total:
+            raise RuntimeError(f"only {filed} of {total} filed and none pending: see queue stats")
+        time.sleep(0.02)
+    raise RuntimeError(f"not filed within {timeout}s: {counts(url)}")
+
+
+@contextlib.contextmanager
+def layout(kind: str, world: World, port: int) -> Iterator[None]:
+    """The processes of one layout, started the way an operator starts them."""
+    if kind == "sqlite":
+        portal = free_port()
+        serve = [
+            REPLYGATE,
+            "serve",
+            "--smtp",
+            f"127.0.0.1:{port}",
+            "--portal",
+            f"127.0.0.1:{portal}",
+        ]
+        with process(serve, env=world.env(**ENV), port=port):
+            wait_port(portal)
+            yield
+        return
+    worker = [REPLYGATE, "worker"]
+    with (
+        gateway(world, port, **ENV),
+        process(worker, env=world.env(**ENV)),
+        process(worker, env=world.env(**ENV)),
+    ):
+        yield
+
+
+def burst(kind: str, clients: int, replies: int, sessions: int, workdir: Path) -> str:
+    with database(kind, workdir) as world:
+        people = seed_clients(world, clients)
+        # Round by round, so each client's replies arrive in order, spread over the sessions.
+        mails = [
+            (sender, address, gmail_reply(sender, address, k))
+            for k in range(replies)
+            for sender, address in people
+        ]
+        total = len(mails)
+        port = free_port()
+        with layout(kind, world, port):
+            first, last = send_all(port, mails, sessions)
+            _, done = wait_filed(world.url, total)
+        accept, through = last - first, done - first
+        return (
+            f"{kind:10} {clients} clients × {replies} replies over {sessions} sessions: "
+            f"accepted in {accept:.2f} s ({total / accept:.0f}/s), filed and notified "
+            f"{through:.2f} s after the first 250 ({total / through:.0f}/s); "
+            f"ratio {through / accept:.2f}"
+        )
+
+
+def backlog(kind: str, replies: int, sessions: int, workdir: Path) -> str:
+    with database(kind, workdir) as world:
+        [(sender, address)] = seed_clients(world, 1)
+        mails = [(sender, address, gmail_reply(sender, address, k)) for k in range(replies)]
+        port = free_port()
+        with gateway(world, port, **ENV):
+            send_all(port, mails, sessions)
+        with process([REPLYGATE, "worker"], env=world.env(**ENV)):
+            first, done = wait_filed(world.url, replies)
+        rate = (replies - 1) / max(done - first, 1e-9)
+        return (
+            f"{kind:10} backlog of {replies} replies to one thread: drained at {rate:.0f}/s "
+            f"({done - first:.2f} s from the first filed to the last)"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=40)
+    parser.add_argument("--replies", type=int, default=15)
+    parser.add_argument("--sessions", type=int, default=16)
+    parser.add_argument("--layout", choices=("sqlite", "postgresql", "both"), default="both")
+    parser.add_argument("--backlog", type=int, metavar="N", help="measure a one-thread backlog")
+    args = parser.parse_args()
+    kinds = ("sqlite", "postgresql") if args.layout == "both" else (args.layout,)
+    with tempfile.TemporaryDirectory(prefix="replygate-burst-") as tmp:
+        for kind in kinds:
+            if args.backlog:
+                print(backlog(kind, args.backlog, args.sessions, Path(tmp)), flush=True)
+            else:
+                print(burst(kind, args.clients, args.replies, args.sessions, Path(tmp)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
