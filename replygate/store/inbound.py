@@ -150,9 +150,9 @@ def claim_mail(
     """
     now = now or utcnow()
     with transaction(factory) as session:
-        claimed = []
-        for stmt in _claimable(now, timedelta(seconds=lease_seconds)):
-            stmt = stmt.with_only_columns(
+        claimed: list[ClaimedMail] = []
+        for candidates in _claimable(now, timedelta(seconds=lease_seconds)):
+            stmt = candidates.with_only_columns(
                 InboundMail.id,
                 InboundMail.mail_from,
                 InboundMail.rcpt,
@@ -204,7 +204,9 @@ def _thread_runs(session: Session, claimed: list[ClaimedMail]) -> list[ClaimedMa
             InboundMail.status.in_((InboundStatus.QUEUED, InboundStatus.PROCESSING)),
         )
     ):
-        if row_id not in taken and row_id < first_missing.get(thread_id, threads[thread_id] + 1):
+        if thread_id is None or row_id in taken:
+            continue
+        if row_id < first_missing.get(thread_id, threads[thread_id] + 1):
             first_missing[thread_id] = row_id
     return [
         mail
