@@ -31,6 +31,9 @@ class Settings:
 
     var_dir: Path = Path("var")
     database_url: str = ""
+    # SQLite only: the largest the database file may grow, in MiB (0: no cap). Past
+    # it the gateway defers mail with 452 4.3.1 instead of filling the disk.
+    sqlite_max_size_mb: int = 0
     secret_key: str = field(default="", repr=False)
     reply_domain: str = "reply.localhost"
     notification_from: str = ""

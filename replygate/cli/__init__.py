@@ -64,7 +64,10 @@ class App:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = make_engine(self.settings.database_url)
+            self._engine = make_engine(
+                self.settings.database_url,
+                sqlite_max_bytes=self.settings.sqlite_max_size_mb * 1024 * 1024,
+            )
         return self._engine
 
     @property

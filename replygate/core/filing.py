@@ -40,7 +40,7 @@ from replygate.mail.extract.signatures import fallback_reason
 from replygate.mail.headers import Headers, read_headers
 from replygate.mail.parse import Attachment, ParsedMail, parse_message
 from replygate.mail.policy import check_dmarc, files_to_keep, sender_mismatch
-from replygate.store import directory, inbound, tokens
+from replygate.store import dialect, directory, inbound, tokens
 from replygate.store.db import transaction
 from replygate.store.models import DmarcPolicy, InboundMail, InboundStatus, SenderPolicy, utcnow
 
@@ -377,7 +377,11 @@ class Filing:
 
     def _record_failure(self, row: InboundMail, exc: Exception) -> Outcome:
         reason = f"{type(exc).__name__}: {exc}"[:2000]
-        if row.attempts < self.settings.worker_max_attempts:
+        if dialect.unreachable(exc):
+            # The database's trouble, not the mail's: back in line at once, uncounted.
+            status = InboundStatus.QUEUED
+            row.claimed_at, row.attempts = None, max(0, row.attempts - 1)
+        elif row.attempts < self.settings.worker_max_attempts:
             status = InboundStatus.QUEUED
             row.claimed_at = utcnow()  # retried once the retry delay has passed
         else:

@@ -263,7 +263,7 @@ class GatewayHandler:
             return self._finish(replies.condition_for(exc), exc, fields, started)
         except (SQLAlchemyError, OSError) as exc:
             reason = f"cannot store the message: {exc}"
-            return self._finish(Condition.STORE_UNAVAILABLE, reason, fields, started)
+            return self._finish(replies.store_condition(exc), reason, fields, started)
         except Exception as exc:  # a bug: 4xx keeps the message at the sender's MTA
             log.error("inbound.error", stage="data", exc_info=exc)
             error = f"{type(exc).__name__}: {exc}"
@@ -332,6 +332,10 @@ class GatewayHandler:
         """The reply when the gateway's byte budget has no room for this message now."""
         reason = "the gateway holds as many message bytes as it may"
         return self._refused_unread(Condition.NO_ROOM, reason, session, envelope)
+
+    def refused_shutting_down(self, session: SMTPSession | None) -> str:
+        """The ``421 4.3.2`` of a gateway that is stopping (the connection is then closed)."""
+        return self._refused_connection(Condition.SHUTTING_DOWN, session, "the gateway is stopping")
 
     def refused_busy(self, session: SMTPSession | None) -> str:
         """The greeting for a connection over the cap (the protocol then closes it)."""

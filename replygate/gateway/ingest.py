@@ -66,7 +66,8 @@ def ingest(
     except InboundRefused as exc:
         return _finish(settings, replies.condition_for(exc), exc, rcpt, fields, started)
     except intake.StoreUnavailable as exc:
-        return _finish(settings, Condition.STORE_UNAVAILABLE, str(exc), rcpt, fields, started)
+        condition = replies.store_condition(exc)
+        return _finish(settings, condition, str(exc), rcpt, fields, started)
     fields.update(queue_ids=accepted.queue_ids, message_id=accepted.message_id)
     return _finish(settings, Condition.ACCEPTED, None, rcpt, fields, started)
 

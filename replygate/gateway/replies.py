@@ -43,6 +43,7 @@ from replygate.errors import (
     UnknownBounceAddress,
     UnknownToken,
 )
+from replygate.store import dialect
 
 # sysexits.h, as Postfix's pipe(8) reads them.
 EX_OK = 0
@@ -76,8 +77,10 @@ class Condition(StrEnum):
     TOO_MANY_RECIPIENTS = "too_many_recipients"
     LINE_TOO_LONG = "line_too_long"
     TOO_MANY_CONNECTIONS = "too_many_connections"
+    SHUTTING_DOWN = "shutting_down"
     NO_ROOM = "no_room"
     STORE_UNAVAILABLE = "store_unavailable"
+    STORE_FULL = "store_full"
     INTERNAL_ERROR = "internal_error"
     # Limits on the session and the client.
     COMMAND_TIMEOUT = "command_timeout"
@@ -265,6 +268,14 @@ CATALOGUE: Mapping[Condition, Reply] = MappingProxyType(
             "too many connections right now; please try again later",
             EX_TEMPFAIL,
         ),
+        # The gateway is stopping (SIGTERM): new sessions and idle ones hear this, and a
+        # session in DATA after its reply; 421 closes the connection (RFC 5321 3.8).
+        Condition.SHUTTING_DOWN: Reply(
+            421,
+            "4.3.2",
+            "this server is restarting; please try again in a moment",
+            EX_TEMPFAIL,
+        ),
         # 452 insufficient system storage (RFC 5321), X.3.1 mail system full (RFC 3463).
         Condition.NO_ROOM: Reply(
             452,
@@ -276,6 +287,14 @@ CATALOGUE: Mapping[Condition, Reply] = MappingProxyType(
             451,
             "4.3.0",
             "we cannot store your message right now; please try again later",
+            EX_TEMPFAIL,
+        ),
+        # The database has no room (its disk, or SQLite's size cap): 452 with X.3.1,
+        # as for NO_ROOM; the sending MTA keeps the message and retries.
+        Condition.STORE_FULL: Reply(
+            452,
+            "4.3.1",
+            "our message store is full right now; please try again later",
             EX_TEMPFAIL,
         ),
         Condition.INTERNAL_ERROR: Reply(
@@ -406,6 +425,13 @@ def condition_for(error: InboundRefused) -> Condition:
         if cls in REFUSALS:
             return REFUSALS[cls]
     return Condition.REFUSED  # a refusal not catalogued yet: still refused, never a crash
+
+
+def store_condition(exc: BaseException) -> Condition:
+    """What a failed commit answers: the store full (452 4.3.1) or away (451 4.3.0)."""
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    full = dialect.storage_full(exc) or dialect.storage_full(cause)
+    return Condition.STORE_FULL if full else Condition.STORE_UNAVAILABLE
 
 
 def reply(condition: Condition) -> Reply:

@@ -144,15 +144,27 @@ class Gateway:
         return self.handler.writer.alive()
 
     async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
-        """Stop listening and close open connections.
+        """Drain, then stop listening and close what is left.
 
-        A client cut off mid-transaction got no 250, so its MTA retries:
-        nothing is lost (a message committed just before the cut is filed
-        once by the engine's duplicate check).
+        Draining: new connections, and sessions between commands, hear
+        ``421 4.3.2`` and are closed; a session in DATA finishes (its message
+        stored and answered, then 421), for up to ``grace`` seconds. The
+        listening socket stays open meanwhile, so clients get that answer
+        rather than a refused connection. A client cut off mid-transaction got
+        no 250, so its MTA retries: nothing is lost (a message committed just
+        before the cut is filed once by the engine's duplicate check). Then
+        the writer commits what is queued.
         """
         server, self._server = self._server, None
         if server is None:
             return
+        shared = self.shared
+        if shared is not None:
+            shared.draining = True
+            for protocol in list(self._open):
+                if not protocol._in_data:
+                    self._say_goodbye(protocol)
+            await self._drain(shared, grace)
         server.close()
         for protocol in list(self._open):
             if protocol.transport is not None:
@@ -160,6 +172,27 @@ class Gateway:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(server.wait_closed(), grace)
         await asyncio.to_thread(self.handler.close)
+
+    def _say_goodbye(self, protocol: GatewaySMTP) -> None:
+        """Tell a session outside DATA ``421 4.3.2`` and close it."""
+        transport = protocol.transport
+        if transport is None or transport.is_closing():
+            return
+        line = self.handler.refused_shutting_down(protocol.session)
+        transport.write(f"{line}\r\n".encode())  # type: ignore[attr-defined]
+        transport.close()
+
+    async def _drain(self, shared: Shared, grace: float) -> None:
+        """Wait until no session is in DATA, or ``grace`` seconds have passed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while any(protocol._in_data for protocol in self._open):
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            shared.data_done.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(shared.data_done.wait(), left)
 
     async def __aenter__(self) -> Self:
         await self.start()

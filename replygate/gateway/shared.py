@@ -10,6 +10,7 @@ internals that ``protocol`` describes: the private names used here are in its
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 import types
@@ -73,6 +74,10 @@ class Shared:
     constants: dict[str, Any] = field(default_factory=dict)
     # The open connections, for ``Gateway.stop`` to close.
     open: set[GatewaySMTP] = field(default_factory=set)
+    # Set by ``Gateway.stop``: new sessions hear 421 4.3.2, a session in DATA
+    # finishes its message first; ``data_done`` is set as each such message ends.
+    draining: bool = False
+    data_done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def count_reply(self, key: str) -> None:
         """Count a reply sent (``GatewaySMTP.push`` does the same inline)."""

@@ -29,9 +29,12 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> Engine:
-    """The engine for ``url``, set up as its backend needs (``dialect.engine_for``)."""
-    return dialect.engine_for(normalise_url(url), pool_size=pool_size)
+def make_engine(url: str, *, pool_size: int = 10, sqlite_max_bytes: int = 0) -> Engine:
+    """The engine for ``url``, set up as its backend needs (``dialect.engine_for``);
+    ``sqlite_max_bytes`` caps an SQLite file's size (0: no cap)."""
+    return dialect.engine_for(
+        normalise_url(url), pool_size=pool_size, sqlite_max_bytes=sqlite_max_bytes
+    )
 
 
 def make_read_engine(url: str, *, pool_size: int = 10) -> Engine:

@@ -22,6 +22,9 @@ Everything else in the store asks here instead of testing a dialect's name:
   the IMMEDIATE transaction is already alone;
 - wake-ups: ``pg_notify`` and a libpq URL to LISTEN with on PostgreSQL;
   SQLite cannot notify another process, so its workers poll;
+- trouble: which errors mean the database is away or full (``unreachable``,
+  ``storage_full``: SQLite's ``SQLITE_FULL``, PostgreSQL's ``disk_full``)
+  rather than a statement it refused;
 - claim owners: a worker process holds a mark of being alive for as long as
   it lives, and the OS or the server drops it when the process dies, so a
   claim's owner can be seen to be gone: on SQLite an ``flock`` on a file of
@@ -49,6 +52,7 @@ from urllib.parse import quote
 
 from sqlalchemy import Engine, Select, create_engine, event, func, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -74,13 +78,14 @@ def url_backend(url: str) -> Backend:
 # -- engines -----------------------------------------------------------------------------------
 
 
-def engine_for(url: str, *, pool_size: int) -> Engine:
-    """The engine for a normalised ``url`` (see ``db.make_engine``)."""
+def engine_for(url: str, *, pool_size: int, sqlite_max_bytes: int = 0) -> Engine:
+    """The engine for a normalised ``url`` (see ``db.make_engine``); on SQLite the file
+    may grow to ``sqlite_max_bytes`` (0: no cap), and a write past it is ``storage_full``."""
     if url_backend(url) is Backend.SQLITE:
         parsed = make_url(url)
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = _sqlite_engine(url)
+        engine = _sqlite_engine(url, sqlite_max_bytes)
         event.listen(engine, "begin", _begin_immediate)
         return engine
     return create_engine(
@@ -137,13 +142,13 @@ def check_reachable(bind: Engine) -> None:
         conn.execute(text("SELECT 1"))
 
 
-def _sqlite_engine(url: str) -> Engine:
+def _sqlite_engine(url: str, max_bytes: int = 0) -> Engine:
     engine = create_engine(
         url,
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "isolation_level": None},
         hide_parameters=True,
     )
-    event.listen(engine, "connect", _sqlite_pragmas)
+    event.listen(engine, "connect", lambda conn, _record: _sqlite_pragmas(conn, max_bytes))
     return engine
 
 
@@ -154,6 +159,8 @@ def sqlite_connection(engine: Engine, *, cached_statements: int = 0) -> sqlite3.
     driver's cache keeps a copy of every value last bound to it, so a cached
     multi-row insert of 10 MB messages would hold them until reused.
     """
+    with engine.connect() as pooled:  # its cap on the file's size, set when it connected
+        max_pages = pooled.exec_driver_sql("PRAGMA max_page_count").scalar()
     conn = sqlite3.connect(
         engine.url.database or ":memory:",
         timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
@@ -161,16 +168,21 @@ def sqlite_connection(engine: Engine, *, cached_statements: int = 0) -> sqlite3.
         cached_statements=cached_statements,
         check_same_thread=False,
     )
-    _sqlite_pragmas(conn, None)
+    _sqlite_pragmas(conn)
+    conn.execute(f"PRAGMA max_page_count={int(max_pages or 0)}")
     return conn
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: object) -> None:
+def _sqlite_pragmas(dbapi_conn: Any, max_bytes: int = 0) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cur.execute("PRAGMA foreign_keys=ON")
+    if max_bytes:
+        page_size = cur.execute("PRAGMA page_size").fetchone()[0]
+        # A connection's cap, never stored in the file: every connection sets it.
+        cur.execute(f"PRAGMA max_page_count={max(1, max_bytes // page_size)}")
     cur.close()
 
 
@@ -179,6 +191,41 @@ def _begin_immediate(conn: Any) -> None:
     # deferred could otherwise fail with "database is locked" at its first write
     # instead of waiting for the busy timeout.
     conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+# -- trouble ---------------------------------------------------------------------------------
+
+# PostgreSQL's SQLSTATE for "could not extend file: No space left on device".
+PG_DISK_FULL = "53100"
+
+
+def storage_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database has no room for what was written: SQLite's
+    ``SQLITE_FULL`` (the disk, or the file's cap) or PostgreSQL's ``disk_full``."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    if isinstance(orig, sqlite3.Error):
+        return getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return getattr(orig, "sqlstate", None) == PG_DISK_FULL
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` is the database's trouble rather than the statement's: the
+    connection refused or lost, the server shutting down or starting, the file
+    locked or full. Whatever was being written may succeed as it is, later."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, (OperationalError, InterfaceError))
+
+
+def wrap_driver_error(engine: Engine, statement: str, exc: Exception) -> Exception:
+    """A driver's own exception (from a raw DBAPI cursor) as SQLAlchemy would raise it
+    (``OperationalError`` and so on, with ``orig``); anything else unchanged."""
+    dbapi = engine.dialect.loaded_dbapi
+    if not isinstance(exc, dbapi.Error):
+        return exc
+    return DBAPIError.instance(
+        statement, None, exc, dbapi.Error, hide_parameters=True, dialect=engine.dialect
+    )
 
 
 # -- write turns (SQLite) ----------------------------------------------------------------------
@@ -293,6 +340,8 @@ def hold_owner(bind: Engine, owner: str) -> Callable[[], None]:
                 text("SELECT pg_advisory_unlock(:space, hashtext(:owner))"),
                 {"space": OWNER_LOCK_SPACE, "owner": owner},
             )
+        except (OperationalError, InterfaceError):
+            pass  # the connection is gone, and the lock went with it
         finally:
             conn.invalidate()  # never back to the pool still holding a lock
             conn.close()

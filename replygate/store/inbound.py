@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -268,23 +268,41 @@ def take_back_dead(factory: sessionmaker[Session], *, now: datetime | None = Non
             )
         )
         dead = dialect.dead_owners(session, {o for o in owners if o is not None})
-        if not dead:
-            return []
-        stmt = (
-            select(InboundMail)
-            .where(
-                InboundMail.status == InboundStatus.PROCESSING,
-                InboundMail.claimed_by.in_(dead),
-            )
-            .order_by(InboundMail.id)
-        )
-        rows = list(session.scalars(dialect.locked(stmt, session, skip_locked=True)))
-        for row in rows:
-            owner = row.claimed_by
-            row.status, row.claimed_at, row.claimed_by = InboundStatus.QUEUED, None, None
-            # The record of mail.decisions.TakenBack (the store does not import mail).
-            note(row, {"stage": "taken_back", "at": now.isoformat(), "owner": owner})
-        return [row.id for row in rows]
+        return _put_back(session, dead, now, "taken_back") if dead else []
+
+
+def give_back(factory: sessionmaker[Session], owner: str) -> list[int]:
+    """Put back in the queue the ``processing`` claims of ``owner``, a living worker
+    whose round failed because the database went away: it holds none between rounds,
+    so they wait for nobody. They go back as they came, the claim not counted."""
+    with transaction(factory) as session:
+        return _put_back(session, {owner}, utcnow(), "given_back", uncount=True)
+
+
+def _put_back(
+    session: Session, owners: Collection[str], now: datetime, stage: str, *, uncount: bool = False
+) -> list[int]:
+    stmt = (
+        select(InboundMail)
+        .where(InboundMail.status == InboundStatus.PROCESSING, InboundMail.claimed_by.in_(owners))
+        .order_by(InboundMail.id)
+    )
+    rows = list(session.scalars(dialect.locked(stmt, session, skip_locked=True)))
+    for row in rows:
+        owner = row.claimed_by
+        row.status, row.claimed_at, row.claimed_by = InboundStatus.QUEUED, None, None
+        if uncount:
+            row.attempts = max(0, (row.attempts or 0) - 1)
+        # The record of mail.decisions.TakenBack (the store does not import mail).
+        note(row, {"stage": stage, "at": now.isoformat(), "owner": owner})
+    return [row.id for row in rows]
+
+
+def owner_alive(factory: sessionmaker[Session], owner: str) -> bool:
+    """Whether ``owner``'s mark of being alive is still held (``hold_owner``); a
+    PostgreSQL restart, or its backend terminated, drops it with the connection."""
+    with factory() as session:
+        return not dialect.dead_owners(session, {owner})
 
 
 def any_claimable(

@@ -114,8 +114,15 @@ class BulkInsert:
                 # rowid, PostgreSQL's sequence), so sorted ids line up with ``rows``.
                 ids = sorted(row[0] for row in cursor.fetchall())
                 cursor.close()  # both connections autocommit: the statement was its transaction
-        except BaseException:
+        except BaseException as exc:
             _discard(conn)
+            if isinstance(exc, Exception):
+                # As SQLAlchemy raises it, so callers tell "database away" or "full"
+                # (``dialect.unreachable``, ``storage_full``) from a refused row.
+                statement = f"INSERT INTO inbound_mail ({len(rows)} rows)"
+                wrapped = store_dialect.wrap_driver_error(self.engine, statement, exc)
+                if wrapped is not exc:
+                    raise wrapped from exc
             raise
         self._conn = conn
         return ids

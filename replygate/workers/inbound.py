@@ -17,6 +17,13 @@ a file lock on SQLite, an advisory lock on PostgreSQL). On start, and every
 ``TAKE_BACK_SECONDS`` after, it takes back the claims of owners that are
 gone, so mail held by a worker that was killed is filed within seconds, not
 at the end of its lease.
+
+While the database is unreachable (restarted, its backends terminated) a
+round is retried with a short capped backoff (``waiting.through_outages``);
+the claims a failed round left are given back to the queue at the next,
+uncounted, and the owner lock, which the server dropped with its
+connection, is taken again, so the worker is back at work within seconds
+of the database's return without a restart.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -33,7 +41,7 @@ from replygate.core.filing import Filing, Outcome, Prepared
 from replygate.logs import get_logger
 from replygate.store import dialect, inbound
 from replygate.store.db import bound_engine, close_reads, snapshot_reads
-from replygate.workers.waiting import first_of
+from replygate.workers.waiting import first_of, through_outages
 
 log = get_logger("replygate.engine")
 
@@ -50,7 +58,9 @@ class InboundWorker:
         self.filing = Filing(factory, settings)
         self.peek = snapshot_reads(factory)
         self.owner: str | None = None  # set while ``run`` holds the owner lock
+        self._release: Callable[[], None] | None = None  # lets go of the owner lock
         self._next_take_back = 0.0
+        self._stranded = False  # a round failed on the store: its claims wait for nobody
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -71,7 +81,7 @@ class InboundWorker:
         """
         wake = wake or asyncio.Event()
         owner = inbound.owner_id()
-        release = await asyncio.to_thread(inbound.hold_owner, self.factory, owner)
+        self._release = await asyncio.to_thread(inbound.hold_owner, self.factory, owner)
         self.owner = owner
         listener = None
         url = _listen_url(self.factory)
@@ -81,9 +91,10 @@ class InboundWorker:
             while not stop.is_set():
                 wake.clear()  # set again during the batch: the next one starts at once
                 try:
-                    outcomes = await asyncio.to_thread(self._run_batch)
-                except Exception:  # keep the worker alive; the row's status tells what failed
-                    log.exception("engine.loop_error")
+                    outcomes = await through_outages(self._round, stop, part="engine")
+                except Exception as exc:  # keep the worker alive; the row's status tells
+                    if not dialect.unreachable(exc):  # (an outage ends only at a stop)
+                        log.exception("engine.loop_error")
                     outcomes = []
                 if notified is not None and any(o.message_id is not None for o in outcomes):
                     notified.set()  # from the loop's thread: asyncio.Event is not thread-safe
@@ -96,7 +107,17 @@ class InboundWorker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await listener
             self.owner = None
-            release()
+            release, self._release = self._release, None
+            if release is not None:
+                release()
+
+    async def _round(self) -> list[Outcome]:
+        """One batch in a thread; a failed one leaves claims ``_run_batch`` gives back."""
+        try:
+            return await asyncio.to_thread(self._run_batch)
+        except Exception:
+            self._stranded = self.owner is not None
+            raise
 
     def run_once(self, limit: int = 20) -> int:
         """Claim and process up to ``limit`` mails; returns how many were processed."""
@@ -113,6 +134,7 @@ class InboundWorker:
         and each mail is processed again in its own transaction, in order, so
         one bad mail never holds back the rest.
         """
+        self._recover()
         self._take_back_dead()
         if self.peek is not None and not inbound.any_claimable(
             self.peek, lease_seconds=self.settings.worker_lease_seconds
@@ -160,12 +182,35 @@ class InboundWorker:
             )
         return outcomes
 
+    def _recover(self) -> None:
+        """After a round that failed on the store: mark this worker alive again if the
+        mark was lost with its connection, and give back the claims the round left."""
+        if not self._stranded or self.owner is None:
+            return
+        self._hold_again()
+        given = inbound.give_back(self.factory, self.owner)
+        self._stranded = False
+        if given:
+            log.warning("engine.given_back", count=len(given), queue_ids=given[:20])
+
+    def _hold_again(self) -> None:
+        """Hold the owner lock again when the server dropped it (restarted, or the
+        backend terminated); otherwise other workers would take back every claim."""
+        assert self.owner is not None
+        if inbound.owner_alive(self.factory, self.owner):
+            return
+        if self._release is not None:
+            self._release()
+        self._release = inbound.hold_owner(self.factory, self.owner)
+        log.info("engine.owner_held_again", owner=self.owner)
+
     def _take_back_dead(self) -> None:
         """While running as an owner: take back the claims of dead owners, at most
         every ``TAKE_BACK_SECONDS`` (the first batch does it at once)."""
         if self.owner is None or time.monotonic() < self._next_take_back:
             return
         self._next_take_back = time.monotonic() + TAKE_BACK_SECONDS
+        self._hold_again()
         taken = inbound.take_back_dead(self.factory)
         if taken:
             log.warning("engine.taken_back", count=len(taken), queue_ids=taken[:20])

@@ -36,12 +36,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from replygate import metrics
 from replygate.logs import get_logger
 from replygate.mail.redaction import redact
-from replygate.store import outbox
+from replygate.store import dialect, outbox
 from replygate.store.db import close_reads, snapshot_reads
 from replygate.store.models import utcnow
 from replygate.store.outbox import Claimed
 from replygate.workers.transports import PermanentDeliveryError, TransientDeliveryError, Transport
-from replygate.workers.waiting import first_of
+from replygate.workers.waiting import first_of, through_outages
 
 log = get_logger("replygate.outbound")
 
@@ -134,18 +134,20 @@ class OutboundWorker:
 
         A full batch goes straight on to the next, and so does a round after
         ``wake`` was set (by the engine of this process, having written
-        notifications); an error in a round (the database away) is logged and
-        the round tried again after the poll interval, so the worker outlives
-        outages.
+        notifications). While the database is unreachable the round is retried
+        with a short capped backoff (``through_outages``), so the worker outlives
+        outages; any other error in a round is logged and the round tried again
+        after the poll interval.
         """
         try:
             while not stop.is_set():
                 if wake is not None:
                     wake.clear()  # set again during the round: the next one starts at once
                 try:
-                    count = await self.run_once()
-                except Exception:
-                    log.exception("outbox.round_failed")
+                    count = await through_outages(self.run_once, stop, part="outbox")
+                except Exception as exc:
+                    if not dialect.unreachable(exc):  # an outage ends only at a stop
+                        log.exception("outbox.round_failed")
                     count = 0
                 if count >= self.batch:
                     continue
