@@ -99,9 +99,13 @@ class OutboundWorker:
         self.concurrency = concurrency
         self.secret = secret  # fingerprints addresses in log lines; without it they are hidden
         self.peek = snapshot_reads(factory)
+        # Delivered while the database was away, so not yet marked sent: recorded
+        # first thing next round, instead of sent again once their lease runs out.
+        self._unrecorded: list[tuple[Claimed, datetime]] = []
 
     async def run_once(self) -> int:
         """Claim one batch of due mail and deliver it; returns how many were claimed."""
+        await self._record_unrecorded()
         now = self.clock()
         if self.peek is not None and not await asyncio.to_thread(
             outbox.any_due, self.peek, now=now
@@ -194,11 +198,29 @@ class OutboundWorker:
             await self._retry_or_fail(item, error, fields, started)
         else:
             at = self.clock()
-            owned = await sent.record((item, at))
+            try:
+                owned = await sent.record((item, at))
+            except Exception as exc:
+                if dialect.unreachable(exc):
+                    self._unrecorded.append((item, at))
+                raise
             self._log(fields, started, "sent", owned)
             found = metrics.instruments()
             if found is not None and owned and item.created_at is not None:
                 found.delivery_lag.observe(max(0.0, (at - item.created_at).total_seconds()))
+
+    async def _record_unrecorded(self) -> None:
+        """Mark sent what was delivered while the database was away (kept if it still is)."""
+        if not self._unrecorded:
+            return
+        pending, self._unrecorded = self._unrecorded, []
+        try:
+            owned = await self._mark_sent(pending)
+        except Exception:
+            self._unrecorded = pending + self._unrecorded
+            raise
+        for (item, _), ok in zip(pending, owned, strict=True):
+            log.info("outbox.recorded_late", outbox_id=item.id, owned=ok)
 
     async def _retry_or_fail(
         self, item: Claimed, error: str, fields: dict[str, object], started: float

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from replygate.store.models import InboundMail, Message
-from tests.helpers import free_port, port_open, wait_for
+from replygate.store.models import InboundMail, Message, OutboxMessage
+from tests.helpers import free_port, port_open, read_maildir, wait_for
 from tests.system.chaos.cluster import Cluster
 from tests.system.chaos.conftest import (
     Answer,
@@ -59,6 +59,11 @@ def _workers_claiming(sessions: sessionmaker[Session], since_id: int) -> set[str
             select(InboundMail.claimed_by).where(InboundMail.id > since_id).distinct()
         ).all()
     return {owner.split(":")[1] for owner in owners if owner}
+
+
+def _outbox(sessions: sessionmaker[Session]) -> Counter[str]:
+    with sessions() as session:
+        return Counter(session.scalars(select(OutboxMessage.status)))
 
 
 def _last_id(sessions: sessionmaker[Session]) -> int:
@@ -152,6 +157,17 @@ def _check_recovered(
     assert set(filed) == acked, "filed without a 250, or a 250 never filed"
     workers = {str(p.pid) for p in processes.running}
     assert _workers_claiming(db.sessions, since) == workers, "a worker stopped filing"
+    # Each filed reply's notification to the staff member is delivered, once.
+    wait_for(
+        lambda: (
+            set(_outbox(db.sessions)) == {"sent"}
+            and sum(_outbox(db.sessions).values()) == len(acked)
+        ),
+        timeout=FILED_SECONDS,
+        what="every notification delivered",
+    )
+    delivered = Counter(str(m["Message-ID"]) for m in read_maildir(db.settings.outbox_maildir))
+    assert set(delivered.values()) == {1}, "a notification delivered twice"
     refused = sum(1 for a in answers if a.code == 451)
     print(
         f"{len(acked)} accepted, {refused} deferred with 451 4.3.0; "
