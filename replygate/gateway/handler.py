@@ -133,6 +133,8 @@ class GatewayHandler:
         # The routes accepted at RCPT, per transaction; aiosmtpd makes a new
         # envelope after DATA and RSET, so finished transactions drop out.
         self._accepted: WeakKeyDictionary[Envelope, list[Recipient]] = WeakKeyDictionary()
+        # Set by ``Gateway.stop``: new sessions hear 421 4.3.2, one in DATA finishes first.
+        self.draining = False
 
     def _render(self, condition: Condition, address: str | None = None) -> str:
         return replies.reply(condition).render(address, limit=self.settings.max_message_size)
@@ -299,7 +301,10 @@ class GatewayHandler:
         return self._render(Condition.INTERNAL_ERROR)
 
     def refused_at_connect(self, session: SMTPSession | None) -> str | None:
-        """``421 4.7.0`` for a client in its cool-down (then closed), else None."""
+        """``421 4.3.2`` while the gateway stops, ``421 4.7.0`` for a client in its
+        cool-down (then closed), else None."""
+        if self.draining:
+            return self.refused_shutting_down(session)
         left = self.throttle.blocked(client_ip(session))
         if not left:
             return None

@@ -210,9 +210,7 @@ class GatewaySMTP(SMTP):
     async def _handle_client(self) -> None:
         handler = self.event_handler
         refusal = None
-        if self.shared.draining:
-            refusal = handler.refused_shutting_down(self.session)
-        elif not self.admitted:
+        if not self.admitted:
             refusal = handler.refused_busy(self.session)
         elif self._proxy_timeout is None:  # else the client is known after the PROXY header
             refusal = handler.refused_at_connect(self.session)
@@ -455,16 +453,13 @@ class GatewaySMTP(SMTP):
         finally:
             self._in_data = False
             budget.give(self._held)
-            if self.shared.draining:
-                self.shared.data_done.set()
         if status is None:
             return
         self._set_post_data_state()
         await self.push(status)
         self._reset_timeout()  # the command timeout runs again from the reply
-        if self.shared.draining and self.transport is not None:  # stopping: it was the last
-            await self.push(self.event_handler.refused_shutting_down(self.session))
-            self.transport.close()
+        if self.event_handler.draining:  # the gateway is stopping: this message was the last
+            self.shared.say_goodbye(self)
 
     async def _receive(self, held: int) -> str | None:
         """Read one body and hand it to the handler; the reply, or None if the

@@ -160,11 +160,11 @@ class Gateway:
             return
         shared = self.shared
         if shared is not None:
-            shared.draining = True
+            self.handler.draining = True
             for protocol in list(self._open):
                 if not protocol._in_data:
-                    self._say_goodbye(protocol)
-            await self._drain(shared, grace)
+                    shared.say_goodbye(protocol)
+            await self._drain(grace)
         server.close()
         for protocol in list(self._open):
             if protocol.transport is not None:
@@ -173,26 +173,16 @@ class Gateway:
             await asyncio.wait_for(server.wait_closed(), grace)
         await asyncio.to_thread(self.handler.close)
 
-    def _say_goodbye(self, protocol: GatewaySMTP) -> None:
-        """Tell a session outside DATA ``421 4.3.2`` and close it."""
-        transport = protocol.transport
-        if transport is None or transport.is_closing():
-            return
-        line = self.handler.refused_shutting_down(protocol.session)
-        transport.write(f"{line}\r\n".encode())  # type: ignore[attr-defined]
-        transport.close()
-
-    async def _drain(self, shared: Shared, grace: float) -> None:
-        """Wait until no session is in DATA, or ``grace`` seconds have passed."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        while any(protocol._in_data for protocol in self._open):
-            left = deadline - loop.time()
-            if left <= 0:
-                return
-            shared.data_done.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(shared.data_done.wait(), left)
+    async def _drain(self, grace: float) -> None:
+        """Wait until the sessions in DATA have finished (each closes after its
+        reply, which ends its task), or ``grace`` seconds have passed."""
+        tasks = [
+            p._handler_coroutine
+            for p in self._open
+            if p._in_data and p._handler_coroutine is not None
+        ]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
 
     async def __aenter__(self) -> Self:
         await self.start()

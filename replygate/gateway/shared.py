@@ -10,7 +10,6 @@ internals that ``protocol`` describes: the private names used here are in its
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import ssl
 import types
@@ -74,14 +73,19 @@ class Shared:
     constants: dict[str, Any] = field(default_factory=dict)
     # The open connections, for ``Gateway.stop`` to close.
     open: set[GatewaySMTP] = field(default_factory=set)
-    # Set by ``Gateway.stop``: new sessions hear 421 4.3.2, a session in DATA
-    # finishes its message first; ``data_done`` is set as each such message ends.
-    draining: bool = False
-    data_done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def count_reply(self, key: str) -> None:
         """Count a reply sent (``GatewaySMTP.push`` does the same inline)."""
         self.replies_sent[key] = self.replies_sent.get(key, 0) + 1
+
+    def say_goodbye(self, protocol: GatewaySMTP) -> None:
+        """Tell a session ``421 4.3.2`` and close it: the gateway is stopping."""
+        transport = protocol.transport
+        if transport is None or transport.is_closing():
+            return
+        line = self.handler.refused_shutting_down(protocol.session)
+        transport.write(f"{line}\r\n".encode())  # type: ignore[attr-defined]
+        transport.close()
 
     def connection_constants(self) -> dict[str, Any]:
         """What ``SMTP.__init__`` would set on each connection, less the per-connection tables."""

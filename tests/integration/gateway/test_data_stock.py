@@ -34,6 +34,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.stored: list[bytes] = []
+        self.draining = False  # never stopped here
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.stored.append(envelope.original_content)
