@@ -9,6 +9,7 @@ Running it again reuses what exists and sends one more message.
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 
@@ -56,6 +57,7 @@ def seed_demo(settings: Settings, factory: sessionmaker[Session]) -> list[str]:
         sent_row = outbox.get(session, row.id)
         status = sent_row.status if sent_row else "?"
     py = shlex.quote(sys.executable)
+    program = _program()
     host, port = settings.smtp_host, settings.smtp_port
     message = (
         f"From: Cleo Client <cleo@example.com>\\r\\nTo: {reply_to}\\r\\n"
@@ -68,7 +70,7 @@ def seed_demo(settings: Settings, factory: sessionmaker[Session]) -> list[str]:
         f"  in the Maildir {settings.outbox_maildir}/new (Reply-To: {reply_to}).",
         "",
         "Start everything (SMTP gateway, workers, portal):",
-        "  .venv/bin/replygate serve",
+        f"  {program} serve",
         "",
         "Then reply as Cleo, by email, to the gateway:",
         f"  printf '{message}' | {py} -c \"import smtplib,sys; "
@@ -77,13 +79,20 @@ def seed_demo(settings: Settings, factory: sessionmaker[Session]) -> list[str]:
         f"  (or: swaks --server {host}:{port} --from cleo@example.com --to {reply_to}"
         " --header 'From: cleo@example.com' --body 'Yes, Tuesday works.')",
         "",
-        f"See it filed:  .venv/bin/replygate threads show {thread_id}",
+        f"See it filed:  {program} threads show {thread_id}",
         f"Dana's email with Cleo's reply lands in {settings.outbox_maildir}/new.",
         "",
         f"Portal: {settings.portal_url}/login",
         "  dana@demo.test / demo-staff   cleo@example.com / demo-client   "
         "admin@demo.test / demo-admin",
     ]
+
+
+def _program() -> str:
+    """The command line that started this program, to repeat in the instructions."""
+    if os.path.basename(sys.argv[0]) == "replygate":
+        return shlex.quote(sys.argv[0])  # .venv/bin/replygate, or replygate from PATH
+    return f"{shlex.quote(sys.executable)} -m replygate"
 
 
 def _reply_to(raw: bytes) -> str:

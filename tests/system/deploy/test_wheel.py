@@ -131,6 +131,8 @@ def test_the_installed_package_files_a_reply(
     assert Path(where.strip()).is_relative_to(venv), where
 
     out = run(venv, tmp_path, site, "demo")
+    program = str(venv / "bin" / "replygate")
+    assert f"  {program} serve" in out and f"{program} threads show" in out, out
     thread_id = int(re.search(r"^Thread (\d+):", out, re.M).group(1))  # type: ignore[union-attr]
     reply_to = re.search(r"Reply-To: (reply\+[a-z0-9]+@[\w.-]+)\)", out).group(1)  # type: ignore[union-attr]
 
