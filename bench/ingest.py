@@ -2,6 +2,7 @@
 
     python bench/ingest.py                       # the full table
     python bench/ingest.py --sessions 32 --sizes 4096 --quick
+    python bench/ingest.py --quick --mail-auth   # also each gateway checking SPF/DKIM/DMARC
 
 Every server is measured in the same run, in rounds (each round runs every
 server once, the table gives the median of the rounds), so the ratios
@@ -21,7 +22,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from ingest_common import CLIENT, database, free_port, gateway, process, stock_server
+from ingest_common import (
+    CLIENT,
+    database,
+    free_port,
+    gateway,
+    loopback_dns,
+    process,
+    stock_server,
+)
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 SMTP_SINK = "/usr/sbin/smtp-sink"
@@ -92,6 +101,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="fewer messages per run")
     parser.add_argument("--no-pair", action="store_true", help="skip two gateways on one port")
+    parser.add_argument(
+        "--mail-auth",
+        action="store_true",
+        help="also run each gateway with mail_auth = verify against a loopback DNS server",
+    )
     args = parser.parse_args()
     REPEATS = args.repeats
     sessions_list = [int(s) for s in args.sessions.split(",")]
@@ -103,6 +117,7 @@ def main() -> None:
         contextlib.ExitStack() as stack,
     ):
         worlds = {b: stack.enter_context(database(b, Path(tmp))) for b in backends}
+        verify = stack.enter_context(loopback_dns()) if args.mail_auth else None
         rcpt = next(iter(worlds.values())).addresses[0]
         rows = []
         for size in sizes:
@@ -115,6 +130,12 @@ def main() -> None:
                 }
                 for backend, world in worlds.items():
                     servers[backend] = (lambda p, w=world: gateway(w, p), w_rcpt(world), world)
+                    if verify is not None:
+                        servers[f"{backend}+auth"] = (
+                            lambda p, w=world: gateway(w, p, **verify),
+                            w_rcpt(world),
+                            world,
+                        )
                 if not args.no_pair and "postgresql" in worlds and size <= 16 * 1024:
                     world = worlds["postgresql"]
 
@@ -129,6 +150,9 @@ def main() -> None:
                 print_row(row, backends)
         print()
         print_table(rows, backends)
+        if verify is not None:
+            print()
+            print_auth_table(rows, backends)
 
 
 def w_rcpt(world) -> str:
@@ -151,6 +175,16 @@ def print_table(rows: list[dict], backends: list[str]) -> None:
         cells += [f"{row[c]:,.0f}" if c in row else "–" for c in cols]
         cells += [f"{row[b] / row['stock']:.2f}×" for b in backends]
         cells.append(f"{row['2×pg'] / row['smtp-sink']:.2f}×" if "2×pg" in row else "–")
+        print("| " + " | ".join(cells) + " |")
+
+
+def print_auth_table(rows: list[dict], backends: list[str]) -> None:
+    """Each gateway checking mail itself against the same gateway not checking it."""
+    print("| size | sessions | " + " | ".join(f"{b}+auth ÷ {b}" for b in backends) + " |")
+    print("|---|---|" + "---|" * len(backends))
+    for row in rows:
+        cells = [f"{row['size'] // 1024} KB", str(row["sessions"])]
+        cells += [f"{row[f'{b}+auth'] / row[b]:.2f}×" for b in backends]
         print("| " + " | ".join(cells) + " |")
 
 

@@ -67,6 +67,9 @@ class World:
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
+            # No DNS unless a benchmark starts its loopback server (``loopback_dns``):
+            # never the machine's resolver.
+            REPLYGATE_MAIL_AUTH="off",
             REPLYGATE_DATABASE_URL=self.url,
             REPLYGATE_SECRET_KEY=SECRET,
             REPLYGATE_REPLY_DOMAIN=REPLY_DOMAIN,
@@ -208,6 +211,28 @@ def gateway(
                             code = proc.poll()
                             raise RuntimeError(f"the gateway did not start ({code=})") from None
                 yield proc
+
+
+@contextlib.contextmanager
+def loopback_dns() -> Iterator[dict[str, str]]:
+    """The tests' DNS server on loopback, publishing the client domain's SPF (127.0.0.1)
+    and a DMARC reject policy; yields the gateway settings that check mail against it
+    as the MX would (``mail_auth = verify``, loopback no relay)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.dns_server import LoopbackDns
+
+    server = LoopbackDns()
+    domain = CLIENT.rpartition("@")[2]
+    server.zone.txt(domain, "v=spf1 ip4:127.0.0.1 -all")
+    server.zone.txt(f"_dmarc.{domain}", "v=DMARC1; p=reject")
+    try:
+        yield {
+            "REPLYGATE_MAIL_AUTH": "verify",
+            "REPLYGATE_DNS_NAMESERVERS": server.address,
+            "REPLYGATE_SMTP_TRUSTED_RELAYS": "192.0.2.0/24",
+        }
+    finally:
+        server.stop()
 
 
 def stock_server(port: int):

@@ -107,6 +107,23 @@ class Settings:
     breaker_window_minutes: int = 10
     sender_allow_plus_tags: bool = False
     trusted_authserv_ids: str = ""
+    # Who checks SPF, DKIM, ARC and DMARC: ``verify`` (the gateway itself, as the MX),
+    # ``trust`` (the relays named by trusted_authserv_ids), ``off``. Empty: ``verify``
+    # unless trusted_authserv_ids names a relay (``mail_auth_mode``).
+    mail_auth: str = ""
+    # The authserv-id of the Authentication-Results the gateway writes; every gateway
+    # and worker of one installation shares it. Empty: the reply domain.
+    authserv_id: str = ""
+    # Resolvers for those checks ("127.0.0.1:5353, 192.0.2.53"); empty: /etc/resolv.conf.
+    dns_nameservers: str = ""
+    dns_timeout_seconds: float = 3.0  # per lookup, retries included
+    mail_auth_timeout_seconds: float = 15.0  # all the checks of one message, then 451 4.4.3
+    # Forwarders whose ARC seal may vouch for a DMARC pass they saw ("lists.example.org").
+    arc_trusted_sealers: str = ""
+    # DKIM-sign notifications with this key (``replygate dkim keygen``); empty: unsigned.
+    dkim_key_path: str = ""
+    dkim_selector: str = ""
+    dkim_domain: str = ""  # empty: the domain of notification_from
     log_json: bool = False
 
     @property
@@ -121,6 +138,42 @@ class Settings:
         """
         ids = self.trusted_authserv_ids.split(",")
         return frozenset(t.strip().lower() for t in ids if t.strip())
+
+    @property
+    def mail_auth_mode(self) -> str:
+        """``verify``, ``trust`` or ``off``: ``mail_auth``, or by default ``verify``
+        when no trusted relay is named and ``trust`` when one is."""
+        if self.mail_auth:
+            return self.mail_auth
+        return "trust" if self.trusted_authserv else "verify"
+
+    @property
+    def own_authserv_id(self) -> str:
+        """The authserv-id the gateway stamps its own results with (lower case)."""
+        return (self.authserv_id or self.reply_domain).strip().lower()
+
+    @functools.cached_property
+    def authserv_ids_believed(self) -> frozenset[str]:
+        """Whose Authentication-Results the acceptance policy reads: the trusted relays'
+        under ``trust``, ours too under ``verify``, nobody's under ``off``."""
+        mode = self.mail_auth_mode
+        if mode == "off":
+            return frozenset()
+        if mode == "verify":
+            return self.trusted_authserv | {self.own_authserv_id}
+        return self.trusted_authserv
+
+    @property
+    def dkim_signing_domain(self) -> str:
+        """The d= of our notifications' DKIM signatures."""
+        return (self.dkim_domain or self.notification_from.rpartition("@")[2]).strip().lower()
+
+    @functools.cached_property
+    def arc_sealers(self) -> frozenset[str]:
+        """``arc_trusted_sealers`` as lower-case domains, parsed once."""
+        return frozenset(
+            d.strip().lower().rstrip(".") for d in self.arc_trusted_sealers.split(",") if d.strip()
+        )
 
     @functools.cached_property
     def attachment_allow_list(self) -> tuple[str, ...]:
@@ -260,6 +313,12 @@ def _derive(s: Settings) -> Settings:
         raise ConfigError("the secret key must be at least 32 characters long")
     if s.session_idle_seconds <= 0 or s.session_max_seconds <= 0:
         raise ConfigError("session_idle_seconds and session_max_seconds must be positive")
+    if s.mail_auth not in ("", "verify", "trust", "off"):
+        raise ConfigError(f"mail_auth must be verify, trust or off, not {s.mail_auth!r}")
+    if s.mail_auth == "trust" and not s.trusted_authserv:
+        raise ConfigError("mail_auth = trust needs trusted_authserv_ids: whose results to trust")
+    if s.dkim_key_path and not s.dkim_selector:
+        raise ConfigError("dkim_key_path needs dkim_selector: the selector its DNS record is under")
     s.trusted_proxy_networks  # noqa: B018 - refuses a malformed entry now, not at the first login
     return s
 

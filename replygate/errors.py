@@ -14,7 +14,8 @@
         ├── TokenRevoked       token revoked, or voided when Convenience Mode went off
         ├── ConvenienceModeOff the organisation does not accept replies by email
         ├── SenderMismatch     From is not the address the token was issued to
-        ├── DmarcFailed        a trusted relay says DMARC failed for the From domain
+        ├── DmarcFailed        a trusted relay, or our own check, says DMARC failed for From
+        ├── AuthenticationUnavailable the sender's domain could not be checked in time (DNS)
         ├── MessageTooLarge    message exceeds the configured size limit
         ├── NestedTooDeep      MIME parts nested deeper than any mail client nests them
         ├── AttachmentTooLarge an attachment, or all of them, exceed their size limits
@@ -94,6 +95,13 @@ class SenderMismatch(InboundRefused):
 
 class DmarcFailed(SenderMismatch):
     """Raised when a trusted Authentication-Results header says DMARC failed for From."""
+
+
+class AuthenticationUnavailable(InboundRefused):
+    """Raised when the gateway's SPF, DKIM and DMARC checks ran out of time (DNS away).
+
+    Temporary: the sending MTA keeps the message and tries again later.
+    """
 
 
 class MessageTooLarge(InboundRefused):

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from replygate.config import Settings, load_settings
 from replygate.store.db import make_engine, normalise_url, session_factory, upgrade
 from replygate.store.models import Base
+from tests.dns_server import LoopbackDns, Zone
 
 TEST_SECRET = "test-secret-" + "k" * 52
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -71,8 +72,31 @@ def database_url(backend_template: str, tmp_path: Path) -> Iterator[str]:
     yield backend_template
 
 
+@pytest.fixture(scope="session")
+def dns_server() -> Iterator[LoopbackDns]:
+    """The suite's DNS: a server on loopback, named in every setting and subprocess.
+
+    The gateway checks SPF, DKIM and DMARC by default (``mail_auth = verify``);
+    no test may ask the machine's resolver, so processes the tests start find
+    this server in ``REPLYGATE_DNS_NAMESERVERS``.
+    """
+    server = LoopbackDns()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REPLYGATE_DNS_NAMESERVERS", server.address)
+        yield server
+    server.stop()
+
+
 @pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> Settings:
+def dns_zone(dns_server: LoopbackDns) -> Iterator[Zone]:
+    """The records this test publishes; all gone after it."""
+    dns_server.zone.clear()
+    yield dns_server.zone
+    dns_server.zone.clear()
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path, dns_server: LoopbackDns) -> Settings:
     return load_settings(
         env={},
         overrides={
@@ -81,6 +105,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
             "secret_key": TEST_SECRET,
             "reply_domain": "reply.test",
             "portal_url": "http://portal.test",
+            "dns_nameservers": dns_server.address,
         },
     )
 

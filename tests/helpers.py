@@ -114,3 +114,14 @@ def notification(n: int = 1, **changes: object) -> Notification:
     )
     values.update(changes)
     return Notification(**values)  # type: ignore[arg-type]
+
+
+def as_sent(stored: bytes) -> bytes:
+    """Stored mail without the Authentication-Results field the gateway puts first
+    (``mail_auth = verify``): the bytes the sender sent."""
+    if not stored.startswith(b"Authentication-Results: "):
+        return stored
+    at = stored.find(b"\r\n")
+    while stored[at + 2 : at + 3] in (b" ", b"\t"):
+        at = stored.find(b"\r\n", at + 2)
+    return stored[at + 2 :]

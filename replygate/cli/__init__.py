@@ -183,6 +183,7 @@ def _add_command_groups() -> None:
         circles,
         configuration,
         database,
+        dkim,
         inbound_queue,
         outbox,
         send,
@@ -193,7 +194,7 @@ def _add_command_groups() -> None:
         users,
     )
 
-    for module in (configuration, database, users, circles, settings, threads, tokens, audit):
+    for module in (configuration, database, users, circles, settings, threads, tokens, audit, dkim):
         main.add_command(module.group)
     main.add_command(send.send)
     main.add_command(inbound_queue.group)

@@ -155,8 +155,16 @@ def worker(app: App, once: bool, metrics: str | None) -> None:
 @click.command("ingest")
 @click.option("--rcpt", required=True, help="Envelope recipient (Postfix: ${recipient}).")
 @click.option("--sender", default="", help="Envelope sender (Postfix: ${sender}).")
+@click.option(
+    "--client-ip",
+    default="",
+    help="The sending client's address, for SPF (Postfix: ${client_address}).",
+)
+@click.option(
+    "--helo", default="", help="The sending client's HELO name (Postfix: ${client_helo})."
+)
 @pass_app
-def ingest(app: App, rcpt: str, sender: str) -> None:
+def ingest(app: App, rcpt: str, sender: str, client_ip: str, helo: str) -> None:
     """Accept one message on stdin, for a Postfix pipe transport (sysexits codes)."""
     from replygate.gateway.ingest import ingest as run_ingest
 
@@ -164,7 +172,15 @@ def ingest(app: App, rcpt: str, sender: str) -> None:
     logs.configure(json=app.settings.log_json, level=logging.ERROR, redact=app.redact)
     try:
         raw = sys.stdin.buffer.read()
-        code, reason = run_ingest(app.settings, app.factory, rcpt=rcpt, sender=sender, raw=raw)
+        code, reason = run_ingest(
+            app.settings,
+            app.factory,
+            rcpt=rcpt,
+            sender=sender,
+            raw=raw,
+            client_ip=client_ip or None,
+            helo=helo or None,
+        )
     except Exception as exc:  # anything unexpected: let the MTA retry, nothing lost
         click.echo(f"temporary failure: {exc}", err=True)
         sys.exit(75)

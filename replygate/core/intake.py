@@ -155,7 +155,7 @@ def _policy_of(settings: Settings) -> Policy:
         attachment_max_bytes=settings.attachment_max_bytes,
         attachments_total_max_bytes=settings.attachments_total_max_bytes,
         attachment_types=settings.attachment_allow_list,
-        trusted_authserv=settings.trusted_authserv,
+        trusted_authserv=settings.authserv_ids_believed,
         allow_plus_tags=settings.sender_allow_plus_tags,
         max_attachments=settings.max_attachments,
     )
@@ -243,9 +243,19 @@ class Checked:
 
 
 def check(
-    settings: Settings, *, recipients: list[Recipient], raw: bytes, via: Literal["smtp", "pipe"]
+    settings: Settings,
+    *,
+    recipients: list[Recipient],
+    raw: bytes,
+    via: Literal["smtp", "pipe"],
+    authentication: Decision | None = None,
 ) -> Checked:
-    """The acceptance policy at DATA; raises what refuses the message."""
+    """The acceptance policy at DATA; raises what refuses the message.
+
+    ``raw`` is what will be stored: under ``mail_auth = verify`` already
+    stamped with the gateway's own Authentication-Results, whose findings
+    ``authentication`` records.
+    """
     policy = acceptance_policy(settings)
     check_size(policy, len(raw))
     check_nesting(policy, raw)
@@ -256,6 +266,8 @@ def check(
         check_dmarc(policy, headers, require_pass=require_pass)
     files = check_attachments(policy, raw, headers, recipients)
     decisions: list[Decision] = [sender, files, Stored(via, len(raw))]
+    if authentication is not None:
+        decisions.insert(2, authentication)
     return Checked(headers.message_id, decisions)
 
 
@@ -323,9 +335,12 @@ def accept(
     raw: bytes,
     peer: str | None,
     via: Literal["smtp", "pipe"],
+    authentication: Decision | None = None,
 ) -> Accepted:
     """The checks, then the durable enqueue (the pipe ingress: one message per process)."""
-    checked = check(settings, recipients=recipients, raw=raw, via=via)
+    checked = check(
+        settings, recipients=recipients, raw=raw, via=via, authentication=authentication
+    )
     headers_message_id, decisions = checked.message_id, checked.decisions
     ids = enqueue(
         factory,

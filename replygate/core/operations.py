@@ -132,17 +132,19 @@ def set_sender_policy(factory: sessionmaker[Session], settings: Settings, policy
 
 
 def set_dmarc_policy(factory: sessionmaker[Session], settings: Settings, policy: str) -> None:
-    """Refuse replies a trusted relay says failed DMARC, or also those it does not say passed.
+    """Refuse replies that failed DMARC, or also those not shown to pass it.
 
-    ``require-pass`` without a trusted authserv-id would refuse every reply,
-    so it is refused until ``trusted_authserv_ids`` names the relays.
+    Whose word counts: the gateway's own checks (``mail_auth = verify``) and
+    the relays of ``trusted_authserv_ids``. ``require-pass`` with neither
+    (``mail_auth = off`` and no relay) would refuse every reply, so it is refused.
     """
     if policy not in DMARC_POLICIES:
         raise Invalid(f"DMARC policy must be one of {', '.join(DMARC_POLICIES)}, not {policy!r}")
-    if policy == DmarcPolicy.REQUIRE_PASS and not settings.trusted_authserv:
+    if policy == DmarcPolicy.REQUIRE_PASS and not settings.authserv_ids_believed:
         raise Invalid(
-            "require-pass needs trusted_authserv_ids (REPLYGATE_TRUSTED_AUTHSERV_IDS): "
-            "without a relay we trust, no reply could ever pass"
+            "require-pass needs mail_auth = verify (REPLYGATE_MAIL_AUTH) or "
+            "trusted_authserv_ids (REPLYGATE_TRUSTED_AUTHSERV_IDS): with no check we "
+            "trust, no reply could ever pass"
         )
     with transaction(factory) as session:
         org = directory.organisation(session, default_name=settings.organisation_name)

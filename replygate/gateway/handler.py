@@ -8,7 +8,10 @@ answers 250 only once the batch holding them has committed. No database
 call runs on the event loop: the RCPT lookup runs in a worker thread
 (``asyncio.to_thread``), the commit in the writer's thread, and the DATA
 checks run inline only for small plain-text mail (anything that may be
-parsed whole goes to a thread). The answers come from ``replies.CATALOGUE``.
+parsed whole goes to a thread). Under ``mail_auth = verify`` the gateway's
+own SPF, DKIM, ARC and DMARC checks (``authentication``) run first, in a
+thread, and stamp the mail with our Authentication-Results. The answers come
+from ``replies.CATALOGUE``.
 
 A client IP that keeps naming unknown reply addresses is deferred for a
 while (``throttle.Throttle``); behind a load balancer speaking the PROXY
@@ -41,6 +44,7 @@ from replygate.core import intake
 from replygate.core.intake import Recipient, StoreUnavailable
 from replygate.errors import InboundRefused
 from replygate.gateway import logged, replies
+from replygate.gateway.authentication import Authenticator
 from replygate.gateway.replies import Condition
 from replygate.gateway.throttle import Throttle, parse_networks
 from replygate.logs import get_logger
@@ -112,8 +116,10 @@ class GatewayHandler:
         clock: Callable[[], datetime] = utcnow,
         rcpt_cache_seconds: float = RCPT_CACHE_SECONDS,
         throttle: Throttle | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self.settings = settings
+        self.authenticator = authenticator or Authenticator(settings)
         self.throttle = throttle or Throttle(
             settings.smtp_throttle_failures,
             settings.smtp_throttle_window_seconds,
@@ -246,12 +252,32 @@ class GatewayHandler:
         if not recipients:  # aiosmtpd refuses DATA before any RCPT; this is belt and braces
             return self._finish(Condition.INTERNAL_ERROR, "no accepted recipient", fields, started)
         try:
+            prepared = await self.authenticator.prepare_async(
+                raw,
+                client_ip=client_ip(session),
+                helo=session.host_name,
+                mail_from=fields["mail_from"],
+            )
+            raw, authentication = prepared.raw, prepared.decision
+            if authentication is not None:
+                fields.update(spf=authentication.spf, dmarc=authentication.dmarc)
             if intake.needs_parsing(raw):
                 checked = await asyncio.to_thread(
-                    intake.check, self.settings, recipients=recipients, raw=raw, via="smtp"
+                    intake.check,
+                    self.settings,
+                    recipients=recipients,
+                    raw=raw,
+                    via="smtp",
+                    authentication=authentication,
                 )
             else:
-                checked = intake.check(self.settings, recipients=recipients, raw=raw, via="smtp")
+                checked = intake.check(
+                    self.settings,
+                    recipients=recipients,
+                    raw=raw,
+                    via="smtp",
+                    authentication=authentication,
+                )
             rows = intake.queue_rows(
                 checked,
                 mail_from=fields["mail_from"],

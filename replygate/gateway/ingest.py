@@ -21,6 +21,7 @@ from replygate.config import Settings
 from replygate.core import intake
 from replygate.errors import InboundRefused
 from replygate.gateway import logged, replies
+from replygate.gateway.authentication import Authenticator
 from replygate.gateway.replies import Condition
 from replygate.logs import get_logger
 from replygate.store.models import utcnow
@@ -43,8 +44,15 @@ def ingest(
     sender: str | None = "",
     raw: bytes,
     clock: Callable[[], datetime] = utcnow,
+    client_ip: str | None = None,
+    helo: str | None = None,
 ) -> IngestResult:
-    """Check and durably queue one message for one recipient; never raises for a refusal."""
+    """Check and durably queue one message for one recipient; never raises for a refusal.
+
+    ``client_ip`` and ``helo`` are the sending client's, as the MTA in front
+    saw them (Postfix: ``${client_address}``, ``${client_helo}``): without
+    them SPF is not checked under ``mail_auth = verify``.
+    """
     started = time.perf_counter()
     fields: dict[str, Any] = {
         "via": "pipe",
@@ -54,14 +62,18 @@ def ingest(
     }
     try:
         recipient = intake.check_recipient(factory, settings, rcpt, now=clock())
+        prepared = Authenticator(settings).prepare(
+            raw, client_ip=client_ip or None, helo=helo, mail_from=fields["mail_from"]
+        )
         accepted = intake.accept(
             factory,
             settings,
             mail_from=fields["mail_from"],
             recipients=[recipient],
-            raw=raw,
+            raw=prepared.raw,
             peer="pipe",
             via="pipe",
+            authentication=prepared.decision,
         )
     except InboundRefused as exc:
         return _finish(settings, replies.condition_for(exc), exc, rcpt, fields, started)

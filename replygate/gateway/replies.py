@@ -30,6 +30,7 @@ from replygate.errors import (
     AttachmentNameRefused,
     AttachmentTooLarge,
     AttachmentTypeRefused,
+    AuthenticationUnavailable,
     ConvenienceModeOff,
     DmarcFailed,
     InboundRefused,
@@ -66,6 +67,7 @@ class Condition(StrEnum):
     CONVENIENCE_MODE_OFF = "convenience_mode_off"
     SENDER_MISMATCH = "sender_mismatch"
     DMARC_FAILED = "dmarc_failed"
+    AUTHENTICATION_UNAVAILABLE = "authentication_unavailable"
     REFUSED = "refused"
     MESSAGE_TOO_LARGE = "message_too_large"
     NESTED_TOO_DEEP = "nested_too_deep"
@@ -189,6 +191,13 @@ CATALOGUE: Mapping[Condition, Reply] = MappingProxyType(
             "the sender's domain says this message was not sent by it (DMARC failed); "
             "please reply from your usual mail account",
             EX_NOPERM,
+        ),
+        # X.4.3 directory server failure: DNS did not answer our SPF/DKIM/DMARC lookups.
+        Condition.AUTHENTICATION_UNAVAILABLE: Reply(
+            451,
+            "4.4.3",
+            "the sender's domain could not be checked just now; please try again later",
+            EX_TEMPFAIL,
         ),
         Condition.REFUSED: Reply(
             550, "5.7.1", f"this message cannot be accepted; {_LOG_IN}", EX_NOPERM
@@ -408,6 +417,7 @@ REFUSALS: Mapping[type[InboundRefused], Condition] = MappingProxyType(
         ConvenienceModeOff: Condition.CONVENIENCE_MODE_OFF,
         SenderMismatch: Condition.SENDER_MISMATCH,
         DmarcFailed: Condition.DMARC_FAILED,
+        AuthenticationUnavailable: Condition.AUTHENTICATION_UNAVAILABLE,
         MessageTooLarge: Condition.MESSAGE_TOO_LARGE,
         NestedTooDeep: Condition.NESTED_TOO_DEEP,
         AttachmentTooLarge: Condition.ATTACHMENT_TOO_LARGE,

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 class Stage(StrEnum):
     RCPT = "rcpt"
     DATA = "data"
+    AUTHENTICATION = "authentication"
     ACCEPT = "accept"
     CLASSIFY = "classify"
     ROUTE = "route"
@@ -85,6 +86,21 @@ class DataChecked(Decision):
     attachments: int | str | None = None
     policy: str | None = None
     reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Authenticated(Decision):
+    """DATA: what the gateway's own SPF, DKIM, ARC and DMARC checks found (``mail_auth``
+    is ``verify``); ``header`` is the Authentication-Results value stamped on the mail."""
+
+    stage = Stage.AUTHENTICATION
+    authserv_id: str
+    spf: str
+    dkim: str
+    arc: str
+    dmarc: str
+    policy: str | None = None
+    header: str | None = None
 
 
 @dataclass(frozen=True)
@@ -201,6 +217,7 @@ _TYPES: dict[str, type[Decision]] = {
     for t in (
         RecipientAccepted,
         DataChecked,
+        Authenticated,
         Stored,
         Classified,
         Routed,
@@ -251,6 +268,12 @@ def sentence(d: Decision) -> str:
             return f"The gateway accepted the recipient ({_fields(d)})."
         case Stored() | AttachmentsRefused():
             return f"{d.stage}: {_fields(d)}"
+        case Authenticated():
+            text = (
+                f"The gateway checked the sender's domain as {d.authserv_id}: SPF {d.spf}, "
+                f"DKIM {d.dkim}, ARC {d.arc}, DMARC {d.dmarc}"
+            )
+            return text + (f" (the domain's policy: {d.policy})." if d.policy else ".")
         case DataChecked():
             return f"The gateway stored the message before answering 250 ({_fields(d)})."
         case Classified():
@@ -269,7 +292,10 @@ def sentence(d: Decision) -> str:
         case SenderRefused():
             return f"The From address did not match (sender policy: {d.policy})."
         case DmarcRefused():
-            return "A trusted Authentication-Results header says DMARC failed for the From domain."
+            return (
+                "A trusted Authentication-Results header (a trusted relay's or the gateway's "
+                "own) says DMARC failed, or did not pass, for the From domain."
+            )
         case Braked():
             return f"Flood brake: {d.count} recent replies from this sender to this address."
         case Extracted():

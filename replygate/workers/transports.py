@@ -203,7 +203,17 @@ class MemoryTransport:
 
 
 def transport_from_settings(settings: Settings) -> Transport:
-    """The smarthost when one is configured, else the Maildir outbox."""
+    """The smarthost when one is configured, else the Maildir outbox; DKIM-signing
+    when ``dkim_key_path`` names a key (``signing``)."""
+    transport = _plain_transport(settings)
+    if not settings.dkim_key_path:
+        return transport
+    from replygate.workers.signing import DkimSigner, SigningTransport  # it imports this module
+
+    return SigningTransport(transport, DkimSigner.from_settings(settings))
+
+
+def _plain_transport(settings: Settings) -> Transport:
     if settings.smarthost_host:
         return SmtpTransport(
             settings.smarthost_host,

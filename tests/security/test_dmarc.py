@@ -103,11 +103,14 @@ def test_by_default_a_trusted_fail_for_the_from_domain_is_refused(
     assert _outcomes(sessions, trusted, reply_address, raw) == (True, "rejected")
 
 
-def test_require_pass_without_a_trusted_relay_is_refused_with_a_reason(
+def test_require_pass_with_no_check_we_trust_is_refused_with_a_reason(
     sessions: sessionmaker[Session], settings: Settings
 ) -> None:
+    """With ``mail_auth = off`` and no trusted relay, nothing could ever say a reply passed."""
+    unchecked = dataclasses.replace(settings, mail_auth="off")
     with pytest.raises(Invalid, match="trusted_authserv_ids"):
-        operations.set_dmarc_policy(sessions, settings, "require-pass")
+        operations.set_dmarc_policy(sessions, unchecked, "require-pass")
+    operations.set_dmarc_policy(sessions, settings, "require-pass")  # verify: our own checks
 
 
 def test_the_operator_sets_the_policy_from_the_command_line(

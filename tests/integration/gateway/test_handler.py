@@ -19,7 +19,7 @@ from replygate.mail.verp import bounce_address
 from replygate.store import directory, inbound_writer
 from replygate.store.db import make_engine, session_factory, transaction
 from replygate.store.models import Thread, ThreadParticipant
-from tests.helpers import BOUNCE_KEY
+from tests.helpers import BOUNCE_KEY, as_sent
 from tests.integration.gateway.conftest import (
     World,
     add_reply_address,
@@ -143,9 +143,9 @@ def test_two_reply_addresses_of_one_person_make_two_rows_in_one_transaction(
     assert data is not None and data.startswith("250 2.0.0")
     rows = queued(sessions)
     assert [r.rcpt for r in rows] == [world.address, second]
-    assert all(r.raw == raw and r.status == "queued" for r in rows)
+    assert all(as_sent(r.raw) == raw and r.status == "queued" for r in rows)
     stages = [d["stage"] for d in rows[0].decisions]
-    assert stages == ["rcpt", "data", "data", "accept"]
+    assert stages == ["rcpt", "data", "data", "authentication", "accept"]
     assert rows[0].decisions[0]["token"] == "ok"
     assert rows[0].decisions[0]["thread_id"] == world.thread_id
     assert rows[1].decisions[0]["thread_id"] == other_id
@@ -352,6 +352,6 @@ def test_attachments_are_checked_at_data_with_the_engines_rules(
     assert data is not None and data.startswith(expected), data
     rows = queued(sessions)
     if expected.startswith("250"):
-        assert rows[0].raw == raw and rows[0].decisions[2]["attachments"] == 1
+        assert as_sent(rows[0].raw) == raw and rows[0].decisions[2]["attachments"] == 1
     else:
         assert rows == []

@@ -15,6 +15,7 @@ from replygate.errors import ConfigError
 from replygate.gateway.server import GatewayThread
 from replygate.gateway.throttle import Throttle, parse_networks
 from replygate.mail import reply_token
+from tests.helpers import as_sent
 from tests.integration.gateway.conftest import World, add_reply_address, queued, reply_message
 
 Start = Callable[..., GatewayThread]
@@ -168,4 +169,4 @@ def test_a_trusted_relay_is_never_deferred(
             assert client.rcpt(_unknown(settings))[0] == 550
         client.rset()
         client.sendmail(world.client_email, [world.address], raw)
-    assert [r.raw for r in queued(sessions)] == [raw]
+    assert [as_sent(r.raw) for r in queued(sessions)] == [raw]

@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 from replygate.config import Settings
 from replygate.errors import ConfigError
 from replygate.gateway.server import GatewayThread, tls_context
+from tests.helpers import as_sent
 from tests.integration.gateway.conftest import TLSFiles, World, queued, reply_message
 
 Start = Callable[..., GatewayThread]
@@ -53,7 +54,7 @@ def test_starttls_is_offered_and_a_reply_goes_through_encrypted(
         assert client.has_extn("enhancedstatuscodes")
         assert client.sock.version() in ("TLSv1.2", "TLSv1.3")  # type: ignore[union-attr]
         client.sendmail(world.client_email, [world.address], raw)
-    assert [r.raw for r in queued(sessions)] == [raw]
+    assert [as_sent(r.raw) for r in queued(sessions)] == [raw]
     (line,) = [e for e in logs if e["event"] == "inbound.mail"]
     assert line["tls"] is True
 
@@ -74,7 +75,7 @@ def test_required_starttls_refuses_mail_in_plain_text_530_570(
         client.starttls(context=_client_context(tls_files))
         client.ehlo("mx.client.test")
         client.sendmail(world.client_email, [world.address], raw)
-    assert [r.raw for r in queued(sessions)] == [raw]
+    assert [as_sent(r.raw) for r in queued(sessions)] == [raw]
 
 
 def _admitted(port: int) -> bool:

@@ -62,6 +62,8 @@ class Stack:
             "REPLYGATE_SMTP_PORT": str(self.smtp_port),
             "REPLYGATE_PORTAL_PORT": str(free_port()),
             "REPLYGATE_WORKER_POLL_SECONDS": "0.05",
+            # The pipe command reads only the TOML file: name the loopback DNS server there too.
+            "REPLYGATE_DNS_NAMESERVERS": settings.dns_nameservers,
         }
         self.secret_key = settings.secret_key
         self.processes: dict[str, tuple[subprocess.Popen[bytes], IO[bytes]]] = {}
