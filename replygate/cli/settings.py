@@ -1,4 +1,5 @@
-"""``replygate settings``: the organisation's name, Convenience Mode, sender and DMARC policies."""
+"""``replygate settings``: the organisation's name, Convenience Mode, sender and DMARC
+policies, read receipts and unread reminders."""
 
 from __future__ import annotations
 
@@ -79,3 +80,24 @@ def dmarc_policy(app: App, policy: str) -> None:
     or also those it does not say passed (require-pass)."""
     operations.set_dmarc_policy(app.factory, app.settings, policy)
     click.echo(f"DMARC policy: {policy}")
+
+
+@group.command("read-receipts")
+@click.argument("state", type=click.Choice(["on", "off"]))
+@pass_app
+@clean_errors
+def read_receipts(app: App, state: str) -> None:
+    """Whether "Tell me when it is read" starts ticked at compose and reply."""
+    operations.set_read_receipts_default(app.factory, app.settings, state == "on")
+    click.echo(f"read receipts by default: {state}")
+
+
+@group.command("reminder-delay")
+@click.argument("delay")
+@pass_app
+@clean_errors
+def reminder_delay(app: App, delay: str) -> None:
+    """Remind a recipient once of a message unread in the portal after DELAY
+    (90s, 30m, 24h, 2d; 0 for no reminders). Messages sent before keep theirs."""
+    seconds = operations.set_reminder_delay(app.factory, app.settings, delay)
+    click.echo(f"reminder delay: {seconds} s" if seconds else "reminders: off")

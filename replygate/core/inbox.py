@@ -23,6 +23,7 @@ from replygate.core.messaging import (
     people_open_to,
 )
 from replygate.core.placement import InboxFilter, shown_in
+from replygate.core.receipts import ReadMark, read_marks
 from replygate.errors import NotFound
 from replygate.store.models import (
     Circle,
@@ -95,6 +96,8 @@ class MessageView:
     body_html: str | None
     new: bool
     attachments: tuple[AttachmentView, ...] = ()
+    # The viewer's own messages only: who it went to and when each first opened it.
+    read_marks: tuple[ReadMark, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,8 @@ class ThreadView:
     next_id: int | None
     pinned: bool = False
     archived: bool = False
+    # On, notifications carry the content, and what is read there is not counted as read.
+    convenience_mode: bool = False
 
 
 @dataclass(frozen=True)
@@ -293,6 +298,7 @@ def read_thread(session: Session, thread_id: int, user: User) -> ThreadView:
         .options(selectinload(Message.author), selectinload(Message.attachments))
         .order_by(Message.id)
     ).all()
+    marks = read_marks(session, messages, user.id)
     views = [
         MessageView(
             id=m.id,
@@ -309,6 +315,7 @@ def read_thread(session: Session, thread_id: int, user: User) -> ThreadView:
             attachments=tuple(
                 AttachmentView(a.id, a.filename, a.content_type, a.size) for a in m.attachments
             ),
+            read_marks=marks.get(m.id, ()),
         )
         for m in messages
     ]

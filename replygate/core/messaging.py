@@ -16,32 +16,25 @@ write to staff, and to the staff of a Circle open to clients
 
 from __future__ import annotations
 
-import dataclasses
-import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, insert, or_, select, true
 from sqlalchemy.orm import Session, make_transient_to_detached, selectinload, sessionmaker
 
 from replygate.config import Settings
+from replygate.core import receipts
+from replygate.core.notifying import Notifier
 from replygate.core.placement import record_activity
-from replygate.errors import HeaderMismatch, Invalid, NotFound
-from replygate.logs import get_logger
-from replygate.mail import reply_token
-from replygate.mail.compose import Notification, compose
-from replygate.mail.verp import bounce_key
+from replygate.errors import Invalid, NotFound
 from replygate.store import directory, outbox, tokens
 from replygate.store.db import transaction
 from replygate.store.models import (
-    AddressStatus,
     Circle,
     CircleMember,
     Message,
     MessageAttachment,
     MessageSource,
-    OutboxStatus,
     Thread,
     ThreadParticipant,
     User,
@@ -52,15 +45,12 @@ from replygate.store.models import (
 CIRCLE_PREFIX = "circle:"
 STAFF_ROLES = (UserRole.ADMIN, UserRole.STAFF)
 NOT_OPEN = "clients can write only to staff and to Circles open to clients"
-TOKEN_MIN_REMAINING = timedelta(days=7)
 MAX_SUBJECT = 500
 # Per transaction (see ``directory.TRANSACTION_CACHE``): what ``prefetch_replies``
 # learnt about mails filed already, and which queue rows and Message-IDs it covers.
 _FILED = directory.TRANSACTION_CACHE + "messaging.filed"
 _FILED_COVERED = directory.TRANSACTION_CACHE + "messaging.filed_covered"
 _THREADS = directory.TRANSACTION_CACHE + "messaging.threads"
-
-log = get_logger("replygate.messaging")
 
 
 def people_open_to(role: str) -> ColumnElement[bool]:
@@ -98,13 +88,24 @@ class Messaging:
     def __init__(self, factory: sessionmaker[Session], settings: Settings) -> None:
         self.factory = factory
         self.settings = settings
-        self._portal_base = settings.portal_url.rstrip("/")
-        self._bounce_key = bounce_key(settings.secret_key)
+        self.notifier = Notifier(settings)
 
     # -- sending --------------------------------------------------------------------------
 
-    def send(self, *, sender: str, to: list[str], subject: str, body: str) -> SendResult:
-        """Start one private thread per recipient (Circles expanded) and notify each."""
+    def send(
+        self,
+        *,
+        sender: str,
+        to: list[str],
+        subject: str,
+        body: str,
+        read_receipt: bool | None = None,
+    ) -> SendResult:
+        """Start one private thread per recipient (Circles expanded) and notify each.
+
+        ``read_receipt``: tell the sender when each recipient first opens it
+        (None: as the organisation's default says).
+        """
         subject = " ".join(subject.split())[:MAX_SUBJECT]
         if not subject:
             raise Invalid("a message needs a subject")
@@ -115,9 +116,11 @@ class Messaging:
         with transaction(self.factory) as session:
             author = directory.user(session, sender)
             recipients = self._expand(session, to, author)
+            receipt = self._receipt_wanted(session, read_receipt)
             now = utcnow()
             threads: list[SentThread] = []
             messages: list[int] = []
+            send_id: int | None = None
             for person in recipients:
                 thread = Thread(
                     subject=subject, created_by_id=author.id, created_at=now, last_activity_at=now
@@ -135,21 +138,41 @@ class Messaging:
                     ]
                 )
                 message = self._add_message(
-                    session, thread, author, body, source=MessageSource.PORTAL
+                    session,
+                    thread,
+                    author,
+                    body,
+                    source=MessageSource.PORTAL,
+                    receipt_requested=receipt,
                 )
+                if len(recipients) > 1:  # the copies name the first, so its author sees them all
+                    send_id = send_id or message.id
+                    message.send_id = send_id
                 self._notify(session, thread, message, author)
                 threads.append(SentThread(id=thread.id, recipient=person.email))
                 messages.append(message.id)
             return SendResult(threads=threads, messages=messages)
 
-    def reply(self, *, thread_id: int, author: str, body: str) -> int:
-        """Add a portal reply to a thread the author takes part in, and notify the others."""
+    def reply(
+        self, *, thread_id: int, author: str, body: str, read_receipt: bool | None = None
+    ) -> int:
+        """Add a portal reply to a thread the author takes part in, and notify the others.
+
+        ``read_receipt`` as for ``send``.
+        """
         if not body.strip():
             raise Invalid("a reply needs a body")
         with transaction(self.factory) as session:
             user = directory.user(session, author)
             thread = self.thread_for(session, thread_id, user)
-            message = self._add_message(session, thread, user, body, source=MessageSource.PORTAL)
+            message = self._add_message(
+                session,
+                thread,
+                user,
+                body,
+                source=MessageSource.PORTAL,
+                receipt_requested=self._receipt_wanted(session, read_receipt),
+            )
             self._notify(session, thread, message, user)
             return message.id
 
@@ -333,6 +356,12 @@ class Messaging:
 
     # -- internals --------------------------------------------------------------------------
 
+    def _receipt_wanted(self, session: Session, asked: bool | None) -> bool:
+        if asked is not None:
+            return asked
+        org = directory.organisation(session, default_name=self.settings.organisation_name)
+        return org.read_receipts_default
+
     def _expand(self, session: Session, to: list[str], author: User) -> list[User]:
         """Resolve addresses and ``circle:NAME`` entries to distinct users, in order.
 
@@ -414,80 +443,22 @@ class Messaging:
         *,
         flush: bool = True,
     ) -> None:
-        """Write one outbox notification per other participant, in this transaction."""
+        """Write one outbox notification per other participant, in this transaction,
+        and the rows that will say when each of them reads it."""
         org = directory.organisation(session, default_name=self.settings.organisation_name)
         now = utcnow()
-        for participant in thread.participants:
-            person = participant.user
-            if person.id == author.id:
-                continue
-            notification_id = secrets.token_hex(10)
-            secure = Notification(
-                mode="secure",
-                notification_id=notification_id,
-                to_address=person.email,
-                to_name=person.name,
-                from_address=self.settings.notification_from,
-                organisation=org.name,
-                reply_domain=self.settings.reply_domain,
-                portal_link=f"{self._portal_base}/threads/{thread.id}",
-                bounce_key=self._bounce_key,
+        others = [p.user for p in thread.participants if p.user_id != author.id]
+        receipts.expect_reads(session, message.id, others, org, now=now)
+        for person in others:
+            notification = self.notifier.about_message(
+                session, org, thread, message, author, person, now=now, flush=flush
             )
-            if org.convenience_mode:
-                previous = outbox.latest_header_message_id(session, thread.id, person.id)
-                notification = dataclasses.replace(
-                    secure,
-                    mode="content",
-                    subject=thread.subject,
-                    body=message.body,
-                    author_name=author.name,
-                    reply_address=reply_token.reply_address(
-                        self._token_for(session, thread.id, person.id, now, flush=flush),
-                        self.settings.reply_domain,
-                    ),
-                    in_reply_to=previous,
-                    references=(previous,) if previous else (),
-                )
-            else:
-                notification = secure
-            try:
-                composed = compose(notification)
-            except HeaderMismatch as exc:
-                # The message stays stored and readable in the portal; only
-                # this mail, whose headers are not the ones meant, is not sent.
-                log.error(
-                    "notification refused",
-                    reason=str(exc),
-                    notification_id=notification_id,
-                    kind=notification.mode,
-                    thread_id=thread.id,
-                    message_id=message.id,
-                    user_id=person.id,
-                )
-                continue
-            suppressed = person.address_status == AddressStatus.SUPPRESSED
-            outbox.add(
+            self.notifier.queue(
                 session,
-                composed,
+                notification,
+                person,
                 kind=notification.mode,
-                user_id=person.id,
                 thread_id=thread.id,
                 message_id=message.id,
-                status=OutboxStatus.SUPPRESSED if suppressed else OutboxStatus.QUEUED,
-                last_error="address suppressed after repeated hard bounces" if suppressed else None,
                 flush=flush,
             )
-
-    def _token_for(
-        self, session: Session, thread_id: int, user_id: int, now: datetime, *, flush: bool = True
-    ) -> str:
-        """The recipient's live token for this thread, issuing a new one when needed."""
-        row = tokens.current(
-            session, thread_id, user_id, now=now, min_remaining=TOKEN_MIN_REMAINING
-        )
-        if row is not None:
-            return row.token
-        token = reply_token.new_token(self.settings.secret_key)
-        expires = now + timedelta(days=self.settings.token_ttl_days)
-        tokens.add(session, token, thread_id, user_id, now=now, expires_at=expires, flush=flush)
-        return token

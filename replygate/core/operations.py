@@ -131,6 +131,20 @@ def set_sender_policy(factory: sessionmaker[Session], settings: Settings, policy
         org.sender_policy = SenderPolicy(policy)
 
 
+def set_read_receipts_default(factory: sessionmaker[Session], settings: Settings, on: bool) -> None:
+    """Whether "Tell me when it is read" starts ticked at compose and reply."""
+    with transaction(factory) as session:
+        organisation.set_read_receipts_default(session, on, settings.organisation_name)
+
+
+def set_reminder_delay(factory: sessionmaker[Session], settings: Settings, delay: str) -> int:
+    """After how long (``24h``, ``30m``, ``0`` for never) an unread message gets its one
+    reminder; returns the seconds kept."""
+    seconds = organisation.parse_delay(delay)
+    with transaction(factory) as session:
+        return organisation.set_reminder_delay(session, seconds, settings.organisation_name)
+
+
 def set_dmarc_policy(factory: sessionmaker[Session], settings: Settings, policy: str) -> None:
     """Refuse replies that failed DMARC, or also those not shown to pass it.
 

@@ -1,12 +1,14 @@
-"""The organisation's settings as a page shows them, and its name.
+"""The organisation's settings as a page shows them, its name, and its
+read-receipt and reminder settings.
 
 Convenience Mode is switched by ``Messaging.set_convenience_mode``, which
-also voids reply tokens; here is only what is safe to read and rename.
+also voids reply tokens; here is only what is safe to read and change.
 Callers own the transaction: each function takes a ``Session``.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -16,6 +18,10 @@ from replygate.errors import Invalid
 from replygate.store import directory
 
 MAX_NAME = 200
+# A reminder later than this is no reminder; the column is an integer of seconds.
+MAX_REMINDER_DELAY_SECONDS = 90 * 86_400
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+_DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -24,6 +30,13 @@ class OrganisationView:
     convenience_mode: bool
     acknowledged_by: str | None
     acknowledged_at: datetime | None
+    read_receipts_default: bool = False
+    reminder_delay_seconds: int = 0
+
+    @property
+    def reminder_delay_hours(self) -> str:
+        """The delay as the settings page's field shows it: ``24``, ``0.5``."""
+        return f"{self.reminder_delay_seconds / 3600:.4f}".rstrip("0").rstrip(".")
 
 
 def view(session: Session, default_name: str) -> OrganisationView:
@@ -33,6 +46,8 @@ def view(session: Session, default_name: str) -> OrganisationView:
         convenience_mode=org.convenience_mode,
         acknowledged_by=org.hipaa_acknowledged_by,
         acknowledged_at=org.hipaa_acknowledged_at,
+        read_receipts_default=org.read_receipts_default,
+        reminder_delay_seconds=org.reminder_delay_seconds,
     )
 
 
@@ -42,3 +57,31 @@ def rename(session: Session, name: str, default_name: str) -> None:
     if not name:
         raise Invalid("the organisation needs a name")
     directory.organisation(session, default_name=default_name).name = name
+
+
+def set_read_receipts_default(session: Session, on: bool, default_name: str) -> None:
+    """Whether "Tell me when it is read" starts ticked at compose and reply."""
+    directory.organisation(session, default_name=default_name).read_receipts_default = on
+
+
+def set_reminder_delay(session: Session, seconds: float, default_name: str) -> int:
+    """After how long an unread message gets its one reminder (0: never); returns the
+    seconds kept. Messages sent before keep the delay they were sent with."""
+    if not 0 <= seconds <= MAX_REMINDER_DELAY_SECONDS:
+        raise Invalid(
+            f"the reminder delay must be between 0 (no reminders) and "
+            f"{MAX_REMINDER_DELAY_SECONDS // 86_400} days"
+        )
+    kept = round(seconds)
+    directory.organisation(session, default_name=default_name).reminder_delay_seconds = kept
+    return kept
+
+
+def parse_delay(text: str) -> float:
+    """Seconds in ``90s``, ``30m``, ``24h``, ``2d`` or ``0``; ``Invalid`` otherwise."""
+    if text.strip() == "0":
+        return 0
+    found = _DELAY.match(text)
+    if found is None:
+        raise Invalid(f"not a delay: {text!r} (write it as 90s, 30m, 24h, 2d, or 0 for none)")
+    return float(found.group(1)) * _UNITS[found.group(2).lower()]

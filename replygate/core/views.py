@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
-from replygate.core import routing
+from replygate.core import receipts, routing
 from replygate.errors import InboundRefused, NotFound
 from replygate.mail import reply_token
 from replygate.mail.decisions import explain
@@ -138,6 +138,8 @@ class OrganisationSettings:
     hipaa_acknowledged_at: datetime | None
     sender_policy: str
     dmarc_policy: str
+    read_receipts_default: bool
+    reminder_delay_seconds: int
 
 
 def organisation_settings(
@@ -153,6 +155,8 @@ def organisation_settings(
             hipaa_acknowledged_at=org.hipaa_acknowledged_at,
             sender_policy=plain(org.sender_policy),
             dmarc_policy=plain(org.dmarc_policy),
+            read_receipts_default=org.read_receipts_default,
+            reminder_delay_seconds=org.reminder_delay_seconds,
         )
 
 
@@ -202,6 +206,8 @@ class MessageRow:
     source: str
     created_at: str
     attachments: list[AttachmentRow]
+    # Who opened it in the portal, first reader first: [{"user": email, "at": ISO 8601}].
+    read_by: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -218,6 +224,7 @@ def thread(factory: sessionmaker[Session], thread_id: int) -> ThreadDetail:
         found = session.get(Thread, thread_id)
         if found is None:
             raise NotFound(f"no thread {thread_id}")
+        reads = receipts.read_by(session, [m.id for m in found.messages])
         return ThreadDetail(
             id=found.id,
             subject=found.subject,
@@ -235,6 +242,7 @@ def thread(factory: sessionmaker[Session], thread_id: int) -> ThreadDetail:
                         )
                         for a in m.attachments
                     ],
+                    read_by=[{"user": who, "at": at.isoformat()} for who, at in reads[m.id]],
                 )
                 for m in found.messages
             ],

@@ -9,6 +9,7 @@ Convenience Mode go through ``Messaging``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -16,7 +17,16 @@ from typing import Any, TypeVar
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
-from replygate.core import accounts, canned, inbox, organisation, placement, sessions, views
+from replygate.core import (
+    accounts,
+    canned,
+    inbox,
+    organisation,
+    placement,
+    receipts,
+    sessions,
+    views,
+)
 from replygate.core.canned import Canned
 from replygate.core.inbox import (
     AttachmentFile,
@@ -26,12 +36,15 @@ from replygate.core.inbox import (
     ThreadView,
     Viewer,
 )
+from replygate.core.messaging import Messaging
+from replygate.core.notifying import Notifier
 from replygate.core.organisation import OrganisationView
 from replygate.core.placement import Change, InboxFilter
 from replygate.core.views import UserRow
 from replygate.errors import NotFound
 from replygate.store import directory
 from replygate.store.db import transaction
+from replygate.store.models import utcnow
 
 T = TypeVar("T")
 
@@ -62,6 +75,7 @@ class Workspace:
         self.factory = factory
         self.settings = settings
         self._lifetimes = sessions.Lifetimes.of(settings)
+        self._notifier = Notifier(settings)
 
     def _run(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         with transaction(self.factory) as session:
@@ -151,8 +165,21 @@ class Workspace:
         return self._run(inbox.sent, viewer_id, page)
 
     def read_thread(self, thread_id: int, viewer: Viewer) -> ThreadView:
-        """The thread, marked read; ``NotFound`` unless the viewer takes part."""
-        return self._run(lambda s: inbox.read_thread(s, thread_id, directory.user(s, viewer.email)))
+        """The thread, marked read (receipts to the authors who asked for them);
+        ``NotFound`` unless the viewer takes part."""
+
+        def work(session: Session) -> ThreadView:
+            user = directory.user(session, viewer.email)
+            view = inbox.read_thread(session, thread_id, user)
+            org = directory.organisation(session, default_name=self.settings.organisation_name)
+            now = utcnow()
+            thread = Messaging.thread_for(session, thread_id, user)
+            receipts.mark_read(
+                session, self._notifier, org, thread, user, now=now, when=receipts.moment(now)
+            )
+            return dataclasses.replace(view, convenience_mode=org.convenience_mode)
+
+        return self._run(work)
 
     def attachment(self, attachment_id: int, viewer: Viewer) -> AttachmentFile:
         """A file from a thread; ``NotFound`` unless the viewer takes part in it."""

@@ -1,13 +1,16 @@
 """Compose notification emails, one pure function per notification.
 
-Two modes, decided by the organisation and passed in by the caller:
+Two modes, decided by the organisation and passed in by the caller, and
+three purposes: a new message, a reminder of one not yet opened in the
+portal, and a read receipt telling its author that a recipient opened it.
 
 - ``secure``: the mail says only that a message is waiting and where to log
   in. No subject, no body, no author, no attachment names: whatever the
   caller passes in those fields is ignored, so a mistake upstream cannot leak.
 - ``content`` (Convenience Mode): subject, body and author, a tokenized
   ``Reply-To`` and the "reply above this line" marker the threading engine
-  cuts replies at.
+  cuts replies at. A receipt names the reader, the subject and the time,
+  and has no ``Reply-To``: nothing answers it.
 
 Every header made from a person's text (the subject, display names) is
 decoded, cleaned of control characters and encoded here (``header_text``),
@@ -49,6 +52,8 @@ from replygate.mail.markers import (
 from replygate.mail.verp import bounce_address
 
 SECURE_SUBJECT = "You have a new secure message"
+SECURE_REMINDER_SUBJECT = "Reminder: you have an unread secure message"
+SECURE_RECEIPT_SUBJECT = "Your secure message was read"
 
 # C0 and C1 controls and Unicode line separators: all of them break a header line.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
@@ -87,6 +92,9 @@ class Notification:
     reply_address: str | None = None  # content mode only: reply+<token>@<domain>
     in_reply_to: str | None = None  # earlier Message-ID in this thread, for client threading
     references: tuple[str, ...] = ()
+    purpose: Literal["message", "reminder", "receipt"] = "message"
+    read_by: str | None = None  # receipt, content mode only: the reader's name
+    read_at: str | None = None  # receipt, content mode only: when, as the reader's portal shows it
     # Signs the VERP envelope sender (``verp.bounce_key(secret)``); compose refuses without it.
     bounce_key: bytes = field(default=b"", repr=False)
 
@@ -128,6 +136,9 @@ def compose(n: Notification, *, now: datetime | None = None) -> ComposedMail:
     """
     if n.mode not in ("secure", "content"):
         raise ValueError(f"unknown notification mode: {n.mode!r}")
+    if n.purpose not in ("message", "reminder", "receipt"):
+        raise ValueError(f"unknown notification purpose: {n.purpose!r}")
+    receipt = n.purpose == "receipt"
     message_id = message_id_for(n.notification_id, n.reply_domain)
     envelope_from = verp_sender(n.notification_id, n.reply_domain, n.bounce_key)
     recipient = _check_address(n.to_address)
@@ -135,8 +146,12 @@ def compose(n: Notification, *, now: datetime | None = None) -> ComposedMail:
     msg = EmailMessage(policy=_POLICY)
     if n.mode == "secure":
         from_name = _person(n.organisation)
-        subject = SECURE_SUBJECT
+        subject = _SECURE_SUBJECTS[n.purpose]
         text = _secure_body(n)
+    elif receipt:
+        from_name = _person(n.organisation)
+        subject = f"Read: {_person(n.subject or '') or 'your message'}"
+        text = _receipt_body(n)
     else:
         author = _person(n.author_name or "")
         organisation = _person(n.organisation)
@@ -156,7 +171,8 @@ def compose(n: Notification, *, now: datetime | None = None) -> ComposedMail:
         msg.set_raw(name, value)
     _set(msg, "Date", format_datetime((now or datetime.now(UTC)).astimezone(UTC)))
     _set(msg, "Message-ID", message_id)
-    if n.mode == "content":
+    replies = n.mode == "content" and not receipt
+    if replies:
         if not n.reply_address:
             raise ValueError("a content notification needs its reply address")
         written["Reply-To"] = header_text.mailbox("Reply-To", "", _check_address(n.reply_address))
@@ -172,7 +188,7 @@ def compose(n: Notification, *, now: datetime | None = None) -> ComposedMail:
     _set(msg, LOOP_HEADER, n.notification_id)
     _set_body(msg, text)
     raw = msg.as_bytes()
-    reply_to = n.reply_address if n.mode == "content" else None
+    reply_to = n.reply_address if replies else None
     _verify(
         raw,
         msg.keys(),
@@ -229,15 +245,52 @@ def _as_is(name: str, value: str) -> bool:
     )
 
 
+_SECURE_SUBJECTS = {
+    "message": SECURE_SUBJECT,
+    "reminder": SECURE_REMINDER_SUBJECT,
+    "receipt": SECURE_RECEIPT_SUBJECT,
+}
+
+
 def _secure_body(n: Notification) -> str:
+    """Only that something happened: never which message, whose, or who read it."""
     greeting = _person(n.to_name)
     organisation = _person(n.organisation) or "Your provider"
+    if n.purpose == "receipt":
+        said = (
+            "A secure message you sent has been read.\n"
+            "For your privacy this email does not say which one or by whom. Sign in to see:\n"
+        )
+    elif n.purpose == "reminder":
+        said = (
+            f"{organisation} sent you a secure message that you have not read yet.\n"
+            "For your privacy it is not included in this email. Sign in to read it:\n"
+        )
+    else:
+        said = (
+            f"{organisation} has sent you a new secure message.\n"
+            "For your privacy it is not included in this email. Sign in to read it:\n"
+        )
     return (
         f"Hello{' ' + greeting if greeting else ''},\n"
         "\n"
-        f"{organisation} has sent you a new secure message.\n"
-        "For your privacy it is not included in this email. Sign in to read it:\n"
+        f"{said}"
         "\n"
+        f"{_one_line(n.portal_link)}\n"
+        "\n"
+        "Replies to this email are not read.\n"
+    )
+
+
+def _receipt_body(n: Notification) -> str:
+    reader = _person(n.read_by or "") or "The recipient"
+    subject = _person(n.subject or "")
+    when = _one_line(n.read_at or "")
+    return (
+        f"{reader} read your message{f' “{subject}”' if subject else ''} in the portal"
+        f"{f' on {when}' if when else ''}.\n"
+        "\n"
+        "The conversation:\n"
         f"{_one_line(n.portal_link)}\n"
         "\n"
         "Replies to this email are not read.\n"
@@ -250,6 +303,11 @@ def _content_body(n: Notification) -> str:
     # The blank line above the marker is where the reply is typed; every mail
     # client's quoted copy then carries the marker, which is where the
     # threading engine cuts the reply.
+    unread = (
+        "A reminder: you have not opened this message in the portal yet.\n"
+        if n.purpose == "reminder"
+        else ""
+    )
     return (
         "\n"
         f"{REPLY_ABOVE_LINE}\n"
@@ -258,6 +316,7 @@ def _content_body(n: Notification) -> str:
         "\n"
         f"{body}\n"
         "\n"
+        f"{unread}"
         "Reply to this email, or read the whole conversation in the portal:\n"
         f"{_one_line(n.portal_link)}\n"
     )
@@ -265,6 +324,8 @@ def _content_body(n: Notification) -> str:
 
 def _content_subject(n: Notification) -> str:
     subject = _person(n.subject or "") or "New message"
+    if n.purpose == "reminder":
+        return f"Reminder: {subject}"
     # A notification that continues a thread reads as a reply in mail clients.
     if n.in_reply_to and not re.match(r"(?i)^re\s*:", subject):
         subject = f"Re: {subject}"

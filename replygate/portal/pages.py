@@ -29,6 +29,7 @@ from starlette.responses import HTMLResponse, RedirectResponse
 
 from replygate.config import Settings
 from replygate.core.messaging import Messaging
+from replygate.core.receipts import moment
 from replygate.core.workspace import SignedIn, Workspace
 from replygate.portal.security import (
     CSRF_FIELD,
@@ -194,4 +195,4 @@ def _iso(value: datetime) -> str:
 
 
 def _when(value: datetime) -> str:
-    return value.strftime("%-d %b %Y, %H:%M UTC")
+    return moment(value)

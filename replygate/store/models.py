@@ -6,33 +6,24 @@ test compares these models with the migrated schema so the two cannot drift.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy import (
     JSON,
     Boolean,
-    DateTime,
     ForeignKey,
     Index,
     Integer,
     LargeBinary,
-    MetaData,
     String,
     Text,
     UniqueConstraint,
     false,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-NAMING = {
-    "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
+from replygate.store.base import NAMING, Base, UTCDateTime, utcnow
 
 
 class UserRole(StrEnum):
@@ -90,34 +81,8 @@ class OutboxStatus(StrEnum):
     SUPPRESSED = "suppressed"
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC datetimes on every backend (SQLite drops the zone)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column")
-        return value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
-
-
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {datetime: UTCDateTime()}  # noqa: RUF012 - SQLAlchemy reads it
+# One day: how long a message may stay unread in the portal before its one reminder.
+DEFAULT_REMINDER_DELAY_SECONDS = 86_400
 
 
 class Organisation(Base):
@@ -133,6 +98,16 @@ class Organisation(Base):
     sender_policy: Mapped[str] = mapped_column(String(20), default=SenderPolicy.REJECT)
     dmarc_policy: Mapped[str] = mapped_column(
         String(20), default=DmarcPolicy.REJECT_FAIL, server_default=DmarcPolicy.REJECT_FAIL.value
+    )
+    # Whether compose and reply start with "Tell me when it is read" ticked.
+    read_receipts_default: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
+    # A message unread in the portal this long after it was sent gets one reminder; 0: none.
+    reminder_delay_seconds: Mapped[int] = mapped_column(
+        Integer,
+        default=DEFAULT_REMINDER_DELAY_SECONDS,
+        server_default=str(DEFAULT_REMINDER_DELAY_SECONDS),
     )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -292,6 +267,11 @@ class Message(Base):
     )
     email_message_id: Mapped[str | None] = mapped_column(String(998))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # "Tell me when it is read": the author is notified when each recipient first opens it.
+    receipt_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # One message sent to several people is one private copy per thread; each copy holds
+    # the id of the first, so its author sees under any of them who of them read it.
+    send_id: Mapped[int | None] = mapped_column(Integer, index=True)
 
     thread: Mapped[Thread] = relationship(back_populates="messages")
     author: Mapped[User] = relationship()
@@ -486,3 +466,28 @@ class AuditEvent(Base):
 
 
 __all__ += ["ActorKind", "AuditEvent", "AuditOutcome"]
+
+
+class MessageReceipt(Base):
+    """One recipient of one message: when they first opened it in the portal, and when
+    its one reminder falls due (None once sent or read, or when none is).
+
+    Written with the message, one row per other participant of its thread; a
+    worker claims a due row and clears it in the transaction that queues the
+    reminder, so each goes out once.
+    """
+
+    __tablename__ = "message_receipts"
+
+    message_id: Mapped[int] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    read_at: Mapped[datetime | None]
+    remind_at: Mapped[datetime | None] = mapped_column(index=True)
+    reminded_at: Mapped[datetime | None]
+
+
+__all__ += ["DEFAULT_REMINDER_DELAY_SECONDS", "NAMING", "MessageReceipt", "UTCDateTime"]
