@@ -203,7 +203,6 @@ def bind_operator(
 
     host, port = addr
     directory = settings.var_dir / "metrics" / str(port or os.getpid())
-    directory.mkdir(parents=True, exist_ok=True)
     try:
         operator = OperatorServer(host, port, directory=directory, factory=factory, checks={})
     except OSError as exc:

@@ -56,26 +56,21 @@ class OperatorServer:
         factory: sessionmaker[Session],
         checks: Mapping[str, Check],
     ) -> None:
-        """Bind ``host:port`` (``OSError`` when it cannot be bound)."""
+        """Bind ``host:port`` (``OSError`` when it cannot be bound), then make ``directory``."""
         self.checks = dict(checks)
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        server = type(
+            "OperatorHTTPServer",
+            (ThreadingWSGIServer,),
+            {"address_family": family, "allow_reuse_address": True},
+        )
+        self._httpd: WSGIServer = make_server(host, port, self.app, server, handler_class=_Quiet)
+        directory.mkdir(parents=True, exist_ok=True)
         self._reads = snapshot_reads(factory)
         registry = CollectorRegistry(auto_describe=False)
         MultiProcessCollector(registry, path=str(directory))
         registry.register(BacklogCollector(self._reads or factory))
         self._metrics = make_wsgi_app(registry)
-        try:
-            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-            server = type(
-                "OperatorHTTPServer",
-                (ThreadingWSGIServer,),
-                {"address_family": family, "allow_reuse_address": True},
-            )
-            self._httpd: WSGIServer = make_server(
-                host, port, self.app, server, handler_class=_Quiet
-            )
-        except OSError:
-            close_reads(self._reads)
-            raise
         self.port: int = self._httpd.server_address[1]
         self._thread: threading.Thread | None = None
 

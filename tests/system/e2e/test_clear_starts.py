@@ -4,7 +4,8 @@ stderr and exit status 1, never a traceback, never a silent half start.
 Each case runs ``python -m replygate serve`` as a process, with a var
 directory and ports of its own: an SMTP port someone already listens on (even
 with SO_REUSEPORT, as a gateway started with ``--reuse-port`` does), a portal
-port in use, a database without the schema or behind the newest revision.
+port in use, an operator (``--metrics``) port in use, a database without the
+schema or behind the newest revision.
 ``--migrate`` brings such a database up to date and starts.
 """
 
@@ -138,6 +139,20 @@ def test_a_busy_portal_port_is_one_line(
         f"replygate: cannot listen on 127.0.0.1:{port}: address already in use "
         "(another replygate, or another web server?)"
     ]
+
+
+def test_a_busy_metrics_port_is_one_line(
+    settings: Settings, tmp_path: Path, listener: tuple[socket.socket, int]
+) -> None:
+    """The operator port is bound before anything starts, and nothing else is left behind."""
+    _, port = listener
+    env = environment(settings.database_url, tmp_path)
+    args = [*ports(), "--metrics", f"127.0.0.1:{port}"]
+    assert serve_fails(env, *args) == [
+        f"replygate: cannot listen on 127.0.0.1:{port}: address already in use "
+        "(another replygate, or another exporter?)"
+    ]
+    assert not (tmp_path / "var" / "metrics" / str(port)).exists()
 
 
 def test_an_empty_database_says_to_upgrade(tmp_path: Path) -> None:
