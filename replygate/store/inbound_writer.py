@@ -104,7 +104,12 @@ class BulkInsert:
         if sql is None:
             sql = self._head + self._values(len(rows)) + self._tail
             self._sql[len(rows)] = sql
-        conn = self._conn if self._conn is not None else self._connect()
+        statement = f"INSERT INTO inbound_mail ({len(rows)} rows)"
+        try:
+            conn = self._conn if self._conn is not None else self._connect()
+        except Exception as exc:  # the pool hands on the driver's own error
+            _raise_as_sqlalchemy(self.engine, statement, exc)
+            raise
         self._conn = None
         try:
             with store_dialect.write_turn(self.engine):
@@ -117,12 +122,7 @@ class BulkInsert:
         except BaseException as exc:
             _discard(conn)
             if isinstance(exc, Exception):
-                # As SQLAlchemy raises it, so callers tell "database away" or "full"
-                # (``dialect.unreachable``, ``storage_full``) from a refused row.
-                statement = f"INSERT INTO inbound_mail ({len(rows)} rows)"
-                wrapped = store_dialect.wrap_driver_error(self.engine, statement, exc)
-                if wrapped is not exc:
-                    raise wrapped from exc
+                _raise_as_sqlalchemy(self.engine, statement, exc)
             raise
         self._conn = conn
         return ids
@@ -169,6 +169,15 @@ class BulkInsert:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+
+
+def _raise_as_sqlalchemy(engine: Engine, statement: str, exc: Exception) -> None:
+    """Raise a driver's error as SQLAlchemy would, so callers tell "database away" or
+    "full" (``dialect.unreachable``, ``storage_full``) from a refused row; return when
+    ``exc`` is not the driver's."""
+    wrapped = store_dialect.wrap_driver_error(engine, statement, exc)
+    if wrapped is not exc:
+        raise wrapped from exc
 
 
 def _discard(conn: Any) -> None:

@@ -100,6 +100,15 @@ class LoggedProcesses(Processes):
         self.running.append(proc)
         return proc
 
+    def lines_with(self, text: str) -> list[str]:
+        """Every line of every process's output that contains ``text``."""
+        return [
+            line
+            for path in sorted(self.log_dir.glob("*.log"))
+            for line in path.read_text(errors="replace").splitlines()
+            if text in line
+        ]
+
     def logs(self, tail: int = 40) -> str:
         shown = []
         for path in sorted(self.log_dir.glob("*.log")):

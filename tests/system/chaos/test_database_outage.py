@@ -136,6 +136,9 @@ def _check_recovered(
     load.stop()
     answers = load.answers
     assert not _unexpected(answers), (_unexpected(answers)[:5], processes.logs())
+    # Deferred as the store's outage (condition store_unavailable), never as a bug.
+    bugs = processes.lines_with('"internal_error"')
+    assert not bugs, bugs[:3]
     late = [a for a in answers if a.started > back + RECOVERY_SECONDS and a.code != 250]
     assert not late, (f"refused more than {RECOVERY_SECONDS}s after the return", late[:5])
     first = min((a.ended for a in answers if a.code == 250 and a.started > back), default=None)
