@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import importlib.resources
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import ip_address
 
@@ -54,6 +55,9 @@ from replygate.mail.decisions import Authenticated
 from replygate.mail.headers import read_headers
 
 MAX_SIGNATURES = 5  # DKIM signatures verified per message: each costs a lookup and a hash
+# Threads for the checks, apart from asyncio's default pool: a DNS server that is slow
+# to answer must not hold up the RCPT lookups and commits that pool runs.
+CHECK_THREADS = 16
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class Authenticator:
             if self.mode == "verify"
             else None
         )
+        self._pool: ThreadPoolExecutor | None = None
 
     # -- the two ways in -------------------------------------------------------------------
 
@@ -100,17 +105,26 @@ class Authenticator:
         """``prepare`` for the event loop: the checks in a thread, within the time budget."""
         if self.mode != "verify":
             return Prepared(auth_results.strip_claims(raw, self.authserv_id))
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="mail-auth")
+        work = functools.partial(
+            self.prepare, raw, client_ip=client_ip, helo=helo, mail_from=mail_from
+        )
         try:
             return await asyncio.wait_for(
-                asyncio.to_thread(
-                    self.prepare, raw, client_ip=client_ip, helo=helo, mail_from=mail_from
-                ),
+                asyncio.get_running_loop().run_in_executor(self._pool, work),
                 timeout=self.settings.mail_auth_timeout_seconds,
             )
         except TimeoutError as exc:
             raise AuthenticationUnavailable(
                 f"SPF, DKIM and DMARC checks took over {self.settings.mail_auth_timeout_seconds} s"
             ) from exc
+
+    def close(self) -> None:
+        """Let the check threads go (those still waiting on DNS finish on their own)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     def _stamped(self, raw: bytes, found: MailAuthentication) -> Prepared:
         value = found.header_value(self.authserv_id)

@@ -66,7 +66,13 @@ class DnsLookups:
             except ValueError as exc:
                 raise ConfigError(f"dns_nameservers: {nameservers!r} is not ip[:port], …") from exc
         else:
-            resolver = dns.resolver.Resolver()
+            try:
+                resolver = dns.resolver.Resolver()
+            except dns.resolver.NoResolverConfiguration as exc:
+                raise ConfigError(
+                    "no DNS resolver in /etc/resolv.conf: set dns_nameservers, "
+                    "or mail_auth = trust or off"
+                ) from exc
         resolver.timeout = timeout
         resolver.lifetime = timeout
         resolver.cache = dns.resolver.LRUCache(CACHE_SIZE)

@@ -308,8 +308,9 @@ class GatewayHandler:
         self.writer.wake_on_commit(event)
 
     def close(self) -> None:
-        """Commit what is queued and stop the writer thread."""
+        """Commit what is queued and stop the writer thread (and the check threads)."""
         self.writer.close()
+        self.authenticator.close()
         close_reads(self._reads)
 
     async def handle_exception(self, error: Exception) -> str:

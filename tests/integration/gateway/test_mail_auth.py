@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
 from replygate.gateway.server import GatewayThread
+from replygate.mail.decisions import from_record, sentence
 from replygate.mail.sender import parse_authentication_result
 from replygate.store.models import InboundMail, Message
 from replygate.workers.inbound import InboundWorker
@@ -85,6 +86,8 @@ def test_spf_pass_aligned_passes_dmarc_and_the_worker_files_it(
     assert ours(row) == {"spf": "pass", "dkim": "none", "arc": "none", "dmarc": "pass"}
     record = auth_record(row)
     assert (record["spf"], record["dmarc"], record["policy"]) == ("pass", "pass", "reject")
+    explained = sentence(from_record(record))
+    assert "SPF pass, DKIM none, ARC none, DMARC pass (the domain's policy: reject)" in explained
     assert InboundWorker(sessions, settings).drain() == 1
     with sessions() as s:
         assert s.get(InboundMail, row.id).status == "filed"
