@@ -110,6 +110,17 @@ def clean_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def shown(app: App, command: str, kind: str, object_id: int, thread_id: int | None = None) -> None:
+    """Record in the audit trail that ``command`` is about to show the operator mail content."""
+    from replygate.core import audit
+
+    audit.record_now(
+        app.factory, app.settings, audit.Actor.operator(), audit.Action.PHI_SHOWN,
+        object_kind=audit.ObjectKind(kind), object_id=object_id, thread_id=thread_id,
+        detail={"command": command},
+    )  # fmt: skip
+
+
 def terminal_safe(text: str) -> str:
     """``text`` with each control character a terminal acts on written as an escape (``\\x1b``)."""
     return _TERMINAL_CONTROLS.sub(_escaped, text)
@@ -168,6 +179,9 @@ def main(
     app = App(config_file=config_file, overrides=overrides)
     ctx.obj = app
     ctx.call_on_close(app.close)
+    from replygate.core import audit
+
+    audit.operator_at_work()  # what a command does, an operator did (``serve`` acts as itself)
     json_logs = (
         log_json
         if log_json is not None

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from replygate.cli import App, clean_errors, emit, lines, pass_app, say
+from replygate.cli import App, clean_errors, emit, lines, pass_app, say, shown
 from replygate.core import operations, views
 
 
@@ -70,10 +70,13 @@ def list_mail(
 def show(app: App, inbound_id: int, raw: bool, as_json: bool) -> None:
     """Show one inbound mail: envelope, headers, decisions, extracted reply (or --raw)."""
     if raw:
-        sys.stdout.buffer.write(views.raw_mail(app.factory, inbound_id))
+        data = views.raw_mail(app.factory, inbound_id)
+        shown(app, "queue show --raw", "inbound", inbound_id)
+        sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
     mail = views.queue_detail(app.factory, inbound_id)
+    shown(app, "queue show", "inbound", inbound_id)
 
     def text() -> None:
         for line in views.explanation(mail, mail.decisions):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from replygate.cli import App, clean_errors, emit, pass_app, say
+from replygate.cli import App, clean_errors, emit, pass_app, say, shown
 from replygate.core import person_threads, views
 from replygate.core.placement import InboxFilter
 
@@ -69,6 +69,7 @@ def list_threads(app: App, email: str | None, view: str | None, as_json: bool) -
 def show(app: App, thread_id: int, as_json: bool) -> None:
     """Show a thread with every message."""
     thread = views.thread(app.factory, thread_id)
+    shown(app, "threads show", "thread", thread_id, thread_id)
 
     def text() -> None:
         say(f"thread {thread.id}: {thread.subject}")

@@ -25,7 +25,7 @@ def group() -> None:
 @clean_errors
 def add(app: App, email: str, name: str, role: str, as_json: bool) -> None:
     """Add a user."""
-    user = operations.add_user(app.factory, email, name, role)
+    user = operations.add_user(app.factory, app.settings, email, name, role)
     emit(user, as_json, lambda: click.echo(f"added {role} {user.email} (id {user.id})"))
 
 
@@ -69,7 +69,7 @@ def set_password(app: App, email: str) -> None:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     else:
         password = sys.stdin.readline().rstrip("\r\n")
-    stored = operations.set_password(app.factory, email, password)
+    stored = operations.set_password(app.factory, app.settings, email, password)
     click.echo(f"password set for {stored}")
 
 
@@ -108,5 +108,5 @@ def list_sessions(app: App, email: str, as_json: bool) -> None:
 @clean_errors
 def logout(app: App, email: str) -> None:
     """End every portal session of a user at once."""
-    ended = sessions.log_out_everywhere(app.factory, email)
+    ended = sessions.log_out_everywhere(app.factory, app.settings, email)
     click.echo(f"{email}: {ended} session(s) ended")

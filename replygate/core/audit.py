@@ -1,9 +1,14 @@
 """Who read or changed what: the access audit trail (45 CFR 164.312(b)).
 
 Every access to a thread's content and every change to who may reach it is
-recorded as one row by the edge that did it (a portal page, a CLI command,
-the engine filing a reply), through ``record``. Rows name their object by
-kind and id and never carry message text. The trail is a hash chain
+recorded as one row through ``record``, in the transaction of what it
+records: the row is appended when that transaction commits (so the trail's
+lock is held only through the commit) and dropped if it rolls back. Who
+acted comes from the edge: the portal marks each request with the client's
+address and browser (``portal_request``), the CLI marks its process as an
+operator's (``operator_at_work``); anything else, such as the engine filing
+a reply, acts as the system. Rows name their object by kind and id and
+never carry message text. The trail is a hash chain
 (``store/audit.py``) keyed by a key derived from the deployment's secret
 key, so ``verify`` finds a row that was edited or removed; ``queue purge``
 never touches it, and only ``purge`` (after ``audit_retention_days``)
@@ -20,12 +25,13 @@ import io
 import json
 import socket
 from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import event, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
@@ -116,6 +122,38 @@ class Actor:
         return cls(ActorKind.SYSTEM, "replygate")
 
 
+@dataclass(frozen=True)
+class _Origin:
+    kind: ActorKind
+    address: str | None = None
+    user_agent: str | None = None
+
+
+_origin: ContextVar[_Origin | None] = ContextVar("replygate_audit_origin", default=None)
+
+
+def portal_request(address: str | None, user_agent: str | None) -> None:
+    """Mark this request's context: what happens in it is done by the signed-in user from here."""
+    _origin.set(_Origin(ActorKind.USER, address, user_agent))
+
+
+def operator_at_work() -> None:
+    """Mark this process's context as an operator's at the command line."""
+    _origin.set(_Origin(ActorKind.OPERATOR))
+
+
+def who(user: User | None = None) -> Actor:
+    """Who acts now: ``user`` in a portal request, the operator at the CLI, else the system."""
+    origin = _origin.get()
+    if origin is None:
+        return Actor.system()
+    if origin.kind is ActorKind.USER and user is not None:
+        return Actor.user(user, address=origin.address, user_agent=origin.user_agent)
+    if origin.kind is ActorKind.OPERATOR:
+        return Actor.operator()
+    return Actor(ActorKind.USER, "unknown", address=origin.address, user_agent=origin.user_agent)
+
+
 def _clip(text: str | None, limit: int) -> str | None:
     if text is None:
         return None
@@ -139,10 +177,8 @@ def record(
     outcome: AuditOutcome = AuditOutcome.OK,
     detail: dict[str, str | int | bool | None] | None = None,
 ) -> None:
-    """Append one row in the caller's transaction (so it commits with what it records)."""
-    audit.append(
-        session,
-        chain_key(settings),
+    """Add one row to the caller's transaction: appended as it commits, gone if it rolls back."""
+    fields = dict(
         actor_kind=actor.kind.value,
         actor=actor.name,
         actor_user_id=actor.user_id,
@@ -155,6 +191,21 @@ def record(
         outcome=outcome.value,
         detail=dict(detail or {}),
     )
+    session.info.setdefault(_PENDING, []).append((chain_key(settings), fields))
+
+
+_PENDING = "replygate_audit_pending"
+
+
+@event.listens_for(Session, "before_commit")
+def _append_pending(session: Session) -> None:
+    for key, fields in session.info.pop(_PENDING, ()):
+        audit.append(session, key, **fields)
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_pending(session: Session) -> None:
+    session.info.pop(_PENDING, None)
 
 
 def record_now(
@@ -163,6 +214,9 @@ def record_now(
     """``record`` in a transaction of its own (an access that changes nothing else)."""
     with transaction(factory) as session:
         record(session, settings, actor, action, **what)
+
+
+fields_of = audit.fields_of
 
 
 def verify(factory: sessionmaker[Session], settings: Settings) -> audit.Verdict:

@@ -115,6 +115,7 @@ class AttachmentFile:
     filename: str
     content_type: str
     data: bytes
+    thread_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -388,7 +389,7 @@ def attachment_for(session: Session, attachment_id: int, user: User) -> Attachme
         raise NotFound(f"no attachment {attachment_id}")
     message = session.get_one(Message, found.message_id)
     Messaging.thread_for(session, message.thread_id, user)  # NotFound unless a participant
-    return AttachmentFile(found.filename, found.content_type, found.data)
+    return AttachmentFile(found.filename, found.content_type, found.data, message.thread_id)
 
 
 # -- compose ------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from sqlalchemy import ColumnElement, and_, insert, or_, select, true
 from sqlalchemy.orm import Session, make_transient_to_detached, selectinload, sessionmaker
 
 from replygate.config import Settings
-from replygate.core import receipts
+from replygate.core import audit, receipts
 from replygate.core.notifying import Notifier
 from replygate.core.placement import record_activity
 from replygate.errors import Invalid, NotFound
@@ -149,6 +149,7 @@ class Messaging:
                     send_id = send_id or message.id
                     message.send_id = send_id
                 self._notify(session, thread, message, author)
+                self._audit_sent(session, author, message)
                 threads.append(SentThread(id=thread.id, recipient=person.email))
                 messages.append(message.id)
             return SendResult(threads=threads, messages=messages)
@@ -174,7 +175,15 @@ class Messaging:
                 receipt_requested=self._receipt_wanted(session, read_receipt),
             )
             self._notify(session, thread, message, user)
+            self._audit_sent(session, user, message)
             return message.id
+
+    def _audit_sent(self, session: Session, author: User, message: Message) -> None:
+        audit.record(
+            session, self.settings, audit.who(author), audit.Action.MESSAGE_SENT,
+            object_kind=audit.ObjectKind.MESSAGE, object_id=message.id,
+            thread_id=message.thread_id,
+        )  # fmt: skip
 
     def file_email_reply(
         self,
@@ -240,6 +249,11 @@ class Messaging:
             for f in attachments
         )
         self._notify(session, thread, message, author, flush=False)
+        audit.record(
+            session, self.settings, audit.Actor.system(), audit.Action.REPLY_FILED,
+            object_kind=audit.ObjectKind.MESSAGE, object_id=new_id, thread_id=thread.id,
+            detail={"inbound_id": inbound_id, "author_id": author.id},
+        )  # fmt: skip
         return message
 
     @staticmethod
@@ -331,6 +345,7 @@ class Messaging:
         with transaction(self.factory) as session:
             org = directory.organisation(session, default_name=self.settings.organisation_name)
             now = utcnow()
+            by = directory.find_user(session, acknowledged_by) if acknowledged_by else None
             if on:
                 if not acknowledge_hipaa:
                     raise Invalid(
@@ -340,9 +355,27 @@ class Messaging:
                 org.convenience_mode = True
                 org.hipaa_acknowledged_by = acknowledged_by or "operator (command line)"
                 org.hipaa_acknowledged_at = now
+                detail: dict[str, str | int | bool | None] = {
+                    "acknowledged_by": org.hipaa_acknowledged_by
+                }
+                self._audit_setting(session, audit.Action.CONVENIENCE_ON, detail, by)
                 return 0
             org.convenience_mode = False
-            return tokens.revoke_all(session, now=now)
+            voided = tokens.revoke_all(session, now=now)
+            self._audit_setting(session, audit.Action.CONVENIENCE_OFF, {"voided": voided}, by)
+            return voided
+
+    def _audit_setting(
+        self,
+        session: Session,
+        action: audit.Action,
+        detail: dict[str, str | int | bool | None],
+        by: User | None = None,
+    ) -> None:
+        audit.record(
+            session, self.settings, audit.who(by), action,
+            object_kind=audit.ObjectKind.SETTING, detail=detail,
+        )  # fmt: skip
 
     # -- reading ----------------------------------------------------------------------------
 

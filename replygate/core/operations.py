@@ -21,7 +21,8 @@ from typing import Protocol
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
-from replygate.core import organisation
+from replygate.core import audit, organisation
+from replygate.core.audit import Action, ObjectKind
 from replygate.core.messaging import Messaging
 from replygate.core.views import UserRow, plain, user_row
 from replygate.errors import Invalid, NotFound
@@ -46,12 +47,22 @@ DMARC_POLICIES = tuple(policy.value for policy in DmarcPolicy)
 # -- people ---------------------------------------------------------------------------------
 
 
-def add_user(factory: sessionmaker[Session], email: str, name: str, role: str) -> UserRow:
+def add_user(
+    factory: sessionmaker[Session], settings: Settings, email: str, name: str, role: str
+) -> UserRow:
     with transaction(factory) as session:
-        return user_row(directory.add_user(session, email, name, role))
+        user = directory.add_user(session, email, name, role)
+        session.flush()
+        audit.record(
+            session, settings, audit.who(), Action.USER_ADDED, object_kind=ObjectKind.USER,
+            object_id=user.id, detail={"role": role},
+        )  # fmt: skip
+        return user_row(user)
 
 
-def set_password(factory: sessionmaker[Session], email: str, password: str) -> str:
+def set_password(
+    factory: sessionmaker[Session], settings: Settings, email: str, password: str
+) -> str:
     """Set a user's portal password; returns the address as stored."""
     # Imported here: the module hashes a dummy password when loaded, which
     # every start of the command line (one per mail on a Postfix pipe) would pay.
@@ -59,6 +70,11 @@ def set_password(factory: sessionmaker[Session], email: str, password: str) -> s
 
     with transaction(factory) as session:
         set_hash(session, email, password)
+        user = directory.user(session, email)
+        audit.record(
+            session, settings, audit.who(), Action.PASSWORD_SET, object_kind=ObjectKind.USER,
+            object_id=user.id,
+        )  # fmt: skip
     return directory.normalise_email(email)
 
 
@@ -129,6 +145,10 @@ def set_sender_policy(factory: sessionmaker[Session], settings: Settings, policy
     with transaction(factory) as session:
         org = directory.organisation(session, default_name=settings.organisation_name)
         org.sender_policy = SenderPolicy(policy)
+        audit.record(
+            session, settings, audit.who(), Action.SENDER_POLICY_CHANGED,
+            object_kind=ObjectKind.SETTING, detail={"policy": policy},
+        )  # fmt: skip
 
 
 def set_read_receipts_default(factory: sessionmaker[Session], settings: Settings, on: bool) -> None:
@@ -163,6 +183,10 @@ def set_dmarc_policy(factory: sessionmaker[Session], settings: Settings, policy:
     with transaction(factory) as session:
         org = directory.organisation(session, default_name=settings.organisation_name)
         org.dmarc_policy = DmarcPolicy(policy)
+        audit.record(
+            session, settings, audit.who(), Action.DMARC_POLICY_CHANGED,
+            object_kind=ObjectKind.SETTING, detail={"policy": policy},
+        )  # fmt: skip
 
 
 def revoke_reply_address(factory: sessionmaker[Session], settings: Settings, address: str) -> None:

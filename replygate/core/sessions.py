@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
+from replygate.core import audit
 from replygate.store import directory, portal_sessions
 from replygate.store.db import transaction
 from replygate.store.models import PortalSession, User, utcnow
@@ -153,10 +154,16 @@ def sessions_of(factory: sessionmaker[Session], settings: Settings, email: str) 
         return listing(session, directory.user(session, email).id, Lifetimes.of(settings))
 
 
-def log_out_everywhere(factory: sessionmaker[Session], email: str) -> int:
+def log_out_everywhere(factory: sessionmaker[Session], settings: Settings, email: str) -> int:
     """``replygate users logout``: end every session of the user; returns how many."""
     with transaction(factory) as session:
-        return end_all(session, directory.user(session, email).id)
+        user = directory.user(session, email)
+        ended = end_all(session, user.id)
+        audit.record(
+            session, settings, audit.who(), audit.Action.SESSION_REVOKED,
+            object_kind=audit.ObjectKind.USER, object_id=user.id, detail={"sessions": ended},
+        )  # fmt: skip
+        return ended
 
 
 def _expired(row: PortalSession, lifetimes: Lifetimes, now: datetime) -> bool:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from replygate.config import Settings
 from replygate.core import (
     accounts,
+    audit,
     canned,
     inbox,
     organisation,
@@ -27,6 +28,7 @@ from replygate.core import (
     sessions,
     views,
 )
+from replygate.core.audit import Action, ObjectKind
 from replygate.core.canned import Canned
 from replygate.core.inbox import (
     AttachmentFile,
@@ -44,7 +46,7 @@ from replygate.core.views import UserRow
 from replygate.errors import NotFound
 from replygate.store import directory
 from replygate.store.db import transaction
-from replygate.store.models import utcnow
+from replygate.store.models import AuditOutcome, User, utcnow
 
 T = TypeVar("T")
 
@@ -95,6 +97,7 @@ class Workspace:
         def work(session: Session) -> LoginOutcome:
             result = accounts.authenticate(session, email, password, address=address)
             if result.user is None:
+                self._failed_login(session, email, throttled=result.throttled)
                 return LoginOutcome(
                     user_id=None, throttled=result.throttled, retry_after=result.retry_after
                 )
@@ -102,9 +105,37 @@ class Workspace:
             new = sessions.start(
                 session, result.user, self._lifetimes, address=address, user_agent=user_agent
             )
+            self._record(session, result.user, Action.LOGIN, ObjectKind.USER, result.user.id)
             return LoginOutcome(user_id=result.user.id, session_id=new)
 
         return self._run(work)
+
+    def _record(
+        self,
+        session: Session,
+        user: User | None,
+        action: Action,
+        kind: ObjectKind | None = None,
+        object_id: int | None = None,
+        **what: Any,
+    ) -> None:
+        actor = audit.who(user)
+        audit.record(
+            session, self.settings, actor, action, object_kind=kind, object_id=object_id, **what
+        )
+
+    def _failed_login(self, session: Session, email: str, *, throttled: bool) -> None:
+        """A refused login names the account only when there is one (nothing typed is kept)."""
+        user = directory.find_user(session, email)
+        self._record(
+            session,
+            user,
+            Action.LOGIN_FAILED,
+            ObjectKind.USER if user is not None else None,
+            user.id if user is not None else None,
+            outcome=AuditOutcome.DENIED,
+            detail={"throttled": throttled},
+        )
 
     def signed_in(self, session_id: str) -> SignedIn | None:
         """The session's person with their unread count, or None if it ended or expired."""
@@ -119,7 +150,13 @@ class Workspace:
         return self._run(work)
 
     def log_out(self, session_id: str) -> None:
-        self._run(sessions.end, session_id)
+        def work(session: Session) -> None:
+            user = sessions.resume(session, session_id, self._lifetimes)
+            sessions.end(session, session_id)
+            if user is not None:
+                self._record(session, user, Action.LOGOUT, ObjectKind.USER, user.id)
+
+        self._run(work)
 
     def change_password(
         self, session_id: str, current: str, new: str, *, address: str, user_agent: str = ""
@@ -136,6 +173,14 @@ class Workspace:
             if user is None:
                 raise NotFound("this session has ended")
             result = accounts.change_password(session, user.email, current, new, address=address)
+            self._record(
+                session,
+                user,
+                Action.PASSWORD_SET,
+                ObjectKind.USER,
+                user.id,
+                outcome=AuditOutcome.OK if result.user is not None else AuditOutcome.DENIED,
+            )
             if result.user is None:
                 return LoginOutcome(
                     user_id=None, throttled=result.throttled, retry_after=result.retry_after
@@ -166,7 +211,8 @@ class Workspace:
 
     def read_thread(self, thread_id: int, viewer: Viewer) -> ThreadView:
         """The thread, marked read (receipts to the authors who asked for them);
-        ``NotFound`` unless the viewer takes part."""
+        ``NotFound`` unless the viewer takes part. Both are recorded in the audit
+        trail (a refusal in a transaction of its own)."""
 
         def work(session: Session) -> ThreadView:
             user = directory.user(session, viewer.email)
@@ -177,15 +223,50 @@ class Workspace:
             receipts.mark_read(
                 session, self._notifier, org, thread, user, now=now, when=receipts.moment(now)
             )
+            self._record(
+                session, user, Action.THREAD_VIEWED, ObjectKind.THREAD, thread_id,
+                thread_id=thread_id,
+            )  # fmt: skip
             return dataclasses.replace(view, convenience_mode=org.convenience_mode)
 
-        return self._run(work)
+        return self._audited(work, viewer, Action.THREAD_VIEWED, ObjectKind.THREAD, thread_id)
 
     def attachment(self, attachment_id: int, viewer: Viewer) -> AttachmentFile:
         """A file from a thread; ``NotFound`` unless the viewer takes part in it."""
-        return self._run(
-            lambda s: inbox.attachment_for(s, attachment_id, directory.user(s, viewer.email))
-        )
+
+        def work(session: Session) -> AttachmentFile:
+            user = directory.user(session, viewer.email)
+            found = inbox.attachment_for(session, attachment_id, user)
+            self._record(
+                session, user, Action.ATTACHMENT_DOWNLOADED, ObjectKind.ATTACHMENT,
+                attachment_id, thread_id=found.thread_id,
+            )  # fmt: skip
+            return found
+
+        kind = ObjectKind.ATTACHMENT
+        return self._audited(work, viewer, Action.ATTACHMENT_DOWNLOADED, kind, attachment_id)
+
+    def _audited(
+        self,
+        work: Callable[[Session], T],
+        viewer: Viewer,
+        action: Action,
+        kind: ObjectKind,
+        object_id: int,
+    ) -> T:
+        """``work`` in a transaction; a ``NotFound`` is recorded as a refused access first."""
+        try:
+            return self._run(work)
+        except NotFound:
+
+            def refused(session: Session) -> None:
+                user = directory.find_user(session, viewer.email)
+                self._record(
+                    session, user, action, kind, object_id, outcome=AuditOutcome.DENIED
+                )
+
+            self._run(refused)
+            raise
 
     def recipients(self, viewer: Viewer) -> tuple[list[Recipient], list[Recipient]]:
         return self._run(inbox.recipients, viewer)
@@ -201,17 +282,29 @@ class Workspace:
     def save_canned(
         self, *, canned_id: int | None, name: str, subject: str, body: str, author_id: int
     ) -> int:
-        return self._run(
-            canned.save,
-            canned_id=canned_id,
-            name=name,
-            subject=subject,
-            body=body,
-            author_id=author_id,
-        )
+        def work(session: Session) -> int:
+            saved = canned.save(
+                session,
+                canned_id=canned_id,
+                name=name,
+                subject=subject,
+                body=body,
+                author_id=author_id,
+            )
+            action = Action.CANNED_CREATED if canned_id is None else Action.CANNED_CHANGED
+            author = session.get(User, author_id)
+            self._record(session, author, action, ObjectKind.CANNED, saved)
+            return saved
 
-    def delete_canned(self, canned_id: int) -> None:
-        self._run(canned.delete, canned_id)
+        return self._run(work)
+
+    def delete_canned(self, canned_id: int, *, by: int | None = None) -> None:
+        def work(session: Session) -> None:
+            canned.delete(session, canned_id)
+            user = session.get(User, by) if by is not None else None
+            self._record(session, user, Action.CANNED_DELETED, ObjectKind.CANNED, canned_id)
+
+        self._run(work)
 
     # -- organisation ---------------------------------------------------------------------
 
@@ -222,8 +315,14 @@ class Workspace:
         """The name pages show before anyone logs in (the database's, as after)."""
         return self.organisation().name
 
-    def rename_organisation(self, name: str) -> None:
-        self._run(organisation.rename, name, self.settings.organisation_name)
+    def rename_organisation(self, name: str, *, by: int | None = None) -> None:
+        def work(session: Session) -> None:
+            organisation.rename(session, name, self.settings.organisation_name)
+            user = session.get(User, by) if by is not None else None
+            detail = {"setting": "organisation_name"}
+            self._record(session, user, Action.SETTING_CHANGED, ObjectKind.SETTING, detail=detail)
+
+        self._run(work)
 
     def suppressed_staff(self) -> list[UserRow]:
         """Staff and admins whose address bounced until suppressed: they hear of nothing."""

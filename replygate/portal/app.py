@@ -26,7 +26,7 @@ from replygate.config import Settings
 from replygate.portal.account_pages import AccountPages
 from replygate.portal.message_pages import MessagePages
 from replygate.portal.pages import STATIC_DIR, LoginRequired
-from replygate.portal.security import SecurityHeaders
+from replygate.portal.security import AuditOrigin, SecurityHeaders
 from replygate.portal.staff_pages import StaffPages
 
 
@@ -116,6 +116,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> Starlette:
         routes=portal.routes(),
         middleware=[
             *forwarded,
+            Middleware(AuditOrigin),
             Middleware(SecurityHeaders, https=https),
             Middleware(
                 SessionMiddleware,

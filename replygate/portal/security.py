@@ -17,6 +17,8 @@ from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from replygate.core import audit
+
 CSRF_FIELD = "csrf"
 CSP = "; ".join(
     [
@@ -55,6 +57,24 @@ EMAIL_ATTRIBUTES = {
     "td": {"colspan", "rowspan"},
     "th": {"colspan", "rowspan", "scope"},
 }
+
+
+class AuditOrigin:
+    """ASGI middleware marking each request for the audit trail: the client's address
+    (after the trusted proxies' word, when there are any) and its browser."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            client = scope.get("client")
+            agent = next(
+                (v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"user-agent"),
+                None,
+            )
+            audit.portal_request(client[0] if client else None, agent)
+        await self.app(scope, receive, send)
 
 
 class SecurityHeaders:

@@ -81,10 +81,11 @@ class StaffPages(Pages):
         return self.redirect("/canned")
 
     async def canned_delete(self, request: Request) -> Response:
-        await self.require(request, staff=True)
+        current = await self.require(request, staff=True)
         await self.form(request)
+        canned_id = request.path_params["canned_id"]
         try:
-            await self.call(self.workspace.delete_canned, request.path_params["canned_id"])
+            await self.call(lambda: self.workspace.delete_canned(canned_id, by=current.viewer.id))
         except NotFound as exc:
             raise HTTPException(404, "There is no such canned response.") from exc
         self.flash(request, "Canned response deleted.")
@@ -108,10 +109,11 @@ class StaffPages(Pages):
         return self.render(request, "settings.html", context, current=current, status=status)
 
     async def settings_organisation(self, request: Request) -> Response:
-        await self.require(request, admin=True)
+        current = await self.require(request, admin=True)
         form = await self.form(request)
+        name = str(form.get("name", ""))
         try:
-            await self.call(self.workspace.rename_organisation, str(form.get("name", "")))
+            await self.call(lambda: self.workspace.rename_organisation(name, by=current.viewer.id))
         except Invalid as exc:
             return await self.settings_page(request, error=sentence(exc), status=400)
         self.flash(request, "Organisation name saved.")
