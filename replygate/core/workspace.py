@@ -324,6 +324,14 @@ class Workspace:
 
         self._run(work)
 
+    def access_history(
+        self, *, thread_id: int | None, user: str | None, limit: int
+    ) -> list[audit.EventRow]:
+        """The audit trail's newest events of a thread or a person (``UnknownUser``)."""
+        return audit.events(
+            self.factory, thread_id=thread_id, user=user, limit=limit, newest_first=True
+        )
+
     def suppressed_staff(self) -> list[UserRow]:
         """Staff and admins whose address bounced until suppressed: they hear of nothing."""
         return views.suppressed_staff(self.factory)

@@ -24,13 +24,14 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from replygate.config import Settings
 from replygate.portal.account_pages import AccountPages
+from replygate.portal.audit_pages import AuditPages
 from replygate.portal.message_pages import MessagePages
 from replygate.portal.pages import STATIC_DIR, LoginRequired
 from replygate.portal.security import AuditOrigin, SecurityHeaders
 from replygate.portal.staff_pages import StaffPages
 
 
-class Portal(AccountPages, MessagePages, StaffPages):
+class Portal(AccountPages, MessagePages, StaffPages, AuditPages):
     """Every page, bound to one store, one ``Messaging`` and one settings object."""
 
     # -- errors ---------------------------------------------------------------------------
@@ -95,6 +96,7 @@ class Portal(AccountPages, MessagePages, StaffPages):
             Route("/settings/organisation", self.settings_organisation, methods=["POST"]),
             Route("/settings/convenience", self.settings_convenience, methods=["POST"]),
             Route("/favicon.ico", self.favicon),
+            Route("/audit", self.access_history),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ]
 

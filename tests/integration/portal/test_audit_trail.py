@@ -132,3 +132,29 @@ def test_operator_commands_that_show_content_are_recorded(
     assert policy.detail == {"policy": "hold"}
     listed = runner.invoke(main, ["audit", "list", "--thread", str(thread_id), "--json"], env=env)
     assert {e["action"] for e in json.loads(listed.output)} == {"message_sent", "phi_shown"}
+
+
+def test_admins_see_a_threads_access_history_and_nobody_else_does(
+    client_for: Callable[[], Client],
+    people: People,
+    messaging: Messaging,
+) -> None:
+    sent = messaging.send(sender=people.staff, to=[people.client1], subject="s", body="b")
+    thread_id = sent.threads[0].id
+    reader = client_for()
+    reader.login(people.client1)
+    reader.get(f"/threads/{thread_id}", headers=BROWSER)
+    for who in (people.client1, people.staff):
+        c = client_for()
+        c.login(who)
+        assert c.get(f"/audit?thread={thread_id}").status == 403
+    admin = client_for()
+    admin.login(people.admin)
+    page = admin.get(f"/audit?thread={thread_id}")
+    assert page.status == 200
+    assert page.text.count("data-audit-row") == 2  # sent, then viewed
+    assert 'data-action="thread_viewed"' in page.text and people.client1 in page.text
+    assert "Firefox/140.0" in page.text
+    person = admin.get(f"/audit?user={people.client1}")
+    assert 'data-action="login"' in person.text
+    assert admin.get("/audit?user=nobody@example.test").status == 404
