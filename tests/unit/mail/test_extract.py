@@ -111,17 +111,18 @@ def test_pathological_body_is_bounded() -> None:
         + "\n"
         + ("word " * 80 + "\n") * 8_000
     )
-    start = time.perf_counter()
+    # CPU time, not wall time: what the extraction costs, not how busy the machine is.
+    start = time.process_time()
     parts = extract_reply(body, budget_s=0.5)
-    assert time.perf_counter() - start < 2.0
+    assert time.process_time() - start < 2.0
     assert parts.reply.startswith("Reply.")
 
 
 def test_pathological_html_is_bounded() -> None:
     markup = "<div>Reply</div>" + "<blockquote>" * 10_000 + "q" + "</blockquote>" * 10_000
-    start = time.perf_counter()
+    start = time.process_time()
     parts = extract_reply(markup, html=True)
-    assert time.perf_counter() - start < 2.0
+    assert time.process_time() - start < 2.0
     assert parts.reply == "Reply"
 
 
