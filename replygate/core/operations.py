@@ -135,6 +135,10 @@ def rename_organisation(factory: sessionmaker[Session], settings: Settings, name
     """Give the organisation a new name (one line); returns the name as kept."""
     with transaction(factory) as session:
         organisation.rename(session, name, settings.organisation_name)
+        audit.record(
+            session, settings, audit.who(), Action.SETTING_CHANGED,
+            object_kind=ObjectKind.SETTING, detail={"setting": "organisation_name"},
+        )  # fmt: skip
         return directory.organisation(session).name
 
 
