@@ -23,7 +23,7 @@ from sqlalchemy import ColumnElement, and_, insert, or_, select, true
 from sqlalchemy.orm import Session, make_transient_to_detached, selectinload, sessionmaker
 
 from replygate.config import Settings
-from replygate.core import audit, receipts
+from replygate.core import audit, organisation, receipts
 from replygate.core.notifying import Notifier
 from replygate.core.placement import record_activity
 from replygate.errors import Invalid, NotFound
@@ -337,45 +337,13 @@ class Messaging:
     def set_convenience_mode(
         self, *, on: bool, acknowledged_by: str | None = None, acknowledge_hipaa: bool = False
     ) -> int:
-        """Switch Convenience Mode; returns how many reply tokens were voided (when off).
-
-        Turning it on requires an explicit HIPAA acknowledgement, recorded
-        with who gave it and when.
-        """
+        """Switch Convenience Mode (``organisation.switch_convenience``); how many reply
+        addresses were voided."""
         with transaction(self.factory) as session:
-            org = directory.organisation(session, default_name=self.settings.organisation_name)
-            now = utcnow()
-            by = directory.find_user(session, acknowledged_by) if acknowledged_by else None
-            if on:
-                if not acknowledge_hipaa:
-                    raise Invalid(
-                        "Convenience Mode puts message content in email; it needs an explicit "
-                        "HIPAA acknowledgement"
-                    )
-                org.convenience_mode = True
-                org.hipaa_acknowledged_by = acknowledged_by or "operator (command line)"
-                org.hipaa_acknowledged_at = now
-                detail: dict[str, str | int | bool | None] = {
-                    "acknowledged_by": org.hipaa_acknowledged_by
-                }
-                self._audit_setting(session, audit.Action.CONVENIENCE_ON, detail, by)
-                return 0
-            org.convenience_mode = False
-            voided = tokens.revoke_all(session, now=now)
-            self._audit_setting(session, audit.Action.CONVENIENCE_OFF, {"voided": voided}, by)
-            return voided
-
-    def _audit_setting(
-        self,
-        session: Session,
-        action: audit.Action,
-        detail: dict[str, str | int | bool | None],
-        by: User | None = None,
-    ) -> None:
-        audit.record(
-            session, self.settings, audit.who(by), action,
-            object_kind=audit.ObjectKind.SETTING, detail=detail,
-        )  # fmt: skip
+            return organisation.switch_convenience(
+                session, self.settings, on=on, acknowledged_by=acknowledged_by,
+                acknowledge_hipaa=acknowledge_hipaa,
+            )  # fmt: skip
 
     # -- reading ----------------------------------------------------------------------------
 

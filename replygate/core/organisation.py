@@ -1,9 +1,10 @@
 """The organisation's settings as a page shows them, its name, and its
 read-receipt and reminder settings.
 
-Convenience Mode is switched by ``Messaging.set_convenience_mode``, which
-also voids reply tokens; here is only what is safe to read and change.
-Callers own the transaction: each function takes a ``Session``.
+Convenience Mode is switched here (``switch_convenience``): on only with an
+explicit HIPAA acknowledgement, recorded with who gave it and when; off
+voids every reply address sent out. Callers own the transaction: each
+function takes a ``Session``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from replygate.config import Settings
+from replygate.core import audit
 from replygate.errors import Invalid
-from replygate.store import directory
+from replygate.store import directory, tokens
+from replygate.store.models import utcnow
 
 MAX_NAME = 200
 # A reminder later than this is no reminder; the column is an integer of seconds.
@@ -85,3 +89,38 @@ def parse_delay(text: str) -> float:
     if found is None:
         raise Invalid(f"not a delay: {text!r} (write it as 90s, 30m, 24h, 2d, or 0 for none)")
     return float(found.group(1)) * _UNITS[found.group(2).lower()]
+
+
+def switch_convenience(
+    session: Session,
+    settings: Settings,
+    *,
+    on: bool,
+    acknowledged_by: str | None = None,
+    acknowledge_hipaa: bool = False,
+) -> int:
+    """Switch Convenience Mode; returns how many reply tokens were voided (when off)."""
+    org = directory.organisation(session, default_name=settings.organisation_name)
+    now = utcnow()
+    by = directory.find_user(session, acknowledged_by) if acknowledged_by else None
+    detail: dict[str, str | int | bool | None]
+    if on:
+        if not acknowledge_hipaa:
+            raise Invalid(
+                "Convenience Mode puts message content in email; it needs an explicit "
+                "HIPAA acknowledgement"
+            )
+        org.convenience_mode = True
+        org.hipaa_acknowledged_by = acknowledged_by or "operator (command line)"
+        org.hipaa_acknowledged_at = now
+        voided, action = 0, audit.Action.CONVENIENCE_ON
+        detail = {"acknowledged_by": org.hipaa_acknowledged_by}
+    else:
+        org.convenience_mode = False
+        voided, action = tokens.revoke_all(session, now=now), audit.Action.CONVENIENCE_OFF
+        detail = {"voided": voided}
+    audit.record(
+        session, settings, audit.who(by), action,
+        object_kind=audit.ObjectKind.SETTING, detail=detail,
+    )  # fmt: skip
+    return voided
