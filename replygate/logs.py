@@ -15,21 +15,49 @@ goes through it just before it is written. Tracebacks are rendered by
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import orjson
-import structlog
+if TYPE_CHECKING:
+    import structlog
 
 Redact = Callable[[str], str]
+
+# structlog's configuration waiting for the first logger (see ``configure``).
+_pending: Callable[[], None] | None = None
 
 _PLAIN = (int, float, bool, type(None))
 
 
 def configure(*, json: bool = False, level: int = logging.INFO, redact: Redact) -> None:
-    """Route structlog (and stdlib logging, e.g. aiosmtpd's) to stderr, through ``redact``."""
+    """Route structlog (and stdlib logging, e.g. aiosmtpd's) to stderr, through ``redact``.
+
+    structlog (and rich, which it loads) costs a command line start more than
+    most commands take, and a listing never logs: unless structlog is loaded
+    already, its configuration waits for the first ``get_logger``.
+    """
+    global _pending
+    _configure_stdlib(redact)
+    # mail-parser warns about every part type it does not handle (e.g. DSN headers).
+    logging.getLogger("mailparser").setLevel(logging.ERROR)
+    _pending = functools.partial(_configure_structlog, json, level, redact)
+    if "structlog" in sys.modules:
+        _apply_pending()
+
+
+def _apply_pending() -> None:
+    global _pending
+    if _pending is not None:
+        apply, _pending = _pending, None
+        apply()
+
+
+def _configure_structlog(json: bool, level: int, redact: Redact) -> None:
+    import structlog
+
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -42,6 +70,8 @@ def configure(*, json: bool = False, level: int = logging.INFO, redact: Redact) 
     if json:
         # The gateway writes a line per message; orjson renders it in a
         # fraction of json.dumps' time, as bytes straight to the stream.
+        import orjson
+
         renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
         logger_factory = structlog.BytesLoggerFactory(file=sys.stderr.buffer)
     else:
@@ -53,9 +83,6 @@ def configure(*, json: bool = False, level: int = logging.INFO, redact: Redact) 
         logger_factory=logger_factory,
         cache_logger_on_first_use=False,
     )
-    _configure_stdlib(redact)
-    # mail-parser warns about every part type it does not handle (e.g. DSN headers).
-    logging.getLogger("mailparser").setLevel(logging.ERROR)
 
 
 def redacting(redact: Redact) -> structlog.typing.Processor:
@@ -112,4 +139,7 @@ def _configure_stdlib(redact: Redact) -> None:
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
-    return structlog.get_logger(name)
+    import structlog
+
+    _apply_pending()
+    return structlog.get_logger(name)  # type: ignore[no-any-return]

@@ -2,47 +2,74 @@
 
 The group builds one ``App`` (settings, database) and every subcommand
 receives it through ``pass_app``. Each command group lives in a module of its
-own and only parses, calls ``replygate.core`` and prints. Errors are one
-clear line and exit status 1, never a traceback. Every listing has
-``--json``; those shapes are a contract.
+own and only parses, calls ``replygate.core`` and prints, in the one style of
+``output`` (tables with a header row, ``Z`` times, words for booleans and
+empties, ``--json`` on every listing; those shapes are a contract). Errors are
+one clear line and exit status 1, never a traceback; usage errors exit 2.
 
-Text for a terminal goes through ``say`` (or ``lines``): what mail brought
-(a subject, a body, a header) may hold escape sequences that retitle, clear
-or reprogram an operator's terminal, so control characters are shown as
-escapes instead. ``--json`` and ``--raw`` stay exact.
+Starting fast matters (an operator's every command, a Postfix pipe's every
+mail): a group's module is imported only when it is run or its help shown
+(``COMMANDS``), and imports the core, SQLAlchemy and the rest inside its
+commands, so ``--help`` and a listing load only what they use
+(``tests/integration/test_cli_startup.py``, ``bench/cli_startup.py``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
+import importlib
 import os
-import re
-from collections.abc import Callable, Iterable
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError, ProgrammingError
-from sqlalchemy.orm import Session, sessionmaker
 
 from replygate import logs
+from replygate.cli.output import emit, json_option, lines, say, terminal_safe
 from replygate.config import Settings, load_settings
 from replygate.errors import ReplygateError
-from replygate.mail.redaction import redact
-from replygate.store.db import make_engine, session_factory
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.orm import Session, sessionmaker
+
+__all__ = [
+    "COMMANDS",
+    "App",
+    "clean_errors",
+    "emit",
+    "json_option",
+    "lines",
+    "main",
+    "pass_app",
+    "say",
+    "terminal_safe",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# What a terminal acts on rather than shows: C0 controls but TAB and LF, DEL, the
-# C1 controls (CSI U+009B, OSC U+009D: 8-bit escape sequences), line and
-# paragraph separators, and the bidi controls that reorder what is shown.
-_TERMINAL_CONTROLS = re.compile(
-    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]"
-)
+# Every command under ``replygate``: its name and where it lives (``module:attribute``).
+COMMANDS: dict[str, str] = {
+    "config": "replygate.cli.configuration:group",
+    "db": "replygate.cli.database:group",
+    "users": "replygate.cli.users:group",
+    "circles": "replygate.cli.circles:group",
+    "settings": "replygate.cli.settings:group",
+    "threads": "replygate.cli.threads:group",
+    "tokens": "replygate.cli.tokens:group",
+    "audit": "replygate.cli.audit:group",
+    "dkim": "replygate.cli.dkim:group",
+    "send": "replygate.cli.send:send",
+    "queue": "replygate.cli.inbound_queue:group",
+    "outbox": "replygate.cli.outbox:group",
+    "serve": "replygate.cli.serve:serve",
+    "worker": "replygate.cli.serve:worker",
+    "ingest": "replygate.cli.serve:ingest",
+    "demo": "replygate.cli.serve:demo",
+}
 
 
 @dataclass
@@ -63,6 +90,8 @@ class App:
 
     @property
     def engine(self) -> Engine:
+        from replygate.store.db import make_engine
+
         if self._engine is None:
             self._engine = make_engine(
                 self.settings.database_url,
@@ -72,6 +101,8 @@ class App:
 
     @property
     def factory(self) -> sessionmaker[Session]:
+        from replygate.store.db import session_factory
+
         if self._factory is None:
             self._factory = session_factory(self.engine)
         return self._factory
@@ -79,6 +110,8 @@ class App:
     def redact(self, text: str) -> str:
         """``text`` fit for a log: tokens fingerprinted with the secret once settings are
         loaded, hidden before (writing a log line never loads them)."""
+        from replygate.mail.redaction import redact
+
         return redact(self._settings.secret_key if self._settings is not None else None, text)
 
     def close(self) -> None:
@@ -98,8 +131,11 @@ def clean_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except (ReplygateError, ValueError) as exc:
             raise click.ClickException(terminal_safe(str(exc))) from exc
-        except (OperationalError, ProgrammingError) as exc:
-            detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        except Exception as exc:
+            if not _is_database_error(exc):
+                raise
+            orig = getattr(exc, "orig", None)
+            detail = str(orig).strip().splitlines()[0] if orig else str(exc)
             hint = (
                 " (run `replygate db upgrade` first)"
                 if "no such table" in detail or "does not exist" in detail
@@ -121,46 +157,33 @@ def shown(app: App, command: str, kind: str, object_id: int, thread_id: int | No
     )  # fmt: skip
 
 
-def terminal_safe(text: str) -> str:
-    """``text`` with each control character a terminal acts on written as an escape (``\\x1b``)."""
-    return _TERMINAL_CONTROLS.sub(_escaped, text)
+def _is_database_error(exc: Exception) -> bool:
+    """A database's refusal (no such table, cannot connect), told apart without importing
+    SQLAlchemy: a command that never loaded it cannot have raised one of its errors."""
+    errors = sys.modules.get("sqlalchemy.exc")
+    return errors is not None and isinstance(exc, errors.OperationalError | errors.ProgrammingError)
 
 
-def _escaped(found: re.Match[str]) -> str:
-    code = ord(found.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+class LazyGroup(click.Group):
+    """A group whose commands (``COMMANDS``) are imported when first asked for."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            module, _, attribute = self.lazy[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module), attribute)
+            assert isinstance(command, click.Command), self.lazy[cmd_name]
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
 
 
-def say(text: str = "") -> None:
-    """Print one line of text that may hold what mail brought, made ``terminal_safe``."""
-    click.echo(terminal_safe(text))
-
-
-def emit(data: Any, as_json: bool, text: Callable[[], None]) -> None:
-    """Print ``data`` as JSON (dataclasses as objects, anything else as its str) or as text."""
-    if as_json:
-        click.echo(json.dumps(data, indent=2, default=_jsonable))
-    else:
-        text()
-
-
-def lines(texts: Iterable[str]) -> Callable[[], None]:
-    """The ``text`` for ``emit`` that prints each of ``texts`` on a line of its own."""
-
-    def text() -> None:
-        for line in texts:
-            say(line)
-
-    return text
-
-
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    return str(value)
-
-
-@click.group()
+@click.group(cls=LazyGroup, lazy=COMMANDS)
 @click.option(
     "--config",
     "config_file",
@@ -188,33 +211,3 @@ def main(
         else os.environ.get("REPLYGATE_LOG_JSON", "").strip().lower() in ("1", "true", "yes", "on")
     )
     logs.configure(json=json_logs, redact=app.redact)
-
-
-def _add_command_groups() -> None:
-    """Attach each group's module; they import ``pass_app`` and friends from here."""
-    from replygate.cli import (
-        audit,
-        circles,
-        configuration,
-        database,
-        dkim,
-        inbound_queue,
-        outbox,
-        send,
-        serve,
-        settings,
-        threads,
-        tokens,
-        users,
-    )
-
-    for module in (configuration, database, users, circles, settings, threads, tokens, audit, dkim):
-        main.add_command(module.group)
-    main.add_command(send.send)
-    main.add_command(inbound_queue.group)
-    main.add_command(outbox.group)
-    for command in serve.commands:
-        main.add_command(command)
-
-
-_add_command_groups()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from replygate.cli import App, clean_errors, emit, lines, pass_app
-from replygate.core import operations, views
+from replygate.cli import App, clean_errors, emit, pass_app, say
+from replygate.cli.output import json_option, table
 
 
 @click.group("circles")
@@ -24,8 +24,10 @@ def group() -> None:
 @clean_errors
 def add(app: App, name: str, clients_may_write: bool) -> None:
     """Create a Circle (only staff may write to it unless --clients-may-write)."""
+    from replygate.core import operations
+
     operations.add_circle(app.factory, name, clients_may_write=clients_may_write)
-    click.echo(f"added Circle {name}" + (" (clients may write)" if clients_may_write else ""))
+    say(f"added Circle {name}" + (" (clients may write)" if clients_may_write else ""))
 
 
 @group.command("set")
@@ -39,8 +41,10 @@ def add(app: App, name: str, clients_may_write: bool) -> None:
 @clean_errors
 def set_access(app: App, name: str, clients_may_write: bool) -> None:
     """Open a Circle to clients' messages, or make it staff-only again."""
+    from replygate.core import operations
+
     operations.set_circle_access(app.factory, name, clients_may_write=clients_may_write)
-    click.echo(f"{name}: " + ("clients may write" if clients_may_write else "staff only"))
+    say(f"{name}: " + ("clients may write" if clients_may_write else "staff only"))
 
 
 @group.command("add-member")
@@ -50,20 +54,27 @@ def set_access(app: App, name: str, clients_may_write: bool) -> None:
 @clean_errors
 def add_member(app: App, name: str, email: str) -> None:
     """Add a user to a Circle."""
+    from replygate.core import operations
+
     operations.add_member(app.factory, name, email)
-    click.echo(f"{email} is a member of {name}")
+    say(f"{email} is a member of {name}")
 
 
 @group.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @pass_app
 @clean_errors
 def list_circles(app: App, as_json: bool) -> None:
     """List Circles, who may write to them, and their members."""
+    from replygate.core import views
+
     rows = views.circles(app.factory)
-
-    def line(c: views.CircleRow) -> str:
-        access = "clients may write" if c.clients_may_write else "staff only"
-        return f"{c.name} ({access}): {', '.join(c.members) or '-'}"
-
-    emit(rows, as_json, lines(line(c) for c in rows))
+    text = table(
+        ("name", "who may write", "members"),
+        (
+            (c.name, "clients and staff" if c.clients_may_write else "staff only", c.members)
+            for c in rows
+        ),
+        empty="no Circles",
+    )
+    emit(rows, as_json, text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from replygate.cli import App, clean_errors, emit, lines, pass_app
+from replygate.cli.output import json_option, shown
 
 
 @click.group("config")
@@ -13,10 +14,10 @@ def group() -> None:
 
 
 @group.command("show")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @pass_app
 @clean_errors
 def show(app: App, as_json: bool) -> None:
     """Print the effective configuration, secrets masked."""
     data = app.settings.masked()
-    emit(data, as_json, lines(f"{k} = {v}" for k, v in data.items()))
+    emit(data, as_json, lines(f"{k} = {shown(v)}" for k, v in data.items()))

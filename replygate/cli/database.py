@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from replygate.cli import App, clean_errors, pass_app
+from replygate.cli import App, clean_errors, pass_app, say
 
 
 @click.group("db")
@@ -20,4 +20,4 @@ def upgrade(app: App) -> None:
     from replygate.store.db import current_revision, upgrade
 
     upgrade(app.settings.database_url)
-    click.echo(f"database at revision {current_revision(app.engine)}")
+    say(f"database at revision {current_revision(app.engine)}")

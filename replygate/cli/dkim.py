@@ -24,7 +24,13 @@ def group() -> None:
     help="Where to write the private key (default: <var_dir>/dkim/SELECTOR.pem).",
 )
 @click.option("--domain", help="The signing domain (default: that of notification_from).")
-@click.option("--bits", type=click.IntRange(1024, 4096), default=2048, show_default=True)
+@click.option(
+    "--bits",
+    type=click.IntRange(1024, 4096),
+    default=2048,
+    show_default=True,
+    help="Size of the RSA key.",
+)
 @pass_app
 @clean_errors
 def keygen(app: App, selector: str, key_path: Path | None, domain: str | None, bits: int) -> None:

@@ -7,8 +7,9 @@ import sys
 
 import click
 
-from replygate.cli import App, clean_errors, emit, lines, pass_app, say, shown
-from replygate.core import operations, views
+from replygate.cli import App, clean_errors, emit, pass_app, say, shown
+from replygate.cli.output import choice_of, json_option, plural, table
+from replygate.store.states import InboundStatus
 
 
 @click.group("queue")
@@ -17,13 +18,13 @@ def group() -> None:
 
 
 @group.command("list")
-@click.option("--status", help="Only mail with this status.")
+@click.option("--status", type=choice_of(InboundStatus), help="Only mail with this status.")
 @click.option("--older-than", "older_than", type=float, help="Received more than DAYS ago.")
 @click.option("--newer-than", "newer_than", type=float, help="Received within the last DAYS.")
 @click.option("--sender", help="Only mail with this envelope sender.")
 @click.option("--thread", "thread_id", type=int, help="Only mail filed into this thread.")
-@click.option("--limit", default=100, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", default=100, show_default=True, help="Show at most this many.")
+@json_option
 @pass_app
 @clean_errors
 def list_mail(
@@ -37,6 +38,8 @@ def list_mail(
     as_json: bool,
 ) -> None:
     """List inbound mail, newest first."""
+    from replygate.core import views
+
     rows = views.queue(
         app.factory,
         status=status,
@@ -47,28 +50,24 @@ def list_mail(
         thread_id=thread_id,
     )
 
-    def text() -> None:
-        if not rows:
-            say("no inbound mail")
-            return
-        say(f"{'ID':>6}  {'STATUS':<9} {'RECEIVED':<19}  {'FROM':<28} REASON")
-        for r in rows:
-            say(
-                f"{r.id:>6}  {r.status:<9} {r.received_at[:19]:<19}  "
-                f"{(r.mail_from or '<>')[:28]:<28} {r.reason or ''}"
-            )
-
+    text = table(
+        ("id", "status", "received", "from", "thread", "reason"),
+        ((r.id, r.status, r.received_at, r.mail_from or "<>", r.thread_id, r.reason) for r in rows),
+        empty="no inbound mail",
+    )
     emit(rows, as_json, text)
 
 
 @group.command("show")
 @click.argument("inbound_id", type=int)
 @click.option("--raw", is_flag=True, help="Print the original bytes only.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @pass_app
 @clean_errors
 def show(app: App, inbound_id: int, raw: bool, as_json: bool) -> None:
     """Show one inbound mail: envelope, headers, decisions, extracted reply (or --raw)."""
+    from replygate.core import views
+
     if raw:
         data = views.raw_mail(app.factory, inbound_id)
         shown(app, "queue show --raw", "inbound", inbound_id)
@@ -99,7 +98,12 @@ def show(app: App, inbound_id: int, raw: bool, as_json: bool) -> None:
 @pass_app
 @clean_errors
 def replay(app: App, ids: tuple[int, ...], failed: bool) -> None:
-    """Run mail through the engine again (filing stays exactly-once)."""
+    """Run mail through the engine again (filing stays exactly-once).
+
+    Each replay is a new decision in the mail's history; what was decided
+    before stays there (``queue explain``).
+    """
+    from replygate.core import operations
     from replygate.workers.inbound import InboundWorker
 
     if not ids and not failed:
@@ -131,6 +135,7 @@ def replay(app: App, ids: tuple[int, ...], failed: bool) -> None:
 @clean_errors
 def release(app: App, inbound_id: int) -> None:
     """File a held mail (an operator vouches for its sender)."""
+    from replygate.core import operations, views
     from replygate.workers.inbound import InboundWorker
 
     operations.release_held(app.factory, inbound_id)
@@ -141,33 +146,56 @@ def release(app: App, inbound_id: int) -> None:
 
 @group.command("reject")
 @click.argument("inbound_id", type=int)
-@click.option("--reason", default="rejected by an operator", show_default=True)
+@click.option(
+    "--reason",
+    default="rejected by an operator",
+    show_default=True,
+    help="Why, as the queue will show it.",
+)
 @pass_app
 @clean_errors
 def reject(app: App, inbound_id: int, reason: str) -> None:
     """Drop a held mail without filing it."""
+    from replygate.core import operations
+
     operations.reject_held(app.factory, inbound_id, reason)
     say(f"{inbound_id}: rejected")
 
 
 @group.command("explain")
 @click.argument("inbound_id", type=int)
+@json_option
 @pass_app
 @clean_errors
-def explain(app: App, inbound_id: int) -> None:
-    """Say in plain words what was decided about a mail, and why."""
-    for line in views.explain_mail(app.factory, inbound_id):
-        say(line)
+def explain(app: App, inbound_id: int, as_json: bool) -> None:
+    """Say in plain words what was decided about a mail, and why, every decision in order
+    (replays included)."""
+    from replygate.core import views
+
+    explained = views.explain_mail(app.factory, inbound_id)
+
+    def text() -> None:
+        for line in explained.explanation:
+            say(line)
+
+    emit(explained, as_json, text)
 
 
 @group.command("stats")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @pass_app
 @clean_errors
 def stats(app: App, as_json: bool) -> None:
     """Count inbound mail by status and reason."""
+    from replygate.core import views
+
     counts = views.queue_stats(app.factory)
-    emit(counts, as_json, lines(f"{c.count:>7}  {c.status:<9} {c.reason or ''}" for c in counts))
+    text = table(
+        ("count", "status", "reason"),
+        ((c.count, c.status, c.reason) for c in counts),
+        empty="no inbound mail",
+    )
+    emit(counts, as_json, text)
 
 
 @group.command("purge")
@@ -178,8 +206,8 @@ def stats(app: App, as_json: bool) -> None:
 @clean_errors
 def purge(app: App, older_than: float | None) -> None:
     """Delete raw mail past retention; filed messages and queue records stay."""
+    from replygate.core import operations
+
     purged = operations.purge_raw_mail(app.factory, app.settings, older_than)
-    say(
-        f"purged the raw bytes of {purged.count} mail(s) received more than "
-        f"{purged.days:g} days ago"
-    )
+    days = f"{purged.days:g} day" + ("" if purged.days == 1 else "s")
+    say(f"purged the raw bytes of {plural(purged.count, 'mail')} received more than {days} ago")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from replygate.cli import App, clean_errors, emit, pass_app
-from replygate.core import operations, views
+from replygate.cli import App, clean_errors, emit, pass_app, say
+from replygate.cli.output import choice_of, json_option, plural, table
+from replygate.store.states import OutboxStatus
 
 
 @click.group("outbox")
@@ -14,23 +15,24 @@ def group() -> None:
 
 
 @group.command("list")
-@click.option("--status", help="Only notifications with this status.")
-@click.option("--limit", default=100, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--status", type=choice_of(OutboxStatus), help="Only notifications with this status.")
+@click.option("--limit", default=100, show_default=True, help="Show at most this many.")
+@json_option
 @pass_app
 @clean_errors
 def list_notifications(app: App, status: str | None, limit: int, as_json: bool) -> None:
     """List notifications, newest first (never their content)."""
+    from replygate.core import views
+
     rows = views.notifications(app.factory, status=status, limit=limit)
-
-    def text() -> None:
-        if not rows:
-            click.echo("no notifications")
-        for r in rows:
-            click.echo(
-                f"{r.id:>6}  {r.status:<10} {r.kind:<7} {r.recipient:<32} {r.last_error or ''}"
-            )
-
+    text = table(
+        ("id", "status", "kind", "created", "attempts", "recipient", "last error"),
+        (
+            (r.id, r.status, r.kind, r.created_at, r.attempts, r.recipient, r.last_error)
+            for r in rows
+        ),
+        empty="no notifications",
+    )
     emit(rows, as_json, text)
 
 
@@ -41,7 +43,9 @@ def list_notifications(app: App, status: str | None, limit: int, as_json: bool) 
 @clean_errors
 def retry(app: App, ids: tuple[int, ...], failed: bool) -> None:
     """Queue failed notifications again (the outbound worker delivers them)."""
+    from replygate.core import operations
+
     if not ids and not failed:
         raise click.UsageError("give notification ids or --failed")
     n = operations.retry_notifications(app.factory, ids, all_failed=failed)
-    click.echo(f"{n} notification(s) queued again")
+    say(f"{plural(n, 'notification')} queued again")

@@ -1,4 +1,4 @@
-"""``replygate send``: a message from staff, one private thread per recipient."""
+"""``replygate send``: a message from staff or a client, one private thread per recipient."""
 
 from __future__ import annotations
 
@@ -6,21 +6,27 @@ import sys
 
 import click
 
-from replygate.cli import App, clean_errors, emit, pass_app
-from replygate.core.messaging import Messaging
+from replygate.cli import App, clean_errors, emit, pass_app, say
+from replygate.cli.output import json_option
 
 
 @click.command("send")
-@click.option("--from", "sender", required=True, help="Email of the staff author.")
+@click.option(
+    "--from",
+    "sender",
+    required=True,
+    help="Email of the author: staff, or a client (who may write to staff, and to a "
+    "Circle open to clients).",
+)
 @click.option("--to", "to", multiple=True, required=True, help="EMAIL or circle:NAME (repeat).")
-@click.option("--subject", required=True)
+@click.option("--subject", required=True, help="Subject of the new threads.")
 @click.option("--body", required=True, help="Message text; '-' reads it from stdin.")
 @click.option(
     "--read-receipt/--no-read-receipt",
     default=None,
     help="Tell the author when each recipient first opens it (default: the organisation's).",
 )
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @pass_app
 @clean_errors
 def send(
@@ -32,7 +38,9 @@ def send(
     read_receipt: bool | None,
     as_json: bool,
 ) -> None:
-    """Send a message: one private thread per recipient."""
+    """Send a message: one private thread per recipient (the same rules as the portal's compose)."""
+    from replygate.core.messaging import Messaging
+
     if body == "-":
         body = sys.stdin.read()
     result = Messaging(app.factory, app.settings).send(
@@ -45,6 +53,6 @@ def send(
 
     def text() -> None:
         for t, m in zip(result.threads, result.messages, strict=True):
-            click.echo(f"thread {t.id} with {t.recipient}: message {m}")
+            say(f"thread {t.id} with {t.recipient}: message {m}")
 
     emit(data, as_json, text)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from collections.abc import Coroutine
@@ -12,6 +11,7 @@ import click
 
 from replygate import logs
 from replygate.cli import App, clean_errors, pass_app
+from replygate.cli.output import plural
 from replygate.errors import StartupError
 
 
@@ -55,6 +55,8 @@ def _host_port(value: str | None, default_host: str, default_port: int) -> tuple
 
 
 def _run_async(coro: Coroutine[Any, Any, None]) -> None:
+    import asyncio
+
     try:
         import uvloop
 
@@ -144,7 +146,10 @@ def worker(app: App, once: bool, metrics: str | None) -> None:
     if once:
         _check_schema(app, migrate=False)
         filed, delivered = drain_once(app.settings, app.factory)
-        click.echo(f"processed {filed} inbound mail(s), delivered {delivered} notification(s)")
+        click.echo(
+            f"processed {plural(filed, 'inbound mail')}, "
+            f"delivered {plural(delivered, 'notification')}"
+        )
         return
     service = run_service(
         app.settings, app.factory, role="worker", metrics_addr=_metrics_addr(metrics)

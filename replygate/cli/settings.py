@@ -7,8 +7,9 @@ import dataclasses
 
 import click
 
-from replygate.cli import App, clean_errors, emit, lines, pass_app
-from replygate.core import operations, views
+from replygate.cli import App, clean_errors, emit, pass_app, say
+from replygate.cli.output import choice_of, fields, json_option, plural
+from replygate.store.states import DmarcPolicy, SenderPolicy
 
 
 @click.group("settings")
@@ -17,13 +18,15 @@ def group() -> None:
 
 
 @group.command("show")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @pass_app
 @clean_errors
 def show(app: App, as_json: bool) -> None:
     """Show the organisation's settings."""
+    from replygate.core import views
+
     data = dataclasses.asdict(views.organisation_settings(app.factory, app.settings))
-    emit(data, as_json, lines(f"{k}: {v}" for k, v in data.items()))
+    emit(data, as_json, fields(data))
 
 
 @group.command("organisation-name")
@@ -32,8 +35,10 @@ def show(app: App, as_json: bool) -> None:
 @clean_errors
 def organisation_name(app: App, name: str) -> None:
     """Rename the organisation (the name notifications and the portal show)."""
+    from replygate.core import operations
+
     kept = operations.rename_organisation(app.factory, app.settings, name)
-    click.echo(f"organisation name: {kept}")
+    say(f"organisation name: {kept}")
 
 
 @group.command("convenience")
@@ -48,6 +53,8 @@ def organisation_name(app: App, name: str) -> None:
 @clean_errors
 def convenience(app: App, state: str, acknowledge_hipaa: bool, acknowledged_by: str | None) -> None:
     """Switch Convenience Mode (reply by email) on or off."""
+    from replygate.core import operations
+
     voided = operations.set_convenience_mode(
         app.factory,
         app.settings,
@@ -56,30 +63,35 @@ def convenience(app: App, state: str, acknowledge_hipaa: bool, acknowledged_by: 
         acknowledge_hipaa=acknowledge_hipaa,
     )
     if state == "on":
-        click.echo("Convenience Mode is on: notifications carry content and accept replies.")
+        say("Convenience Mode is on: notifications carry content and accept replies.")
     else:
-        click.echo(f"Convenience Mode is off: {voided} outstanding reply address(es) voided.")
+        addresses = plural(voided, "outstanding reply address", "outstanding reply addresses")
+        say(f"Convenience Mode is off: {addresses} voided.")
 
 
 @group.command("sender-policy")
-@click.argument("policy", type=click.Choice(operations.SENDER_POLICIES))
+@click.argument("policy", type=choice_of(SenderPolicy))
 @pass_app
 @clean_errors
 def sender_policy(app: App, policy: str) -> None:
     """What to do with a reply whose From is not the token's recipient."""
+    from replygate.core import operations
+
     operations.set_sender_policy(app.factory, app.settings, policy)
-    click.echo(f"sender policy: {policy}")
+    say(f"sender policy: {policy}")
 
 
 @group.command("dmarc-policy")
-@click.argument("policy", type=click.Choice(operations.DMARC_POLICIES))
+@click.argument("policy", type=choice_of(DmarcPolicy))
 @pass_app
 @clean_errors
 def dmarc_policy(app: App, policy: str) -> None:
     """Refuse replies whose From domain a trusted relay says failed DMARC (reject-fail),
     or also those it does not say passed (require-pass)."""
+    from replygate.core import operations
+
     operations.set_dmarc_policy(app.factory, app.settings, policy)
-    click.echo(f"DMARC policy: {policy}")
+    say(f"DMARC policy: {policy}")
 
 
 @group.command("read-receipts")
@@ -88,8 +100,10 @@ def dmarc_policy(app: App, policy: str) -> None:
 @clean_errors
 def read_receipts(app: App, state: str) -> None:
     """Whether "Tell me when it is read" starts ticked at compose and reply."""
+    from replygate.core import operations
+
     operations.set_read_receipts_default(app.factory, app.settings, state == "on")
-    click.echo(f"read receipts by default: {state}")
+    say(f"read receipts by default: {state}")
 
 
 @group.command("reminder-delay")
@@ -99,5 +113,7 @@ def read_receipts(app: App, state: str) -> None:
 def reminder_delay(app: App, delay: str) -> None:
     """Remind a recipient once of a message unread in the portal after DELAY
     (90s, 30m, 24h, 2d; 0 for no reminders). Messages sent before keep theirs."""
+    from replygate.core import operations
+
     seconds = operations.set_reminder_delay(app.factory, app.settings, delay)
-    click.echo(f"reminder delay: {seconds} s" if seconds else "reminders: off")
+    say(f"reminder delay: {plural(seconds, 'second')}" if seconds else "reminders: off")

@@ -5,8 +5,7 @@ from __future__ import annotations
 import click
 
 from replygate.cli import App, clean_errors, emit, pass_app, say, shown
-from replygate.core import person_threads, views
-from replygate.core.placement import InboxFilter
+from replygate.cli.output import json_option, plural, table
 
 
 @click.group("threads")
@@ -16,16 +15,12 @@ def group() -> None:
 
 @group.command("list")
 @click.option("--user", "email", metavar="EMAIL", help="This person's threads, as their inbox.")
-@click.option(
-    "--unread", "view", flag_value=InboxFilter.UNREAD.value, help="Unread (needs --user)."
-)
-@click.option(
-    "--pinned", "view", flag_value=InboxFilter.PINNED.value, help="Pinned (needs --user)."
-)
-@click.option(
-    "--archived", "view", flag_value=InboxFilter.ARCHIVED.value, help="Archived (needs --user)."
-)
-@click.option("--json", "as_json", is_flag=True)
+# The values of ``core.placement.InboxFilter``, checked there (importing it here
+# would load the database layer for every ``--help``).
+@click.option("--unread", "view", flag_value="unread", help="Unread (needs --user).")
+@click.option("--pinned", "view", flag_value="pinned", help="Pinned (needs --user).")
+@click.option("--archived", "view", flag_value="archived", help="Archived (needs --user).")
+@json_option
 @pass_app
 @clean_errors
 def list_threads(app: App, email: str | None, view: str | None, as_json: bool) -> None:
@@ -34,50 +29,63 @@ def list_threads(app: App, email: str | None, view: str | None, as_json: bool) -
     Without a filter, --user lists that person's inbox (archived threads left out).
     """
     if email is None:
+        from replygate.core import views
+
         if view is not None:
             raise click.UsageError(f"--{view} needs --user EMAIL: whose {view} threads?")
         rows = views.threads(app.factory)
-
-        def text() -> None:
-            for t in rows:
-                say(
-                    f"{t.id:>5}  {t.subject[:40]:<40}  {', '.join(t.participants)}  "
-                    f"({t.messages} messages)"
-                )
-
+        text = table(
+            ("id", "last activity", "messages", "subject", "participants"),
+            ((t.id, t.last_activity_at, t.messages, t.subject[:40], t.participants) for t in rows),
+            empty="no threads",
+        )
         emit(rows, as_json, text)
         return
+    from replygate.core import person_threads
+    from replygate.core.placement import InboxFilter
+
     mine = person_threads.threads_of(app.factory, email, InboxFilter(view or InboxFilter.ALL))
-
-    def person_text() -> None:
-        for t in mine:
-            marks = " ".join(m for m, on in (("pinned", t.pinned), ("archived", t.archived)) if on)
-            unread = f"{t.unread} unread" if t.unread else ""
-            say(
-                f"{t.id:>5}  {t.subject[:40]:<40}  {', '.join(t.with_people)}  "
-                + "  ".join(part for part in (unread, marks) if part)
+    person_text = table(
+        ("id", "last activity", "unread", "pinned", "archived", "subject", "with"),
+        (
+            (
+                t.id,
+                t.last_activity_at,
+                t.unread,
+                t.pinned,
+                t.archived,
+                t.subject[:40],
+                t.with_people,
             )
-
+            for t in mine
+        ),
+        empty=f"no {view} threads" if view else "no threads",
+    )
     emit(mine, as_json, person_text)
 
 
 @group.command("show")
 @click.argument("thread_id", type=int)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @pass_app
 @clean_errors
 def show(app: App, thread_id: int, as_json: bool) -> None:
     """Show a thread with every message."""
+    from replygate.core import views
+
     thread = views.thread(app.factory, thread_id)
     shown(app, "threads show", "thread", thread_id, thread_id)
 
     def text() -> None:
         say(f"thread {thread.id}: {thread.subject}")
         say(f"participants: {', '.join(thread.participants)}")
+        say(plural(len(thread.messages), "message"))
         for m in thread.messages:
             say(f"\n--- message {m.id} from {m.author} via {m.source}, {m.created_at}")
             say(m.body)
             for a in m.attachments:
-                say(f"[attachment {a.id}: {a.filename}, {a.content_type}, {a.size} bytes]")
+                say(
+                    f"[attachment {a.id}: {a.filename}, {a.content_type}, {plural(a.size, 'byte')}]"
+                )
 
     emit(thread, as_json, text)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from replygate.cli import App, clean_errors, emit, lines, pass_app
-from replygate.core import operations, views
+from replygate.cli import App, clean_errors, emit, pass_app, say
+from replygate.cli.output import fields, json_option
 
 
 @click.group("tokens")
@@ -15,14 +15,16 @@ def group() -> None:
 
 @group.command("inspect")
 @click.argument("address")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @pass_app
 @clean_errors
 def inspect(app: App, address: str, as_json: bool) -> None:
     """Say what a reply address names, whether it is accepted now, and its fingerprint
     (how log lines name it: ``reply+fp:<fingerprint>@…``)."""
+    from replygate.core import views
+
     data = views.reply_address(app.factory, app.settings, address)
-    emit(data, as_json, lines(f"{k}: {v}" for k, v in data.items()))
+    emit(data, as_json, fields(data))
 
 
 @group.command("revoke")
@@ -31,5 +33,7 @@ def inspect(app: App, address: str, as_json: bool) -> None:
 @clean_errors
 def revoke(app: App, address: str) -> None:
     """Revoke one reply address."""
+    from replygate.core import operations
+
     operations.revoke_reply_address(app.factory, app.settings, address)
-    click.echo(f"revoked {address}")
+    say(f"revoked {address}")

@@ -6,9 +6,9 @@ import sys
 
 import click
 
-from replygate.cli import App, clean_errors, emit, lines, pass_app
-from replygate.core import operations, sessions, views
-from replygate.store.models import UserRole
+from replygate.cli import App, clean_errors, emit, pass_app, say
+from replygate.cli.output import choice_of, json_option, plural, table
+from replygate.store.states import UserRole
 
 
 @click.group("users")
@@ -18,19 +18,21 @@ def group() -> None:
 
 @group.command("add")
 @click.argument("email")
-@click.option("--name", required=True)
-@click.option("--role", type=click.Choice([role.value for role in UserRole]), required=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--name", required=True, help="The person's name, as the portal shows it.")
+@click.option("--role", type=choice_of(UserRole), required=True, help="What the person may do.")
+@json_option
 @pass_app
 @clean_errors
 def add(app: App, email: str, name: str, role: str, as_json: bool) -> None:
     """Add a user."""
+    from replygate.core import operations
+
     user = operations.add_user(app.factory, app.settings, email, name, role)
-    emit(user, as_json, lambda: click.echo(f"added {role} {user.email} (id {user.id})"))
+    emit(user, as_json, lambda: say(f"added {role} {user.email} (id {user.id})"))
 
 
 @group.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @pass_app
 @clean_errors
 def list_users(app: App, as_json: bool) -> None:
@@ -39,21 +41,25 @@ def list_users(app: App, as_json: bool) -> None:
     A suppressed staff or admin address is marked and warned about at the
     end: that person hears of no new message until it is reset.
     """
+    from replygate.core import views
+
     rows = views.users(app.factory)
+    listing = table(
+        ("id", "role", "email", "name", "address", "notified"),
+        ((u.id, u.role, u.email, u.name, u.address_status, not u.staff_suppressed) for u in rows),
+        empty="no users",
+    )
 
     def text() -> None:
-        for u in rows:
-            mark = "  <- not notified" if u.staff_suppressed else ""
-            click.echo(
-                f"{u.id:>5}  {u.role:<6}  {u.email:<36} {u.name:<24} {u.address_status}{mark}"
-            )
+        listing()
         for u in rows:
             if u.staff_suppressed:
                 days = ", ".join(u.bounce_days) or "unknown days"
-                click.echo(
-                    f"warning: {u.role} {u.email} is suppressed after {u.bounce_count} hard "
-                    f"bounces ({days}) and gets no notifications; check the address, then "
-                    f"run 'replygate users reset-bounces {u.email}'"
+                say(
+                    f"warning: {u.role} {u.email} is suppressed after "
+                    f"{plural(u.bounce_count, 'hard bounce')} ({days}) and gets no "
+                    f"notifications; check the address, then run "
+                    f"'replygate users reset-bounces {u.email}'"
                 )
 
     emit(rows, as_json, text)
@@ -65,12 +71,14 @@ def list_users(app: App, as_json: bool) -> None:
 @clean_errors
 def set_password(app: App, email: str) -> None:
     """Set a portal password (read from stdin when piped, else prompted)."""
+    from replygate.core import operations
+
     if sys.stdin.isatty():
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     else:
         password = sys.stdin.readline().rstrip("\r\n")
     stored = operations.set_password(app.factory, app.settings, email, password)
-    click.echo(f"password set for {stored}")
+    say(f"password set for {stored}")
 
 
 @group.command("reset-bounces")
@@ -79,27 +87,28 @@ def set_password(app: App, email: str) -> None:
 @clean_errors
 def reset_bounces(app: App, email: str) -> None:
     """Mark an address good again after its bounces were dealt with."""
+    from replygate.core import operations
+
     stored = operations.reset_bounces(app.factory, email)
-    click.echo(f"{stored}: address ok, notifications resume")
+    say(f"{stored}: address ok, notifications resume")
 
 
 @group.command("sessions")
 @click.argument("email")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @pass_app
 @clean_errors
 def list_sessions(app: App, email: str, as_json: bool) -> None:
     """A user's live portal sessions: fingerprint, started, last seen, address, browser."""
+    from replygate.core import sessions
+
     rows = sessions.sessions_of(app.factory, app.settings, email)
-    emit(
-        rows,
-        as_json,
-        lines(
-            f"{s.fingerprint}  {s.created_at:%Y-%m-%d %H:%M}  {s.last_seen_at:%Y-%m-%d %H:%M}"
-            f"  {s.address:<39}  {s.user_agent}"
-            for s in rows
-        ),
+    text = table(
+        ("fingerprint", "started", "last seen", "address", "browser"),
+        ((s.fingerprint, s.created_at, s.last_seen_at, s.address, s.user_agent) for s in rows),
+        empty="no live sessions",
     )
+    emit(rows, as_json, text)
 
 
 @group.command("logout")
@@ -108,5 +117,7 @@ def list_sessions(app: App, email: str, as_json: bool) -> None:
 @clean_errors
 def logout(app: App, email: str) -> None:
     """End every portal session of a user at once."""
+    from replygate.core import sessions
+
     ended = sessions.log_out_everywhere(app.factory, app.settings, email)
-    click.echo(f"{email}: {ended} session(s) ended")
+    say(f"{email}: {plural(ended, 'session')} ended")

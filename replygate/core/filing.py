@@ -351,6 +351,16 @@ class Filing:
             attachments=[FileUpload(f.filename, f.content_type, f.payload) for f in files],
         )
         if message is None:
+            own = inbound.filed_message(session, row.id)
+            if own is not None:
+                # A replay of mail filed before: the replay is a decision of its own in
+                # the history, and the reason the mail had stays as it was.
+                return self._finish(
+                    row,
+                    InboundStatus.FILED,
+                    row.reason,
+                    dataclasses.replace(layers, duplicate=True, message=own),
+                )
             reason = "already filed (same Message-ID delivered again)"
             return self._finish(
                 row, InboundStatus.FILED, reason, dataclasses.replace(layers, duplicate=True)

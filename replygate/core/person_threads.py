@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.core import inbox
 from replygate.core.placement import InboxFilter
+from replygate.mail.timestamps import iso_z
 from replygate.store import directory
 from replygate.store.models import ThreadParticipant, User
 
@@ -51,7 +52,7 @@ def threads_of(
                 unread=r.unread,
                 pinned=r.pinned,
                 archived=r.archived,
-                last_activity_at=r.last_activity_at.isoformat(),
+                last_activity_at=iso_z(r.last_activity_at),
             )
             for r in rows
         ]

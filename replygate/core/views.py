@@ -5,7 +5,8 @@ Each row is a frozen dataclass of strings, numbers and lists, detached from
 the ORM, so a caller prints or serialises it after the session has closed.
 Field order is the order of the command line's ``--json`` output, which is a
 contract. Statuses and roles are returned as their plain strings, whether the
-model holds strings or string enums.
+model holds strings or string enums. Times are ISO 8601 UTC strings ending in
+``Z`` (``mail.timestamps.iso_z``), the one form the command line shows.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from replygate.core import receipts, routing
 from replygate.errors import InboundRefused, NotFound
 from replygate.mail import reply_token
 from replygate.mail.decisions import explain
+from replygate.mail.timestamps import iso_z
 from replygate.store import directory, inbound, outbox, tokens
 from replygate.store.db import transaction
 from replygate.store.models import (
@@ -184,7 +186,7 @@ def threads(factory: sessionmaker[Session]) -> list[ThreadRow]:
                 subject=t.subject,
                 participants=[p.user.email for p in t.participants],
                 messages=len(t.messages),
-                last_activity_at=t.last_activity_at.isoformat(),
+                last_activity_at=iso_z(t.last_activity_at),
             )
             for t in found
         ]
@@ -235,7 +237,7 @@ def thread(factory: sessionmaker[Session], thread_id: int) -> ThreadDetail:
                     author=m.author.email,
                     body=m.body,
                     source=plain(m.source),
-                    created_at=m.created_at.isoformat(),
+                    created_at=iso_z(m.created_at),
                     attachments=[
                         AttachmentRow(
                             id=a.id, filename=a.filename, content_type=a.content_type, size=a.size
@@ -287,7 +289,7 @@ def _queue_fields(row: InboundMail) -> dict[str, Any]:
         "mail_from": row.mail_from,
         "rcpt": row.rcpt,
         "message_id": row.message_id,
-        "received_at": row.received_at.isoformat(),
+        "received_at": iso_z(row.received_at),
         "attempts": row.attempts,
         "thread_id": row.thread_id,
         "size": row.size,
@@ -359,11 +361,24 @@ def explanation(row: QueueRow, decisions: list[dict[str, Any]]) -> list[str]:
     return explain(asdict(row), decisions)
 
 
-def explain_mail(factory: sessionmaker[Session], inbound_id: int) -> list[str]:
-    """``explanation`` of one queued mail, read by id."""
+@dataclass(frozen=True)
+class QueueExplanation(QueueRow):
+    """A queue row, its decisions as stored (oldest first, replays included), and in words."""
+
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    explanation: list[str] = field(default_factory=list)
+
+
+def explain_mail(factory: sessionmaker[Session], inbound_id: int) -> QueueExplanation:
+    """What was decided about one queued mail, read by id: the records and ``explanation``."""
     with factory() as session:
         row = inbound.get(session, inbound_id)
-        return explanation(_queue_row(row), list(row.decisions or []))
+        fields, decisions = _queue_fields(row), list(row.decisions or [])
+    return QueueExplanation(
+        **fields,
+        decisions=decisions,
+        explanation=explanation(QueueRow(**fields), decisions),
+    )
 
 
 @dataclass(frozen=True)
@@ -406,8 +421,8 @@ def _outbox_row(r: OutboxMessage) -> OutboxRow:
         thread_id=r.thread_id,
         attempts=r.attempts,
         last_error=r.last_error,
-        created_at=r.created_at.isoformat(),
-        sent_at=r.sent_at.isoformat() if r.sent_at else None,
+        created_at=iso_z(r.created_at),
+        sent_at=iso_z(r.sent_at),
     )
 
 
@@ -441,9 +456,9 @@ def reply_address(
             data.update(
                 thread=row.thread_id,
                 recipient=row.user.email,
-                created_at=row.created_at.isoformat(),
-                expires_at=row.expires_at.isoformat(),
-                revoked_at=row.revoked_at.isoformat() if row.revoked_at else None,
+                created_at=iso_z(row.created_at),
+                expires_at=iso_z(row.expires_at),
+                revoked_at=iso_z(row.revoked_at),
             )
         try:
             routing.resolve(

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
+from replygate.mail.timestamps import iso_z
+
 
 class Stage(StrEnum):
     RCPT = "rcpt"
@@ -182,8 +184,13 @@ class OperatorAction(Decision):
 
 @dataclass(frozen=True)
 class Replayed(Decision):
+    """An operator replayed the mail: what it was (``previous`` status and ``reason``) stays
+    here, since the replay's own outcome is a decision after this one."""
+
     stage = Stage.REPLAY
     at: str
+    previous: str | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -253,7 +260,7 @@ def explain(row: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> lis
     """Plain-words account of what happened to one inbound mail (``queue explain``)."""
     lines = [
         f"Mail {row['id']} from {row['mail_from'] or '<> (a bounce)'} to {row['rcpt']}, "
-        f"received {row['received_at'][:19]} UTC, {row['size']} bytes.",
+        f"received {iso_z(row['received_at'])}, {row['size']} bytes.",
     ]
     lines.extend("- " + sentence(from_record(r)) for r in records)
     final = f"Now {row['status']}"
@@ -266,8 +273,8 @@ def sentence(d: Decision) -> str:
     match d:
         case RecipientAccepted():
             return f"The gateway accepted the recipient ({_fields(d)})."
-        case Stored() | AttachmentsRefused():
-            return f"{d.stage}: {_fields(d)}"
+        case Stored():
+            return f"The gateway stored the message before answering 250 (via {d.via})."
         case Authenticated():
             text = (
                 f"The gateway checked the sender's domain as {d.authserv_id}: SPF {d.spf}, "
@@ -275,7 +282,9 @@ def sentence(d: Decision) -> str:
             )
             return text + (f" (the domain's policy: {d.policy})." if d.policy else ".")
         case DataChecked():
-            return f"The gateway stored the message before answering 250 ({_fields(d)})."
+            return f"The gateway checked the {d.check} at DATA ({_fields(d, 'check')})."
+        case AttachmentsRefused():
+            return "The attachments were refused by the attachment policy."
         case Classified():
             text = f"Classified as {d.kind}: {'; '.join(d.reasons) or d.kind}."
             a = d.address
@@ -307,6 +316,9 @@ def sentence(d: Decision) -> str:
                     f"; {d.fallback}, so the text with only the quote removed"
                     " (signature kept) was filed instead"
                 )
+            if d.duplicate and d.message:
+                filed = f"this mail was filed already as message {d.message}"
+                return text + f"; {filed}, so nothing new was filed."
             if d.duplicate:
                 return text + "; the same mail had been filed already, so nothing new was filed."
             if d.message:
@@ -314,10 +326,13 @@ def sentence(d: Decision) -> str:
             return text + "."
         case OperatorAction():
             return f"An operator chose to {d.action} it."
+        case Replayed(previous=str() as previous):
+            was = f"{previous}: {d.reason}" if d.reason else previous
+            return f"Replayed by an operator at {iso_z(d.at)} (it was {was})."
         case Replayed():
-            return f"Replayed by an operator at {d.at[:19]}."
+            return f"Replayed by an operator at {iso_z(d.at)}."
         case TakenBack():
-            return f"Taken back at {d.at[:19]} from {d.owner}, a worker that was gone."
+            return f"Taken back at {iso_z(d.at)} from {d.owner}, a worker that was gone."
         case Failed():
             return f"Processing failed: {d.error}."
         case Unknown(record=record):
@@ -327,5 +342,6 @@ def sentence(d: Decision) -> str:
     raise AssertionError(f"no sentence for {d!r}")
 
 
-def _fields(d: Decision) -> str:
-    return ", ".join(f"{k}={v}" for k, v in d.to_record().items() if k != "stage")
+def _fields(d: Decision, *left_out: str) -> str:
+    shown = d.to_record().items()
+    return ", ".join(f"{k}={v}" for k, v in shown if k != "stage" and k not in left_out)

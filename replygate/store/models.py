@@ -25,61 +25,16 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from replygate.store.base import NAMING, Base, UTCDateTime, utcnow
 
-
-class UserRole(StrEnum):
-    """What a person may do in the portal; staff and admins see every client."""
-
-    ADMIN = "admin"
-    STAFF = "staff"
-    CLIENT = "client"
-
-
-class AddressStatus(StrEnum):
-    """Whether notifications still go to a person's address (hard bounces count)."""
-
-    OK = "ok"
-    FAILING = "failing"
-    SUPPRESSED = "suppressed"
-
-
-class MessageSource(StrEnum):
-    PORTAL = "portal"
-    EMAIL = "email"
-
-
-class SenderPolicy(StrEnum):
-    """What happens to a reply whose From is not the person its address names."""
-
-    REJECT = "reject"
-    HOLD = "hold"
-
-
-class DmarcPolicy(StrEnum):
-    """How trusted Authentication-Results decide: refuse a reported failure, or demand a pass."""
-
-    REJECT_FAIL = "reject-fail"
-    REQUIRE_PASS = "require-pass"
-
-
-class InboundStatus(StrEnum):
-    """Where one accepted inbound mail stands; the last five are final but replayable."""
-
-    QUEUED = "queued"
-    PROCESSING = "processing"
-    FILED = "filed"
-    HELD = "held"
-    REJECTED = "rejected"
-    IGNORED = "ignored"
-    FAILED = "failed"
-
-
-class OutboxStatus(StrEnum):
-    QUEUED = "queued"
-    SENDING = "sending"
-    SENT = "sent"
-    FAILED = "failed"
-    SUPPRESSED = "suppressed"
-
+# The states live apart so that reading them needs no SQLAlchemy; found here as before.
+from replygate.store.states import (
+    AddressStatus,
+    DmarcPolicy,
+    InboundStatus,
+    MessageSource,
+    OutboxStatus,
+    SenderPolicy,
+    UserRole,
+)
 
 # One day: how long a message may stay unread in the portal before its one reminder.
 DEFAULT_REMINDER_DELAY_SECONDS = 86_400

@@ -33,7 +33,7 @@ def test_settings_send_and_threads_show_read_by(
     run(env, "users", "add", "dana@staff.test", "--name", "Dana", "--role", "staff")
     run(env, "users", "add", "cleo@example.com", "--name", "Cleo", "--role", "client")
     assert "read receipts by default: on" in run(env, "settings", "read-receipts", "on")
-    assert "reminder delay: 1800 s" in run(env, "settings", "reminder-delay", "30m")
+    assert "reminder delay: 1800 seconds" in run(env, "settings", "reminder-delay", "30m")
     assert "reminders: off" in run(env, "settings", "reminder-delay", "0")
     assert "not a delay" in run(env, "settings", "reminder-delay", "soon", code=1)
     run(env, "settings", "reminder-delay", "2d")

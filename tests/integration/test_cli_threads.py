@@ -91,10 +91,11 @@ def test_a_persons_inbox_and_its_filters(
     assert len(carol) == 4 and not any(r["pinned"] or r["archived"] for r in carol)
     assert len(_listed(env, "--user", people.client1, "--unread")) == 3
 
-    text = run(env, "threads", "list", "--user", people.staff).output.splitlines()
-    assert len(text) == 3
-    assert "pinned" in text[0] and people.client1 in text[0]
-    assert "1 unread" in text[1]
+    header, *text = run(env, "threads", "list", "--user", people.staff).output.splitlines()
+    assert header.split()[:6] == ["ID", "LAST", "ACTIVITY", "UNREAD", "PINNED", "ARCHIVED"]
+    assert len(text) == 3 and people.client1 in text[0]
+    assert text[0].split()[2:6] == ["0", "yes", "no", "pinned"]
+    assert text[1].split()[2:6] == ["1", "no", "no", "answered"]
     # Without --user, every thread, as before.
     assert len(_listed(env)) == 4
 

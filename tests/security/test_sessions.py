@@ -208,7 +208,7 @@ def test_users_logout_ends_a_live_browser_session(
 
     done = CliRunner().invoke(main, ["users", "logout", people.client1], env=env)
     assert done.exit_code == 0, done.output
-    assert "1 session(s) ended" in done.output
+    assert "1 session ended" in done.output
     assert not reads_inbox(browser)
     assert reads_inbox(other)  # nobody else is logged out
 

@@ -122,7 +122,12 @@ def test_replaying_every_failed_mail_files_it_once_and_leaves_the_rest(
         s.execute(update(InboundMail).where(InboundMail.id == other).values(status="ignored"))
     requeued = operations.requeue_inbound(sessions, all_failed=True)
     assert requeued == [operations.Requeued(failed, "failed")]
-    assert _row(sessions, failed).decisions[-1]["event"] == "replay"
+    replay = _row(sessions, failed).decisions[-1]
+    assert (replay["stage"], replay["previous"], replay["reason"]) == (
+        "replay",
+        "failed",
+        "extractor exploded",
+    )
     assert _row(sessions, other).status == "ignored"
 
     worker = InboundWorker(sessions, settings)
