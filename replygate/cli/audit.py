@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import click
 
 from replygate.cli import App, clean_errors, emit, pass_app, say
-from replygate.core import audit
+from replygate.cli.output import json_option, plural, table
 
 
 def _since(value: str | None) -> datetime | None:
@@ -29,7 +29,7 @@ def group() -> None:
 
 
 @group.command("verify")
-@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
+@json_option
 @pass_app
 @clean_errors
 def verify(app: App, as_json: bool) -> None:
@@ -38,6 +38,8 @@ def verify(app: App, as_json: bool) -> None:
     The head (seq and MAC) printed on success can be kept elsewhere: a trail
     cut short after it would end before it.
     """
+    from replygate.core import audit
+
     verdict = audit.verify(app.factory, app.settings)
     data = {
         "intact": verdict.intact,
@@ -49,7 +51,7 @@ def verify(app: App, as_json: bool) -> None:
     }
     if verdict.intact:
         emit(data, as_json, lambda: say(
-            f"intact: {verdict.checked} rows, head {verdict.head_seq} {verdict.head_mac}"
+            f"intact: {plural(verdict.checked, 'row')}, head {verdict.head_seq} {verdict.head_mac}"
             if verdict.checked else "intact: the trail is empty"
         ))  # fmt: skip
         return
@@ -74,13 +76,15 @@ def verify(app: App, as_json: bool) -> None:
 @click.option(
     "--limit", type=int, default=200, show_default=True, help="At most this many, newest first."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@json_option
 @pass_app
 @clean_errors
 def list_events(
     app: App, user: str | None, thread_id: int | None, since: str | None, limit: int, as_json: bool
 ) -> None:
     """The newest rows of the trail."""
+    from replygate.core import audit
+
     try:
         rows = audit.events(
             app.factory, user=user, thread_id=thread_id, since=_since(since), limit=limit,
@@ -89,19 +93,21 @@ def list_events(
     except audit.UnknownUser as exc:
         raise click.ClickException(f"no user with email {exc.args[0]}") from None
 
-    def text() -> None:
-        if not rows:
-            say("no audit events")
-            return
-        say(f"{'SEQ':>6}  {'AT':<24}  {'ACTOR':<30}  {'ACTION':<22}  {'OBJECT':<16}  OUTCOME")
-        for row in rows:
-            shown = f"{row.object_kind}:{row.object_id}" if row.object_kind else "-"
-            at = row.at.strftime("%Y-%m-%dT%H:%M:%SZ")
-            say(
-                f"{row.seq:>6}  {at:<24}  {row.actor:<30}  {row.action:<22}  {shown:<16}  "
-                f"{row.outcome}"
+    text = table(
+        ("seq", "at", "actor", "action", "object", "outcome"),
+        (
+            (
+                row.seq,
+                row.at,
+                row.actor,
+                row.action,
+                f"{row.object_kind}:{row.object_id}" if row.object_kind else None,
+                row.outcome,
             )
-
+            for row in rows
+        ),
+        empty="no audit events",
+    )
     emit([row.to_json() for row in rows], as_json, text)
 
 
@@ -113,6 +119,8 @@ def list_events(
 @clean_errors
 def export(app: App, fmt: str, since: str | None) -> None:
     """Every row of the trail, oldest first, to standard output."""
+    from replygate.core import audit
+
     rows = audit.iter_events(app.factory, since=_since(since))
     for line in audit.export_lines(rows, fmt):
         click.echo(line, nl=False)
@@ -127,6 +135,8 @@ def export(app: App, fmt: str, since: str | None) -> None:
 @clean_errors
 def purge(app: App) -> None:
     """Remove rows older than ``audit_retention_days`` (six years by default), leaving an anchor."""
+    from replygate.core import audit
+
     removed = audit.purge(app.factory, app.settings, audit.Actor.operator())
     days = app.settings.audit_retention_days
-    say(f"removed {removed} audit {'event' if removed == 1 else 'events'} older than {days} days")
+    say(f"removed {plural(removed, 'audit event')} older than {plural(days, 'day')}")
