@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -42,7 +43,14 @@ from replygate.mail.parse import Attachment, ParsedMail, parse_message
 from replygate.mail.policy import check_dmarc, files_to_keep, sender_mismatch
 from replygate.store import dialect, directory, inbound, tokens
 from replygate.store.db import transaction
-from replygate.store.models import DmarcPolicy, InboundMail, InboundStatus, SenderPolicy, utcnow
+from replygate.store.models import (
+    DmarcPolicy,
+    InboundMail,
+    InboundStatus,
+    Message,
+    SenderPolicy,
+    utcnow,
+)
 
 log = get_logger("replygate.engine")
 
@@ -351,7 +359,7 @@ class Filing:
             attachments=[FileUpload(f.filename, f.content_type, f.payload) for f in files],
         )
         if message is None:
-            own = inbound.filed_message(session, row.id)
+            own = _filed_from(session, row.id)
             if own is not None:
                 # A replay of mail filed before: the replay is a decision of its own in
                 # the history, and the reason the mail had stays as it was.
@@ -398,3 +406,10 @@ class Filing:
             status = InboundStatus.FAILED
         inbound.record(row, status, reason, Failed(reason).to_record())
         return Outcome(row.id, status, reason)
+
+
+def _filed_from(session: Session, inbound_id: int) -> int | None:
+    """The message this queue row filed, if it filed one (a replay of filed mail finds it)."""
+    return session.scalars(
+        select(Message.id).where(Message.inbound_id == inbound_id).order_by(Message.id)
+    ).first()

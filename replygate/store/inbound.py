@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 from replygate.errors import Invalid, NotFound
 from replygate.store import dialect
 from replygate.store.db import bound_engine, transaction, updated
-from replygate.store.models import InboundMail, InboundStatus, Message, utcnow
+from replygate.store.models import InboundMail, InboundStatus, utcnow
 
 # The PostgreSQL channel notified when mail is queued; engines LISTEN on it.
 CHANNEL = "replygate_inbound"
@@ -515,23 +515,16 @@ def requeue(session: Session, ids: Sequence[int]) -> list[int]:
         row = get(session, inbound_id)
         if row.raw is None:
             raise Invalid(f"mail {inbound_id} was purged; its raw bytes are gone")
-        # The replay is a decision of its own, keeping what the mail was; the reason
-        # stays on the row until the replay's outcome is recorded after it.
-        replay = {"stage": "replay", "at": utcnow().isoformat(), "previous": str(row.status)}
-        if row.reason:
-            replay["reason"] = row.reason
+        # A decision of its own that keeps what the mail was (status, reason).
+        was = {"previous": str(row.status)} | ({"reason": row.reason} if row.reason else {})
         row.status = InboundStatus.QUEUED
         row.claimed_at = row.claimed_by = None
-        row.decisions = [*(row.decisions or []), replay]
+        row.decisions = [
+            *(row.decisions or []),
+            {"stage": "replay", "at": utcnow().isoformat(), **was},
+        ]
         done.append(inbound_id)
     return done
-
-
-def filed_message(session: Session, inbound_id: int) -> int | None:
-    """The message this queue row filed, if it filed one (a replay of filed mail finds it)."""
-    return session.scalars(
-        select(Message.id).where(Message.inbound_id == inbound_id).order_by(Message.id)
-    ).first()
 
 
 def failed_ids(session: Session) -> list[int]:
