@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
-from replygate.core import receipts, routing
+from replygate.core import routing
 from replygate.errors import InboundRefused, NotFound
 from replygate.mail import reply_token
 from replygate.mail.decisions import explain
@@ -222,6 +222,10 @@ class ThreadDetail:
 
 def thread(factory: sessionmaker[Session], thread_id: int) -> ThreadDetail:
     """One thread with every message and its attachments' names (an operator's read)."""
+    # Imported here: receipts brings the notification composer and the logging set-up,
+    # which every other listing (a start of the command line each) would pay for.
+    from replygate.core import receipts
+
     with factory() as session:
         found = session.get(Thread, thread_id)
         if found is None:

@@ -132,14 +132,8 @@ def test_queue_explain_json_and_the_stored_sentence_once(
     data = json.loads(run(env, "queue", "explain", str(queue_id), "--json").output)
     assert (data["id"], data["status"], data["reason"]) == (queue_id, "filed", None)
     assert Z_TIME.match(data["received_at"])
-    assert [d["stage"] for d in data["decisions"]] == [
-        "rcpt",
-        "data",
-        "data",
-        "accept",
-        "route",
-        "extract",
-    ]
+    stages = [d["stage"] for d in data["decisions"]]
+    assert (stages[0], stages.count("accept"), stages[-1]) == ("rcpt", 1, "extract")
     assert data["explanation"] == text.splitlines()
 
 
