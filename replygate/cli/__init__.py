@@ -101,9 +101,14 @@ class App:
 
     @property
     def factory(self) -> sessionmaker[Session]:
-        from replygate.store.db import session_factory
-
         if self._factory is None:
+            from replygate.core import audit
+            from replygate.store.db import session_factory
+
+            # What a command does, an operator did (``serve`` acts as itself). Marked
+            # with the first use of the database, which every audited act needs, so
+            # that ``--help`` loads no audit trail.
+            audit.operator_at_work()
             self._factory = session_factory(self.engine)
         return self._factory
 
@@ -202,9 +207,6 @@ def main(
     app = App(config_file=config_file, overrides=overrides)
     ctx.obj = app
     ctx.call_on_close(app.close)
-    from replygate.core import audit
-
-    audit.operator_at_work()  # what a command does, an operator did (``serve`` acts as itself)
     json_logs = (
         log_json
         if log_json is not None
