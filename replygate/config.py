@@ -90,6 +90,8 @@ class Settings:
     worker_poll_seconds: float = 0.5
     worker_lease_seconds: float = 300.0  # a claim older than this is taken over by another worker
     worker_max_attempts: int = 5
+    # How often a worker looks for unread-message reminders that have fallen due.
+    reminder_sweep_seconds: float = 15.0
     retention_days: int = 30
     # The audit trail is kept this long (45 CFR 164.316(b)(2): six years), whatever
     # ``queue purge`` removes; ``replygate audit purge`` applies it.

@@ -23,6 +23,7 @@ from replygate.errors import StartupError
 from replygate.logs import get_logger
 from replygate.workers.drain import outbound_worker
 from replygate.workers.inbound import InboundWorker
+from replygate.workers.reminders import ReminderSweeper
 
 if TYPE_CHECKING:
     from replygate.gateway.server import Gateway
@@ -141,6 +142,9 @@ async def run_service(
                 engine.run(stop, notified=notified, wake=queued)
             )
             tasks.append(running[Part.ENGINE])
+            # Unread reminders fall due with time alone: every worker process sweeps.
+            sweeper = ReminderSweeper(factory, settings)
+            tasks.append(asyncio.create_task(sweeper.run(stop, notified=notified)))
         if Part.OUTBOUND in parts:
             worker = outbound_worker(settings, factory)
             running[Part.OUTBOUND] = asyncio.create_task(

@@ -130,6 +130,8 @@ class ThreadView:
     archived: bool = False
     # On, notifications carry the content, and what is read there is not counted as read.
     convenience_mode: bool = False
+    # Whether the reply form's "Tell me when it is read" starts ticked.
+    read_receipts_default: bool = False
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ Convenience Mode go through ``Messaging``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -43,7 +44,7 @@ from replygate.core.notifying import Notifier
 from replygate.core.organisation import OrganisationView
 from replygate.core.placement import Change, InboxFilter
 from replygate.core.views import UserRow
-from replygate.errors import NotFound
+from replygate.errors import Invalid, NotFound
 from replygate.store import directory
 from replygate.store.db import transaction
 from replygate.store.models import AuditOutcome, User, utcnow
@@ -227,7 +228,11 @@ class Workspace:
                 session, user, Action.THREAD_VIEWED, ObjectKind.THREAD, thread_id,
                 thread_id=thread_id,
             )  # fmt: skip
-            return dataclasses.replace(view, convenience_mode=org.convenience_mode)
+            return dataclasses.replace(
+                view,
+                convenience_mode=org.convenience_mode,
+                read_receipts_default=org.read_receipts_default,
+            )
 
         return self._audited(work, viewer, Action.THREAD_VIEWED, ObjectKind.THREAD, thread_id)
 
@@ -331,6 +336,23 @@ class Workspace:
         return audit.events(
             self.factory, thread_id=thread_id, user=user, limit=limit, newest_first=True
         )
+
+    def set_receipt_settings(self, *, read_receipts_default: bool, reminder_hours: str) -> int:
+        """The read-receipt default and the reminder delay (hours, 0: none) from the
+        settings page; returns the delay's seconds. ``Invalid`` for a delay out of range."""
+        try:
+            hours = float(reminder_hours.strip() or "nan")
+        except ValueError:
+            hours = math.nan
+        if not math.isfinite(hours):
+            raise Invalid("the reminder delay is a number of hours (0 for no reminders)")
+        name = self.settings.organisation_name
+
+        def work(session: Session) -> int:
+            organisation.set_read_receipts_default(session, read_receipts_default, name)
+            return organisation.set_reminder_delay(session, hours * 3600, name)
+
+        return self._run(work)
 
     def suppressed_staff(self) -> list[UserRow]:
         """Staff and admins whose address bounced until suppressed: they hear of nothing."""

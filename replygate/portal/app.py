@@ -97,6 +97,7 @@ class Portal(AccountPages, MessagePages, StaffPages, AuditPages):
             Route("/settings/convenience", self.settings_convenience, methods=["POST"]),
             Route("/favicon.ico", self.favicon),
             Route("/audit", self.access_history),
+            Route("/settings/receipts", self.settings_receipts, methods=["POST"]),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ]
 

@@ -136,11 +136,14 @@ class MessagePages(Pages):
         form = await self.form(request)
         thread_id = request.path_params["thread_id"]
         body = str(form.get("body", ""))
+        receipt = form.get("receipt") == "yes"
         if len(body) > MAX_BODY_CHARS:
             raise HTTPException(413, f"A message has at most {MAX_BODY_CHARS} characters.")
         try:
             message_id = await self.call(
-                lambda: self.messaging.reply(thread_id=thread_id, author=me.email, body=body)
+                lambda: self.messaging.reply(
+                    thread_id=thread_id, author=me.email, body=body, read_receipt=receipt
+                )
             )
         except NotFound as exc:
             raise HTTPException(404, "There is no such conversation.") from exc
@@ -159,6 +162,7 @@ class MessagePages(Pages):
             "subject": request.query_params.get("subject", ""),
             "body": request.query_params.get("body", ""),
             "canned": request.query_params.get("canned", ""),
+            "receipt": (await self.call(self.workspace.organisation)).read_receipts_default,
         }
         if values["canned"].isdigit() and current.viewer.is_staff:
             try:
@@ -203,6 +207,7 @@ class MessagePages(Pages):
             "subject": str(form.get("subject", "")),
             "body": str(form.get("body", "")),
             "canned": str(form.get("canned", "")),
+            "receipt": form.get("receipt") == "yes",
         }
         if len(values["body"]) > MAX_BODY_CHARS:
             error = f"A message has at most {MAX_BODY_CHARS} characters."
@@ -210,7 +215,11 @@ class MessagePages(Pages):
         try:
             result = await self.call(
                 lambda: self.messaging.send(
-                    sender=me.email, to=to, subject=values["subject"], body=values["body"]
+                    sender=me.email,
+                    to=to,
+                    subject=values["subject"],
+                    body=values["body"],
+                    read_receipt=values["receipt"],
                 )
             )
         except (Invalid, NotFound) as exc:

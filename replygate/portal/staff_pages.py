@@ -119,6 +119,22 @@ class StaffPages(Pages):
         self.flash(request, "Organisation name saved.")
         return self.redirect("/settings")
 
+    async def settings_receipts(self, request: Request) -> Response:
+        await self.require(request, admin=True)
+        form = await self.form(request)
+        try:
+            seconds = await self.call(
+                lambda: self.workspace.set_receipt_settings(
+                    read_receipts_default=form.get("receipts_default") == "yes",
+                    reminder_hours=str(form.get("reminder_hours", "")),
+                )
+            )
+        except Invalid as exc:
+            return await self.settings_page(request, error=sentence(exc), status=400)
+        reminders = "no reminders" if not seconds else "reminders of unread messages on"
+        self.flash(request, f"Read receipts and reminders saved ({reminders}).")
+        return self.redirect("/settings")
+
     async def settings_convenience(self, request: Request) -> Response:
         me = (await self.require(request, admin=True)).viewer
         form = await self.form(request)

@@ -1,4 +1,5 @@
-"""Both workers built from settings, and one pass of each (``worker --once``, the demo)."""
+"""Both workers built from settings, and one pass of each (``worker --once``, the demo),
+reminders that fell due included."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from replygate.config import Settings
 from replygate.workers.inbound import InboundWorker
 from replygate.workers.outbound import OutboundWorker
+from replygate.workers.reminders import ReminderSweeper
 from replygate.workers.transports import transport_from_settings
 
 
@@ -23,12 +25,17 @@ def outbound_worker(settings: Settings, factory: sessionmaker[Session]) -> Outbo
 
 
 def drain_once(settings: Settings, factory: sessionmaker[Session]) -> tuple[int, int]:
-    """Process the inbound queue, then deliver the outbox, once each."""
+    """Process the inbound queue, queue the reminders due, then deliver the outbox, once each."""
     inbound_worker = InboundWorker(factory, settings)
     try:
         processed = inbound_worker.drain()
     finally:
         inbound_worker.close()
+    sweeper = ReminderSweeper(factory, settings)
+    try:
+        sweeper.run_once()
+    finally:
+        sweeper.close()
     worker = outbound_worker(settings, factory)
 
     async def deliver() -> int:

@@ -179,7 +179,7 @@ def test_a_claim_skips_the_later_replies_behind_another_workers_claim_in_flight(
         # Before the batch's transaction: the mail's preparation raises.
         "replygate.core.filing.extract_from_parts",
         # Inside it: the batch rolls back, and each mail is filed on its own.
-        "replygate.core.messaging.compose",
+        "replygate.core.notifying.compose",
     ],
 )
 def test_a_reply_that_fails_puts_back_the_later_ones_of_its_thread_and_the_rest_commit(
