@@ -155,8 +155,10 @@ class Authenticator:
             spf_result, spf_reason = "none", "not checked: no client address of the sender's own"
         else:
             spf_result, spf_reason = self._spf(client_ip or "", identity, helo or "")
-        signatures = self._dkim(raw)
-        arc, arc_reason, arc_rows = self._arc(raw)
+        # dkimpy parses the whole message for each check: not for mail with nothing to check.
+        block = raw[: auth_results.header_end(raw)].lower()
+        signatures = self._dkim(raw) if b"dkim-signature" in block else []
+        arc, arc_reason, arc_rows = self._arc(raw) if b"arc-seal" in block else ("none", None, [])
         from_domain = sender.read_from(read_headers(raw).from_values).domain
         dmarc, policy, reason = self._dmarc(from_domain, spf_result, identity, signatures)
         notes: list[str] = []

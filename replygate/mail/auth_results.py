@@ -117,7 +117,7 @@ class MailAuthentication:
         return text
 
 
-def _header_end(raw: bytes) -> int:
+def header_end(raw: bytes) -> int:
     """Where the header block ends (after its last field's line break, before the blank
     line), as ``headers.read_headers`` reads it."""
     crlf, lf = raw.find(b"\r\n\r\n"), raw.find(b"\n\n")
@@ -132,7 +132,7 @@ def strip_claims(raw: bytes, authserv_id: str) -> bytes:
     body stay as they were. A field is a line starting with its name and the
     lines folded under it (starting with a space or a tab).
     """
-    end = _header_end(raw)
+    end = header_end(raw)
     block = raw[:end]
     if not _FIELD.search(block):
         return raw

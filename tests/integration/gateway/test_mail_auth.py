@@ -9,6 +9,7 @@ where it matters, what the worker does with the stored bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import smtplib
 import threading
 from collections.abc import Callable
@@ -271,3 +272,26 @@ def test_mail_auth_off_stamps_nothing(
     (row,) = queued(sessions)
     assert row.raw == raw
     assert dns_zone.queries == []
+
+
+def test_the_pipe_checks_spf_for_the_client_the_mta_names(
+    settings: Settings, dns_zone: Zone, world: World, sessions: sessionmaker[Session]
+) -> None:
+    """``replygate ingest --client-ip --helo``: Postfix's ${client_address}, ${client_helo}."""
+    from replygate.gateway.ingest import ingest
+
+    dns_zone.txt("client.test", "v=spf1 ip4:198.51.100.7 -all")
+    dns_zone.txt("_dmarc.client.test", "v=DMARC1; p=reject")
+    mx = dataclasses.replace(settings, smtp_trusted_relays=NOT_LOOPBACK)
+    forged = ingest(
+        mx, sessions, rcpt=world.address, sender=world.client_email, raw=reply(world),
+        client_ip="203.0.113.9", helo="mx.evil.test",
+    )  # fmt: skip
+    assert forged.code == 77 and "DMARC failed" in forged.reason
+    real = ingest(
+        mx, sessions, rcpt=world.address, sender=world.client_email, raw=reply(world),
+        client_ip="198.51.100.7", helo="mx.client.test",
+    )  # fmt: skip
+    assert real.code == 0
+    (row,) = queued(sessions)
+    assert ours(row)["spf"] == "pass" and ours(row)["dmarc"] == "pass"
