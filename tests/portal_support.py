@@ -22,7 +22,7 @@ from replygate.portal import create_app
 from replygate.portal.server import PortalServer, portal_config
 from replygate.store import directory
 from replygate.store.db import transaction
-from replygate.store.models import InboundMail
+from replygate.store.models import InboundMail, MfaRequirement
 
 PASSWORD = "correct horse battery staple"
 CIRCLE = "Tuesday group"
@@ -58,6 +58,8 @@ def people(sessions: sessionmaker[Session], password_hash: str) -> People:
         directory.add_circle(s, CIRCLE)
         directory.add_member(s, CIRCLE, p.client1)
         directory.add_member(s, CIRCLE, p.client2)
+        # These people log in with a password alone; the two-factor tests turn it on.
+        directory.organisation(s).mfa_required = MfaRequirement.OFF
     return p
 
 

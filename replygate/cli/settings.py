@@ -69,6 +69,24 @@ def convenience(app: App, state: str, acknowledge_hipaa: bool, acknowledged_by: 
         say(f"Convenience Mode is off: {addresses} voided.")
 
 
+@group.group("mfa")
+def mfa_group() -> None:
+    """Two-factor login."""
+
+
+@mfa_group.command("require")
+@click.argument("who", type=click.Choice(operations.MFA_REQUIREMENTS))
+@pass_app
+@clean_errors
+def mfa_require(app: App, who: str) -> None:
+    """Who must log in with a code from an authenticator app: staff (and admins), all, or off.
+
+    Those who must and have not enrolled yet enrol at their next login.
+    """
+    operations.set_mfa_requirement(app.factory, app.settings, who)
+    click.echo(f"second factor required for: {who}")
+
+
 @group.command("sender-policy")
 @click.argument("policy", type=choice_of(SenderPolicy))
 @pass_app

@@ -111,6 +111,34 @@ def list_sessions(app: App, email: str, as_json: bool) -> None:
     emit(rows, as_json, text)
 
 
+@group.group("mfa")
+def mfa_group() -> None:
+    """A user's second factor."""
+
+
+@mfa_group.command("enroll")
+@click.argument("email")
+@click.option("--json", "as_json", is_flag=True, help="Print the URI and recovery codes as JSON.")
+@pass_app
+@clean_errors
+def mfa_enroll(app: App, email: str, as_json: bool) -> None:
+    """Give EMAIL a new TOTP secret, live at once; prints its otpauth:// URI and ten
+    recovery codes, this once only (hand them over privately)."""
+    uri, codes = operations.enrol_mfa(app.factory, app.settings, email)
+    data = {"email": email, "otpauth_uri": uri, "recovery_codes": codes}
+    emit(data, as_json, lines([f"otpauth URI: {uri}", "recovery codes:", *codes]))
+
+
+@mfa_group.command("reset")
+@click.argument("email")
+@pass_app
+@clean_errors
+def mfa_reset(app: App, email: str) -> None:
+    """Forget EMAIL's second factor (a lost phone); they enrol again at their next login."""
+    stored = operations.reset_mfa(app.factory, app.settings, email)
+    click.echo(f"second factor reset for {stored}")
+
+
 @group.command("logout")
 @click.argument("email")
 @pass_app

@@ -114,6 +114,29 @@ def authenticate(
     now = now or utcnow()
     email = directory.normalise_email(email)[:320]
     address = (address or "unknown")[:64]
+    retry_after = must_wait(session, email, address, now)
+    if retry_after:
+        return LoginResult(user=None, throttled=True, retry_after=retry_after)
+
+    user = directory.find_user(session, email)
+    stored = user.password_hash if user is not None else None
+    ok = _verify(stored or _DUMMY_HASH, password) and stored is not None
+    if not ok:
+        count_failure(session, email, address, now)
+        return LoginResult(user=None)
+    assert user is not None and stored is not None
+    forget_failures(session, email, address)
+    if _hasher.check_needs_rehash(stored):
+        user.password_hash = hash_password(password)
+    session.flush()
+    return LoginResult(user=user)
+
+
+def must_wait(session: Session, email: str, address: str, now: datetime) -> int:
+    """Seconds this address must wait before trying this account again (0: it may now).
+
+    The password step and the second-factor step share the count.
+    """
     waits = [
         _wait_until(
             session,
@@ -126,26 +149,21 @@ def authenticate(
         ),
     ]
     until = max((w for w in waits if w is not None), default=None)
-    if until is not None and until > now:
-        retry_after = math.ceil((until - now).total_seconds())
-        return LoginResult(user=None, throttled=True, retry_after=retry_after)
+    if until is None or until <= now:
+        return 0
+    return math.ceil((until - now).total_seconds())
 
-    user = directory.find_user(session, email)
-    stored = user.password_hash if user is not None else None
-    ok = _verify(stored or _DUMMY_HASH, password) and stored is not None
-    if not ok:
-        session.add(LoginAttempt(email=email, address=address, attempted_at=now))
-        session.execute(delete(LoginAttempt).where(LoginAttempt.attempted_at < now - FORGET_AFTER))
-        session.flush()
-        return LoginResult(user=None)
-    assert user is not None and stored is not None
+
+def count_failure(session: Session, email: str, address: str, now: datetime) -> None:
+    session.add(LoginAttempt(email=email, address=address, attempted_at=now))
+    session.execute(delete(LoginAttempt).where(LoginAttempt.attempted_at < now - FORGET_AFTER))
+    session.flush()
+
+
+def forget_failures(session: Session, email: str, address: str) -> None:
     session.execute(
         delete(LoginAttempt).where(LoginAttempt.email == email, LoginAttempt.address == address)
     )
-    if _hasher.check_needs_rehash(stored):
-        user.password_hash = hash_password(password)
-    session.flush()
-    return LoginResult(user=user)
 
 
 def _verify(stored: str, password: str) -> bool:

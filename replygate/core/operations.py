@@ -21,7 +21,7 @@ from typing import Protocol
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
-from replygate.core import audit, organisation
+from replygate.core import audit, mfa, organisation
 from replygate.core.audit import Action, ObjectKind
 from replygate.core.messaging import Messaging
 from replygate.core.views import UserRow, plain, user_row
@@ -34,6 +34,7 @@ from replygate.store.models import (
     DmarcPolicy,
     InboundMail,
     InboundStatus,
+    MfaRequirement,
     SenderPolicy,
     utcnow,
 )
@@ -42,6 +43,8 @@ from replygate.store.models import (
 SENDER_POLICIES = tuple(policy.value for policy in SenderPolicy)
 # What trusted Authentication-Results must say of the From domain.
 DMARC_POLICIES = tuple(policy.value for policy in DmarcPolicy)
+# Who must log in with a second factor.
+MFA_REQUIREMENTS = tuple(requirement.value for requirement in MfaRequirement)
 
 
 # -- people ---------------------------------------------------------------------------------
@@ -76,6 +79,33 @@ def set_password(
             object_id=user.id,
         )  # fmt: skip
     return directory.normalise_email(email)
+
+
+def enrol_mfa(
+    factory: sessionmaker[Session], settings: Settings, email: str
+) -> tuple[str, list[str]]:
+    """Give a user a live TOTP secret now: its ``otpauth://`` URI and recovery codes, once."""
+    with transaction(factory) as session:
+        user = directory.user(session, email)
+        issuer = directory.organisation(session, default_name=settings.organisation_name).name
+        shown, codes = mfa.enrol_now(session, user, issuer)
+        audit.record(
+            session, settings, audit.who(), Action.MFA_ENROLLED, object_kind=ObjectKind.USER,
+            object_id=user.id, detail={"by": "operator"},
+        )  # fmt: skip
+        return shown.uri, codes
+
+
+def reset_mfa(factory: sessionmaker[Session], settings: Settings, email: str) -> str:
+    """Forget a user's second factor (a lost phone): they enrol again at the next login."""
+    with transaction(factory) as session:
+        user = directory.user(session, email)
+        mfa.reset(session, user)
+        audit.record(
+            session, settings, audit.who(), Action.MFA_RESET, object_kind=ObjectKind.USER,
+            object_id=user.id,
+        )  # fmt: skip
+        return user.email
 
 
 def reset_bounces(factory: sessionmaker[Session], email: str) -> str:
@@ -140,6 +170,19 @@ def rename_organisation(factory: sessionmaker[Session], settings: Settings, name
             object_kind=ObjectKind.SETTING, detail={"setting": "organisation_name"},
         )  # fmt: skip
         return directory.organisation(session).name
+
+
+def set_mfa_requirement(factory: sessionmaker[Session], settings: Settings, value: str) -> None:
+    """Who must log in with a second factor: staff and admins, everyone, or nobody."""
+    if value not in MFA_REQUIREMENTS:
+        raise Invalid(f"MFA requirement must be one of {', '.join(MFA_REQUIREMENTS)}")
+    with transaction(factory) as session:
+        org = directory.organisation(session, default_name=settings.organisation_name)
+        org.mfa_required = MfaRequirement(value)
+        audit.record(
+            session, settings, audit.who(), Action.SETTING_CHANGED,
+            object_kind=ObjectKind.SETTING, detail={"setting": "mfa_required", "value": value},
+        )  # fmt: skip
 
 
 def set_sender_policy(factory: sessionmaker[Session], settings: Settings, policy: str) -> None:

@@ -142,6 +142,7 @@ class OrganisationSettings:
     dmarc_policy: str
     read_receipts_default: bool
     reminder_delay_seconds: int
+    mfa_required: str
 
 
 def organisation_settings(
@@ -159,6 +160,7 @@ def organisation_settings(
             dmarc_policy=plain(org.dmarc_policy),
             read_receipts_default=org.read_receipts_default,
             reminder_delay_seconds=org.reminder_delay_seconds,
+            mfa_required=plain(org.mfa_required),
         )
 
 

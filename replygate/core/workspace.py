@@ -23,6 +23,7 @@ from replygate.core import (
     audit,
     canned,
     inbox,
+    mfa,
     organisation,
     placement,
     receipts,
@@ -40,6 +41,7 @@ from replygate.core.inbox import (
     Viewer,
 )
 from replygate.core.messaging import Messaging
+from replygate.core.mfa import SecondStep
 from replygate.core.notifying import Notifier
 from replygate.core.organisation import OrganisationView
 from replygate.core.placement import Change, InboxFilter
@@ -69,6 +71,10 @@ class LoginOutcome:
     session_id: str = ""
     throttled: bool = False
     retry_after: int = 0
+    # The password was right, but the login needs a second factor: who, and which step.
+    pending_user: int | None = None
+    second_step: SecondStep | None = None
+    recovery_codes: tuple[str, ...] = ()  # shown once, after enrolment
 
 
 class Workspace:
@@ -102,12 +108,112 @@ class Workspace:
                 return LoginOutcome(
                     user_id=None, throttled=result.throttled, retry_after=result.retry_after
                 )
-            sessions.end(session, previous)
-            new = sessions.start(
-                session, result.user, self._lifetimes, address=address, user_agent=user_agent
-            )
-            self._record(session, result.user, Action.LOGIN, ObjectKind.USER, result.user.id)
-            return LoginOutcome(user_id=result.user.id, session_id=new)
+            org = directory.organisation(session, default_name=self.settings.organisation_name)
+            step = mfa.second_step(result.user, org.mfa_required)
+            if step is not None:
+                return LoginOutcome(user_id=None, pending_user=result.user.id, second_step=step)
+            return self._start(session, result.user, address, user_agent, previous)
+
+        return self._run(work)
+
+    def _start(
+        self, session: Session, user: User, address: str, user_agent: str, previous: str
+    ) -> LoginOutcome:
+        sessions.end(session, previous)
+        new = sessions.start(session, user, self._lifetimes, address=address, user_agent=user_agent)
+        self._record(session, user, Action.LOGIN, ObjectKind.USER, user.id)
+        return LoginOutcome(user_id=user.id, session_id=new)
+
+    def second_factor(
+        self, user_id: int, code: str, *, address: str, user_agent: str = "", previous: str = ""
+    ) -> LoginOutcome:
+        """The code step of a login whose password was right: a session, or why not."""
+
+        def work(session: Session) -> LoginOutcome:
+            user = session.get(User, user_id)
+            if user is None or not user.mfa_secret:
+                raise NotFound("this login has ended; log in again")
+            result = mfa.check_code(session, user, code, address=address)
+            outcome = AuditOutcome.OK if result.ok else AuditOutcome.DENIED
+            detail = {"recovery_code": result.recovery, "throttled": result.throttled}
+            self._record(
+                session, user, Action.MFA_USED, ObjectKind.USER, user.id,
+                outcome=outcome, detail=detail,
+            )  # fmt: skip
+            if not result.ok:
+                return LoginOutcome(
+                    user_id=None,
+                    throttled=result.throttled,
+                    retry_after=result.retry_after,
+                    pending_user=user.id,
+                    second_step=SecondStep.CODE,
+                )
+            return self._start(session, user, address, user_agent, previous)
+
+        return self._run(work)
+
+    def begin_enrolment(self, user_id: int, *, again: bool = False) -> mfa.Enrolment:
+        """A pending secret to scan (the one already pending, unless ``again``)."""
+
+        def work(session: Session) -> mfa.Enrolment:
+            user = session.get(User, user_id)
+            if user is None:
+                raise NotFound("this login has ended; log in again")
+            issuer = directory.organisation(
+                session, default_name=self.settings.organisation_name
+            ).name
+            if user.mfa_pending_secret and not again:
+                return mfa.enrolment_of(user, issuer)
+            return mfa.begin_enrolment(user, issuer)
+
+        return self._run(work)
+
+    def finish_enrolment(
+        self,
+        user_id: int,
+        code: str,
+        *,
+        address: str,
+        user_agent: str = "",
+        previous: str = "",
+        start_session: bool,
+    ) -> LoginOutcome:
+        """Enrol with the first code; with ``start_session`` (a login waiting on it) log in.
+
+        ``Invalid`` for a code that does not match the pending secret.
+        """
+
+        def work(session: Session) -> LoginOutcome:
+            user = session.get(User, user_id)
+            if user is None:
+                raise NotFound("this login has ended; log in again")
+            wait = accounts.must_wait(session, user.email, address, utcnow())
+            if wait:
+                return LoginOutcome(user_id=None, throttled=True, retry_after=wait)
+            codes = mfa.finish_enrolment(session, user, code)
+            self._record(session, user, Action.MFA_ENROLLED, ObjectKind.USER, user.id)
+            if not start_session:
+                return LoginOutcome(user_id=user.id, recovery_codes=tuple(codes))
+            started = self._start(session, user, address, user_agent, previous)
+            return dataclasses.replace(started, recovery_codes=tuple(codes))
+
+        try:
+            return self._run(work)
+        except Invalid:
+            self._run(lambda s: self._count_enrolment_failure(s, user_id, address))
+            raise
+
+    def _count_enrolment_failure(self, session: Session, user_id: int, address: str) -> None:
+        user = session.get(User, user_id)
+        if user is not None:
+            accounts.count_failure(session, user.email, address, utcnow())
+
+    def mfa_status(self, user_id: int) -> tuple[bool, int]:
+        """Whether the person is enrolled, and how many recovery codes they have left."""
+
+        def work(session: Session) -> tuple[bool, int]:
+            user = session.get_one(User, user_id)
+            return bool(user.mfa_secret), mfa.recovery_codes_left(session, user)
 
         return self._run(work)
 

@@ -12,14 +12,19 @@ process throttles the same guesser and no guesser locks out the owner.
 from __future__ import annotations
 
 import math
+import time
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from replygate.core.workspace import SignedIn
+from replygate.core.mfa import SecondStep
+from replygate.core.workspace import LoginOutcome, SignedIn
 from replygate.errors import Invalid, NotFound
 from replygate.portal.pages import LoginRequired, Pages, sentence
 from replygate.portal.security import safe_next
+
+PENDING_KEY = "mfa_pending"
+PENDING_SECONDS = 300  # from a right password to its code
 
 
 def _throttled_message(retry_after: int) -> str:
@@ -51,6 +56,8 @@ class AccountPages(Pages):
                 email, password, address=address, user_agent=agent, previous=previous
             )
         )
+        if result.pending_user is not None:
+            return self._second_step(request, result, next_url)
         if result.user_id is None:
             if result.throttled:
                 message, status = _throttled_message(result.retry_after), 429
@@ -68,6 +75,103 @@ class AccountPages(Pages):
             return response
         self.begin_session(request, result.session_id)
         return self.redirect(next_url)
+
+    # -- the second factor --------------------------------------------------------------------
+
+    def _second_step(self, request: Request, result: LoginOutcome, next_url: str) -> Response:
+        """Remember (in the signed cookie, for a few minutes) whose password was right."""
+        request.session.clear()
+        request.session[PENDING_KEY] = {
+            "user": result.pending_user,
+            "at": int(time.time()),
+            "next": next_url,
+            "step": (result.second_step or SecondStep.CODE).value,
+        }
+        if result.second_step is SecondStep.ENROL:
+            return self.redirect("/login/enrol")
+        return self.redirect("/login/code")
+
+    def _pending(self, request: Request, step: SecondStep) -> tuple[int, str]:
+        """Whose login waits for this second step, and where it goes next; else to /login."""
+        found = request.session.get(PENDING_KEY)
+        if (
+            isinstance(found, dict)
+            and isinstance(found.get("user"), int)
+            and isinstance(found.get("at"), int)
+            and found.get("step") == step.value
+            and 0 <= time.time() - found["at"] <= PENDING_SECONDS
+        ):
+            return found["user"], safe_next(str(found.get("next", "")))
+        request.session.pop(PENDING_KEY, None)
+        raise LoginRequired
+
+    async def code_page(self, request: Request, *, error: str = "", status: int = 200) -> Response:
+        self._pending(request, SecondStep.CODE)
+        context = {"error": error, "org_name": await self.org_name()}
+        return self.render(request, "login_code.html", context, status=status)
+
+    async def code(self, request: Request) -> Response:
+        user_id, next_url = self._pending(request, SecondStep.CODE)
+        form = await self.form(request)
+        address, agent = self.client_address(request), self.user_agent(request)
+        try:
+            result = await self.call(
+                lambda: self.workspace.second_factor(
+                    user_id, str(form.get("code", "")), address=address, user_agent=agent
+                )
+            )
+        except NotFound as exc:
+            raise LoginRequired from exc
+        if result.user_id is None:
+            if result.throttled:
+                response = await self.code_page(
+                    request, error=_throttled_message(result.retry_after), status=429
+                )
+                response.headers["retry-after"] = str(result.retry_after)
+                return response
+            return await self.code_page(
+                request, error="That code is not right, or was used already.", status=401
+            )
+        self.begin_session(request, result.session_id)
+        return self.redirect(next_url)
+
+    async def enrol_page(self, request: Request, *, error: str = "", status: int = 200) -> Response:
+        user_id, _ = self._pending(request, SecondStep.ENROL)
+        try:
+            enrolment = await self.call(lambda: self.workspace.begin_enrolment(user_id))
+        except (NotFound, Invalid) as exc:  # gone, or enrolled meanwhile: log in again
+            raise LoginRequired from exc
+        context = {"error": error, "enrolment": enrolment, "org_name": await self.org_name()}
+        return self.render(request, "login_enrol.html", context, status=status)
+
+    async def enrol(self, request: Request) -> Response:
+        user_id, next_url = self._pending(request, SecondStep.ENROL)
+        form = await self.form(request)
+        address, agent = self.client_address(request), self.user_agent(request)
+        try:
+            result = await self.call(
+                lambda: self.workspace.finish_enrolment(
+                    user_id,
+                    str(form.get("code", "")),
+                    address=address,
+                    user_agent=agent,
+                    start_session=True,
+                )
+            )
+        except NotFound as exc:
+            raise LoginRequired from exc
+        except Invalid as exc:
+            return await self.enrol_page(request, error=sentence(exc), status=400)
+        if result.throttled:
+            response = await self.enrol_page(
+                request, error=_throttled_message(result.retry_after), status=429
+            )
+            response.headers["retry-after"] = str(result.retry_after)
+            return response
+        self.begin_session(request, result.session_id)
+        context = {"codes": result.recovery_codes, "next": next_url}
+        current = await self.current(request)
+        return self.render(request, "recovery_codes.html", context, current=current)
 
     async def logout(self, request: Request) -> Response:
         await self.form(request)

@@ -11,6 +11,7 @@ from enum import StrEnum
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     ForeignKey,
     Index,
@@ -40,6 +41,14 @@ from replygate.store.states import (
 DEFAULT_REMINDER_DELAY_SECONDS = 86_400
 
 
+class MfaRequirement(StrEnum):
+    """Who must log in with a second factor (a TOTP code) besides the password."""
+
+    STAFF = "staff"  # staff and admins
+    ALL = "all"
+    OFF = "off"
+
+
 class Organisation(Base):
     """The one organisation this deployment serves, and its settings."""
 
@@ -64,6 +73,9 @@ class Organisation(Base):
         default=DEFAULT_REMINDER_DELAY_SECONDS,
         server_default=str(DEFAULT_REMINDER_DELAY_SECONDS),
     )
+    mfa_required: Mapped[str] = mapped_column(
+        String(10), default=MfaRequirement.STAFF, server_default=MfaRequirement.STAFF.value
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -80,6 +92,12 @@ class User(Base):
     # The UTC dates (ISO, oldest first) of the hard bounces counted since the last reset:
     # suppression needs two of them, so one burst of bounces cannot silence an address.
     bounce_days: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # The TOTP secret (base32) once enrolled; the one being enrolled until its first
+    # code is given; the last 30-second step a code was accepted for (each code works once).
+    mfa_secret: Mapped[str | None] = mapped_column(String(64))
+    mfa_pending_secret: Mapped[str | None] = mapped_column(String(64))
+    mfa_enrolled_at: Mapped[datetime | None]
+    mfa_last_step: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -446,3 +464,17 @@ class MessageReceipt(Base):
 
 
 __all__ += ["DEFAULT_REMINDER_DELAY_SECONDS", "NAMING", "MessageReceipt", "UTCDateTime"]
+
+
+class RecoveryCode(Base):
+    """A single-use code that stands in for a TOTP code (a lost phone); only its hash is kept."""
+
+    __tablename__ = "mfa_recovery_codes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    used_at: Mapped[datetime | None]
+
+
+__all__ += ["MfaRequirement", "RecoveryCode"]
