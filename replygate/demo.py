@@ -85,6 +85,8 @@ def seed_demo(settings: Settings, factory: sessionmaker[Session]) -> list[str]:
         f"Portal: {settings.portal_url}/login",
         "  dana@demo.test / demo-staff   cleo@example.com / demo-client   "
         "admin@demo.test / demo-admin",
+        "  Staff and admins set up a code from an authenticator app at their first login",
+        f"  (or, for a quick look, without: {program} settings mfa require off).",
     ]
 
 

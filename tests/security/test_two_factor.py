@@ -79,14 +79,19 @@ def test_a_stolen_password_alone_reaches_no_page(
     client_for: Callable[[], Client], required: People
 ) -> None:
     owner = client_for()
-    _enrol(owner, required.staff)
+    secret, _ = _enrol(owner, required.staff)
     thief = client_for()
     assert thief.login(required.staff).location == "/login/code"
-    for path in ("/inbox", "/compose", "/settings", "/threads/1", "/login/enrol"):
+    for path in ("/inbox", "/compose", "/settings", "/threads/1", "/password", "/login/enrol"):
         reply = thief.get(path)
-        assert reply.status in (303, 403, 404) and path != "/login/code"
-        assert reply.status != 200 or path == "/login/code"
-    assert thief.get("/inbox").location.startswith("/login")
+        assert reply.status == 303 and (reply.location or "").startswith("/login"), path
+    # Nor can the thief enrol a phone of their own in the owner's place.
+    again = client_for()
+    assert again.login(required.staff).location == "/login/code"
+    token = again.csrf("/login/code")
+    enrolled = again.post("/login/enrol", {"csrf": token, "code": "123456"})
+    assert enrolled.status == 303 and (enrolled.location or "").startswith("/login")
+    assert _code_step(client_for(), required.staff, _code(secret, 1)) == 303  # still theirs
 
 
 def test_a_code_works_once(client_for: Callable[[], Client], required: People) -> None:
