@@ -49,7 +49,9 @@ def downgrade() -> None:
     with op.batch_alter_table("mfa_recovery_codes", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_mfa_recovery_codes_user_id"))
     op.drop_table("mfa_recovery_codes")
-    with op.batch_alter_table("users", schema=None) as batch_op:
+    # ALTER TABLE … DROP COLUMN (SQLite 3.35+): copying the table, as batch mode would,
+    # cannot drop it while other tables' rows refer to it.
+    with op.batch_alter_table("users", schema=None, recreate="never") as batch_op:
         batch_op.drop_column("mfa_last_step")
         batch_op.drop_column("mfa_enrolled_at")
         batch_op.drop_column("mfa_pending_secret")
