@@ -9,7 +9,7 @@ import click
 
 from replygate.cli import App, clean_errors, emit, pass_app, say
 from replygate.cli.output import choice_of, fields, json_option, plural
-from replygate.store.states import DmarcPolicy, SenderPolicy
+from replygate.store.states import DmarcPolicy, MfaRequirement, SenderPolicy
 
 
 @click.group("settings")
@@ -75,7 +75,7 @@ def mfa_group() -> None:
 
 
 @mfa_group.command("require")
-@click.argument("who", type=click.Choice(operations.MFA_REQUIREMENTS))
+@click.argument("who", type=choice_of(MfaRequirement))
 @pass_app
 @clean_errors
 def mfa_require(app: App, who: str) -> None:
@@ -83,6 +83,8 @@ def mfa_require(app: App, who: str) -> None:
 
     Those who must and have not enrolled yet enrol at their next login.
     """
+    from replygate.core import operations
+
     operations.set_mfa_requirement(app.factory, app.settings, who)
     click.echo(f"second factor required for: {who}")
 

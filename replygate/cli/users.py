@@ -124,9 +124,18 @@ def mfa_group() -> None:
 def mfa_enroll(app: App, email: str, as_json: bool) -> None:
     """Give EMAIL a new TOTP secret, live at once; prints its otpauth:// URI and ten
     recovery codes, this once only (hand them over privately)."""
+    from replygate.core import operations
+
     uri, codes = operations.enrol_mfa(app.factory, app.settings, email)
     data = {"email": email, "otpauth_uri": uri, "recovery_codes": codes}
-    emit(data, as_json, lines([f"otpauth URI: {uri}", "recovery codes:", *codes]))
+
+    def text() -> None:
+        say(f"otpauth URI: {uri}")
+        say("recovery codes:")
+        for code in codes:
+            say(f"  {code}")
+
+    emit(data, as_json, text)
 
 
 @mfa_group.command("reset")
@@ -135,6 +144,8 @@ def mfa_enroll(app: App, email: str, as_json: bool) -> None:
 @clean_errors
 def mfa_reset(app: App, email: str) -> None:
     """Forget EMAIL's second factor (a lost phone); they enrol again at their next login."""
+    from replygate.core import operations
+
     stored = operations.reset_mfa(app.factory, app.settings, email)
     click.echo(f"second factor reset for {stored}")
 

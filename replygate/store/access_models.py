@@ -8,7 +8,6 @@ cover them.
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 
 from sqlalchemy import JSON, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
@@ -48,20 +47,6 @@ class PortalSession(Base):
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
     address: Mapped[str] = mapped_column(String(64))
     user_agent: Mapped[str] = mapped_column(String(200), default="")
-
-
-class ActorKind(StrEnum):
-    """Who did what an audit event records: a portal user, an operator at the CLI, or us."""
-
-    USER = "user"
-    OPERATOR = "operator"
-    SYSTEM = "system"
-
-
-class AuditOutcome(StrEnum):
-    OK = "ok"
-    DENIED = "denied"
-    FAILED = "failed"
 
 
 class AuditEvent(Base):

@@ -7,7 +7,6 @@ test compares these models with the migrated schema so the two cannot drift.
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 
 from sqlalchemy import (
     JSON,
@@ -25,9 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from replygate.store.access_models import (
-    ActorKind,
     AuditEvent,
-    AuditOutcome,
     LoginAttempt,
     PortalSession,
     RecoveryCode,
@@ -36,10 +33,13 @@ from replygate.store.base import NAMING, Base, UTCDateTime, utcnow
 
 # The states live apart so that reading them needs no SQLAlchemy; found here as before.
 from replygate.store.states import (
+    ActorKind,
     AddressStatus,
+    AuditOutcome,
     DmarcPolicy,
     InboundStatus,
     MessageSource,
+    MfaRequirement,
     OutboxStatus,
     SenderPolicy,
     UserRole,
@@ -49,12 +49,6 @@ from replygate.store.states import (
 DEFAULT_REMINDER_DELAY_SECONDS = 86_400
 
 
-class MfaRequirement(StrEnum):
-    """Who must log in with a second factor (a TOTP code) besides the password."""
-
-    STAFF = "staff"  # staff and admins
-    ALL = "all"
-    OFF = "off"
 
 
 class Organisation(Base):

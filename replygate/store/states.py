@@ -63,3 +63,25 @@ class OutboxStatus(StrEnum):
     SENT = "sent"
     FAILED = "failed"
     SUPPRESSED = "suppressed"
+
+
+class MfaRequirement(StrEnum):
+    """Who must log in with a second factor (a TOTP code) besides the password."""
+
+    STAFF = "staff"  # staff and admins
+    ALL = "all"
+    OFF = "off"
+
+
+class ActorKind(StrEnum):
+    """Who did what an audit event records: a portal user, an operator at the CLI, or us."""
+
+    USER = "user"
+    OPERATOR = "operator"
+    SYSTEM = "system"
+
+
+class AuditOutcome(StrEnum):
+    OK = "ok"
+    DENIED = "denied"
+    FAILED = "failed"
