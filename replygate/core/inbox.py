@@ -22,7 +22,7 @@ from replygate.core.messaging import (
     circles_open_to,
     people_open_to,
 )
-from replygate.core.placement import InboxFilter, shown_in
+from replygate.core.placement import InboxFilter, is_unread, shown_in
 from replygate.core.receipts import ReadMark, read_marks
 from replygate.errors import NotFound
 from replygate.store.models import (
@@ -161,15 +161,10 @@ def _inbox_order() -> tuple[UnaryExpression[bool], UnaryExpression[datetime], Un
 
 def page_statement(
     user_id: int, view: InboxFilter, *, offset: int, limit: int
-) -> Select[int, bool, bool, int | None]:
+) -> Select[int, bool, bool]:
     """The participant rows of one inbox page, in order: a range of the inbox index."""
     return (
-        select(
-            ThreadParticipant.thread_id,
-            ThreadParticipant.pinned,
-            ThreadParticipant.archived,
-            ThreadParticipant.last_read_message_id,
-        )
+        select(ThreadParticipant.thread_id, ThreadParticipant.pinned, ThreadParticipant.archived)
         .where(ThreadParticipant.user_id == user_id, shown_in(view))
         .order_by(*_inbox_order())
         .offset(offset)
@@ -199,19 +194,18 @@ def inbox(
     ids = [row.thread_id for row in picked]
     threads = {
         t.id: t
-        for t in session.scalars(
-            select(Thread)
-            .where(Thread.id.in_(ids))
-            .options(selectinload(Thread.participants).selectinload(ThreadParticipant.user))
+        for t in session.execute(
+            select(Thread.id, Thread.subject, Thread.last_activity_at).where(Thread.id.in_(ids))
         )
     }
+    names = _other_names(session, user_id, ids)
     last = _last_messages(session, ids)
-    unread = _unread_counts(session, user_id, {r.thread_id: r.last_read_message_id for r in picked})
+    unread = _unread_counts(session, user_id, ids)
     return [
         ThreadRow(
             id=row.thread_id,
             subject=threads[row.thread_id].subject,
-            with_names=_others(threads[row.thread_id], user_id),
+            with_names=", ".join(names.get(row.thread_id, [])) or "only you",
             last_activity_at=threads[row.thread_id].last_activity_at,
             preview=_preview(last.get(row.thread_id, "")),
             unread=unread.get(row.thread_id, 0),
@@ -222,11 +216,23 @@ def inbox(
     ], more
 
 
-def _unread_counts(
-    session: Session, user_id: int, read_marks: dict[int, int | None]
-) -> dict[int, int]:
+def _other_names(session: Session, user_id: int, thread_ids: list[int]) -> dict[int, list[str]]:
+    """The names of everyone but the user in each thread, in participant order."""
+    names: dict[int, list[str]] = {}
+    rows = session.execute(
+        select(ThreadParticipant.thread_id, User.name)
+        .join(User, User.id == ThreadParticipant.user_id)
+        .where(ThreadParticipant.thread_id.in_(thread_ids), ThreadParticipant.user_id != user_id)
+        .order_by(ThreadParticipant.thread_id, ThreadParticipant.user_id)
+    )
+    for thread_id, name in rows:
+        names.setdefault(thread_id, []).append(name)
+    return names
+
+
+def _unread_counts(session: Session, user_id: int, thread_ids: list[int]) -> dict[int, int]:
     """How many messages by others each thread holds after the user's read mark."""
-    if not read_marks:
+    if not thread_ids:
         return {}
     mark = func.coalesce(ThreadParticipant.last_read_message_id, 0)
     rows = session.execute(
@@ -239,7 +245,8 @@ def _unread_counts(
             ),
         )
         .where(
-            Message.thread_id.in_(list(read_marks)),
+            ThreadParticipant.thread_id.in_(thread_ids),
+            is_unread(),
             Message.author_id != user_id,
             Message.id > mark,
         )
@@ -248,14 +255,18 @@ def _unread_counts(
     return {thread_id: count for thread_id, count in rows}
 
 
-def unread_threads(session: Session, user_id: int) -> int:
-    """How many threads in the user's inbox hold something they have not read."""
-    count = session.scalar(
+def unread_statement(user_id: int) -> Select[int]:
+    """Count the user's unread threads in the inbox: the partial index's rows for them."""
+    return (
         select(func.count())
         .select_from(ThreadParticipant)
         .where(ThreadParticipant.user_id == user_id, shown_in(InboxFilter.UNREAD))
     )
-    return count or 0
+
+
+def unread_threads(session: Session, user_id: int) -> int:
+    """How many threads in the user's inbox hold something they have not read."""
+    return session.scalar(unread_statement(user_id)) or 0
 
 
 def sent(session: Session, user_id: int, page: int = 0) -> tuple[list[SentRow], bool]:

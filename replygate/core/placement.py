@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import ColumnElement, and_, false, func, true
+from sqlalchemy import ColumnElement, and_, false, func, literal_column, true
 from sqlalchemy.orm import Session
 
 from replygate.errors import NotFound
@@ -41,9 +41,14 @@ class Change(StrEnum):
 
 
 def is_unread() -> ColumnElement[bool]:
-    """Someone else wrote after the participant's read mark."""
+    """Someone else wrote after the participant's read mark.
+
+    Written as ``models.UNREAD_SQL`` is, with the 0 in the SQL text rather than
+    a bound parameter: only then do the databases see that the partial index
+    ``ix_thread_participants_unread`` holds exactly these rows.
+    """
     return ThreadParticipant.last_incoming_message_id > func.coalesce(
-        ThreadParticipant.last_read_message_id, 0
+        ThreadParticipant.last_read_message_id, literal_column("0")
     )
 
 

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -143,25 +144,29 @@ class Thread(Base):
     messages: Mapped[list[Message]] = relationship(back_populates="thread", order_by="Message.id")
 
 
-class ThreadParticipant(Base):
-    """One person in one thread, with where the thread stands for them.
+# One person's inbox order, pinned first (read backwards), after the user and archived flag.
+INBOX_KEY = ("user_id", "archived", "pinned", "last_activity_at", "thread_id")
+# A participant row whose thread holds a message by someone else past the read mark.
+UNREAD_SQL = "last_incoming_message_id > coalesce(last_read_message_id, 0)"
 
-    ``last_activity_at`` and ``last_incoming_message_id`` repeat what the
-    messages say (``core.placement.record_activity`` writes them with each
-    message), so one person's inbox is a range of
-    ``ix_thread_participants_inbox`` read in order, whatever the number of
-    threads, and "unread" needs no count.
+
+class ThreadParticipant(Base):
+    """One person in one thread, and where the thread stands for them.
+
+    The activity and incoming marks repeat the messages (``placement.record_activity``)
+    so an inbox page is a range of its index, whatever the number of threads.
     """
 
     __tablename__ = "thread_participants"
     __table_args__ = (
-        Index(
-            "ix_thread_participants_inbox",
-            "user_id",
-            "archived",
-            "pinned",
-            "last_activity_at",
-            "thread_id",
+        Index("ix_thread_participants_inbox", *INBOX_KEY),
+        Index(  # unread rows alone, with their marks: the unread count and filter
+            "ix_thread_participants_unread",
+            *INBOX_KEY,
+            "last_incoming_message_id",
+            "last_read_message_id",
+            sqlite_where=text(UNREAD_SQL),
+            postgresql_where=text(UNREAD_SQL),
         ),
     )
 
