@@ -27,7 +27,7 @@ from replygate.core.messaging import Messaging
 from replygate.core.views import UserRow, plain, user_row
 from replygate.errors import Invalid, NotFound
 from replygate.mail import reply_token
-from replygate.store import directory, inbound, outbox, tokens
+from replygate.store import directory, inbound, inbound_admin, outbox, tokens
 from replygate.store.db import transaction
 from replygate.store.models import (
     AddressStatus,
@@ -356,7 +356,8 @@ def purge_raw_mail(
     """
     days = settings.retention_days if older_than_days is None else older_than_days
     with transaction(factory) as session:
-        return Purged(inbound.purge(session, older_than=utcnow() - timedelta(days=days)), days)
+        purged = inbound_admin.purge(session, older_than=utcnow() - timedelta(days=days))
+        return Purged(purged, days)
 
 
 # -- the outbox -----------------------------------------------------------------------------

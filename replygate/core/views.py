@@ -25,7 +25,7 @@ from replygate.errors import InboundRefused, NotFound
 from replygate.mail import reply_token
 from replygate.mail.decisions import explain
 from replygate.mail.timestamps import iso_z
-from replygate.store import directory, inbound, outbox, tokens
+from replygate.store import directory, inbound, inbound_admin, outbox, tokens
 from replygate.store.db import transaction
 from replygate.store.models import (
     AddressStatus,
@@ -314,7 +314,7 @@ def queue(
 ) -> list[QueueRow]:
     """Inbound mail, newest first, filtered as ``queue list`` asks."""
     with factory() as session:
-        rows = inbound.list_mail(
+        rows = inbound_admin.list_mail(
             session,
             status=status,
             limit=limit,
@@ -397,7 +397,7 @@ class QueueCount:
 def queue_stats(factory: sessionmaker[Session]) -> list[QueueCount]:
     """How much inbound mail has each (status, reason), largest first."""
     with factory() as session:
-        return [QueueCount(plain(st), r, n) for st, r, n in inbound.stats(session)]
+        return [QueueCount(plain(st), r, n) for st, r, n in inbound_admin.stats(session)]
 
 
 # -- the outbox -----------------------------------------------------------------------------
