@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import queue
 import secrets
 import smtplib
+import socket
 import tempfile
 import threading
 import time
@@ -39,9 +41,8 @@ from ingest_common import (
     World,
     database,
     free_port,
-    gateway,
     process,
-    wait_port,
+    wait_ready,
 )
 from sqlalchemy import text
 
@@ -181,33 +182,62 @@ def wait_filed(url: str, total: int, timeout: float = 600) -> tuple[float, float
 
 
 @contextlib.contextmanager
-def layout(kind: str, world: World, port: int) -> Iterator[None]:
+def started(commands: list[list[str]], world: World) -> Iterator[list[int]]:
+    """Run ``commands`` (their output discarded) and yield their pids once each has said
+    READY=1 (the systemd protocol): a worker still importing must not be timed as filing."""
+    with tempfile.TemporaryDirectory(prefix="replygate-notify-") as tmp:
+        path = str(Path(tmp) / "notify")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+            notify.bind(path)
+            with contextlib.ExitStack() as stack:
+                pids = [
+                    stack.enter_context(
+                        process(command, env=world.env(NOTIFY_SOCKET=path, **ENV))
+                    ).pid
+                    for command in commands
+                ]
+                wait_ready(notify, len(commands))
+                yield pids
+
+
+def with_children(pids: list[int]) -> list[int]:
+    """``pids`` and their child processes (``serve``'s engine process)."""
+    out = []
+    for pid in pids:
+        out.append(pid)
+        with contextlib.suppress(OSError):
+            found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            out += [int(child) for child in found]
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time the process has used so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def layout(kind: str, world: World, port: int) -> Iterator[list[int]]:
     """The processes of one layout, started the way an operator starts them."""
+    smtp = ["--smtp", f"127.0.0.1:{port}"]
     if kind == "sqlite":
-        portal = free_port()
-        serve = [
-            REPLYGATE,
-            "serve",
-            "--smtp",
-            f"127.0.0.1:{port}",
-            "--portal",
-            f"127.0.0.1:{portal}",
-        ]
-        with process(serve, env=world.env(**ENV), port=port):
-            wait_port(portal)
-            yield
-        return
-    worker = [REPLYGATE, "worker"]
-    with (
-        gateway(world, port, **ENV),
-        process(worker, env=world.env(**ENV)),
-        process(worker, env=world.env(**ENV)),
-    ):
-        yield
+        portal = ["--portal", f"127.0.0.1:{free_port()}"]
+        commands = [[REPLYGATE, "serve", *smtp, *portal]]
+    elif kind == "sqlite-one":
+        portal = ["--portal", f"127.0.0.1:{free_port()}"]
+        commands = [[REPLYGATE, "serve", "--one-process", *smtp, *portal]]
+    elif kind == "sqlite-split":
+        commands = [[REPLYGATE, "serve", "--role", "gateway", *smtp], [REPLYGATE, "worker"]]
+    else:
+        gateway = [REPLYGATE, "serve", "--role", "gateway", *smtp]
+        commands = [gateway, [REPLYGATE, "worker"], [REPLYGATE, "worker"]]
+    with started(commands, world) as pids:
+        yield with_children(pids)
 
 
 def burst(kind: str, clients: int, replies: int, sessions: int, workdir: Path) -> str:
-    with database(kind, workdir) as world:
+    with database("postgresql" if kind == "postgresql" else "sqlite", workdir) as world:
         people = seed_clients(world, clients)
         # Round by round, so each client's replies arrive in order, spread over the sessions.
         mails = [
@@ -217,30 +247,37 @@ def burst(kind: str, clients: int, replies: int, sessions: int, workdir: Path) -
         ]
         total = len(mails)
         port = free_port()
-        with layout(kind, world, port):
+        with layout(kind, world, port) as pids:
+            before = [cpu_seconds(pid) for pid in pids]
             first, last = send_all(port, mails, sessions)
             _, done = wait_filed(world.url, total)
+            used = [cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
         accept, through = last - first, done - first
+        # CPU per reply, process by process: on a loaded machine the wall times move
+        # with the neighbours, these much less.
+        per_reply = " + ".join(f"{1000 * u / total:.1f}" for u in used)
         return (
-            f"{kind:10} {clients} clients × {replies} replies over {sessions} sessions: "
+            f"{kind:12} {clients} clients × {replies} replies over {sessions} sessions: "
             f"accepted in {accept:.2f} s ({total / accept:.0f}/s), filed and notified "
             f"{through:.2f} s after the first 250 ({total / through:.0f}/s); "
-            f"ratio {through / accept:.2f}"
+            f"ratio {through / accept:.2f}; CPU ms per reply by process {per_reply}"
         )
 
 
 def backlog(kind: str, replies: int, sessions: int, workdir: Path) -> str:
-    with database(kind, workdir) as world:
+    with database("postgresql" if kind == "postgresql" else "sqlite", workdir) as world:
         [(sender, address)] = seed_clients(world, 1)
         mails = [(sender, address, gmail_reply(sender, address, k)) for k in range(replies)]
         port = free_port()
-        with gateway(world, port, **ENV):
+        with started(
+            [[REPLYGATE, "serve", "--role", "gateway", "--smtp", f"127.0.0.1:{port}"]], world
+        ):
             send_all(port, mails, sessions)
-        with process([REPLYGATE, "worker"], env=world.env(**ENV)):
+        with started([[REPLYGATE, "worker"]], world):
             first, done = wait_filed(world.url, replies)
         rate = (replies - 1) / max(done - first, 1e-9)
         return (
-            f"{kind:10} backlog of {replies} replies to one thread: drained at {rate:.0f}/s "
+            f"{kind:12} backlog of {replies} replies to one thread: drained at {rate:.0f}/s "
             f"({done - first:.2f} s from the first filed to the last)"
         )
 
@@ -250,7 +287,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=40)
     parser.add_argument("--replies", type=int, default=15)
     parser.add_argument("--sessions", type=int, default=16)
-    parser.add_argument("--layout", choices=("sqlite", "postgresql", "both"), default="both")
+    parser.add_argument(
+        "--layout",
+        choices=("sqlite", "sqlite-one", "sqlite-split", "postgresql", "both"),
+        default="both",
+    )
     parser.add_argument("--backlog", type=int, metavar="N", help="measure a one-thread backlog")
     args = parser.parse_args()
     kinds = ("sqlite", "postgresql") if args.layout == "both" else (args.layout,)

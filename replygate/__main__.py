@@ -2,4 +2,5 @@
 
 from replygate.cli import main
 
-main()
+if __name__ == "__main__":  # not again in a child process started with ``spawn``
+    main()

@@ -5,6 +5,7 @@
     ├── NotFound             a named user, Circle, thread or queue entry does not exist
     ├── Invalid              a request the domain refuses (bad role, empty body, ...)
     ├── StartupError         a part of ``serve`` cannot start (port taken, schema behind)
+    ├── ServiceFailed        a process of a running ``serve`` died; the service stopped
     ├── HeaderMismatch       a composed notification's headers are not the ones intended
     └── InboundRefused       an inbound mail we refuse in the SMTP dialogue
         ├── NotAReplyAddress   recipient is not reply+<token>@<reply domain>
@@ -51,6 +52,10 @@ class StartupError(ReplygateError):
     """Raised when a part of the service cannot start: its port is taken, or the
     database's schema is not the one this release writes. The message is one
     sentence the operator can act on."""
+
+
+class ServiceFailed(ReplygateError):
+    """Raised when a running service stops because one of its processes died."""
 
 
 class HeaderMismatch(ReplygateError):

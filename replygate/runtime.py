@@ -2,28 +2,44 @@
 
 One asyncio loop holds whichever parts the role asks for; SIGINT/SIGTERM set
 one stop event and every part finishes its current unit of work and returns.
+
+``serve`` (role ``all``) on a machine of two cores or more runs the engine and
+the outbound worker in a child process of their own (``EngineProcess``, role
+``worker``) beside the gateway and portal (role ``front``): each process has
+a core and a GIL of its own, and on SQLite the two take turns to write
+(``dialect.write_turn``). The child is started with ``spawn`` (a fresh
+interpreter, never a fork of a running loop), says it is ready on a notify
+socket of the parent's, and is stopped by the parent with SIGTERM when the
+service stops (Ctrl-C reaches both); if it dies, the service stops too and
+``serve`` exits with status 1, for the supervisor to restart it whole.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
+import multiprocessing
 import os
 import signal
 import socket
+import tempfile
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from replygate import metrics, sdnotify
+from replygate import logs, metrics, sdnotify
 from replygate.config import Settings
-from replygate.errors import StartupError
+from replygate.errors import ServiceFailed, StartupError
 from replygate.logs import get_logger
+from replygate.mail.redaction import redact
 from replygate.workers.drain import outbound_worker
 from replygate.workers.inbound import InboundWorker
 from replygate.workers.reminders import ReminderSweeper
+from replygate.workers.waiting import first_of
 
 if TYPE_CHECKING:
     from replygate.gateway.server import Gateway
@@ -54,6 +70,8 @@ class ProcessRole(StrEnum):
     GATEWAY = "gateway"
     WORKER = "worker"
     PORTAL = "portal"
+    # ``all`` split in two: this process's share when the engine runs beside it.
+    FRONT = "front"
 
 
 class Part(StrEnum):
@@ -68,7 +86,14 @@ PARTS: dict[ProcessRole, tuple[Part, ...]] = {
     ProcessRole.GATEWAY: (Part.GATEWAY,),
     ProcessRole.WORKER: (Part.ENGINE, Part.OUTBOUND),
     ProcessRole.PORTAL: (Part.PORTAL,),
+    ProcessRole.FRONT: (Part.GATEWAY, Part.PORTAL),
 }
+
+
+def engine_beside(role: str, *, one_process: bool = False) -> bool:
+    """Whether ``serve`` runs the engine and outbound worker in a process of their own:
+    for ``all``, when the machine has a second core to give them."""
+    return role == ProcessRole.ALL and not one_process and (os.cpu_count() or 1) >= 2
 
 
 async def run_service(
@@ -82,8 +107,15 @@ async def run_service(
     ready: asyncio.Event | None = None,
     reuse_port: bool = False,
     metrics_addr: tuple[str, int] | None = None,
+    split: bool = False,
+    wakes: socket.socket | None = None,
 ) -> None:
     """Run the parts of ``role`` until ``stop`` is set (or a signal arrives).
+
+    With ``split`` (role ``all`` only) the engine and outbound worker run in a
+    child process (``EngineProcess``) and this one runs the rest; the service
+    is ready once both are, and stops both. ``wakes`` (the child's) is a
+    datagram socket on which the parent's gateway says it committed mail.
 
     Every listening socket is bound before any part starts or logs, so a port
     already taken is one ``StartupError`` and nothing else. ``reuse_port`` lets
@@ -93,6 +125,10 @@ async def run_service(
     one that serves them started it (``metrics.join_inherited``).
     """
     stop = stop or asyncio.Event()
+    beside: EngineProcess | None = None
+    split = split and role == ProcessRole.ALL
+    if split:
+        role = ProcessRole.FRONT
     parts = PARTS[ProcessRole(role)]
     portal_addr = portal_addr or (settings.portal_host, settings.portal_port)
     operator = bind_operator(settings, factory, metrics_addr) if metrics_addr else None
@@ -127,6 +163,8 @@ async def run_service(
     tasks: list[asyncio.Task[None]] = []
     running: dict[Part, asyncio.Task[None]] = {}  # the parts that must keep running
     try:
+        if split:  # every port is ours: the child imports while the portal starts
+            beside = EngineProcess(settings)
         # Set by the engine when it has written notifications; the outbound
         # worker of this process then delivers them without waiting to poll.
         notified = asyncio.Event()
@@ -137,6 +175,8 @@ async def run_service(
             queued = asyncio.Event()
             if gateway is not None:
                 gateway.handler.wake_on_commit(queued)
+            if wakes is not None:
+                loop.add_reader(wakes, _woken, wakes, queued)
             engine = InboundWorker(factory, settings)
             running[Part.ENGINE] = asyncio.create_task(
                 engine.run(stop, notified=notified, wake=queued)
@@ -172,6 +212,13 @@ async def run_service(
             operator.checks.update(readiness(factory, gateway, running))
             operator.start()
             log.info("metrics.listening", port=operator.port)
+        if beside is not None:
+            await beside.until_ready(stop)
+            tasks.append(asyncio.create_task(beside.watch(stop)))
+            if gateway is not None:
+                committed = asyncio.Event()
+                gateway.handler.wake_on_commit(committed)
+                tasks.append(asyncio.create_task(beside.forward_wakes(committed, stop)))
         settle_heap()
         if ready is not None:
             ready.set()
@@ -180,8 +227,12 @@ async def run_service(
     finally:
         sdnotify.stopping()
         stop.set()
+        if beside is not None:
+            beside.terminate()  # drains its batch while the gateway drains its sessions
         if gateway is not None:
             await gateway.stop()
+        if beside is not None:
+            await beside.join()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -191,6 +242,18 @@ async def run_service(
             operator.stop()
         metrics.process_exited()
         log.info("service.stopped", role=role)
+    if wakes is not None:
+        loop.remove_reader(wakes)
+    if beside is not None and beside.failed:
+        raise ServiceFailed(beside.failed)
+
+
+def _woken(wakes: socket.socket, queued: asyncio.Event) -> None:
+    """Mail was committed by the gateway of the parent process: claim it now."""
+    with contextlib.suppress(OSError):
+        while wakes.recv(64):
+            pass
+    queued.set()
 
 
 # How often a gateway's tallies are copied into the metrics (``metrics`` says why).
@@ -277,3 +340,132 @@ async def _until_started(task: asyncio.Task[None], started: asyncio.Event) -> No
         waiter.cancel()
         task.result()  # raises what stopped it
         raise RuntimeError("the portal stopped before it listened")
+
+
+# How long the engine process may take to start, and to stop once told.
+ENGINE_START_SECONDS = 120.0
+ENGINE_STOP_SECONDS = 60.0
+
+
+class EngineProcess:
+    """The engine and outbound worker of ``serve``, in a child process of their own."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._dir = tempfile.mkdtemp(prefix="replygate-engine-")
+        path = str(Path(self._dir) / "notify")
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._notify.bind(path)
+        self._notify.setblocking(False)
+        self._wakes = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._wakes.setblocking(False)
+        self.failed: str | None = None  # why the service must exit with an error
+        self._stopping = False
+        context = multiprocessing.get_context("spawn")
+        self.process = context.Process(
+            target=run_engine_process, args=(settings, path), name="replygate-engine"
+        )
+        self.process.start()
+
+    async def until_ready(self, stop: asyncio.Event) -> None:
+        """Return once the child said READY=1; ``StartupError`` if it exits first or is slow."""
+        loop = asyncio.get_running_loop()
+        exited = asyncio.ensure_future(asyncio.to_thread(self.process.join))
+        try:
+            deadline = loop.time() + ENGINE_START_SECONDS
+            while True:
+                said = asyncio.ensure_future(loop.sock_recv(self._notify, 4096))
+                done, _ = await asyncio.wait(
+                    {said, exited}, timeout=deadline - loop.time(), return_when="FIRST_COMPLETED"
+                )
+                if said in done and b"READY=1" in said.result().split(b"\n"):
+                    return
+                if said not in done:
+                    said.cancel()
+                if exited in done or stop.is_set():
+                    raise StartupError(
+                        f"the engine process stopped while starting (exit status "
+                        f"{self.process.exitcode}); its log says why"
+                    )
+                if not done:
+                    raise StartupError(
+                        f"the engine process did not start within {ENGINE_START_SECONDS:.0f} s"
+                    )
+        finally:
+            if not exited.done():
+                exited.cancel()  # the thread keeps waiting; join() below reaps the child
+
+    async def forward_wakes(self, committed: asyncio.Event, stop: asyncio.Event) -> None:
+        """Tell the child each time the gateway has committed mail (one datagram; one
+        lost when its queue is full changes nothing, the next poll finds the mail)."""
+        with contextlib.suppress(OSError):
+            self._wakes.connect(str(Path(self._dir) / "wake"))
+        while not stop.is_set():
+            await first_of(stop, committed, timeout=3600)
+            committed.clear()
+            with contextlib.suppress(OSError):
+                self._wakes.send(b"!")
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        """Stop the service if the child exits while it runs (``failed`` says so)."""
+        sentinel = self.process.sentinel
+        loop = asyncio.get_running_loop()
+        gone = asyncio.Event()
+        loop.add_reader(sentinel, gone.set)
+        try:
+            await asyncio.wait(
+                {asyncio.ensure_future(gone.wait()), asyncio.ensure_future(stop.wait())},
+                return_when="FIRST_COMPLETED",
+            )
+        finally:
+            loop.remove_reader(sentinel)
+        if gone.is_set() and not self._stopping:
+            self.failed = f"the engine process exited (status {self.process.exitcode})"
+            log.error("engine_process.exited", status=self.process.exitcode)
+            stop.set()
+
+    def terminate(self) -> None:
+        """Ask the child to stop (SIGTERM: it finishes its current batch)."""
+        self._stopping = True
+        if self.process.is_alive():
+            self.process.terminate()
+
+    async def join(self) -> None:
+        """Wait for the child to exit (killed after ``ENGINE_STOP_SECONDS``); clean up."""
+        self._stopping = True
+        await asyncio.to_thread(self.process.join, ENGINE_STOP_SECONDS)
+        if self.process.is_alive():
+            log.error("engine_process.killed", after_seconds=ENGINE_STOP_SECONDS)
+            self.process.kill()
+            await asyncio.to_thread(self.process.join)
+        self._notify.close()
+        self._wakes.close()
+        for name in ("notify", "wake"):
+            with contextlib.suppress(OSError):
+                os.unlink(Path(self._dir) / name)
+        with contextlib.suppress(OSError):
+            os.rmdir(self._dir)
+
+
+def run_engine_process(settings: Settings, notify_path: str) -> None:
+    """The child's whole life: log as ``serve`` does, run role ``worker`` until SIGTERM or
+    SIGINT, and say READY=1 to the parent's socket (not to systemd's)."""
+    from replygate.store.db import make_engine, session_factory
+
+    os.environ["NOTIFY_SOCKET"] = notify_path
+    logs.configure(json=settings.log_json, redact=functools.partial(redact, settings.secret_key))
+    engine = make_engine(settings.database_url)
+    wakes = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    wakes.bind(str(Path(notify_path).with_name("wake")))  # before READY=1: the parent sends
+    wakes.setblocking(False)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is optional off Linux
+        pass
+    try:
+        factory = session_factory(engine)
+        asyncio.run(run_service(settings, factory, role=ProcessRole.WORKER, wakes=wakes))
+    finally:
+        wakes.close()
+        engine.dispose()

@@ -12,7 +12,7 @@ import click
 from replygate import logs
 from replygate.cli import App, clean_errors, pass_app
 from replygate.cli.output import plural
-from replygate.errors import StartupError
+from replygate.errors import ServiceFailed, StartupError
 
 
 class StartFailed(click.ClickException):
@@ -38,7 +38,7 @@ def _start(app: App, migrate: bool, coro: Coroutine[Any, Any, None]) -> None:
     try:
         _check_schema(app, migrate)
         _run_async(coro)
-    except StartupError as exc:
+    except (StartupError, ServiceFailed) as exc:
         raise StartFailed(str(exc)) from exc
     finally:
         coro.close()  # never awaited when the check refused to start
@@ -89,6 +89,12 @@ def _run_async(coro: Coroutine[Any, Any, None]) -> None:
     metavar="HOST:PORT",
     help="Serve /metrics (Prometheus), /healthz and /readyz there. Off by default.",
 )
+@click.option(
+    "--one-process",
+    is_flag=True,
+    help="With --role all: keep the engine in this process even on a machine of "
+    "several cores (by default it runs in a child process of its own there).",
+)
 @pass_app
 @clean_errors
 def serve(
@@ -99,15 +105,18 @@ def serve(
     reuse_port: bool,
     migrate: bool,
     metrics: str | None,
+    one_process: bool,
 ) -> None:
     """Run the gateway, the engine and outbound workers and the portal until Ctrl-C.
 
-    Any start-up failure (a port in use, a schema behind this release) is one
-    line on stderr and exit status 1.
+    On a machine of two cores or more the engine and outbound worker run in a
+    child process of their own; Ctrl-C stops both. Any start-up failure (a
+    port in use, a schema behind this release) is one line on stderr and exit
+    status 1, and so is the engine process dying while the service runs.
     """
     smtp_addr = _host_port(smtp, app.settings.smtp_host, app.settings.smtp_port)
     portal_addr = _host_port(portal, app.settings.portal_host, app.settings.portal_port)
-    from replygate.runtime import run_service
+    from replygate.runtime import engine_beside, run_service
 
     service = run_service(
         app.settings,
@@ -117,6 +126,7 @@ def serve(
         portal_addr=portal_addr,
         reuse_port=reuse_port,
         metrics_addr=_metrics_addr(metrics),
+        split=engine_beside(role, one_process=one_process),
     )
     _start(app, migrate, service)
 

@@ -11,9 +11,10 @@ Everything else in the store asks here instead of testing a dialect's name:
 - snapshot reads: on SQLite, read-only sessions that begin DEFERRED and read
   a WAL snapshot, so idle polls and RCPT lookups never queue for the write
   lock; PostgreSQL's readers never wait for writers, so it needs none;
-- write turns: SQLite lets one transaction write at a time, and writers of
-  one process take turns on a lock of this process instead of racing in
-  SQLite's busy handler; a no-op on PostgreSQL;
+- write turns: SQLite lets one transaction write at a time, and writers
+  take turns (on a lock of the process, then on an ``flock`` of
+  ``<file>.write-turn`` across processes) instead of racing in SQLite's
+  busy handler; a no-op on PostgreSQL;
 - row locks: ``FOR UPDATE [SKIP LOCKED]`` on PostgreSQL, where several
   workers claim side by side; on SQLite the IMMEDIATE transaction already
   holds the whole database;
@@ -43,6 +44,7 @@ import hashlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -230,18 +232,56 @@ def wrap_driver_error(engine: Engine, statement: str, exc: Exception) -> Excepti
 
 # -- write turns (SQLite) ----------------------------------------------------------------------
 
-# Writers in one process (the gateway's writer, the inbound worker, the
-# outbound worker in ``serve``) queue here for their turn and are handed it as
-# it is released, instead of sleeping in SQLite's busy handler, whose growing
-# naps (up to 100 ms) let a waiter lose the race again and again while the
-# others keep the lock busy. Other processes still meet at SQLite's own lock.
-_TURNS: dict[str, threading.RLock] = {}
+# Writers (the gateway's writer, the inbound worker, the outbound worker) take
+# turns and are handed the turn as it is released, instead of sleeping in
+# SQLite's busy handler, whose growing naps (up to 100 ms) let a waiter lose
+# the race again and again while the others keep the lock busy. In one
+# process they queue on a lock of the process; across processes (``serve``
+# files in a process of its own beside the gateway's) on an ``flock`` of a
+# file beside the database (``<file>.write-turn``), tried every half
+# millisecond while it is held.
+TURN_RETRY_SECONDS = 0.0005
+
+
+class _Turn:
+    """One database file's write turn in this process: a re-entrant lock, and the
+    file lock taken by its outermost holder."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.lock = threading.RLock()
+        self.depth = 0  # changed only by the thread holding ``lock``
+        self.fd: int | None = None
+        self.path = path
+
+    def take_file(self, deadline: float) -> None:
+        if self.path is None:
+            return
+        if self.fd is None:  # opened once; not inherited by child processes
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise sqlite3.OperationalError(
+                        "database is locked (another process holds the write turn)"
+                    ) from None
+                time.sleep(TURN_RETRY_SECONDS)
+
+    def drop_file(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+
+_TURNS: dict[str, _Turn] = {}
 _TURNS_GUARD = threading.Lock()
 
 
 @contextmanager
 def write_turn(bind: Engine | None) -> Iterator[None]:
-    """Hold this process's turn to write to ``bind``'s SQLite file; a no-op elsewhere.
+    """Hold the turn to write to ``bind``'s SQLite file (this process's, then the file's
+    across processes); a no-op elsewhere.
 
     Re-entrant in one thread. Waits as long as SQLite's busy timeout, then
     fails as SQLite would.
@@ -251,21 +291,33 @@ def write_turn(bind: Engine | None) -> Iterator[None]:
         return
     key = bind.url.database or ":memory:"
     with _TURNS_GUARD:
-        turn = _TURNS.setdefault(key, threading.RLock())
-    if not turn.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
+        turn = _TURNS.get(key)
+        if turn is None:
+            path = (
+                None if key == ":memory:" else Path(key).with_name(f"{Path(key).name}.write-turn")
+            )
+            turn = _TURNS[key] = _Turn(path)
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    if not turn.lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
         raise sqlite3.OperationalError("database is locked (this process's writers are queued)")
     try:
-        yield
+        if turn.depth == 0:
+            turn.take_file(deadline)
+        turn.depth += 1
+        try:
+            yield
+        finally:
+            turn.depth -= 1
+            if turn.depth == 0:
+                turn.drop_file()
     finally:
-        turn.release()
+        turn.lock.release()
 
 
 # -- row locks and wake-ups --------------------------------------------------------------------
 
 
-def locked(
-    stmt: Select[*Ts], session: Session, *, skip_locked: bool = False
-) -> Select[*Ts]:
+def locked(stmt: Select[*Ts], session: Session, *, skip_locked: bool = False) -> Select[*Ts]:
     """``stmt`` locking the rows it reads for this transaction, where rows can be locked."""
     if backend(session) is Backend.POSTGRESQL:
         return stmt.with_for_update(skip_locked=skip_locked)
