@@ -367,21 +367,26 @@ class EngineProcess:
         self.process.start()
 
     async def until_ready(self, stop: asyncio.Event) -> None:
-        """Return once the child said READY=1; ``StartupError`` if it exits first or is slow."""
+        """Return once the child said READY=1, or at once when ``stop`` is set meanwhile
+        (the caller stops it); ``StartupError`` if it exits first or is too slow."""
         loop = asyncio.get_running_loop()
         exited = asyncio.ensure_future(asyncio.to_thread(self.process.join))
+        stopped = asyncio.ensure_future(stop.wait())
+        said: asyncio.Future[bytes] | None = None
         try:
             deadline = loop.time() + ENGINE_START_SECONDS
             while True:
                 said = asyncio.ensure_future(loop.sock_recv(self._notify, 4096))
                 done, _ = await asyncio.wait(
-                    {said, exited}, timeout=deadline - loop.time(), return_when="FIRST_COMPLETED"
+                    {said, exited, stopped},
+                    timeout=deadline - loop.time(),
+                    return_when="FIRST_COMPLETED",
                 )
                 if said in done and b"READY=1" in said.result().split(b"\n"):
                     return
-                if said not in done:
-                    said.cancel()
-                if exited in done or stop.is_set():
+                if stopped in done:
+                    return
+                if exited in done:
                     raise StartupError(
                         f"the engine process stopped while starting (exit status "
                         f"{self.process.exitcode}); its log says why"
@@ -391,8 +396,9 @@ class EngineProcess:
                         f"the engine process did not start within {ENGINE_START_SECONDS:.0f} s"
                     )
         finally:
-            if not exited.done():
-                exited.cancel()  # the thread keeps waiting; join() below reaps the child
+            for waiter in (said, stopped, exited):
+                if waiter is not None and not waiter.done():
+                    waiter.cancel()  # the join thread keeps waiting; join() reaps the child
 
     async def forward_wakes(self, committed: asyncio.Event, stop: asyncio.Event) -> None:
         """Tell the child each time the gateway has committed mail (one datagram; one
@@ -419,6 +425,7 @@ class EngineProcess:
         finally:
             loop.remove_reader(sentinel)
         if gone.is_set() and not self._stopping:
+            await asyncio.to_thread(self.process.join, ENGINE_STOP_SECONDS)  # reaped: its status
             self.failed = f"the engine process exited (status {self.process.exitcode})"
             log.error("engine_process.exited", status=self.process.exitcode)
             stop.set()
