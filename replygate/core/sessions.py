@@ -100,9 +100,18 @@ def start(
 
 
 def resume(
-    session: Session, session_id: str, lifetimes: Lifetimes, *, now: datetime | None = None
+    session: Session,
+    session_id: str,
+    lifetimes: Lifetimes,
+    *,
+    now: datetime | None = None,
+    touch: bool = False,
 ) -> User | None:
-    """The user of a live session, or None for an unknown, ended or expired one."""
+    """The user of a live session, or None for an unknown, ended or expired one.
+
+    ``touch`` restarts its idle time now (the "stay signed in" button) rather
+    than at most once a ``touch_every``.
+    """
     if not session_id or len(session_id) > MAX_ID_CHARS:
         return None
     now = now or utcnow()
@@ -113,7 +122,7 @@ def resume(
         session.delete(row)
         session.flush()
         return None
-    if now - row.last_seen_at >= lifetimes.touch_every:
+    if touch or now - row.last_seen_at >= lifetimes.touch_every:
         row.last_seen_at = now
     return session.get(User, row.user_id)
 

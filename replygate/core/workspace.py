@@ -256,6 +256,12 @@ class Workspace:
 
         return self._run(work)
 
+    def keep_alive(self, session_id: str) -> bool:
+        """Restart the session's idle time; False if it has ended already."""
+        return self._run(
+            lambda s: sessions.resume(s, session_id, self._lifetimes, touch=True) is not None
+        )
+
     def log_out(self, session_id: str) -> None:
         def work(session: Session) -> None:
             user = sessions.resume(session, session_id, self._lifetimes)

@@ -41,7 +41,12 @@ class AccountPages(Pages):
         next_url = safe_next(request.query_params.get("next"))
         if await self.current(request) is not None:
             return self.redirect(next_url)
-        context = {"next": next_url, "email": "", "org_name": await self.org_name()}
+        context = {
+            "next": next_url,
+            "email": "",
+            "org_name": await self.org_name(),
+            "expired": request.query_params.get("expired") == "1",
+        }
         return self.render(request, "login.html", context)
 
     async def login(self, request: Request) -> Response:
@@ -172,6 +177,16 @@ class AccountPages(Pages):
         context = {"codes": result.recovery_codes, "next": next_url}
         current = await self.current(request)
         return self.render(request, "recovery_codes.html", context, current=current)
+
+    async def keep_alive(self, request: Request) -> Response:
+        """"Stay signed in": the session's idle time starts again (204 to a script)."""
+        await self.form(request)
+        alive = await self.call(self.workspace.keep_alive, self.session_id(request))
+        if not alive:
+            raise LoginRequired
+        if request.headers.get("x-requested-with") == "replygate":
+            return Response(status_code=204)
+        return self.redirect("/inbox")
 
     async def logout(self, request: Request) -> Response:
         await self.form(request)

@@ -80,6 +80,7 @@ class Portal(AccountPages, MessagePages, StaffPages, AuditPages):
             Route("/login/enrol", self.enrol_page, methods=["GET"]),
             Route("/login/enrol", self.enrol, methods=["POST"]),
             Route("/logout", self.logout, methods=["POST"]),
+            Route("/session/keep-alive", self.keep_alive, methods=["POST"]),
             Route("/password", self.password_page, methods=["GET"]),
             Route("/password", self.change_password, methods=["POST"]),
             Route("/inbox", self.inbox),

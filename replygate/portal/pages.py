@@ -164,6 +164,7 @@ class Pages:
             "org_name": current.organisation if current else "",
             "csrf": csrf_token(request),
             "flashes": flashes,
+            "idle_seconds": self.settings.session_idle_seconds,
             **context,
         }
         html = self.templates.get_template(template).render(page)

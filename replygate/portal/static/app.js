@@ -31,6 +31,44 @@
     return open.length > 0;
   }
 
+  // -- automatic logoff: a warning a minute before the idle limit, then the login page --
+  // The server ends the session by itself (session_idle_seconds); this only tells
+  // the person first, and lets them stay signed in without losing what they typed.
+  var idle = parseInt(document.body.getAttribute("data-idle-seconds") || "0", 10);
+  var warning = document.getElementById("idle-warning");
+  var keepAlive = document.getElementById("keep-alive");
+  if (idle > 0 && warning && keepAlive) {
+    var warnTimer = null, endTimer = null;
+    var arm = function () {
+      clearTimeout(warnTimer);
+      clearTimeout(endTimer);
+      var lead = Math.min(60, idle / 2);
+      warnTimer = setTimeout(function () { if (!warning.open) warning.showModal(); },
+                             (idle - lead) * 1000);
+      endTimer = setTimeout(function () {  // a second after the server's own limit
+        window.location.assign("/login?expired=1");
+      }, (idle + 1) * 1000);
+    };
+    keepAlive.addEventListener("submit", function (event) {
+      event.preventDefault();
+      fetch("/session/keep-alive", {
+        method: "POST",
+        body: new FormData(keepAlive),
+        headers: { "X-Requested-With": "replygate" },
+        credentials: "same-origin",
+        redirect: "manual"
+      }).then(function (response) {
+        if (response.status === 204) {
+          warning.close();
+          arm();
+        } else {
+          window.location.assign("/login?expired=1");
+        }
+      });
+    });
+    arm();
+  }
+
   // -- the conversation list: j/k move, Enter opens ---------------------------------
   var rows = Array.prototype.slice.call(document.querySelectorAll("[data-thread-row]"));
   var selected = -1;
