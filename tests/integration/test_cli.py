@@ -225,7 +225,7 @@ COMMANDS = {
     "queue show": ["--json", "--raw", "inbound_id"],
     "queue stats": ["--json"],
     "send": ["--body", "--from", "--json", "--read-receipt", "--subject", "--to"],
-    "serve": ["--metrics", "--migrate", "--portal", "--reuse-port", "--role", "--smtp"],
+    "serve": ["--metrics", "--migrate", "--one-process", "--portal", "--reuse-port", "--role", "--smtp"],
     "settings convenience": ["--acknowledge-hipaa", "--by", "state"],
     "settings dmarc-policy": ["policy"],
     "settings mfa require": ["who"],
