@@ -10,7 +10,15 @@ layouts: ``sqlite`` (``replygate serve``, the README's command) and
 
 Backlog (``--backlog N``): N replies to one thread queued through a
 gateway-only process, then one worker started; the drain rate is N over the
-time from the first reply filed to the last.
+time from the first reply filed to the last, and the worker's CPU per reply.
+
+Layouts: ``sqlite`` is ``replygate serve`` as the README starts it (on two
+cores, the engine in a child process); ``sqlite-one`` is ``serve
+--one-process``; ``sqlite-split`` a gateway and one ``replygate worker``.
+Beside the times, each process's CPU per reply (``/proc``), steadier than
+wall time on a shared machine. Run another tree's code with
+``PYTHONPATH=<tree>`` (the processes import it; the bench itself needs only
+``ingest_common``).
 
     python bench/burst.py                                   # 40 × 15 over 16, both layouts
     python bench/burst.py --clients 20 --replies 10 --sessions 16 --layout sqlite
@@ -273,12 +281,15 @@ def backlog(kind: str, replies: int, sessions: int, workdir: Path) -> str:
             [[REPLYGATE, "serve", "--role", "gateway", "--smtp", f"127.0.0.1:{port}"]], world
         ):
             send_all(port, mails, sessions)
-        with started([[REPLYGATE, "worker"]], world):
+        with started([[REPLYGATE, "worker"]], world) as [pid]:
+            before = cpu_seconds(pid)
             first, done = wait_filed(world.url, replies)
+            used = cpu_seconds(pid) - before
         rate = (replies - 1) / max(done - first, 1e-9)
         return (
             f"{kind:12} backlog of {replies} replies to one thread: drained at {rate:.0f}/s "
-            f"({done - first:.2f} s from the first filed to the last)"
+            f"({done - first:.2f} s from the first filed to the last); worker CPU "
+            f"{1000 * used / replies:.1f} ms per reply"
         )
 
 
