@@ -31,14 +31,17 @@ from replygate.workers.signing import DkimSigner
 from tests.dns_server import LoopbackDns, Zone
 
 
-def _keygen(settings: Settings, *args: str) -> str:
-    env = {
+def _env(settings: Settings) -> dict[str, str]:
+    return {
         "REPLYGATE_DATABASE_URL": settings.database_url,
         "REPLYGATE_SECRET_KEY": settings.secret_key,
         "REPLYGATE_REPLY_DOMAIN": settings.reply_domain,
         "REPLYGATE_VAR_DIR": str(settings.var_dir),
     }
-    result = CliRunner().invoke(main, ["dkim", "keygen", *args], env=env)
+
+
+def _keygen(settings: Settings, *args: str) -> str:
+    result = CliRunner().invoke(main, ["dkim", "keygen", *args], env=_env(settings))
     assert result.exit_code == 0, result.output
     return result.output
 
@@ -105,9 +108,7 @@ def test_keygen_never_overwrites_a_key(settings: Settings, tmp_path: Path) -> No
     _keygen(settings, "s1", "--key", str(key))
     before = key.read_bytes()
     result = CliRunner().invoke(
-        main,
-        ["dkim", "keygen", "s1", "--key", str(key)],
-        env={"REPLYGATE_DATABASE_URL": settings.database_url, "REPLYGATE_VAR_DIR": str(tmp_path)},
+        main, ["dkim", "keygen", "s1", "--key", str(key)], env=_env(settings)
     )
     assert result.exit_code == 1 and "exists already" in result.output
     assert key.read_bytes() == before

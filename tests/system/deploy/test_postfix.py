@@ -52,7 +52,8 @@ TRANSPORTS = ["smtp", "pipe"]
 PIPE_SERVICE = (
     "replygate unix  -       n       n       -       -       pipe\n"
     "  flags=DRq user={user} null_sender=\n"
-    "  argv={program} --config {config} ingest --rcpt=${{recipient}} --sender=${{sender}}\n"
+    "  argv={program} --config {config} ingest --rcpt=${{recipient}} --sender=${{sender}}"
+    " --client-ip=${{client_address}} --helo=${{client_helo}}\n"
 )
 
 
@@ -238,5 +239,8 @@ def test_pipe_service_line_is_what_the_docs_show() -> None:
     """docs/operating.md carries the same master.cf entry as this test uses."""
     docs = (Path(__file__).resolve().parents[3] / "docs" / "operating.md").read_text()
     assert "flags=DRq user=replygate null_sender=" in docs
-    assert "ingest --rcpt=${recipient} --sender=${sender}" in docs
+    assert (
+        "ingest --rcpt=${recipient} --sender=${sender}"
+        " --client-ip=${client_address} --helo=${client_helo}"
+    ) in docs
     assert "replygate_destination_recipient_limit = 1" in docs
