@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, UnaryExpression, and_, func, literal, select, tuple_
+from sqlalchemy import Select, UnaryExpression, and_, case, func, literal, select, tuple_
 from sqlalchemy.orm import Session, selectinload
 
 from replygate.core.messaging import (
@@ -161,11 +161,44 @@ def _inbox_order() -> tuple[UnaryExpression[bool], UnaryExpression[datetime], Un
 
 def page_statement(
     user_id: int, view: InboxFilter, *, offset: int, limit: int
-) -> Select[int, bool, bool]:
-    """The participant rows of one inbox page, in order: a range of the inbox index."""
+) -> Select[int, bool, bool, str, datetime, str | None, int]:
+    """One inbox page in one query: a range of the inbox index, read in order.
+
+    Each row's thread, latest message and unread count are looked up for the
+    rows of the page alone (the index gives them in order, so nothing is
+    sorted and no other row is read); the count only for an unread row.
+    """
+    me = ThreadParticipant
+    preview = (
+        select(Message.body)
+        .where(Message.thread_id == me.thread_id)
+        .order_by(Message.id.desc())
+        .limit(1)
+        .correlate(me)
+        .scalar_subquery()
+    )
+    count = (
+        select(func.count(Message.id))
+        .where(
+            Message.thread_id == me.thread_id,
+            Message.author_id != user_id,
+            Message.id > func.coalesce(me.last_read_message_id, 0),
+        )
+        .correlate(me)
+        .scalar_subquery()
+    )
     return (
-        select(ThreadParticipant.thread_id, ThreadParticipant.pinned, ThreadParticipant.archived)
-        .where(ThreadParticipant.user_id == user_id, shown_in(view))
+        select(
+            me.thread_id,
+            me.pinned,
+            me.archived,
+            Thread.subject,
+            Thread.last_activity_at,
+            preview.label("preview"),
+            case((is_unread(), count), else_=0).label("unread"),
+        )
+        .join(Thread, Thread.id == me.thread_id)
+        .where(me.user_id == user_id, shown_in(view))
         .order_by(*_inbox_order())
         .offset(offset)
         .limit(limit)
@@ -180,35 +213,22 @@ def inbox(
     size: int = PAGE_SIZE,
 ) -> tuple[list[ThreadRow], bool]:
     """One page of the user's threads in ``view``, pinned first, then newest activity;
-    and whether more follow.
-
-    The page is picked from the user's participant rows alone, in index order
-    (no thread is read that is not shown), then its threads, names, previews
-    and unread counts are read for those rows only.
+    and whether more follow: two queries (the page, then the names in it).
     """
     picked = session.execute(
         page_statement(user_id, view, offset=page * size, limit=size + 1)
     ).all()
     more = len(picked) > size
     picked = picked[:size]
-    ids = [row.thread_id for row in picked]
-    threads = {
-        t.id: t
-        for t in session.execute(
-            select(Thread.id, Thread.subject, Thread.last_activity_at).where(Thread.id.in_(ids))
-        )
-    }
-    names = _other_names(session, user_id, ids)
-    last = _last_messages(session, ids)
-    unread = _unread_counts(session, user_id, ids)
+    names = _other_names(session, user_id, [row.thread_id for row in picked])
     return [
         ThreadRow(
             id=row.thread_id,
-            subject=threads[row.thread_id].subject,
+            subject=row.subject,
             with_names=", ".join(names.get(row.thread_id, [])) or "only you",
-            last_activity_at=threads[row.thread_id].last_activity_at,
-            preview=_preview(last.get(row.thread_id, "")),
-            unread=unread.get(row.thread_id, 0),
+            last_activity_at=row.last_activity_at,
+            preview=_preview(row.preview or ""),
+            unread=row.unread or 0,
             pinned=row.pinned,
             archived=row.archived,
         )
@@ -219,6 +239,8 @@ def inbox(
 def _other_names(session: Session, user_id: int, thread_ids: list[int]) -> dict[int, list[str]]:
     """The names of everyone but the user in each thread, in participant order."""
     names: dict[int, list[str]] = {}
+    if not thread_ids:
+        return names
     rows = session.execute(
         select(ThreadParticipant.thread_id, User.name)
         .join(User, User.id == ThreadParticipant.user_id)
@@ -228,31 +250,6 @@ def _other_names(session: Session, user_id: int, thread_ids: list[int]) -> dict[
     for thread_id, name in rows:
         names.setdefault(thread_id, []).append(name)
     return names
-
-
-def _unread_counts(session: Session, user_id: int, thread_ids: list[int]) -> dict[int, int]:
-    """How many messages by others each thread holds after the user's read mark."""
-    if not thread_ids:
-        return {}
-    mark = func.coalesce(ThreadParticipant.last_read_message_id, 0)
-    rows = session.execute(
-        select(Message.thread_id, func.count(Message.id))
-        .join(
-            ThreadParticipant,
-            and_(
-                ThreadParticipant.thread_id == Message.thread_id,
-                ThreadParticipant.user_id == user_id,
-            ),
-        )
-        .where(
-            ThreadParticipant.thread_id.in_(thread_ids),
-            is_unread(),
-            Message.author_id != user_id,
-            Message.id > mark,
-        )
-        .group_by(Message.thread_id)
-    ).all()
-    return {thread_id: count for thread_id, count in rows}
 
 
 def unread_statement(user_id: int) -> Select[int]:
@@ -380,19 +377,6 @@ def _neighbours(session: Session, me: ThreadParticipant) -> tuple[int | None, in
 def _others(thread: Thread, user_id: int) -> str:
     names = [p.user.name for p in thread.participants if p.user_id != user_id]
     return ", ".join(names) or "only you"
-
-
-def _last_messages(session: Session, thread_ids: list[int]) -> dict[int, str]:
-    if not thread_ids:
-        return {}
-    last_ids = (
-        select(func.max(Message.id))
-        .where(Message.thread_id.in_(thread_ids))
-        .group_by(Message.thread_id)
-        .scalar_subquery()
-    )
-    rows = session.execute(select(Message.thread_id, Message.body).where(Message.id.in_(last_ids)))
-    return {thread_id: body for thread_id, body in rows}
 
 
 def attachment_for(session: Session, attachment_id: int, user: User) -> AttachmentFile:
