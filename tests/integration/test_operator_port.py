@@ -39,13 +39,15 @@ from tests.helpers import free_port, http_get, sample, scrape, wait_for
 @pytest.fixture
 def metrics_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Metrics on in this process, recording under a directory of the test's; put back after."""
-    monkeypatch.delenv(metrics.ENV, raising=False)
+    directory = tmp_path / "metrics"
+    # Set through monkeypatch first, so that what enable() writes is undone after the
+    # test (deleting an absent variable records nothing to put back): later tests in
+    # this process must not record into a directory of this one's.
+    monkeypatch.setenv(metrics.ENV, str(directory))
     monkeypatch.setattr(metrics, "_current", None)
     monkeypatch.setattr(values, "ValueClass", values.ValueClass)
-    directory = tmp_path / "metrics"
     metrics.enable(directory, owner=True)
     yield directory
-    # enable() wrote the variable itself; monkeypatch restores what was there before.
 
 
 def serve(factory: sessionmaker[Session], directory: Path) -> OperatorServer:
