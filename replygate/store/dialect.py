@@ -243,6 +243,30 @@ def wrap_driver_error(engine: Engine, statement: str, exc: Exception) -> Excepti
 TURN_RETRY_SECONDS = 0.0005
 
 
+def _open_turn_file(path: Path) -> int:
+    """The turn file, open for ``flock``, readable by whoever may write the database.
+
+    Made with the database file's permissions: the gateway's user, a Postfix
+    pipe's (``replygate ingest``) and the workers' must all be able to take
+    the turn. It holds nothing, and a lock needs only a read-only descriptor,
+    so a file made by another user is opened for reading.
+    """
+    database = path.with_name(path.name.removesuffix(".write-turn"))
+    try:
+        mode = database.stat().st_mode & 0o666
+    except OSError:
+        mode = 0o600
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        try:
+            return os.open(path, os.O_RDWR)
+        except PermissionError:
+            return os.open(path, os.O_RDONLY)
+    os.fchmod(fd, mode)  # as the database's, whatever the umask
+    return fd
+
+
 class _Turn:
     """One database file's write turn in this process: a re-entrant lock, and the
     file lock taken by its outermost holder."""
@@ -257,7 +281,7 @@ class _Turn:
         if self.path is None:
             return
         if self.fd is None:  # opened once; not inherited by child processes
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            self.fd = _open_turn_file(self.path)
         while True:
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
