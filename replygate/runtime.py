@@ -25,6 +25,7 @@ import os
 import signal
 import socket
 import tempfile
+import time
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -425,10 +426,20 @@ class EngineProcess:
         finally:
             loop.remove_reader(sentinel)
         if gone.is_set() and not self._stopping:
-            await asyncio.to_thread(self.process.join, ENGINE_STOP_SECONDS)  # reaped: its status
-            self.failed = f"the engine process exited (status {self.process.exitcode})"
-            log.error("engine_process.exited", status=self.process.exitcode)
+            status = await asyncio.to_thread(self._exit_status)
+            self.failed = f"the engine process exited (status {status})"
+            log.error("engine_process.exited", status=status)
             stop.set()
+
+    def _exit_status(self) -> int | None:
+        """The child's exit status once reaped. Another thread asking ``is_alive`` (the
+        readiness check) may reap it first, and a join racing with it then returns
+        before the status is recorded: ask again for a moment."""
+        self.process.join(ENGINE_STOP_SECONDS)
+        deadline = time.monotonic() + ENGINE_STOP_SECONDS
+        while self.process.exitcode is None and time.monotonic() < deadline:
+            self.process.join(0.05)
+        return self.process.exitcode
 
     def terminate(self) -> None:
         """Ask the child to stop (SIGTERM: it finishes its current batch)."""
