@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,15 +23,6 @@ from tests.portal_support import CIRCLE, PASSWORD, People, file_email_reply
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 # The README's screenshots: refreshed when REPLYGATE_SCREENSHOTS=1, else written to a temp dir
 # (every run would otherwise rewrite them, since they show the time).
 README_SCREENSHOTS = Path(__file__).resolve().parents[3] / "docs" / "screenshots"
@@ -43,17 +33,6 @@ CANNED_BODY = (
     "Reply here with any questions.\n\nSam"
 )
 
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        yield launched
-        launched.close()
 
 
 def _context(browser: Browser, base_url: str) -> BrowserContext:

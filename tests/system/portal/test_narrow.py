@@ -8,18 +8,16 @@ every page names its icon, which ``/favicon.ico`` serves.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.core.messaging import Messaging
 from replygate.store import directory
 from replygate.store.db import transaction
 from tests.portal_support import PASSWORD, People, file_email_reply
-from tests.system.portal.test_browser import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.browser
 
@@ -27,17 +25,6 @@ PHONE = {"width": 390, "height": 844}
 LONG_SUBJECT = "Your referral letter, the insurance pre-authorisation and next steps"
 LONG_ADDRESS = "maximilian.featherstonehaugh@longest-family-practice-name.example.test"
 
-
-@pytest.fixture(scope="module")
-def phone_browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        yield launched
-        launched.close()
 
 
 def _phone(browser: Browser, base_url: str, email: str) -> tuple[BrowserContext, Page]:
@@ -74,7 +61,7 @@ def _rows(page: Page, selector: str) -> int:
 
 
 def test_a_phone_shows_header_pill_and_addresses_whole(
-    phone_browser: Browser,
+    browser: Browser,
     live_portal: str,
     people: People,
     sessions: sessionmaker[Session],
@@ -95,7 +82,7 @@ def test_a_phone_shows_header_pill_and_addresses_whole(
     )
 
     # The admin sees every section: the widest header there is.
-    context, page = _phone(phone_browser, live_portal, people.admin)
+    context, page = _phone(browser, live_portal, people.admin)
     assert _rows(page, ".topbar") <= 2, "the header takes more than two rows"
     header = _box(page, ".topbar")
     assert header["height"] <= 110, f"the header is {header['height']} px tall"

@@ -9,11 +9,9 @@ Without Chromium these tests fail rather than skip: CI installs it.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.core.messaging import Messaging
@@ -21,22 +19,9 @@ from tests.portal_support import PASSWORD, People, file_email_reply
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"]
 WIDTHS = {"desktop": (1180, 760), "phone": (390, 844)}
 SUBJECTS = ("Intake forms", "Invoice for March", "Parking next Tuesday")
 
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        yield launched
-        launched.close()
 
 
 def _login(browser: Browser, base_url: str, email: str, width: str, *, js: bool = True) -> Page:

@@ -26,9 +26,7 @@ from replygate.workers.drain import outbound_worker
 from replygate.workers.reminders import ReminderSweeper
 from tests.helpers import read_maildir, wait_for
 from tests.portal_support import CIRCLE, People
-from tests.system.portal.test_browser import _context, _login, browser
-
-__all__ = ["browser"]  # fixture
+from tests.system.portal.test_browser import _context, _login
 
 pytestmark = pytest.mark.browser
 

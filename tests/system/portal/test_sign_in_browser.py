@@ -12,11 +12,10 @@ import dataclasses
 import re
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pyotp
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
@@ -27,21 +26,8 @@ from tests.portal_support import PASSWORD, People, serve_in_thread
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"]
 IDLE_SECONDS = 6  # the warning comes at 3 s, the logoff at 6 s
 
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        yield launched
-        launched.close()
 
 
 def _page(browser: Browser, base_url: str, *, js: bool = True) -> Page:
