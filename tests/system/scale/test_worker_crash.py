@@ -5,23 +5,25 @@ no mail ``processing`` for its lease (300 s here, the default).
 started again; every reply it answered 250 to is filed within 15 s of the
 restart, once, and nothing is left ``processing`` (SQLite; and PostgreSQL,
 where a second worker process runs beside it throughout). PostgreSQL also: a
-gateway and two workers; one worker is killed, and the other takes back its
-claims within seconds, files every reply once, and leaves nothing
+gateway and two workers; one worker is killed while it holds a claim, and
+the other takes back its claims within seconds, files every reply once, and leaves nothing
 ``processing``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
+from replygate.store.dialect import OWNER_LOCK_SPACE
 from replygate.store.models import InboundMail, Message
 from tests.helpers import free_port, port_open, wait_for
 from tests.system.scale.conftest import (
@@ -166,18 +168,39 @@ def test_serve_killed_under_load_files_every_acknowledged_reply_after_a_restart(
     _check_all_filed_once(sessions, todo)
 
 
+def _owners_alive(sessions: sessionmaker[Session]) -> int:
+    """How many worker processes hold their mark of being alive (PostgreSQL)."""
+    with sessions() as session:
+        return int(
+            session.execute(
+                text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                    "AND granted AND classid::bigint = :space"
+                ),
+                {"space": OWNER_LOCK_SPACE},
+            ).scalar_one()
+        )
+
+
 @needs_postgresql
 def test_a_worker_killed_under_load_leaves_its_claims_to_the_other(
     settings: Settings, sessions: sessionmaker[Session], processes: Processes
 ) -> None:
-    """The doomed worker is killed as soon as it is seen holding a claim (its id
-    on a claim names its pid), while the senders keep the gateway busy."""
+    """The doomed worker is killed while it holds a claim (its id on a claim names
+    its pid), while the senders keep the gateway busy.
+
+    Both workers run from the start. So that the doomed one surely claims, the
+    other is paused (SIGSTOP) until the kill; the doomed one is paused too once
+    it is seen holding a claim, so the claim is still held when SIGKILL lands.
+    """
     processes.env["REPLYGATE_WORKER_LEASE_SECONDS"] = "300"
     todo = _todo(sessions, settings)
     port = free_port()
     processes.gateway(port)
     doomed = processes.worker()
-    processes.worker()
+    survivor = processes.worker()
+    wait_for(lambda: _owners_alive(sessions) == 2, timeout=60, what="both workers to start")
+    survivor.send_signal(signal.SIGSTOP)
     killed_at: list[float] = []
     held: list[int] = []
 
@@ -191,10 +214,24 @@ def test_a_worker_killed_under_load_leaves_its_claims_to_the_other(
             ).all()
         return bool(held)
 
+    def caught_holding() -> bool:
+        if not holds_a_claim():
+            return False
+        doomed.send_signal(signal.SIGSTOP)
+        if holds_a_claim():
+            return True
+        doomed.send_signal(signal.SIGCONT)  # it committed in between: try again
+        return False
+
     def assassin() -> None:
-        wait_for(holds_a_claim, timeout=120, interval=0.005, what="a claim of the doomed worker")
-        Processes.kill(doomed)
-        killed_at.append(time.monotonic())
+        try:
+            wait_for(
+                caught_holding, timeout=120, interval=0.005, what="a claim of the doomed worker"
+            )
+            Processes.kill(doomed)
+            killed_at.append(time.monotonic())
+        finally:
+            survivor.send_signal(signal.SIGCONT)
 
     killer = threading.Thread(target=assassin, daemon=True)
     killer.start()
