@@ -35,6 +35,7 @@ def _env(tree: Path, var: Path) -> dict[str, str]:
         "REPLYGATE_DATABASE_URL": f"sqlite:///{var}/bench.db",
         "REPLYGATE_VAR_DIR": str(var),
         "REPLYGATE_SECRET_KEY": "bench-secret-bench-secret-bench-secret",
+        "REPLYGATE_ENCRYPTION_KEYS_FILE": str(var / "keys"),
         "REPLYGATE_REPLY_DOMAIN": "reply.test",
     }
 

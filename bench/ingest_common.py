@@ -72,6 +72,7 @@ class World:
             REPLYGATE_MAIL_AUTH="off",
             REPLYGATE_DATABASE_URL=self.url,
             REPLYGATE_SECRET_KEY=SECRET,
+            REPLYGATE_ENCRYPTION_KEYS_FILE=str(self.var_dir / "keys"),
             REPLYGATE_REPLY_DOMAIN=REPLY_DOMAIN,
             REPLYGATE_VAR_DIR=str(self.var_dir),
             REPLYGATE_LOG_JSON="1",
@@ -96,8 +97,18 @@ class World:
             engine.dispose()
 
 
+def _install_keys(path: Path) -> None:
+    """The key file every process of a run seals with (trees before sealing ignore it)."""
+    try:
+        from replygate.store import keyring
+    except ImportError:
+        return
+    keyring.install(keyring.Keyring.open_or_create(path))
+
+
 def seed(url: str, var_dir: Path, threads: int = 1) -> World:
     """Migrate ``url`` and add a client with ``threads`` threads, one reply address each."""
+    _install_keys(var_dir / "keys")
     upgrade(url)
     engine = make_engine(url)
     factory = session_factory(engine)

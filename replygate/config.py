@@ -35,6 +35,9 @@ class Settings:
     # it the gateway defers mail with 452 4.3.1 instead of filling the disk.
     sqlite_max_size_mb: int = 0
     secret_key: str = field(default="", repr=False)
+    # The keys that seal message content at rest, in a file apart from the database
+    # (and its backups): ``var/keys`` by default for SQLite, required for PostgreSQL.
+    encryption_keys_file: Path = Path()
     reply_domain: str = "reply.localhost"
     notification_from: str = ""
     # The name the organisation is created with, on the database's first use. The
@@ -311,6 +314,13 @@ def _derive(s: Settings) -> Settings:
                 "embedded SQLite: every host must sign tokens and sessions with the same key"
             )
         s = dataclasses.replace(s, secret_key=_local_secret(var_dir))
+    if not str(s.encryption_keys_file) or str(s.encryption_keys_file) == ".":
+        if not s.is_sqlite:
+            raise ConfigError(
+                "REPLYGATE_ENCRYPTION_KEYS_FILE must be set explicitly when the database is not "
+                "the embedded SQLite: every host must seal with the same keys, kept apart from it"
+            )
+        s = dataclasses.replace(s, encryption_keys_file=var_dir / "keys")
     if len(s.secret_key) < 32:
         raise ConfigError("the secret key must be at least 32 characters long")
     if s.session_idle_seconds <= 0 or s.session_max_seconds <= 0:

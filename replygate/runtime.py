@@ -467,10 +467,12 @@ class EngineProcess:
 def run_engine_process(settings: Settings, notify_path: str) -> None:
     """The child's whole life: log as ``serve`` does, run role ``worker`` until SIGTERM or
     SIGINT, and say READY=1 to the parent's socket (not to systemd's)."""
+    from replygate.store import keyring
     from replygate.store.db import make_engine, session_factory
 
     os.environ["NOTIFY_SOCKET"] = notify_path
     logs.configure(json=settings.log_json, redact=functools.partial(redact, settings.secret_key))
+    keyring.load(settings)
     engine = make_engine(settings.database_url)
     wakes = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     wakes.bind(str(Path(notify_path).with_name("wake")))  # before READY=1: the parent sends

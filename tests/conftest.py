@@ -18,7 +18,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings, load_settings
+from replygate.store import keyring
 from replygate.store.db import make_engine, normalise_url, session_factory, upgrade
+from replygate.store.keyring import Keyring
 from replygate.store.models import Base
 from tests.dns_server import LoopbackDns, Zone
 
@@ -97,12 +99,16 @@ def dns_zone(dns_server: LoopbackDns) -> Iterator[Zone]:
 
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path, dns_server: LoopbackDns) -> Settings:
+    """The test's settings; its key file is made and is the one this process seals with."""
+    keys = Keyring.create(tmp_path / "var" / "keys")
+    keyring.install(keys)
     return load_settings(
         env={},
         overrides={
             "var_dir": tmp_path / "var",
             "database_url": database_url,
             "secret_key": TEST_SECRET,
+            "encryption_keys_file": keys.path,
             "reply_domain": "reply.test",
             "portal_url": "http://portal.test",
             "dns_nameservers": dns_server.address,

@@ -103,12 +103,14 @@ class App:
     def factory(self) -> sessionmaker[Session]:
         if self._factory is None:
             from replygate.core import audit
+            from replygate.store import keyring
             from replygate.store.db import session_factory
 
             # What a command does, an operator did (``serve`` acts as itself). Marked
             # with the first use of the database, which every audited act needs, so
             # that ``--help`` loads no audit trail.
             audit.operator_at_work()
+            keyring.load(self.settings)
             self._factory = session_factory(self.engine)
         return self._factory
 

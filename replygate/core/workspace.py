@@ -378,9 +378,7 @@ class Workspace:
 
             def refused(session: Session) -> None:
                 user = directory.find_user(session, viewer.email)
-                self._record(
-                    session, user, action, kind, object_id, outcome=AuditOutcome.DENIED
-                )
+                self._record(session, user, action, kind, object_id, outcome=AuditOutcome.DENIED)
 
             self._run(refused)
             raise

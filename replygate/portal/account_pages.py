@@ -179,7 +179,7 @@ class AccountPages(Pages):
         return self.render(request, "recovery_codes.html", context, current=current)
 
     async def keep_alive(self, request: Request) -> Response:
-        """"Stay signed in": the session's idle time starts again (204 to a script)."""
+        """ "Stay signed in": the session's idle time starts again (204 to a script)."""
         await self.form(request)
         alive = await self.call(self.workspace.keep_alive, self.session_id(request))
         if not alive:

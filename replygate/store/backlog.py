@@ -41,4 +41,3 @@ def outbox_by_status(session: Session) -> list[StatusCount]:
         )
     )
     return [StatusCount(status, count, oldest) for status, count, oldest in rows]
-

@@ -50,8 +50,6 @@ from replygate.store.states import (
 DEFAULT_REMINDER_DELAY_SECONDS = 86_400
 
 
-
-
 class Organisation(Base):
     """The one organisation this deployment serves, and its settings."""
 

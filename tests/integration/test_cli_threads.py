@@ -27,6 +27,7 @@ def env(settings: Settings) -> dict[str, str]:
     return {
         "REPLYGATE_DATABASE_URL": settings.database_url,
         "REPLYGATE_SECRET_KEY": settings.secret_key,
+        "REPLYGATE_ENCRYPTION_KEYS_FILE": str(settings.encryption_keys_file),
         "REPLYGATE_REPLY_DOMAIN": settings.reply_domain,
         "REPLYGATE_VAR_DIR": str(settings.var_dir),
     }

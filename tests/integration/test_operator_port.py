@@ -118,9 +118,7 @@ def test_queues_are_read_from_the_database_and_processes_are_summed(
         server.stop()
 
 
-def test_readyz_is_unready_while_the_sqlite_file_is_away(
-    tmp_path: Path, metrics_dir: Path
-) -> None:
+def test_readyz_is_unready_while_the_sqlite_file_is_away(tmp_path: Path, metrics_dir: Path) -> None:
     path = tmp_path / "db" / "replygate.db"
     path.parent.mkdir()
     upgrade(f"sqlite:///{path}")

@@ -119,6 +119,7 @@ def test_the_operator_sets_the_policy_from_the_command_line(
     env = {
         "REPLYGATE_DATABASE_URL": settings.database_url,
         "REPLYGATE_SECRET_KEY": settings.secret_key,
+        "REPLYGATE_ENCRYPTION_KEYS_FILE": str(settings.encryption_keys_file),
         "REPLYGATE_TRUSTED_AUTHSERV_IDS": RELAY,
     }
     result = CliRunner().invoke(main, ["settings", "dmarc-policy", "require-pass"], env=env)

@@ -198,6 +198,7 @@ def test_users_logout_ends_a_live_browser_session(
     env = {
         "REPLYGATE_DATABASE_URL": settings.database_url,
         "REPLYGATE_SECRET_KEY": settings.secret_key,
+        "REPLYGATE_ENCRYPTION_KEYS_FILE": str(settings.encryption_keys_file),
         "REPLYGATE_VAR_DIR": str(settings.var_dir),
     }
     listed = CliRunner().invoke(main, ["users", "sessions", people.client1, "--json"], env=env)

@@ -165,6 +165,7 @@ def test_operators_enrol_reset_and_require(
     env = {
         "REPLYGATE_DATABASE_URL": settings.database_url,
         "REPLYGATE_SECRET_KEY": settings.secret_key,
+        "REPLYGATE_ENCRYPTION_KEYS_FILE": str(settings.encryption_keys_file),
         "REPLYGATE_VAR_DIR": str(settings.var_dir),
     }
     runner = CliRunner()

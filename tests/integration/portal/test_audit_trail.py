@@ -115,6 +115,7 @@ def test_operator_commands_that_show_content_are_recorded(
     env = {
         "REPLYGATE_DATABASE_URL": settings.database_url,
         "REPLYGATE_SECRET_KEY": settings.secret_key,
+        "REPLYGATE_ENCRYPTION_KEYS_FILE": str(settings.encryption_keys_file),
         "REPLYGATE_VAR_DIR": str(settings.var_dir),
     }
     runner = CliRunner()

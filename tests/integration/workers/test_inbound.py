@@ -169,6 +169,7 @@ def test_a_worker_killed_after_its_claim_leaves_the_mail_replayable(
     env = {
         "REPLYGATE_DATABASE_URL": settings.database_url,
         "REPLYGATE_SECRET_KEY": settings.secret_key,
+        "REPLYGATE_ENCRYPTION_KEYS_FILE": str(settings.encryption_keys_file),
         "REPLYGATE_REPLY_DOMAIN": settings.reply_domain,
         "REPLYGATE_VAR_DIR": str(settings.var_dir),
     }
@@ -249,6 +250,7 @@ def test_hold_policy_holds_a_mismatched_sender_until_an_operator_decides(
     env = {
         "REPLYGATE_DATABASE_URL": settings.database_url,
         "REPLYGATE_SECRET_KEY": settings.secret_key,
+        "REPLYGATE_ENCRYPTION_KEYS_FILE": str(settings.encryption_keys_file),
         "REPLYGATE_REPLY_DOMAIN": settings.reply_domain,
         "REPLYGATE_VAR_DIR": str(settings.var_dir),
     }

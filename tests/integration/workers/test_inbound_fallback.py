@@ -78,6 +78,7 @@ def test_a_reply_cut_to_a_sign_off_files_the_unquoted_text(
     env = {
         "REPLYGATE_DATABASE_URL": settings.database_url,
         "REPLYGATE_SECRET_KEY": settings.secret_key,
+        "REPLYGATE_ENCRYPTION_KEYS_FILE": str(settings.encryption_keys_file),
         "REPLYGATE_REPLY_DOMAIN": settings.reply_domain,
         "REPLYGATE_VAR_DIR": str(settings.var_dir),
     }

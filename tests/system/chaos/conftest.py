@@ -17,7 +17,9 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings, load_settings
+from replygate.store import keyring
 from replygate.store.db import make_engine, session_factory, upgrade
+from replygate.store.keyring import Keyring
 from tests.conftest import TEST_SECRET
 from tests.system.chaos.cluster import Cluster
 from tests.system.scale.conftest import CLIENT, REPLYGATE, Processes
@@ -53,6 +55,7 @@ def private_db(cluster: Cluster, tmp_path: Path) -> Iterator[PrivateDatabase]:
             "var_dir": tmp_path / "var",
             "database_url": cluster.url,
             "secret_key": TEST_SECRET,
+            "encryption_keys_file": keyring.install(Keyring.create(tmp_path / "keys")).path,
             "reply_domain": "reply.test",
             "portal_url": "http://portal.test",
         },
@@ -69,6 +72,7 @@ def process_env(settings: Settings, database_url: str) -> dict[str, str]:
     env.update(
         REPLYGATE_DATABASE_URL=database_url,
         REPLYGATE_SECRET_KEY=settings.secret_key,
+        REPLYGATE_ENCRYPTION_KEYS_FILE=str(settings.encryption_keys_file),
         REPLYGATE_REPLY_DOMAIN=settings.reply_domain,
         REPLYGATE_VAR_DIR=str(settings.var_dir),
         REPLYGATE_PORTAL_URL=settings.portal_url,

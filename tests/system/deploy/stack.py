@@ -50,11 +50,18 @@ class Stack:
             shutil.copyfile(source, target)
             os.chown(target, self.pipe_user.pw_uid, self.pipe_user.pw_gid)
             database_url = f"sqlite:///{target}"
+        # The pipe user seals what it queues: the key file is its own (mode 0600), as
+        # the service user's would be; root, running everything else here, reads it too.
+        keys = state / "keys"
+        shutil.copyfile(settings.encryption_keys_file, keys)
+        os.chown(keys, self.pipe_user.pw_uid, self.pipe_user.pw_gid)
+        keys.chmod(0o600)
         self.smtp_port = free_port()
         self.outbox = root / "outbox"
         self.env = {
             "REPLYGATE_DATABASE_URL": database_url,
             "REPLYGATE_SECRET_KEY": settings.secret_key,
+            "REPLYGATE_ENCRYPTION_KEYS_FILE": str(keys),
             "REPLYGATE_VAR_DIR": str(state),
             "REPLYGATE_OUTBOX_MAILDIR": str(self.outbox),
             "REPLYGATE_REPLY_DOMAIN": REPLY_DOMAIN,

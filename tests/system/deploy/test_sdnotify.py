@@ -91,6 +91,7 @@ def test_serve_tells_systemd_when_it_is_ready(
         "NOTIFY_SOCKET": str(tmp_path / "notify"),
         "REPLYGATE_DATABASE_URL": settings.database_url,
         "REPLYGATE_SECRET_KEY": settings.secret_key,
+        "REPLYGATE_ENCRYPTION_KEYS_FILE": str(settings.encryption_keys_file),
         "REPLYGATE_VAR_DIR": str(tmp_path / "var"),
         "REPLYGATE_SMTP_PORT": str(smtp_port),
         "REPLYGATE_PORTAL_PORT": str(portal_port),

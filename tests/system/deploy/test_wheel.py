@@ -86,6 +86,7 @@ def site(tmp_path: Path) -> Iterator[dict[str, str]]:
         from sqlalchemy.engine import make_url
 
         from replygate.store.db import make_engine, normalise_url
+        from replygate.store.keyring import Keyring
 
         name = f"replygate_wheel_{os.getpid()}"
         admin = make_engine(pg).execution_options(isolation_level="AUTOCOMMIT")
@@ -95,6 +96,8 @@ def site(tmp_path: Path) -> Iterator[dict[str, str]]:
         url = make_url(normalise_url(pg)).set(database=name)
         env["REPLYGATE_DATABASE_URL"] = url.render_as_string(hide_password=False)
         env["REPLYGATE_SECRET_KEY"] = TEST_SECRET
+        keys = Keyring.create(tmp_path / "keys").path
+        env["REPLYGATE_ENCRYPTION_KEYS_FILE"] = str(keys)
         yield env
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 
 from replygate.config import Settings
 from replygate.store.db import make_engine, normalise_url, upgrade
+from replygate.store.keyring import Keyring
 from tests.conftest import TEST_SECRET
 from tests.helpers import free_port, port_open, wait_for
 
@@ -39,6 +40,7 @@ def environment(database_url: str, tmp: Path) -> dict[str, str]:
         **os.environ,
         "REPLYGATE_DATABASE_URL": database_url,
         "REPLYGATE_SECRET_KEY": TEST_SECRET,
+        "REPLYGATE_ENCRYPTION_KEYS_FILE": str(Keyring.open_or_create(tmp / "keys").path),
         "REPLYGATE_VAR_DIR": str(tmp / "var"),
         "REPLYGATE_OUTBOX_MAILDIR": str(tmp / "outbox"),
         "REPLYGATE_REPLY_DOMAIN": "reply.test",

@@ -83,6 +83,7 @@ def serve(
         **os.environ,
         "REPLYGATE_DATABASE_URL": settings.database_url,
         "REPLYGATE_SECRET_KEY": TEST_SECRET,
+        "REPLYGATE_ENCRYPTION_KEYS_FILE": str(settings.encryption_keys_file),
         "REPLYGATE_VAR_DIR": str(settings.var_dir),
         "REPLYGATE_OUTBOX_MAILDIR": str(outbox),
         "REPLYGATE_REPLY_DOMAIN": settings.reply_domain,

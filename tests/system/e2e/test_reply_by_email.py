@@ -40,6 +40,7 @@ class Deployment:
         self.env = {
             "REPLYGATE_DATABASE_URL": settings.database_url,
             "REPLYGATE_SECRET_KEY": settings.secret_key,
+            "REPLYGATE_ENCRYPTION_KEYS_FILE": str(settings.encryption_keys_file),
             "REPLYGATE_VAR_DIR": str(tmp / "var"),
             "REPLYGATE_OUTBOX_MAILDIR": str(self.maildir),
             "REPLYGATE_REPLY_DOMAIN": "reply.test",

@@ -34,7 +34,6 @@ CANNED_BODY = (
 )
 
 
-
 def _context(browser: Browser, base_url: str) -> BrowserContext:
     context = browser.new_context(base_url=base_url, viewport={"width": 1180, "height": 760})
     context.set_default_timeout(10_000)

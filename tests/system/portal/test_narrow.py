@@ -26,7 +26,6 @@ LONG_SUBJECT = "Your referral letter, the insurance pre-authorisation and next s
 LONG_ADDRESS = "maximilian.featherstonehaugh@longest-family-practice-name.example.test"
 
 
-
 def _phone(browser: Browser, base_url: str, email: str) -> tuple[BrowserContext, Page]:
     context = browser.new_context(base_url=base_url, viewport=PHONE, device_scale_factor=2)
     context.set_default_timeout(10_000)

@@ -23,7 +23,6 @@ WIDTHS = {"desktop": (1180, 760), "phone": (390, 844)}
 SUBJECTS = ("Intake forms", "Invoice for March", "Parking next Tuesday")
 
 
-
 def _login(browser: Browser, base_url: str, email: str, width: str, *, js: bool = True) -> Page:
     w, h = WIDTHS[width]
     context: BrowserContext = browser.new_context(

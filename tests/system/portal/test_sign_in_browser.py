@@ -29,7 +29,6 @@ pytestmark = pytest.mark.browser
 IDLE_SECONDS = 6  # the warning comes at 3 s, the logoff at 6 s
 
 
-
 def _page(browser: Browser, base_url: str, *, js: bool = True) -> Page:
     context = browser.new_context(
         base_url=base_url, viewport={"width": 1180, "height": 760}, java_script_enabled=js
@@ -114,9 +113,7 @@ def test_idle_logoff_warns_lets_one_stay_and_then_signs_out(
     expect(page).to_have_url(re.compile(r"/login\?next="))
 
 
-def test_idle_logoff_without_javascript(
-    browser: Browser, idle_portal: str, people: People
-) -> None:
+def test_idle_logoff_without_javascript(browser: Browser, idle_portal: str, people: People) -> None:
     page = _page(browser, idle_portal, js=False)
     _password(page, people.client1)
     expect(page).to_have_url(re.compile(r"/inbox$"))

@@ -134,6 +134,7 @@ def processes(settings: Settings, database_url: str, tmp_path: Path) -> Iterator
     env.update(
         REPLYGATE_DATABASE_URL=database_url,
         REPLYGATE_SECRET_KEY=settings.secret_key,
+        REPLYGATE_ENCRYPTION_KEYS_FILE=str(settings.encryption_keys_file),
         REPLYGATE_REPLY_DOMAIN=settings.reply_domain,
         REPLYGATE_VAR_DIR=str(settings.var_dir),
         REPLYGATE_PORTAL_URL=settings.portal_url,

@@ -38,9 +38,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("audit_events", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_audit_events_at"), ["at"], unique=False)
-        batch_op.create_index(
-            batch_op.f("ix_audit_events_thread_id"), ["thread_id"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_audit_events_thread_id"), ["thread_id"], unique=False)
         batch_op.create_index("ix_audit_events_object", ["object_kind", "object_id"], unique=False)
         batch_op.create_index("ix_audit_events_actor_user_id", ["actor_user_id"], unique=False)
 
