@@ -16,7 +16,9 @@ commands, so ``--help`` and a listing load only what they use
 
 from __future__ import annotations
 
+import atexit
 import functools
+import gc
 import importlib
 import os
 import sys
@@ -80,6 +82,7 @@ class App:
     overrides: dict[str, Any]
     _settings: Settings | None = None
     _engine: Engine | None = None
+    _read_engine: Engine | None = None
     _factory: sessionmaker[Session] | None = field(default=None, repr=False)
 
     @property
@@ -98,6 +101,16 @@ class App:
                 sqlite_max_bytes=self.settings.sqlite_max_size_mb * 1024 * 1024,
             )
         return self._engine
+
+    @property
+    def read_engine(self) -> Engine:
+        """An engine for a listing read with SQLAlchemy Core: on SQLite it reads a snapshot
+        and never waits for the write lock; it loads no ORM (``db.make_read_engine``)."""
+        from replygate.store.db import make_read_engine
+
+        if self._read_engine is None:
+            self._read_engine = make_read_engine(self.settings.database_url, pool_size=1)
+        return self._read_engine
 
     @property
     def factory(self) -> sessionmaker[Session]:
@@ -122,8 +135,9 @@ class App:
         return redact(self._settings.secret_key if self._settings is not None else None, text)
 
     def close(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
+        for engine in (self._engine, self._read_engine):
+            if engine is not None:
+                engine.dispose()
 
 
 pass_app = click.make_pass_decorator(App)
@@ -215,3 +229,19 @@ def main(
         else os.environ.get("REPLYGATE_LOG_JSON", "").strip().lower() in ("1", "true", "yes", "on")
     )
     logs.configure(json=json_logs, redact=app.redact)
+    _end_without_teardown()
+
+
+def _end_without_teardown() -> None:
+    """Let the process end without collecting, one by one, what its imports built.
+
+    At exit Python frees every module's classes and functions as garbage
+    (SQLAlchemy's alone are tens of thousands of objects), a fifth of a
+    listing's start (``bench/cli_startup.py``); frozen (``gc.freeze``) they are
+    left for the operating system to take back at once. It runs among the
+    ``atexit`` handlers, after the command has closed its engines; the
+    handlers still run, logging's flush included. Registered once however
+    often ``main`` runs in one process.
+    """
+    atexit.unregister(gc.freeze)
+    atexit.register(gc.freeze)

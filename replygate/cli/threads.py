@@ -29,11 +29,11 @@ def list_threads(app: App, email: str | None, view: str | None, as_json: bool) -
     Without a filter, --user lists that person's inbox (archived threads left out).
     """
     if email is None:
-        from replygate.core import views
+        from replygate.core import thread_list
 
         if view is not None:
             raise click.UsageError(f"--{view} needs --user EMAIL: whose {view} threads?")
-        rows = views.threads(app.factory)
+        rows = thread_list.threads(app.read_engine)
         text = table(
             ("id", "last activity", "messages", "subject", "participants"),
             ((t.id, t.last_activity_at, t.messages, t.subject[:40], t.participants) for t in rows),

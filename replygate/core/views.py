@@ -1,5 +1,6 @@
-"""What operators list and inspect: people, Circles, threads, the inbound queue,
-the outbox and reply addresses, read in one session and returned as plain values.
+"""What operators list and inspect: people, Circles, one thread, the inbound queue,
+the outbox and reply addresses, read in one session and returned as plain values
+(the list of every thread is ``thread_list``'s, which loads no ORM).
 
 Each row is a frozen dataclass of strings, numbers and lists, detached from
 the ORM, so a caller prints or serialises it after the session has closed.
@@ -16,7 +17,6 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
@@ -165,33 +165,6 @@ def organisation_settings(
 
 
 # -- threads --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ThreadRow:
-    id: int
-    subject: str
-    participants: list[str]
-    messages: int
-    last_activity_at: str
-
-
-def threads(factory: sessionmaker[Session]) -> list[ThreadRow]:
-    """Every thread, newest activity first."""
-    with factory() as session:
-        found = session.scalars(
-            select(Thread).order_by(Thread.last_activity_at.desc(), Thread.id.desc())
-        ).all()
-        return [
-            ThreadRow(
-                id=t.id,
-                subject=t.subject,
-                participants=[p.user.email for p in t.participants],
-                messages=len(t.messages),
-                last_activity_at=iso_z(t.last_activity_at),
-            )
-            for t in found
-        ]
 
 
 @dataclass(frozen=True)

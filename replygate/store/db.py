@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Engine, Update
 from sqlalchemy.engine import CursorResult
-from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.store import dialect
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -85,6 +85,9 @@ def updated(session: Session, statement: Update) -> CursorResult[Any]:
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
+    # The ORM is imported here: a listing that reads with Core alone never loads it.
+    from sqlalchemy.orm import sessionmaker
+
     return sessionmaker(engine, expire_on_commit=False)
 
 

@@ -49,13 +49,15 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVarTuple
+from typing import TYPE_CHECKING, Any, TypeVarTuple
 from urllib.parse import quote
 
 from sqlalchemy import Engine, Select, create_engine, event, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:  # the ORM is not loaded for a listing that reads with Core alone
+    from sqlalchemy.orm import Session
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -69,7 +71,7 @@ class Backend(StrEnum):
 
 def backend(bind: Engine | Session) -> Backend:
     """The backend a bound session or an engine talks to."""
-    engine = bind.get_bind() if isinstance(bind, Session) else bind
+    engine = bind if isinstance(bind, Engine) else bind.get_bind()
     return Backend(engine.dialect.name)
 
 
@@ -84,9 +86,6 @@ def engine_for(url: str, *, pool_size: int, sqlite_max_bytes: int = 0) -> Engine
     """The engine for a normalised ``url`` (see ``db.make_engine``); on SQLite the file
     may grow to ``sqlite_max_bytes`` (0: no cap), and a write past it is ``storage_full``."""
     if url_backend(url) is Backend.SQLITE:
-        parsed = make_url(url)
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = _sqlite_engine(url, sqlite_max_bytes)
         event.listen(engine, "begin", _begin_immediate)
         return engine
@@ -145,6 +144,9 @@ def check_reachable(bind: Engine) -> None:
 
 
 def _sqlite_engine(url: str, max_bytes: int = 0) -> Engine:
+    parsed = make_url(url)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
         url,
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "isolation_level": None},

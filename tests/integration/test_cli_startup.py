@@ -1,8 +1,9 @@
 """The command line starts without loading what it does not use.
 
 ``--help`` loads neither SQLAlchemy nor Alembic nor the mail-reading libraries;
-a listing (``threads list``) loads SQLAlchemy and nothing of the gateway, the
-workers, the portal, Alembic or structlog. Timing is ``bench/cli_startup.py``'s
+a listing (``threads list``) loads SQLAlchemy Core and nothing of the gateway,
+the workers, the portal, Alembic or structlog, nor the ORM and our models,
+whose mapping cost more than its queries. Timing is ``bench/cli_startup.py``'s
 job; what is imported is the deterministic part, checked in a fresh process.
 """
 
@@ -96,3 +97,15 @@ def test_a_listing_loads_the_database_and_nothing_it_does_not_use(settings: Sett
     assert "sqlalchemy" in loaded
     assert _packages(loaded, HEAVY - {"sqlalchemy", "psycopg"}) == set()
     assert _packages(loaded, OURS_NOT_NEEDED) == set()
+
+
+def test_the_list_of_threads_loads_no_orm_nor_models(settings: Settings) -> None:
+    loaded = _loaded(settings, "threads", "list")
+    orm_and_models = {
+        "sqlalchemy.orm",
+        "replygate.store.models",
+        "replygate.store.access_models",
+        "replygate.store.base",
+        "replygate.core.views",
+    }
+    assert _packages(loaded, orm_and_models) == set()
