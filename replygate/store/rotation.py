@@ -1,0 +1,129 @@
+"""Re-sealing stored values with the keyring's active key, in batches.
+
+Safe while ``serve`` runs: each batch is its own short transaction, and a
+value is replaced only if it is still the one read (so a value a worker wrote
+meanwhile, already under the new key, is never overwritten with an older
+one). Running processes seal with the new key from their next seal on, since
+the keyring notices the key file changed. A pass that finds nothing left on
+an old version ends the work; an interrupted run is resumed by running again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from sqlalchemy import Column, ColumnElement, Table, and_, func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from replygate.store import sealed
+from replygate.store.db import transaction, updated
+from replygate.store.keyring import HEADER, Keyring
+from replygate.store.models import Base
+
+
+@dataclass(frozen=True)
+class SealedColumn:
+    table: Table
+    column: Column[bytes]
+
+    @property
+    def name(self) -> str:
+        return f"{self.table.name}.{self.column.name}"
+
+
+def sealed_columns() -> list[SealedColumn]:
+    """Every sealed column of the schema, in a stable order."""
+    found = []
+    for table in Base.metadata.sorted_tables:
+        for name in sorted(sealed.REGISTRY.get(table.name, {})):
+            found.append(SealedColumn(table, table.c[name]))
+    return found
+
+
+def _version(column: Column[bytes]) -> ColumnElement[bytes]:
+    return func.substr(column, 1, HEADER.size)
+
+
+def versions_in_use(session: Session) -> dict[str, dict[int, int]]:
+    """Rows per key version, per sealed column (NULLs are not counted)."""
+    counts: dict[str, dict[int, int]] = {}
+    for target in sealed_columns():
+        head = _version(target.column)
+        rows = session.execute(
+            select(head, func.count())
+            .select_from(target.table)
+            .where(target.column.is_not(None))
+            .group_by(head)
+        ).all()
+        counts[target.name] = {int(HEADER.unpack(bytes(v))[0]): int(n) for v, n in rows}
+    return counts
+
+
+def left_on_old_keys(session: Session, active: int) -> int:
+    """How many stored values are sealed with a key other than ``active``."""
+    return sum(
+        n
+        for per_version in versions_in_use(session).values()
+        for version, n in per_version.items()
+        if version != active
+    )
+
+
+def _stale(target: SealedColumn, active: int) -> ColumnElement[bool]:
+    return and_(target.column.is_not(None), _version(target.column) != HEADER.pack(active))
+
+
+def reseal_batch(
+    factory: sessionmaker[Session], keyring: Keyring, target: SealedColumn, limit: int = 200
+) -> int:
+    """Re-seal up to ``limit`` values of one column; returns how many were replaced."""
+    table, column = target.table, target.column
+    active = keyring.active
+    with transaction(factory) as session:
+        rows = session.execute(
+            select(table.c.id, table.c.row_uid, column)
+            .where(_stale(target, active))
+            .order_by(table.c.id)
+            .limit(limit)
+        ).all()
+        replaced = 0
+        for row_id, row_uid, stored in rows:
+            plain = sealed.unseal(table.name, column.name, row_uid, stored, row_id=row_id)
+            fresh = sealed.seal(table.name, column.name, row_uid, plain)
+            done = updated(
+                session,
+                update(table)
+                .where(table.c.id == row_id, column == stored)
+                .values({column.name: fresh}),
+            )
+            replaced += done.rowcount or 0
+        return replaced
+
+
+def reseal_all(factory: sessionmaker[Session], keyring: Keyring, limit: int = 200) -> Iterator[int]:
+    """Re-seal every value not on the active key; yields each batch's count as it goes,
+    until a whole pass over every column finds nothing left."""
+    while True:
+        moved = 0
+        for target in sealed_columns():
+            while count := reseal_batch(factory, keyring, target, limit):
+                moved += count
+                yield count
+        if not moved:
+            with factory() as session:
+                if not left_on_old_keys(session, keyring.active):
+                    return
+
+
+def version_used(factory: sessionmaker[Session], version: int) -> bool:
+    """Whether any stored value is still sealed with ``version``."""
+    with factory() as session:
+        return any(
+            session.execute(
+                select(target.table.c.id)
+                .where(target.column.is_not(None), _version(target.column) == HEADER.pack(version))
+                .limit(1)
+            ).first()
+            for target in sealed_columns()
+        )
