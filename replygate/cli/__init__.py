@@ -105,10 +105,13 @@ class App:
     @property
     def read_engine(self) -> Engine:
         """An engine for a listing read with SQLAlchemy Core: on SQLite it reads a snapshot
-        and never waits for the write lock; it loads no ORM (``db.make_read_engine``)."""
+        and never waits for the write lock; it loads no ORM (``db.make_read_engine``).
+        The keyring is loaded with it, as for every use of the database."""
+        from replygate.store import keyring
         from replygate.store.db import make_read_engine
 
         if self._read_engine is None:
+            keyring.load(self.settings)
             self._read_engine = make_read_engine(self.settings.database_url, pool_size=1)
         return self._read_engine
 

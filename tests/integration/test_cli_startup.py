@@ -109,3 +109,4 @@ def test_the_list_of_threads_loads_no_orm_nor_models(settings: Settings) -> None
         "replygate.core.views",
     }
     assert _packages(loaded, orm_and_models) == set()
+    assert "replygate.store.keyring" in loaded  # as for every use of the database
