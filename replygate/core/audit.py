@@ -22,7 +22,9 @@ import getpass
 import hashlib
 import hmac
 import io
+import itertools
 import json
+import operator
 import socket
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -199,8 +201,11 @@ _PENDING = "replygate_audit_pending"
 
 @event.listens_for(Session, "before_commit")
 def _append_pending(session: Session) -> None:
-    for key, fields in session.info.pop(_PENDING, ()):
-        audit.append(session, key, **fields)
+    """The transaction's rows in one append (one lock, one read of the head), in the
+    order they were recorded; the commit's flush writes them."""
+    pending = session.info.pop(_PENDING, ())
+    for key, run in itertools.groupby(pending, key=operator.itemgetter(0)):
+        audit.append_many(session, key, [fields for _, fields in run])
 
 
 @event.listens_for(Session, "after_rollback")

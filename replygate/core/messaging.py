@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, and_, insert, or_, select, true
+from sqlalchemy import ColumnElement, and_, or_, select, true
 from sqlalchemy.orm import Session, make_transient_to_detached, selectinload, sessionmaker
 
 from replygate.config import Settings
@@ -27,7 +27,7 @@ from replygate.core import audit, organisation, receipts
 from replygate.core.notifying import Notifier
 from replygate.core.placement import record_activity
 from replygate.errors import Invalid, NotFound
-from replygate.store import directory, outbox, tokens
+from replygate.store import directory, new_messages, outbox, tokens
 from replygate.store.db import transaction
 from replygate.store.models import (
     Circle,
@@ -223,12 +223,15 @@ class Messaging:
             email_message_id=email_message_id,
             body_html=body_html,
             created_at=now,
+            receipt_requested=False,
+            send_id=None,
         )
-        # One INSERT … RETURNING and nothing else: the thread, participant and
-        # outbox rows below wait for the transaction's last flush, where the ORM
-        # batches them with those of the other replies filed in it.
-        with session.no_autoflush:
-            new_id = session.execute(insert(Message).values(values).returning(Message.id)).scalar()
+        # Nothing is written yet: the message row goes in with those of the other
+        # replies filed in this transaction, in one INSERT ahead of its next flush
+        # (``new_messages``), and the thread, participant and outbox rows below in
+        # that flush, where the ORM batches them too. Every column is set, so
+        # nothing reads the row back before it is there.
+        new_id = new_messages.add(session, values)
         message = Message(id=new_id, **values)
         make_transient_to_detached(message)
         session.add(message)
@@ -272,6 +275,7 @@ class Messaging:
         """
         thread_ids, inbound_ids = set(thread_ids), set(inbound_ids)
         email_message_ids = {m for m in email_message_ids if m}
+        new_messages.expect(session, len(inbound_ids))
         if thread_ids:
             # Held in the cache: the session's identity map keeps only weak references.
             session.info.setdefault(_THREADS, []).extend(

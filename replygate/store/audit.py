@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -54,19 +54,36 @@ def _canonical(value: Any) -> Any:
 
 def append(session: Session, key: bytes, **fields: Any) -> AuditEvent:
     """Add a row after the newest one, in this transaction (which holds the trail's lock)."""
+    (row,) = append_many(session, key, [fields])
+    session.flush()
+    return row
+
+
+def append_many(
+    session: Session, key: bytes, many: Sequence[Mapping[str, Any]]
+) -> list[AuditEvent]:
+    """Add one row per ``many`` entry after the newest, in their order: the lock taken and
+    the head read once, each row chained to the one before it in memory. They are written
+    by the transaction's next flush (a commit's, for rows appended as it commits)."""
+    if not many:
+        return []
     dialect.serialise(session, "audit")
     head = session.execute(
         select(AuditEvent.seq, AuditEvent.mac).order_by(AuditEvent.seq.desc()).limit(1)
     ).first()
     seq, prev_mac = (head.seq + 1, head.mac) if head is not None else (1, GENESIS)
-    values: dict[str, Any] = {name: None for name in CHAINED}
-    values.update(detail={}, at=utcnow())
-    values.update(fields)
-    values.update(seq=seq, prev_mac=prev_mac)
-    row = AuditEvent(**values, mac=chain_mac(key, values))
-    session.add(row)
-    session.flush()
-    return row
+    at = utcnow()
+    rows = []
+    for fields in many:
+        values: dict[str, Any] = {name: None for name in CHAINED}
+        values.update(detail={}, at=at)
+        values.update(fields)
+        values.update(seq=seq, prev_mac=prev_mac)
+        row = AuditEvent(**values, mac=chain_mac(key, values))
+        rows.append(row)
+        seq, prev_mac = seq + 1, row.mac
+    session.add_all(rows)
+    return rows
 
 
 def fields_of(row: AuditEvent) -> dict[str, Any]:

@@ -367,6 +367,19 @@ def serialise(session: Session, name: str) -> None:
         )
 
 
+def new_ids(session: Session, table: str, count: int) -> list[int]:
+    """Ids for ``count`` rows the caller will insert into ``table`` (integer key ``id``).
+
+    PostgreSQL: from the column's sequence, never handed out twice. SQLite: after the
+    largest id, which only this transaction can move (it holds the write lock), so
+    they hold until it inserts into ``table`` some other way."""
+    if backend(session) is Backend.POSTGRESQL:
+        sql = "SELECT nextval(pg_get_serial_sequence(:t, 'id')) FROM generate_series(1, :n)"
+        return list(session.scalars(text(sql), {"t": table, "n": count}))
+    top = session.scalar(text(f"SELECT coalesce(max(id), 0) FROM {table}"))
+    return list(range(int(top or 0) + 1, int(top or 0) + 1 + count))
+
+
 def notify(session: Session, channel: str) -> None:
     """Notify ``channel`` when this transaction commits (PostgreSQL); elsewhere nothing."""
     if backend(session) is Backend.POSTGRESQL:

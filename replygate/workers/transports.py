@@ -69,15 +69,26 @@ class MaildirTransport:
     The file gets ``Return-Path`` (the VERP envelope sender) and
     ``Delivered-To`` prepended, and LF line endings as Maildir readers expect.
     Writing happens in a thread so the event loop never waits on the disk.
+
+    Each file is fsynced and renamed into ``new/``, and ``new/`` is fsynced
+    before ``send`` returns, so a row marked ``sent`` never points at a file a
+    power cut could take back (``mailbox.Maildir.add`` has no fsyncs). The
+    directory's fsync is shared: deliveries renamed while one runs wait for the
+    next, which covers them all, so a batch costs one per mail and a few more.
     """
 
     name = "maildir"
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        self._new_synced = _GroupSync(self._sync_new)
 
     async def send(self, mail: Claimed) -> None:
         await asyncio.to_thread(self._write, mail)
+        try:
+            await self._new_synced()
+        except OSError as exc:
+            raise TransientDeliveryError(f"cannot write to Maildir {self.path}: {exc}") from exc
 
     def _write(self, mail: Claimed) -> None:
         trace = f"Return-Path: <{mail.envelope_from}>\nDelivered-To: {mail.recipient}\n"
@@ -87,14 +98,12 @@ class MaildirTransport:
             # deliveries create the folder at the same moment.
             for sub in ("tmp", "new", "cur"):
                 (self.path / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._deliver_durably(data)
+            self._write_into_new(data)
         except OSError as exc:
             raise TransientDeliveryError(f"cannot write to Maildir {self.path}: {exc}") from exc
 
-    def _deliver_durably(self, data: bytes) -> None:
-        """The Maildir protocol with fsyncs (``mailbox.Maildir.add`` has none): write
-        into tmp/, fsync, rename into new/, fsync new/ — so a row marked ``sent``
-        never points at a file a power cut could take back."""
+    def _write_into_new(self, data: bytes) -> None:
+        """The Maildir protocol: write into tmp/, fsync, rename into new/."""
         name = f"{time.time_ns()}.P{os.getpid()}Q{secrets.token_hex(8)}.{socket.gethostname()}"
         tmp, new = self.path / "tmp" / name, self.path / "new" / name
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -107,11 +116,52 @@ class MaildirTransport:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+    def _sync_new(self) -> None:
+        """Make the renames into new/ so far durable."""
         dir_fd = os.open(self.path / "new", os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+class _GroupSync:
+    """One blocking ``sync`` (run in a thread) shared by everyone who asks meanwhile.
+
+    A caller waits for a sync that starts after it asked, so everything it did
+    before asking is covered; callers that ask while one runs share the next.
+    """
+
+    def __init__(self, sync: Callable[[], None]) -> None:
+        self._sync = sync
+        self._next: asyncio.Future[None] | None = None  # the sync the next callers share
+        self._runner: asyncio.Task[None] | None = None  # runs syncs while anyone waits
+
+    async def __call__(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._next is None or self._next.get_loop() is not loop:
+            self._next = loop.create_future()
+        waiting = self._next
+        if self._runner is None or self._runner.get_loop() is not loop:
+            self._runner = loop.create_task(self._run())
+        # Shielded: one caller cancelled must not cancel the sync the others wait for.
+        await asyncio.shield(waiting)
+
+    async def _run(self) -> None:
+        try:
+            while self._next is not None:
+                current, self._next = self._next, None
+                try:
+                    await asyncio.to_thread(self._sync)
+                except Exception as exc:
+                    current.set_exception(exc)
+                    current.exception()  # retrieved here: no caller may be left to ask
+                else:
+                    current.set_result(None)
+        finally:
+            if self._runner is asyncio.current_task():
+                self._runner = None
 
 
 class SmtpTransport:

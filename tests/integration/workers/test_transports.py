@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import mailbox
+import os
+import stat
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -154,3 +156,47 @@ def test_concurrent_first_deliveries_create_the_maildir_once(tmp_path: Path) -> 
 
     asyncio.run(burst())
     assert len(mailbox.Maildir(path, create=False)) == 20
+
+
+def test_concurrent_deliveries_share_the_fsync_of_new_yet_each_waits_for_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every file is fsynced, and ``send`` returns only after an fsync of ``new/``
+    that followed its rename; deliveries at the same moment share those fsyncs."""
+    transport = MaildirTransport(tmp_path / "outbox")
+    events: list[tuple[str, str]] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        events.append(("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file", str(fd)))
+
+    def rename(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        real_rename(src, dst)
+        events.append(("renamed", message_from_bytes(Path(dst).read_bytes())["Message-ID"]))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+
+    async def one(n: int) -> None:
+        mail = claimed(n)
+        await transport.send(mail)
+        events.append(("returned", mail.header_message_id))
+
+    async def burst() -> None:
+        await asyncio.gather(*(one(n) for n in range(1, 31)))
+
+    asyncio.run(burst())
+    asyncio.run(one(31))  # another event loop, the same transport
+    kinds = [kind for kind, _ in events]
+    assert kinds.count("file") == 31
+    assert 1 <= kinds.count("dir") < 31
+    assert kinds.count("returned") == 31
+    box = mailbox.Maildir(tmp_path / "outbox", create=False)
+    assert len(box) == 31
+    at = {(kind, mid): i for i, (kind, mid) in enumerate(events) if kind != "file"}
+    dirs = [i for i, (kind, _) in enumerate(events) if kind == "dir"]
+    for kind, mid in events:
+        if kind == "returned":
+            renamed, returned = at[("renamed", mid)], at[("returned", mid)]
+            assert any(renamed < d < returned for d in dirs), mid

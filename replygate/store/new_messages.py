@@ -1,0 +1,76 @@
+"""New messages of a transaction, written together in one INSERT ahead of its next flush.
+
+Filing a batch of replies adds a message per reply, and what else each one
+writes (the participants' marks, notifications, read receipts, the audit
+trail) names that message's id. So the id is reserved when the message is
+added (``add``, through ``dialect.new_ids``) and nothing waits for the row:
+the rows of every message added since the last flush are inserted in one
+statement as the next flush starts (before what refers to them), or as the
+transaction commits. A constraint the rows break (the same mail filed twice)
+raises there, and the transaction rolls back whole. (A flush with nothing else
+to write does not start, so a message is added together with what names it:
+filing a reply changes its thread's row.)
+
+PostgreSQL hands out ids from the table's sequence, one round trip for as
+many as the caller said to expect (``expect``); SQLite counts on from the
+largest id, read again once the rows are in (the write lock keeps anyone
+else from adding messages meanwhile).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event, insert
+from sqlalchemy.orm import Session
+
+from replygate.store import dialect
+from replygate.store.directory import TRANSACTION_CACHE
+from replygate.store.models import Message
+
+# Per transaction (see ``directory.TRANSACTION_CACHE``): the rows not yet inserted,
+# and ids reserved and not yet used.
+_PENDING = TRANSACTION_CACHE + "new_messages.pending"
+_IDS = TRANSACTION_CACHE + "new_messages.ids"
+
+
+def expect(session: Session, count: int) -> None:
+    """Reserve ids for ``count`` messages this transaction is about to add (PostgreSQL:
+    one round trip for all of them; an id left over is a gap in the sequence)."""
+    ids: list[int] = session.info.setdefault(_IDS, [])
+    if count > len(ids) and dialect.backend(session) is dialect.Backend.POSTGRESQL:
+        ids.extend(dialect.new_ids(session, Message.__tablename__, count - len(ids)))
+
+
+def add(session: Session, values: dict[str, Any]) -> int:
+    """Add a message with every column in ``values`` but ``id``; its id, reserved now.
+
+    The row is inserted by the transaction's next flush or its commit."""
+    ids: list[int] = session.info.setdefault(_IDS, [])
+    if not ids:
+        ids.extend(dialect.new_ids(session, Message.__tablename__, 1))
+    new_id = ids.pop(0)
+    if dialect.backend(session) is dialect.Backend.SQLITE:
+        ids.append(new_id + 1)  # counted on; read again after the rows are written
+    session.info.setdefault(_PENDING, []).append({**values, "id": new_id})
+    return new_id
+
+
+def write_pending(session: Session) -> None:
+    """Insert the messages added since the last time, in one statement."""
+    rows = session.info.pop(_PENDING, None)
+    if not rows:
+        return
+    if dialect.backend(session) is dialect.Backend.SQLITE:
+        session.info.pop(_IDS, None)  # other writes may follow: count from the table again
+    session.connection().execute(insert(Message), rows)
+
+
+@event.listens_for(Session, "before_flush")
+def _before_flush(session: Session, flush_context: object, instances: object) -> None:
+    write_pending(session)
+
+
+@event.listens_for(Session, "before_commit")
+def _before_commit(session: Session) -> None:
+    write_pending(session)
