@@ -37,8 +37,11 @@ BUDGET_SECONDS = 0.4
 
 
 def _env(tree: Path, var: Path) -> dict[str, str]:
+    """The environment of one tree's processes; bytecode is written (an installed package
+    has it), so every tree's warm-up compiles it once, whatever the caller's environment
+    says (``PYTHONDONTWRITEBYTECODE`` would make each start compile the tree again)."""
     return {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
         "PYTHONPATH": str(tree),
         "REPLYGATE_DATABASE_URL": f"sqlite:///{var}/bench.db",
         "REPLYGATE_VAR_DIR": str(var),
