@@ -225,6 +225,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def server_cpu(url: str) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend serving this database (none on SQLite;
+    readable in ``/proc`` when the server runs on this machine)."""
+    if not url.startswith("postgresql"):
+        return {}
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            pids = conn.execute(
+                text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+            ).scalars()
+            found = {}
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    found[int(pid)] = cpu_seconds(int(pid))
+            return found
+    finally:
+        engine.dispose()
+
+
 @contextlib.contextmanager
 def layout(kind: str, world: World, port: int) -> Iterator[list[int]]:
     """The processes of one layout, started the way an operator starts them."""
@@ -257,13 +277,18 @@ def burst(kind: str, clients: int, replies: int, sessions: int, workdir: Path) -
         port = free_port()
         with layout(kind, world, port) as pids:
             before = [cpu_seconds(pid) for pid in pids]
+            server_before = server_cpu(world.url)
             first, last = send_all(port, mails, sessions)
             _, done = wait_filed(world.url, total)
             used = [cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
+            server_after = server_cpu(world.url)
         accept, through = last - first, done - first
         # CPU per reply, process by process: on a loaded machine the wall times move
         # with the neighbours, these much less.
         per_reply = " + ".join(f"{1000 * u / total:.1f}" for u in used)
+        if server_after:
+            server = sum(t - server_before.get(pid, 0.0) for pid, t in server_after.items())
+            per_reply += f"; PostgreSQL's backends {1000 * server / total:.1f}"
         return (
             f"{kind:12} {clients} clients × {replies} replies over {sessions} sessions: "
             f"accepted in {accept:.2f} s ({total / accept:.0f}/s), filed and notified "

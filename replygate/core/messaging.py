@@ -235,7 +235,7 @@ class Messaging:
         message = Message(id=new_id, **values)
         make_transient_to_detached(message)
         session.add(message)
-        record_activity(thread, message, now)
+        record_activity(session, thread, message, now)
         filed = session.info.get(_FILED)
         if filed is not None:
             filed.add(("inbound", inbound_id))
@@ -436,7 +436,7 @@ class Messaging:
         )
         session.add(message)
         session.flush()
-        record_activity(thread, message, utcnow())
+        record_activity(session, thread, message, utcnow())
         return message
 
     def _notify(

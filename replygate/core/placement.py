@@ -19,6 +19,7 @@ from sqlalchemy import ColumnElement, and_, false, func, literal_column, true
 from sqlalchemy.orm import Session
 
 from replygate.errors import NotFound
+from replygate.store import participant_marks
 from replygate.store.models import Message, Thread, ThreadParticipant
 
 
@@ -79,18 +80,20 @@ def change(session: Session, thread_id: int, user_id: int, what: Change) -> None
         row.archived = False
 
 
-def record_activity(thread: Thread, message: Message, at: datetime) -> None:
+def record_activity(session: Session, thread: Thread, message: Message, at: datetime) -> None:
     """What a new message changes for each participant: the one rule, portal or email.
 
     The author has read what they wrote; for everyone else it is incoming,
     and a thread they archived comes back to their inbox. Every row carries
-    the thread's new activity time, the key their inbox is ordered by.
+    the thread's new activity time, the key their inbox is ordered by. The
+    rows are written together at the next flush (``participant_marks``).
     """
     thread.last_activity_at = at
     for p in thread.participants:
-        p.last_activity_at = at
         if p.user_id == message.author_id:
-            p.last_read_message_id = message.id
+            participant_marks.mark(session, p, last_activity_at=at, last_read_message_id=message.id)
         else:
-            p.last_incoming_message_id = message.id
-            p.archived = False
+            p.archived = False  # when it was (rarely), the ORM writes it
+            participant_marks.mark(
+                session, p, last_activity_at=at, last_incoming_message_id=message.id
+            )
