@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import bindparam, event, inspect, update
+from sqlalchemy import Table, bindparam, event, inspect, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -27,7 +27,7 @@ from replygate.store.models import ThreadParticipant
 
 # Per transaction (see ``directory.TRANSACTION_CACHE``): (thread, user) → new values.
 _PENDING = TRANSACTION_CACHE + "participant_marks.pending"
-_TABLE = ThreadParticipant.__table__
+_TABLE: Table = ThreadParticipant.__table__  # type: ignore[assignment]
 
 
 def mark(session: Session, participant: ThreadParticipant, **values: Any) -> None:
@@ -39,8 +39,8 @@ def mark(session: Session, participant: ThreadParticipant, **values: Any) -> Non
         return
     for key, value in values.items():
         set_committed_value(participant, key, value)
-    key = (participant.thread_id, participant.user_id)
-    session.info.setdefault(_PENDING, {}).setdefault(key, {}).update(values)
+    row = (participant.thread_id, participant.user_id)
+    session.info.setdefault(_PENDING, {}).setdefault(row, {}).update(values)
 
 
 def write_pending(session: Session) -> None:

@@ -68,19 +68,14 @@ def test_replies_to_many_threads_move_the_marks_in_a_few_statements(
         # Loaded up front, as the engine's prefetch does: no query between the marks.
         loaded = {
             t.id: t
-            for t in session.scalars(
-                select(Thread).options(selectinload(Thread.participants))
-            )
+            for t in session.scalars(select(Thread).options(selectinload(Thread.participants)))
         }
         for message in messages:
             record_activity(session, loaded[message.thread_id], message, at)
             newest[message.thread_id] = message.id
     updates_in_transaction = len(updates)
     with sessions() as session:
-        rows = {
-            (p.thread_id, p.user_id): p
-            for p in session.scalars(select(ThreadParticipant))
-        }
+        rows = {(p.thread_id, p.user_id): p for p in session.scalars(select(ThreadParticipant))}
     for thread_id in thread_ids:
         client, staff = rows[(thread_id, client_id)], rows[(thread_id, staff_id)]
         assert client.last_read_message_id == newest[thread_id]
