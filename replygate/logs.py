@@ -60,10 +60,11 @@ def _configure_structlog(json: bool, level: int, redact: Redact) -> None:
 
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
         redacting(redact),  # after the traceback is rendered, before anything is written
+        # Ours, holding no secret: added after the redaction, which need not read them.
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer: structlog.typing.Processor
     logger_factory: structlog.typing.WrappedLogger
@@ -73,7 +74,7 @@ def _configure_structlog(json: bool, level: int, redact: Redact) -> None:
         import orjson
 
         renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
-        logger_factory = structlog.BytesLoggerFactory(file=sys.stderr.buffer)
+        logger_factory = _one_logger(structlog.BytesLogger(sys.stderr.buffer))
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
         logger_factory = structlog.PrintLoggerFactory(file=sys.stderr)
@@ -85,13 +86,34 @@ def _configure_structlog(json: bool, level: int, redact: Redact) -> None:
     )
 
 
+def _one_logger(logger: Any) -> Callable[..., Any]:
+    """A logger factory handing out ``logger`` itself: the loggers are not cached
+    (so a new configuration applies at once), and a line would otherwise pay
+    for a new writer of the same stream."""
+
+    def factory(*args: Any) -> Any:
+        return logger
+
+    return factory
+
+
 def redacting(redact: Redact) -> structlog.typing.Processor:
-    """A processor passing every string of an event (nested ones too) through ``redact``."""
+    """A processor passing every string of an event (nested ones too) through ``redact``.
+
+    The event is structlog's own copy, made for this call, so its values are
+    replaced in place; the lists and dicts in it may be the caller's, and are
+    copied by ``_redacted``.
+    """
 
     def processor(
         logger: structlog.typing.WrappedLogger, method: str, event: structlog.typing.EventDict
     ) -> structlog.typing.EventDict:
-        return {key: _redacted(value, redact) for key, value in event.items()}
+        for key, value in event.items():
+            if type(value) is str:
+                event[key] = redact(value)
+            elif not isinstance(value, _PLAIN):
+                event[key] = _redacted(value, redact)
+        return event
 
     return processor
 
@@ -104,7 +126,7 @@ def _redacted(value: Any, redact: Redact) -> Any:
     if isinstance(value, dict):
         return {key: _redacted(item, redact) for key, item in value.items()}
     if isinstance(value, list):
-        return [_redacted(item, redact) for item in value]
+        return [redact(item) if type(item) is str else _redacted(item, redact) for item in value]
     if isinstance(value, tuple):
         return tuple(_redacted(item, redact) for item in value)
     # Anything else is rendered by its str or repr: hide what either would show.

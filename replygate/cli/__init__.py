@@ -133,14 +133,22 @@ class App:
     def redact(self, text: str) -> str:
         """``text`` fit for a log: tokens fingerprinted with the secret once settings are
         loaded, hidden before (writing a log line never loads them)."""
-        from replygate.mail.redaction import redact
-
-        return redact(self._settings.secret_key if self._settings is not None else None, text)
+        secret = self._settings.secret_key if self._settings is not None else None
+        return _redaction()(secret, text)
 
     def close(self) -> None:
         for engine in (self._engine, self._read_engine):
             if engine is not None:
                 engine.dispose()
+
+
+@functools.cache
+def _redaction() -> Callable[[str | None, str], str]:
+    """``redaction.redact``, imported at the first log line instead of at start-up
+    (and not again for each string of each line)."""
+    from replygate.mail.redaction import redact
+
+    return redact
 
 
 pass_app = click.make_pass_decorator(App)

@@ -161,6 +161,11 @@ def _policy_of(settings: Settings) -> Policy:
     )
 
 
+# The DATA decisions of most replies, made once (so is their record, ``Decision.to_record``).
+SENDER_OK = DataChecked("sender", sender="ok")
+NO_FILES = DataChecked("attachments", attachments=0)
+
+
 def check_sender(policy: Policy, headers: Headers, recipients: list[Recipient]) -> DataChecked:
     """Refuse unless the one From header names the address every token was issued to.
 
@@ -173,7 +178,7 @@ def check_sender(policy: Policy, headers: Headers, recipients: list[Recipient]) 
         return DataChecked("sender", sender="not checked", reason="delivery report address")
     reason = sender_mismatch(policy, headers, [route.user_email for route in replies])
     if reason is None:
-        return DataChecked("sender", sender="ok")
+        return SENDER_OK
     if all(r.sender_policy == SenderPolicy.HOLD for r in recipients if r.route is not None):
         return DataChecked(
             "sender", sender="mismatch", policy=SenderPolicy.HOLD.value, reason=reason
@@ -194,7 +199,7 @@ def check_attachments(
         return DataChecked("attachments", attachments="not checked", reason="delivery report")
     top = headers.content_type.split(";")[0].strip()
     if top in ("text/plain", "text/html") and only_body(raw):
-        return DataChecked("attachments", attachments=0)
+        return NO_FILES
     kept = files_to_keep(policy, parse_message(raw).attachments)
     return DataChecked("attachments", attachments=len(kept))
 

@@ -413,13 +413,11 @@ class GatewayHandler:
         fields: dict[str, Any],
         started: float,
     ) -> str:
-        """Write the canonical line for one message and return its reply."""
+        """Write the canonical line for one message and return its reply (``fields``,
+        the caller's own for this line, are rewritten in place)."""
         reply = replies.reply(condition)
-        fields = {
-            **fields,
-            "mail_from": logged.address(self.settings, fields["mail_from"]),
-            "rcpt": [logged.address(self.settings, rcpt) for rcpt in fields["rcpt"]],
-        }
+        fields["mail_from"] = logged.address(self.settings, fields["mail_from"])
+        fields["rcpt"] = [logged.address(self.settings, rcpt) for rcpt in fields["rcpt"]]
         decision = {2: "accepted", 4: "deferred"}.get(reply.code // 100, "refused")
         log_at = log.warning if decision == "deferred" else log.info
         log_at(

@@ -120,9 +120,12 @@ class MailAuthentication:
 def header_end(raw: bytes) -> int:
     """Where the header block ends (after its last field's line break, before the blank
     line), as ``headers.read_headers`` reads it."""
-    crlf, lf = raw.find(b"\r\n\r\n"), raw.find(b"\n\n")
-    ends = [at + width for at, width in ((crlf, 2), (lf, 1)) if at != -1]
-    return min(ends) if ends else len(raw)
+    crlf = raw.find(b"\r\n\r\n")
+    end = len(raw) if crlf == -1 else crlf + 2
+    # Only a bare LF LF before that one ends the block sooner; searching past it
+    # would walk the whole body of most mail.
+    lf = raw.find(b"\n\n", 0, end)
+    return end if lf == -1 else lf + 1
 
 
 def strip_claims(raw: bytes, authserv_id: str) -> bytes:
@@ -134,7 +137,7 @@ def strip_claims(raw: bytes, authserv_id: str) -> bytes:
     """
     end = header_end(raw)
     block = raw[:end]
-    if not _FIELD.search(block):
+    if b"authentication-results" not in block.lower() or not _FIELD.search(block):
         return raw
     ours = authserv_id.strip().lower()
     lines = block.splitlines(keepends=True)

@@ -45,23 +45,30 @@ class Decision:
     stage: ClassVar[Stage]
 
     def to_record(self) -> dict[str, Any]:
-        record: dict[str, Any] = {"stage": self.stage.value}
-        for name in _field_names(type(self)):
-            value = getattr(self, name)
-            if value is not None:
-                record[name] = value
-        return record
+        """The record as a new dict. Worked out once per decision, which is frozen: the
+        gateway writes the same RCPT and DATA decisions on mail after mail."""
+        record: dict[str, Any] | None = self.__dict__.get("_record")
+        if record is None:
+            stage, names = _layout(type(self))
+            record = {"stage": stage}
+            for name in names:
+                value = getattr(self, name)
+                if value is not None:
+                    record[name] = value
+            object.__setattr__(self, "_record", record)
+        return dict(record)
 
 
-_FIELD_NAMES: dict[type[Decision], tuple[str, ...]] = {}
+_LAYOUTS: dict[type[Decision], tuple[str, tuple[str, ...]]] = {}
 
 
-def _field_names(kind: type[Decision]) -> tuple[str, ...]:
-    """A record type's field names, worked out once (every accepted mail writes four)."""
-    names = _FIELD_NAMES.get(kind)
-    if names is None:
-        names = _FIELD_NAMES[kind] = tuple(f.name for f in dataclasses.fields(kind))
-    return names
+def _layout(kind: type[Decision]) -> tuple[str, tuple[str, ...]]:
+    """A record type's stage and field names, worked out once (every accepted mail writes four)."""
+    layout = _LAYOUTS.get(kind)
+    if layout is None:
+        names = tuple(f.name for f in dataclasses.fields(kind))
+        layout = _LAYOUTS[kind] = (kind.stage.value, names)
+    return layout
 
 
 @dataclass(frozen=True)

@@ -40,13 +40,23 @@ _BARE_TOKEN = re.compile(
 )
 
 
-@functools.lru_cache(maxsize=8192)
 def redact(secret: str | None, text: str) -> str:
     """``text`` with every reply or bounce address, and every bare token of ours, fingerprinted.
 
-    Remembered: the gateway writes the same few addresses and values on every
-    line, and a fingerprint is an HMAC.
+    Most strings of a log line (levels, times, conditions, peers) hold no
+    ``+`` and are shorter than a token, so they cannot hold either and are
+    returned at once; the rest are remembered (``_rewritten``).
     """
+    if "+" not in text and len(text) < reply_token.TOKEN_LENGTH:
+        return text
+    return _rewritten(secret, text)
+
+
+@functools.lru_cache(maxsize=8192)
+def _rewritten(secret: str | None, text: str) -> str:
+    """``redact`` for a string that may hold an address or a token. Remembered: the
+    gateway writes the same few addresses and values on every line, and a
+    fingerprint is an HMAC."""
     if "+" in text:
 
         def address(match: re.Match[str]) -> str:

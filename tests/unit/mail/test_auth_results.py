@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from replygate.mail import sender
 from replygate.mail.auth_results import (
     DkimOutcome,
     MailAuthentication,
+    header_end,
     safe_value,
     stamp,
     strip_claims,
@@ -115,3 +118,13 @@ def test_stamp_puts_ours_first() -> None:
     assert stamp(raw, "reply.test; dmarc=none") == (
         b"Authentication-Results: reply.test; dmarc=none\r\n" + raw
     )
+
+
+@given(st.lists(st.sampled_from([b"a", b":", b" ", b"\r", b"\n", b"\r\n"]), max_size=24))
+def test_the_header_block_ends_at_the_first_blank_line_of_either_kind(pieces: list[bytes]) -> None:
+    """After the first CRLF CRLF or bare LF LF, whichever comes first, as ``read_headers``
+    ends it; the end of the mail when there is neither."""
+    raw = b"".join(pieces)
+    crlf, lf = raw.find(b"\r\n\r\n"), raw.find(b"\n\n")
+    ends = [at + width for at, width in ((crlf, 2), (lf, 1)) if at != -1]
+    assert header_end(raw) == min(ends, default=len(raw))

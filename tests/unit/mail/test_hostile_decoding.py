@@ -173,6 +173,14 @@ def test_nesting_is_measured_without_recursion() -> None:
     assert not nesting.too_deep(HEAD + b"\r\nplain\r\n")
 
 
+@pytest.mark.parametrize("spelling", [b"content-type", b"CONTENT-TYPE", b"cONTENT-tYPE"])
+def test_nesting_is_measured_however_content_type_is_spelled(spelling: bytes) -> None:
+    """The count that spares most mail the full scan sees every spelling."""
+    raw = _nested(nesting.MAX_NESTING + 5).replace(b"Content-Type", spelling)
+    assert nesting.too_deep(raw)
+    assert not nesting.too_deep(_nested(3).replace(b"Content-Type", spelling), limit=4)
+
+
 def test_pruning_keeps_what_follows_the_deep_part() -> None:
     """Only the bodies past the limit go; a part after the deep attachment stays."""
     deep = _nested(200)
