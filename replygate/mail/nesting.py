@@ -75,8 +75,29 @@ def prune(raw: bytes, *, limit: int = MAX_NESTING) -> tuple[bytes, bool]:
 
 
 def _shallow(raw: bytes, limit: int) -> bool:
-    """Each level needs a Content-Type line (two levels per one inside a digest)."""
-    return raw.lower().count(b"content-type") * 2 <= limit
+    """Nothing can lie deeper than ``limit``: the message is one part, or has too few
+    Content-Type lines for so many levels (each needs one, two per one inside a digest)."""
+    return _one_part(raw) or raw.lower().count(b"content-type") * 2 <= limit
+
+
+# How much of a message ``_one_part`` lower-cases at most.
+_ONE_PART_WINDOW = 64 * 1024
+
+
+def _one_part(raw: bytes) -> bool:
+    """Whether the top header block names no Content-Type, so the message is text/plain
+    and opens no level: its body is never read as parts.
+
+    Read up to the first CRLF CRLF or LF LF, which is never before the blank
+    line that ends the block (a line of nothing but CRs is blank too), so no
+    Content-Type of the block escapes; only that much is lower-cased, not the
+    whole message.
+    """
+    crlf = raw.find(b"\r\n\r\n")
+    end = len(raw) if crlf == -1 else crlf + 2
+    lf = raw.find(b"\n\n", 0, end)
+    end = end if lf == -1 else lf
+    return end <= _ONE_PART_WINDOW and b"content-type" not in raw[:end].lower()
 
 
 def _lines(raw: bytes) -> list[tuple[int, bytes]]:

@@ -173,6 +173,35 @@ def test_nesting_is_measured_without_recursion() -> None:
     assert not nesting.too_deep(HEAD + b"\r\nplain\r\n")
 
 
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                b"Content-Type: multipart/mixed; boundary=b\r\n",
+                b"content-type: message/rfc822\r\n",
+                b"Content-Type: text/plain\r\n",
+                b"Subject: x\r\n",
+                b"--b\r\n",
+                b"--b--\r\n",
+                b"\r\n",
+                b"\n",
+                b"\r\r\n",
+                b"body\r\n",
+            ]
+        ),
+        max_size=16,
+    )
+)
+def test_the_quick_answers_agree_with_the_scan(pieces: list[bytes]) -> None:
+    """Whatever the shortcuts decide, the full scan would have decided too."""
+    raw = b"".join(pieces)
+    for limit in (0, 1, 2):
+        found = nesting._scan(raw, limit)
+        assert nesting.too_deep(raw, limit=limit) == (found.depth > limit)
+        assert nesting.prune(raw, limit=limit)[1] == bool(found.cuts)
+
+
 @pytest.mark.parametrize("spelling", [b"content-type", b"CONTENT-TYPE", b"cONTENT-tYPE"])
 def test_nesting_is_measured_however_content_type_is_spelled(spelling: bytes) -> None:
     """The count that spares most mail the full scan sees every spelling."""
