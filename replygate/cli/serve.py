@@ -25,9 +25,11 @@ class StartFailed(click.ClickException):
 def _check_schema(app: App, migrate: bool) -> None:
     """Refuse to start on a database without the newest schema (``--migrate`` first
     brings it there), instead of failing on every query of every loop."""
+    from replygate.store import keyring
     from replygate.store.db import schema_problem, upgrade
 
     if migrate:
+        keyring.load(app.settings)  # a migration may seal stored values
         upgrade(app.settings.database_url)
     problem = schema_problem(app.engine)
     if problem is not None:

@@ -43,6 +43,7 @@ from replygate.mail.parse import Attachment, ParsedMail, parse_message
 from replygate.mail.policy import check_dmarc, files_to_keep, sender_mismatch
 from replygate.store import dialect, directory, inbound, tokens
 from replygate.store.db import transaction
+from replygate.store.keyring import SealBroken
 from replygate.store.models import (
     DmarcPolicy,
     InboundMail,
@@ -395,7 +396,11 @@ class Filing:
 
     def _record_failure(self, row: InboundMail, exc: Exception) -> Outcome:
         reason = f"{type(exc).__name__}: {exc}"[:2000]
-        if dialect.unreachable(exc):
+        if isinstance(exc, SealBroken):
+            # Retrying opens the same bytes with the same keys: an operator must look.
+            status, reason = InboundStatus.HELD, inbound.SEAL_BROKEN_REASON
+            row.claimed_at = row.claimed_by = None
+        elif dialect.unreachable(exc):
             # The database's trouble, not the mail's: back in line at once, uncounted.
             status = InboundStatus.QUEUED
             row.claimed_at, row.attempts = None, max(0, row.attempts - 1)

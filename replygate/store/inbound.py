@@ -23,8 +23,9 @@ from sqlalchemy import Select, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from replygate.errors import Invalid, NotFound
-from replygate.store import dialect
+from replygate.store import dialect, sealed
 from replygate.store.db import bound_engine, transaction, updated
+from replygate.store.keyring import SealBroken
 from replygate.store.models import InboundMail, InboundStatus, utcnow
 
 # The PostgreSQL channel notified when mail is queued; engines LISTEN on it.
@@ -156,14 +157,18 @@ def claim_mail(
                 InboundMail.id,
                 InboundMail.mail_from,
                 InboundMail.rcpt,
-                InboundMail.raw,
+                InboundMail.row_uid,
+                InboundMail.raw_sealed,
                 InboundMail.thread_id,
             ).limit(limit)
             stmt = dialect.locked(stmt, session, skip_locked=True)
-            claimed += [
-                ClaimedMail(row_id, mail_from, rcpt, raw or b"", thread_id)
-                for row_id, mail_from, rcpt, raw, thread_id in session.execute(stmt)
-            ]
+            for row_id, mail_from, rcpt, row_uid, stored, thread_id in session.execute(stmt):
+                try:
+                    raw = sealed.unseal("inbound_mail", "raw", row_uid, stored, row_id=row_id)
+                except SealBroken as exc:
+                    _hold_broken(session, row_id, now, exc)
+                    continue
+                claimed.append(ClaimedMail(row_id, mail_from, rcpt, raw, thread_id))
         claimed = _thread_runs(session, sorted(claimed, key=lambda m: m.id)[:limit])
         if claimed:
             session.execute(
@@ -178,6 +183,24 @@ def claim_mail(
                 .execution_options(synchronize_session=False)
             )
         return claimed
+
+
+# Why a mail whose stored bytes do not open waits for an operator (never filed as empty).
+SEAL_BROKEN_REASON = (
+    "its stored mail does not open with the encryption keyring (wrong key, or the "
+    "value was changed or moved from another row); restore the row or the key file"
+)
+
+
+def _hold_broken(session: Session, row_id: int, now: datetime, exc: SealBroken) -> None:
+    """Hold a claimable mail whose raw bytes do not open (``unseal`` logged it)."""
+    row = session.get(InboundMail, row_id)
+    if row is None:
+        return
+    row.status, row.claimed_at, row.claimed_by = InboundStatus.HELD, None, None
+    row.reason = SEAL_BROKEN_REASON
+    row.processed_at = now
+    note(row, {"stage": "store", "at": now.isoformat(), "error": str(exc)})
 
 
 def _thread_runs(session: Session, claimed: list[ClaimedMail]) -> list[ClaimedMail]:
@@ -386,7 +409,7 @@ def record(row: InboundMail, status: str, reason: str | None, decision: dict | N
     row.reason = reason
     row.processed_at = utcnow()
     if decision is not None:
-        row.decisions = [*(row.decisions or []), decision]
+        note(row, decision)
 
 
 def put_back(row: InboundMail) -> None:
@@ -398,8 +421,13 @@ def put_back(row: InboundMail) -> None:
 
 
 def note(row: InboundMail, decision: dict) -> None:
-    """Append a decision without changing the status."""
-    row.decisions = [*(row.decisions or []), decision]
+    """Append a decision without changing the status (a new list: a sealed column is
+    written when assigned). Records that do not open are replaced by one saying so."""
+    try:
+        earlier = row.decisions or []
+    except SealBroken as exc:
+        earlier = [{"stage": "store", "at": utcnow().isoformat(), "error": str(exc)}]
+    row.decisions = [*earlier, decision]
 
 
 def recent_filed(session: Session, *, rcpt: str, since: datetime) -> int:
@@ -450,16 +478,13 @@ def requeue(session: Session, ids: Sequence[int]) -> list[int]:
     done = []
     for inbound_id in ids:
         row = get(session, inbound_id)
-        if row.raw is None:
+        if row.raw_sealed is None:
             raise Invalid(f"mail {inbound_id} was purged; its raw bytes are gone")
         # A decision of its own that keeps what the mail was (status, reason).
         was = {"previous": str(row.status)} | ({"reason": row.reason} if row.reason else {})
         row.status = InboundStatus.QUEUED
         row.claimed_at = row.claimed_by = None
-        row.decisions = [
-            *(row.decisions or []),
-            {"stage": "replay", "at": utcnow().isoformat(), **was},
-        ]
+        note(row, {"stage": "replay", "at": utcnow().isoformat(), **was})
         done.append(inbound_id)
     return done
 

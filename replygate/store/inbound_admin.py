@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -9,8 +10,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from replygate.errors import Invalid
+from replygate.store import sealed
 from replygate.store.db import updated
+from replygate.store.keyring import SealBroken
 from replygate.store.models import InboundMail, InboundStatus
+from replygate.store.sealed import TEXT
 
 
 def list_mail(
@@ -40,13 +44,33 @@ def list_mail(
 
 
 def stats(session: Session) -> list[tuple[str, str | None, int]]:
-    """Counts by (status, reason), largest first."""
-    rows = session.execute(
-        select(InboundMail.status, InboundMail.reason, func.count())
-        .group_by(InboundMail.status, InboundMail.reason)
-        .order_by(func.count().desc())
-    ).all()
-    return [(status, reason, int(n)) for status, reason, n in rows]
+    """Counts by (status, reason), largest first.
+
+    A reason is sealed, so no two rows store the same bytes: the database counts
+    the mail without one, and the rows with one are opened and counted here
+    (filed mail, most of the queue, mostly has none).
+    """
+    counts: Counter[tuple[str, str | None]] = Counter()
+    for status, n in session.execute(
+        select(InboundMail.status, func.count())
+        .where(InboundMail.reason_sealed.is_(None))
+        .group_by(InboundMail.status)
+    ):
+        counts[(status, None)] += int(n)
+    for row_id, status, row_uid, stored in session.execute(
+        select(
+            InboundMail.id, InboundMail.status, InboundMail.row_uid, InboundMail.reason_sealed
+        ).where(InboundMail.reason_sealed.is_not(None))
+    ):
+        counts[(status, _reason(row_id, row_uid, stored))] += 1
+    return [(status, reason, n) for (status, reason), n in counts.most_common()]
+
+
+def _reason(row_id: int, row_uid: bytes, stored: bytes) -> str:
+    try:
+        return TEXT.decode(sealed.unseal("inbound_mail", "reason", row_uid, stored, row_id=row_id))
+    except SealBroken:
+        return "(the stored reason does not open with the encryption keyring)"
 
 
 FINAL = (
@@ -69,8 +93,8 @@ def purge(session: Session, *, older_than: datetime) -> int:
         .where(
             InboundMail.received_at < older_than,
             InboundMail.status.in_(FINAL),
-            InboundMail.raw.is_not(None),
+            InboundMail.raw_sealed.is_not(None),
         )
-        .values(raw=None),
+        .values(raw_sealed=None),
     )
     return int(result.rowcount or 0)

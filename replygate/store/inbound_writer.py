@@ -47,6 +47,7 @@ from sqlalchemy import Engine, Table
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.store import dialect as store_dialect
+from replygate.store import keyring, sealed
 from replygate.store.inbound import CHANNEL
 from replygate.store.models import InboundMail
 
@@ -74,7 +75,7 @@ class BulkInsert:
         dialect = engine.dialect
         table = cast(Table, InboundMail.__table__)
         self.engine = engine
-        self.columns = QUEUE_COLUMNS
+        self.columns = (*QUEUE_COLUMNS, "row_uid")  # the last one is ``_sealed``'s
         self.processors = [
             table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
             for name in self.columns
@@ -97,6 +98,7 @@ class BulkInsert:
         """Insert ``rows`` in one transaction; their ids, in the order of ``rows``."""
         params: list[Any] = []
         for row in rows:
+            row = _sealed(row)
             for name, process in zip(self.columns, self.processors, strict=True):
                 value = row[name]
                 params.append(value if process is None or value is None else process(value))
@@ -187,6 +189,19 @@ def _discard(conn: Any) -> None:
             conn.invalidate()
         else:
             conn.close()
+
+
+def _sealed(row: Row) -> Row:
+    """``row`` with its raw bytes and decision records sealed to a new row_uid:
+    sealed here, before the statement, so no plain mail reaches the database."""
+    uid, decisions = keyring.new_row_uid(), row["decisions"]
+    return row | {
+        "row_uid": uid,
+        "raw": sealed.seal("inbound_mail", "raw", uid, row["raw"]),
+        "decisions": None
+        if decisions is None
+        else sealed.seal("inbound_mail", "decisions", uid, sealed.JSON.encode(decisions)),
+    }
 
 
 # What ``gateway.intake.queue_rows`` gives for every row, in statement order.

@@ -31,6 +31,8 @@ from replygate.store.access_models import (
     RecoveryCode,
 )
 from replygate.store.base import NAMING, Base, UTCDateTime, utcnow
+from replygate.store.sealed import BYTES, TEXT, Sealed
+from replygate.store.sealed import JSON as JSON_CODEC
 
 # The states live apart so that reading them needs no SQLAlchemy; found here as before.
 from replygate.store.states import (
@@ -211,16 +213,23 @@ class InboundMail(Base):
     peer: Mapped[str | None] = mapped_column(String(100))
     message_id: Mapped[str | None] = mapped_column(String(998))
     size: Mapped[int] = mapped_column(Integer)
-    raw: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Sealed at rest (``sealed``): the mail as it arrived, why it was decided, and the
+    # decision records, which quote it (attachment names, headers).
+    row_uid: Mapped[bytes | None] = mapped_column(LargeBinary(16))
+    raw_sealed: Mapped[bytes | None] = mapped_column("raw", LargeBinary)
+    raw = Sealed[bytes]("raw", BYTES)
     status: Mapped[str] = mapped_column(String(20), default=InboundStatus.QUEUED)
-    reason: Mapped[str | None] = mapped_column(Text)
+    reason_sealed: Mapped[bytes | None] = mapped_column("reason", LargeBinary)
+    reason = Sealed[str]("reason", TEXT)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     claimed_at: Mapped[datetime | None]
     # The worker process holding a processing claim (host:pid:start); see dialect's owners.
     claimed_by: Mapped[str | None] = mapped_column(String(200))
     processed_at: Mapped[datetime | None]
     thread_id: Mapped[int | None] = mapped_column(ForeignKey("threads.id", ondelete="SET NULL"))
-    decisions: Mapped[list | None] = mapped_column(JSON)
+    # Replaced, never changed in place: a list appended to would not be sealed again.
+    decisions_sealed: Mapped[bytes | None] = mapped_column("decisions", LargeBinary)
+    decisions = Sealed[list]("decisions", JSON_CODEC)
 
 
 class Message(Base):
@@ -292,7 +301,10 @@ class OutboxMessage(Base):
     message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
     envelope_from: Mapped[str] = mapped_column(String(320))
     header_message_id: Mapped[str] = mapped_column(String(998), index=True)
-    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    # Sealed at rest, whatever the kind: a content notification carries the message.
+    row_uid: Mapped[bytes | None] = mapped_column(LargeBinary(16))
+    raw_sealed: Mapped[bytes] = mapped_column("raw", LargeBinary)
+    raw = Sealed[bytes]("raw", BYTES)
     status: Mapped[str] = mapped_column(String(20), default=OutboxStatus.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -29,8 +29,10 @@ from typing import Protocol, cast
 from sqlalchemy import Table, case, func, literal, select, tuple_, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from replygate.store import sealed
 from replygate.store.db import transaction, updated
 from replygate.store.directory import TRANSACTION_CACHE
+from replygate.store.keyring import SealBroken
 from replygate.store.models import OutboxMessage, utcnow
 
 # Per transaction (see ``directory.TRANSACTION_CACHE``): the threads prefetched,
@@ -196,6 +198,7 @@ def claim_due(
             table.c.recipient,
             table.c.envelope_from,
             table.c.header_message_id,
+            table.c.row_uid,
             table.c.raw,
             table.c.attempts,
             table.c.created_at,
@@ -210,19 +213,32 @@ def claim_due(
     )
     with transaction(factory) as session:
         conn = session.connection()
-        claimed = [
-            Claimed(
-                id=row.id,
-                kind=row.kind,
-                recipient=row.recipient,
-                envelope_from=row.envelope_from,
-                header_message_id=row.header_message_id,
-                raw=row.raw,
-                attempts=row.attempts + 1,
-                created_at=row.created_at,
+        claimed: list[Claimed] = []
+        broken: list[int] = []
+        for row in conn.execute(stmt):
+            try:
+                raw = sealed.unseal("outbox", "raw", row.row_uid, row.raw, row_id=row.id)
+            except SealBroken:  # logged by unseal; the row fails where an operator sees it
+                broken.append(row.id)
+                continue
+            claimed.append(
+                Claimed(
+                    id=row.id,
+                    kind=row.kind,
+                    recipient=row.recipient,
+                    envelope_from=row.envelope_from,
+                    header_message_id=row.header_message_id,
+                    raw=raw,
+                    attempts=row.attempts + 1,
+                    created_at=row.created_at,
+                )
             )
-            for row in conn.execute(stmt)
-        ]
+        if broken:
+            conn.execute(
+                update(table)
+                .where(table.c.id.in_(broken))
+                .values(status="failed", last_error=SEAL_BROKEN_ERROR)
+            )
         if claimed:
             conn.execute(
                 update(table)
@@ -232,6 +248,13 @@ def claim_due(
                 )
             )
     return claimed
+
+
+# The error of a notification whose stored content does not open (never sent empty).
+SEAL_BROKEN_ERROR = (
+    "its stored content does not open with the encryption keyring (wrong key, or the "
+    "value was changed or moved from another row)"
+)
 
 
 def mark_sent(factory: sessionmaker[Session], item: Claimed, *, now: datetime) -> bool:

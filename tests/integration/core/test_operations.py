@@ -9,7 +9,7 @@ from datetime import timedelta
 from email.message import EmailMessage
 
 import pytest
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
@@ -118,7 +118,10 @@ def test_replaying_every_failed_mail_files_it_once_and_leaves_the_rest(
     failed = _queue(sessions, reply_address)
     other = _queue(sessions, reply_address, message_id="<r2@mail.example.com>")
     with transaction(sessions) as s:
-        s.execute(update(InboundMail).values(status="failed", reason="extractor exploded"))
+        s.execute(update(InboundMail).values(status="failed"))
+        failing = s.get(InboundMail, failed)
+        assert failing is not None
+        failing.reason = "extractor exploded"
         s.execute(update(InboundMail).where(InboundMail.id == other).values(status="ignored"))
     requeued = operations.requeue_inbound(sessions, all_failed=True)
     assert requeued == [operations.Requeued(failed, "failed")]
@@ -168,9 +171,9 @@ def _failed_notifications(sessions: sessionmaker[Session], n: int, *, status: st
         next_attempt_at=now + timedelta(days=1),
     )
     with transaction(sessions) as s:
-        s.execute(
-            insert(OutboxMessage),
-            [{**row, "header_message_id": f"<rg.n.{status}{i}@reply.test>"} for i in range(n)],
+        s.add_all(
+            OutboxMessage(**row, header_message_id=f"<rg.n.{status}{i}@reply.test>")
+            for i in range(n)
         )
 
 

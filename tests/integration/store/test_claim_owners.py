@@ -16,7 +16,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.mail.decisions import TakenBack, from_record
-from replygate.store import dialect, inbound
+from replygate.store import dialect, inbound, keyring
 from replygate.store.db import transaction
 from replygate.store.models import InboundMail, InboundStatus, utcnow
 from tests.helpers import wait_for
@@ -32,8 +32,11 @@ time.sleep(600)
 
 RELEASER = """
 import sys, time
+from pathlib import Path
 from replygate.core.operations import release_held
+from replygate.store import keyring
 from replygate.store.db import make_engine, session_factory
+keyring.install(keyring.Keyring(Path(sys.argv[3])))  # the note it adds is sealed
 release_held(session_factory(make_engine(sys.argv[1])), int(sys.argv[2]))
 print("released", flush=True)
 time.sleep(600)
@@ -134,7 +137,9 @@ def test_a_release_whose_process_dies_is_taken_back(
             update(InboundMail).where(InboundMail.id == mail).values(status=InboundStatus.HELD)
         )
     releaser = subprocess.Popen(
-        [sys.executable, "-c", RELEASER, database_url, str(mail)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", RELEASER, database_url, str(mail), str(keyring.current().path)],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert releaser.stdout is not None and releaser.stdout.readline().strip() == "released"

@@ -103,7 +103,7 @@ def test_the_same_mail_delivered_twice_is_filed_once(
     assert count(sessions, OutboxMessage) == 2  # Cleo's notification and Dana's, once
     with sessions() as s:
         statuses = sorted(s.scalars(select(InboundMail.status)))
-        reasons = [r for r in s.scalars(select(InboundMail.reason)) if r]
+        reasons = [m.reason for m in s.scalars(select(InboundMail)) if m.reason]
     assert statuses == ["filed", "filed"]
     assert reasons == ["already filed (same Message-ID delivered again)"]
 
@@ -147,8 +147,10 @@ def test_a_forged_from_is_rejected_by_the_engine_too(
 
 KILL_AFTER_CLAIM = """
 import os, signal, sys
+from pathlib import Path
 from replygate.store.db import make_engine, session_factory
-from replygate.store import inbound
+from replygate.store import inbound, keyring
+keyring.install(keyring.Keyring(Path(sys.argv[2])))  # the claim opens the raw mail
 ids = inbound.claim(session_factory(make_engine(sys.argv[1])), limit=10)
 assert ids, "nothing claimed"
 os.kill(os.getpid(), signal.SIGKILL)
@@ -160,7 +162,15 @@ def test_a_worker_killed_after_its_claim_leaves_the_mail_replayable(
 ) -> None:
     _, address = reply_address
     queue_id = enqueue(sessions, address, reply_mail(address))
-    proc = subprocess.run([sys.executable, "-c", KILL_AFTER_CLAIM, settings.database_url])
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            KILL_AFTER_CLAIM,
+            settings.database_url,
+            str(settings.encryption_keys_file),
+        ]
+    )
     assert proc.returncode == -9
     with sessions() as s:
         assert s.get(InboundMail, queue_id).status == "processing"

@@ -113,8 +113,8 @@ def _taken_back(sessions: sessionmaker[Session]) -> int:
     with sessions() as session:
         return sum(
             1
-            for decisions in session.scalars(select(InboundMail.decisions))
-            if any(d.get("stage") == "taken_back" for d in decisions or [])
+            for mail in session.scalars(select(InboundMail))
+            if any(d.get("stage") == "taken_back" for d in mail.decisions or [])
         )
 
 
