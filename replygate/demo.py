@@ -53,7 +53,7 @@ def seed_demo(settings: Settings, factory: sessionmaker[Session]) -> list[str]:
     drain_once(settings, factory)
     with factory() as session:
         row = session.query(OutboxMessage).filter_by(thread_id=thread_id).one()
-        reply_to = _reply_to(row.raw)
+        reply_to = _reply_to(row.raw or b"")
         sent_row = outbox.get(session, row.id)
         status = sent_row.status if sent_row else "?"
     py = shlex.quote(sys.executable)

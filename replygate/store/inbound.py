@@ -164,6 +164,7 @@ def claim_mail(
             stmt = dialect.locked(stmt, session, skip_locked=True)
             for row_id, mail_from, rcpt, row_uid, stored, thread_id in session.execute(stmt):
                 try:
+                    assert row_uid is not None and stored is not None  # never purged unfiled
                     raw = sealed.unseal("inbound_mail", "raw", row_uid, stored, row_id=row_id)
                 except SealBroken as exc:
                     _hold_broken(session, row_id, now, exc)

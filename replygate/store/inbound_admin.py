@@ -66,8 +66,9 @@ def stats(session: Session) -> list[tuple[str, str | None, int]]:
     return [(status, reason, n) for (status, reason), n in counts.most_common()]
 
 
-def _reason(row_id: int, row_uid: bytes, stored: bytes) -> str:
+def _reason(row_id: int, row_uid: bytes | None, stored: bytes | None) -> str:
     try:
+        assert row_uid is not None and stored is not None  # selected NOT NULL
         return TEXT.decode(sealed.unseal("inbound_mail", "reason", row_uid, stored, row_id=row_id))
     except SealBroken:
         return "(the stored reason does not open with the encryption keyring)"

@@ -83,8 +83,8 @@ def _rewrite(table: str, columns: tuple[str, ...], *, seal: bool) -> None:
         _ring()
         changed = []
         for row_id, uid, *values in rows:
-            new_uid = keyring.new_row_uid() if seal else None
-            row: dict[str, object] = {"id": row_id, "row_uid": new_uid}
+            new_uid = keyring.new_row_uid() if seal else b""
+            row: dict[str, object] = {"id": row_id, "row_uid": new_uid or None}
             for column, value in zip(columns, values, strict=True):
                 if value is None:
                     row[column] = None
