@@ -485,7 +485,30 @@ def run_engine_process(settings: Settings, notify_path: str) -> None:
         pass
     try:
         factory = session_factory(engine)
-        asyncio.run(run_service(settings, factory, role=ProcessRole.WORKER, wakes=wakes))
+        asyncio.run(_serve_while_parent_lives(settings, factory, wakes))
     finally:
         wakes.close()
         engine.dispose()
+
+
+async def _serve_while_parent_lives(
+    settings: Settings, factory: sessionmaker[Session], wakes: socket.socket
+) -> None:
+    """Run the engine until told to stop or until ``serve`` is gone: a parent killed
+    with SIGKILL sends nothing, and an orphaned engine would go on claiming mail."""
+    stop = asyncio.Event()
+    parent = multiprocessing.parent_process()
+    loop = asyncio.get_running_loop()
+    if parent is not None:
+        loop.add_reader(parent.sentinel, _orphaned, stop)
+    try:
+        await run_service(settings, factory, role=ProcessRole.WORKER, wakes=wakes, stop=stop)
+    finally:
+        if parent is not None:
+            loop.remove_reader(parent.sentinel)
+
+
+def _orphaned(stop: asyncio.Event) -> None:
+    if not stop.is_set():
+        log.warning("engine.parent_gone", detail="serve exited; the engine process stops too")
+        stop.set()

@@ -154,6 +154,19 @@ def test_an_engine_process_that_dies_stops_the_service_with_one_line(
     assert last == f"replygate: the engine process exited (status -{int(signal.SIGKILL)})"
 
 
+@two_cores
+def test_the_engine_process_stops_when_serve_is_killed(
+    serve: tuple[subprocess.Popen[str], int, Path],
+) -> None:
+    """SIGKILL gives ``serve`` no chance to stop its child: the child notices by itself,
+    or an orphaned engine would go on claiming mail (with whatever keys it holds)."""
+    proc, _, _ = serve
+    [engine] = wait_for(lambda: children(proc.pid), timeout=DEADLINE, what="the engine process")
+    proc.kill()
+    proc.wait(DEADLINE)
+    wait_for(lambda: not alive(engine), timeout=DEADLINE, what="the orphaned engine to exit")
+
+
 @pytest.mark.parametrize("serve", [["--one-process"]], indirect=True)
 def test_one_process_keeps_the_engine_in_the_serve_process(
     serve: tuple[subprocess.Popen[str], int, Path], reply_address: str
