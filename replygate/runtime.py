@@ -49,8 +49,7 @@ if TYPE_CHECKING:
 log = get_logger("replygate.runtime")
 
 
-# The youngest generation is collected after this many net allocations;
-# CPython's 700 means a collection every few SMTP commands under load.
+# Young collections after this many net allocations (CPython's 700: every few SMTP commands).
 GC_YOUNG_THRESHOLD = 10_000
 
 
@@ -176,8 +175,9 @@ async def run_service(
             queued = asyncio.Event()
             if gateway is not None:
                 gateway.handler.wake_on_commit(queued)
-            if wakes is not None:
+            if wakes is not None:  # the engine child; a serve killed with SIGKILL says nothing
                 loop.add_reader(wakes, _woken, wakes, queued)
+                loop.add_reader(multiprocessing.parent_process().sentinel, stop.set)  # type: ignore[union-attr]
             engine = InboundWorker(factory, settings)
             running[Part.ENGINE] = asyncio.create_task(
                 engine.run(stop, notified=notified, wake=queued)
@@ -245,6 +245,7 @@ async def run_service(
         log.info("service.stopped", role=role)
     if wakes is not None:
         loop.remove_reader(wakes)
+        loop.remove_reader(multiprocessing.parent_process().sentinel)  # type: ignore[union-attr]
     if beside is not None and beside.failed:
         raise ServiceFailed(beside.failed)
 
@@ -485,30 +486,7 @@ def run_engine_process(settings: Settings, notify_path: str) -> None:
         pass
     try:
         factory = session_factory(engine)
-        asyncio.run(_serve_while_parent_lives(settings, factory, wakes))
+        asyncio.run(run_service(settings, factory, role=ProcessRole.WORKER, wakes=wakes))
     finally:
         wakes.close()
         engine.dispose()
-
-
-async def _serve_while_parent_lives(
-    settings: Settings, factory: sessionmaker[Session], wakes: socket.socket
-) -> None:
-    """Run the engine until told to stop or until ``serve`` is gone: a parent killed
-    with SIGKILL sends nothing, and an orphaned engine would go on claiming mail."""
-    stop = asyncio.Event()
-    parent = multiprocessing.parent_process()
-    loop = asyncio.get_running_loop()
-    if parent is not None:
-        loop.add_reader(parent.sentinel, _orphaned, stop)
-    try:
-        await run_service(settings, factory, role=ProcessRole.WORKER, wakes=wakes, stop=stop)
-    finally:
-        if parent is not None:
-            loop.remove_reader(parent.sentinel)
-
-
-def _orphaned(stop: asyncio.Event) -> None:
-    if not stop.is_set():
-        log.warning("engine.parent_gone", detail="serve exited; the engine process stops too")
-        stop.set()
