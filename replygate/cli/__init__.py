@@ -63,6 +63,7 @@ COMMANDS: dict[str, str] = {
     "threads": "replygate.cli.threads:group",
     "tokens": "replygate.cli.tokens:group",
     "audit": "replygate.cli.audit:group",
+    "keys": "replygate.cli.keys:group",
     "dkim": "replygate.cli.dkim:group",
     "send": "replygate.cli.send:send",
     "queue": "replygate.cli.inbound_queue:group",

@@ -1,4 +1,6 @@
-"""Key rotation and retirement: the operator's acts on the keyring, audited."""
+"""The encryption keys: their status (which key seals, which the key file holds, how
+many stored values each sealed), and rotation and retirement, the operator's acts on
+the keyring, audited."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ def rotate(
     settings: Settings,
     *,
     new_key: bool = True,
+    batch: int = 200,
     progress: Callable[[int], None] = lambda _: None,
 ) -> Rotated:
     """Make a new key active (unless resuming) and re-seal every value with it.
@@ -45,19 +48,30 @@ def rotate(
         detail={"from": before, "resumed": not new_key},
     )
     resealed = 0
-    for count in rotation.reseal_all(factory, ring):
+    for count in rotation.reseal_all(factory, ring, batch):
         resealed += count
         progress(count)
     return Rotated(version, resealed)
 
 
-def left_to_reseal(factory: sessionmaker[Session]) -> int:
+def to_reseal(factory: sessionmaker[Session], *, new_key: bool) -> int:
+    """How many stored values a rotation re-seals: all of them for a new key, else
+    those not on the active one."""
     with factory() as session:
-        return rotation.left_on_old_keys(session, keyring.current().active)
+        counts = rotation.versions_in_use(session)
+    active = keyring.current().active
+    return sum(
+        n
+        for per_version in counts.values()
+        for version, n in per_version.items()
+        if new_key or version != active
+    )
 
 
 def retire(factory: sessionmaker[Session], settings: Settings, version: int) -> None:
     """Remove a key from the file once no stored value is sealed with it."""
+    if version == keyring.current().active:
+        raise Invalid(f"key version {version} is the active key; rotate first")
     if rotation.version_used(factory, version):
         raise Invalid(
             f"key version {version} still seals stored values; "
@@ -72,4 +86,46 @@ def retire(factory: sessionmaker[Session], settings: Settings, version: int) -> 
         object_kind=audit.ObjectKind.KEY,
         object_id=version,
         detail={"retired": True},
+    )
+
+
+@dataclass(frozen=True)
+class ColumnVersions:
+    table: str
+    column: str
+    # Rows per key version, keyed by the version as a string ("1": 120); empty when none.
+    rows: dict[str, int]
+
+
+@dataclass(frozen=True)
+class KeyStatus:
+    """Field order is ``keys status --json``'s, a contract."""
+
+    key_file: str
+    active: int
+    versions: list[int]
+    # Versions stored values name that the key file lacks: those values cannot be opened.
+    missing: list[int]
+    columns: list[ColumnVersions]
+
+
+def status(factory: sessionmaker[Session]) -> KeyStatus:
+    """The loaded keyring and what every sealed column holds, per key version (counted
+    in SQL from each value's first four bytes)."""
+    ring = keyring.current()
+    with factory() as session:
+        counts = rotation.versions_in_use(session)
+    used = {v for per_version in counts.values() for v in per_version}
+    columns = []
+    for name, per_version in counts.items():
+        table, _, column = name.partition(".")
+        columns.append(
+            ColumnVersions(table, column, {str(v): n for v, n in sorted(per_version.items())})
+        )
+    return KeyStatus(
+        key_file=str(ring.path),
+        active=ring.active,
+        versions=ring.versions,
+        missing=sorted(used - set(ring.versions)),
+        columns=columns,
     )
