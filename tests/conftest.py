@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import hypothesis
 import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
@@ -23,6 +24,13 @@ from replygate.store.db import make_engine, normalise_url, session_factory, upgr
 from replygate.store.keyring import Keyring
 from replygate.store.models import Base
 from tests.dns_server import LoopbackDns, Zone
+
+# Property tests assert behaviour, never speed (benchmarks under bench/ do that): on a
+# shared machine an example slower than Hypothesis's 200 ms, or a slow draw, is no failure.
+hypothesis.settings.register_profile(
+    "replygate", deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow]
+)
+hypothesis.settings.load_profile("replygate")
 
 TEST_SECRET = "test-secret-" + "k" * 52
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
