@@ -38,15 +38,7 @@ def rotate(
     ring = keyring.current()
     before = ring.active
     version = ring.rotate() if new_key else before
-    audit.record_now(
-        factory,
-        settings,
-        audit.who(),
-        audit.Action.KEY_ROTATED,
-        object_kind=audit.ObjectKind.KEY,
-        object_id=version,
-        detail={"from": before, "resumed": not new_key},
-    )
+    _audit(factory, settings, version, {"from": before, "resumed": not new_key})
     resealed = 0
     for count in rotation.reseal_all(factory, ring, batch):
         resealed += count
@@ -58,14 +50,9 @@ def to_reseal(factory: sessionmaker[Session], *, new_key: bool) -> int:
     """How many stored values a rotation re-seals: all of them for a new key, else
     those not on the active one."""
     with factory() as session:
-        counts = rotation.versions_in_use(session)
-    active = keyring.current().active
-    return sum(
-        n
-        for per_version in counts.values()
-        for version, n in per_version.items()
-        if new_key or version != active
-    )
+        if not new_key:
+            return rotation.left_on_old_keys(session, keyring.current().active)
+        return sum(sum(v.values()) for v in rotation.versions_in_use(session).values())
 
 
 def retire(factory: sessionmaker[Session], settings: Settings, version: int) -> None:
@@ -78,6 +65,12 @@ def retire(factory: sessionmaker[Session], settings: Settings, version: int) -> 
             "run `replygate keys rotate --resume` first"
         )
     keyring.current().retire(version)
+    _audit(factory, settings, version, {"retired": True})
+
+
+def _audit(
+    factory: sessionmaker[Session], settings: Settings, version: int, detail: dict[str, object]
+) -> None:
     audit.record_now(
         factory,
         settings,
@@ -85,7 +78,7 @@ def retire(factory: sessionmaker[Session], settings: Settings, version: int) -> 
         audit.Action.KEY_ROTATED,
         object_kind=audit.ObjectKind.KEY,
         object_id=version,
-        detail={"retired": True},
+        detail=detail,
     )
 
 

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import event, insert
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from replygate.store import dialect
+from replygate.store import deferred_writes, dialect
 from replygate.store.directory import TRANSACTION_CACHE
 from replygate.store.models import Message
 
@@ -56,6 +56,7 @@ def add(session: Session, values: dict[str, Any]) -> int:
     return new_id
 
 
+@deferred_writes.register("new_messages")
 def write_pending(session: Session) -> None:
     """Insert the messages added since the last time, in one statement."""
     rows = session.info.pop(_PENDING, None)
@@ -64,13 +65,3 @@ def write_pending(session: Session) -> None:
     if dialect.backend(session) is dialect.Backend.SQLITE:
         session.info.pop(_IDS, None)  # other writes may follow: count from the table again
     session.connection().execute(insert(Message), rows)
-
-
-@event.listens_for(Session, "before_flush")
-def _before_flush(session: Session, flush_context: object, instances: object) -> None:
-    write_pending(session)
-
-
-@event.listens_for(Session, "before_commit")
-def _before_commit(session: Session) -> None:
-    write_pending(session)

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Table, bindparam, event, inspect, update
+from sqlalchemy import Table, bindparam, inspect, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from replygate.store import deferred_writes
 from replygate.store.directory import TRANSACTION_CACHE
 from replygate.store.models import ThreadParticipant
 
@@ -43,6 +44,7 @@ def mark(session: Session, participant: ThreadParticipant, **values: Any) -> Non
     session.info.setdefault(_PENDING, {}).setdefault(row, {}).update(values)
 
 
+@deferred_writes.register("participant_marks")
 def write_pending(session: Session) -> None:
     """One UPDATE (many rows) per set of columns marked since the last time."""
     pending: dict[tuple[int, int], dict[str, Any]] = session.info.pop(_PENDING, None) or {}
@@ -58,13 +60,3 @@ def write_pending(session: Session) -> None:
             .values({name: bindparam(name, type_=_TABLE.c[name].type) for name in columns})
         )
         session.connection().execute(stmt, rows)
-
-
-@event.listens_for(Session, "before_flush")
-def _before_flush(session: Session, flush_context: object, instances: object) -> None:
-    write_pending(session)
-
-
-@event.listens_for(Session, "before_commit")
-def _before_commit(session: Session) -> None:
-    write_pending(session)

@@ -45,8 +45,17 @@ def _version(column: Column[bytes]) -> ColumnElement[bytes]:
     return func.substr(column, 1, HEADER.size)
 
 
+# What a stored value too short to name its key counts under: no key has this version.
+NOT_SEALED = 0
+
+
+def _version_named(head: bytes) -> int:
+    return int(HEADER.unpack(head)[0]) if len(head) == HEADER.size else NOT_SEALED
+
+
 def versions_in_use(session: Session) -> dict[str, dict[int, int]]:
-    """Rows per key version, per sealed column (NULLs are not counted)."""
+    """Rows per key version, per sealed column (NULLs are not counted); a value too
+    short to be sealed counts under ``NOT_SEALED``, which ``keys status`` shows missing."""
     counts: dict[str, dict[int, int]] = {}
     for target in sealed_columns():
         head = _version(target.column)
@@ -56,7 +65,11 @@ def versions_in_use(session: Session) -> dict[str, dict[int, int]]:
             .where(target.column.is_not(None))
             .group_by(head)
         ).all()
-        counts[target.name] = {int(HEADER.unpack(bytes(v))[0]): int(n) for v, n in rows}
+        per_version: dict[int, int] = {}
+        for head, n in rows:
+            version = _version_named(bytes(head))
+            per_version[version] = per_version.get(version, 0) + int(n)
+        counts[target.name] = per_version
     return counts
 
 

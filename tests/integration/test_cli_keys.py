@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.cli import main
@@ -99,3 +99,15 @@ def test_init_writes_a_private_key_file_and_never_overwrites_one(
     first = path.read_bytes()
     assert "never overwritten" in run(env, "keys", "init", "--file", str(path), code=1).output
     assert path.read_bytes() == first
+
+
+def test_a_stored_value_too_short_to_name_a_key_is_shown_missing(
+    env: dict[str, str], sessions: sessionmaker[Session]
+) -> None:
+    """A truncated value (a restore gone wrong) is counted, not a crash of the status."""
+    with transaction(sessions) as s:
+        s.execute(update(OutboxMessage).values(raw_sealed=b"\x00\x01"))
+    found = json.loads(run(env, "keys", "status", "--json").output)
+    assert found["missing"] == [0]
+    outbox = next(c for c in found["columns"] if (c["table"], c["column"]) == ("outbox", "raw"))
+    assert set(outbox["rows"]) == {"0"}
