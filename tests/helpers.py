@@ -14,6 +14,7 @@ from email.policy import default
 from pathlib import Path
 from typing import TypeVar
 
+from replygate.config import Settings
 from replygate.mail.compose import Notification
 from replygate.mail.verp import bounce_key
 from tests.conftest import TEST_SECRET
@@ -125,3 +126,14 @@ def as_sent(stored: bytes) -> bytes:
     while stored[at + 2 : at + 3] in (b" ", b"\t"):
         at = stored.find(b"\r\n", at + 2)
     return stored[at + 2 :]
+
+
+def cli_env(settings: Settings) -> dict[str, str]:
+    """The environment a ``replygate`` command needs to reach the test's store and keys."""
+    return {
+        "REPLYGATE_DATABASE_URL": settings.database_url,
+        "REPLYGATE_SECRET_KEY": settings.secret_key,
+        "REPLYGATE_ENCRYPTION_KEYS_FILE": str(settings.encryption_keys_file),
+        "REPLYGATE_REPLY_DOMAIN": settings.reply_domain,
+        "REPLYGATE_VAR_DIR": str(settings.var_dir),
+    }

@@ -21,16 +21,13 @@ from replygate.config import Settings
 from replygate.store import inbound
 from replygate.store.db import transaction
 from replygate.store.models import InboundMail, utcnow
+from tests.helpers import cli_env
 
 
 @pytest.fixture
 def env(settings: Settings) -> dict[str, str]:
     return {
-        "REPLYGATE_DATABASE_URL": settings.database_url,
-        "REPLYGATE_SECRET_KEY": settings.secret_key,
-        "REPLYGATE_ENCRYPTION_KEYS_FILE": str(settings.encryption_keys_file),
-        "REPLYGATE_REPLY_DOMAIN": settings.reply_domain,
-        "REPLYGATE_VAR_DIR": str(settings.var_dir),
+        **cli_env(settings),
         "REPLYGATE_SMARTHOST_PASSWORD": "hunter2-smarthost",
     }
 

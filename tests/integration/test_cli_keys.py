@@ -17,6 +17,7 @@ from replygate.core.messaging import Messaging
 from replygate.store import directory, keyring
 from replygate.store.db import transaction
 from replygate.store.models import AuditEvent, OutboxMessage
+from tests.helpers import cli_env
 
 
 @pytest.fixture
@@ -28,13 +29,7 @@ def env(settings: Settings, sessions: sessionmaker[Session]) -> dict[str, str]:
     messaging = Messaging(sessions, settings)
     messaging.set_convenience_mode(on=True, acknowledge_hipaa=True)
     messaging.send(sender="dana@staff.test", to=["cleo@example.com"], subject="Hi", body="Hi?")
-    return {
-        "REPLYGATE_DATABASE_URL": settings.database_url,
-        "REPLYGATE_SECRET_KEY": settings.secret_key,
-        "REPLYGATE_ENCRYPTION_KEYS_FILE": str(settings.encryption_keys_file),
-        "REPLYGATE_REPLY_DOMAIN": settings.reply_domain,
-        "REPLYGATE_VAR_DIR": str(settings.var_dir),
-    }
+    return cli_env(settings)
 
 
 def run(env: dict[str, str], *args: str, code: int = 0) -> Result:

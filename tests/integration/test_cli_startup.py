@@ -17,6 +17,7 @@ import sys
 import pytest
 
 from replygate.config import Settings
+from tests.helpers import cli_env
 
 # Run as ``python -m replygate`` does, then report every module loaded.
 PROBE = """
@@ -56,11 +57,7 @@ OURS_NOT_NEEDED = {
 def _loaded(settings: Settings, *args: str) -> set[str]:
     env = {
         **os.environ,
-        "REPLYGATE_DATABASE_URL": settings.database_url,
-        "REPLYGATE_SECRET_KEY": settings.secret_key,
-        "REPLYGATE_ENCRYPTION_KEYS_FILE": str(settings.encryption_keys_file),
-        "REPLYGATE_REPLY_DOMAIN": settings.reply_domain,
-        "REPLYGATE_VAR_DIR": str(settings.var_dir),
+        **cli_env(settings),
     }
     done = subprocess.run(
         [sys.executable, "-c", PROBE, *args],

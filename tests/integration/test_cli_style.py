@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from replygate.cli import main
 from replygate.config import Settings
 from replygate.store.models import Message, ReplyToken
+from tests.helpers import cli_env
 
 Z_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 Z_IN_TEXT = re.compile(r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\b")
@@ -25,13 +26,7 @@ Z_IN_TEXT = re.compile(r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\b")
 
 @pytest.fixture
 def env(settings: Settings) -> dict[str, str]:
-    return {
-        "REPLYGATE_DATABASE_URL": settings.database_url,
-        "REPLYGATE_SECRET_KEY": settings.secret_key,
-        "REPLYGATE_ENCRYPTION_KEYS_FILE": str(settings.encryption_keys_file),
-        "REPLYGATE_REPLY_DOMAIN": settings.reply_domain,
-        "REPLYGATE_VAR_DIR": str(settings.var_dir),
-    }
+    return cli_env(settings)
 
 
 def run(env: dict[str, str], *args: str, code: int = 0, stdin: str | None = None) -> Result:

@@ -17,6 +17,7 @@ from replygate.core.messaging import Messaging
 from replygate.core.placement import Change
 from replygate.store import directory
 from replygate.store.db import transaction
+from tests.helpers import cli_env
 from tests.portal_support import People, file_email_reply, messaging, password_hash, people
 
 __all__ = ["messaging", "password_hash", "people"]  # fixtures
@@ -24,13 +25,7 @@ __all__ = ["messaging", "password_hash", "people"]  # fixtures
 
 @pytest.fixture
 def env(settings: Settings) -> dict[str, str]:
-    return {
-        "REPLYGATE_DATABASE_URL": settings.database_url,
-        "REPLYGATE_SECRET_KEY": settings.secret_key,
-        "REPLYGATE_ENCRYPTION_KEYS_FILE": str(settings.encryption_keys_file),
-        "REPLYGATE_REPLY_DOMAIN": settings.reply_domain,
-        "REPLYGATE_VAR_DIR": str(settings.var_dir),
-    }
+    return cli_env(settings)
 
 
 def run(env: dict[str, str], *args: str, code: int = 0) -> Result:

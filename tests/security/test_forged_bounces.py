@@ -32,6 +32,7 @@ from replygate.store import directory
 from replygate.store.db import transaction
 from replygate.store.models import InboundMail, OutboxMessage, ReplyToken, User
 from replygate.workers.inbound import InboundWorker
+from tests.helpers import cli_env
 from tests.integration.gateway import conftest as gateway_tests
 from tests.integration.gateway.conftest import queued
 from tests.portal_support import Client, People, serve_in_thread
@@ -350,13 +351,7 @@ def test_hard_reports_within_a_minute_leave_the_address_failing_and_another_day_
 
 
 def env(settings: Settings) -> dict[str, str]:
-    return {
-        "REPLYGATE_DATABASE_URL": settings.database_url,
-        "REPLYGATE_SECRET_KEY": settings.secret_key,
-        "REPLYGATE_ENCRYPTION_KEYS_FILE": str(settings.encryption_keys_file),
-        "REPLYGATE_REPLY_DOMAIN": settings.reply_domain,
-        "REPLYGATE_VAR_DIR": str(settings.var_dir),
-    }
+    return cli_env(settings)
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from replygate.config import Settings
 from replygate.store import directory, models
 from replygate.store.db import transaction
 from replygate.store.models import Thread, utcnow
+from tests.helpers import cli_env
 from tests.portal_support import PASSWORD, Client, People
 from tests.portal_support import client_for as client_for  # a fixture
 from tests.portal_support import live_portal as live_portal  # a fixture
@@ -195,12 +196,7 @@ def test_users_logout_ends_a_live_browser_session(
     browser, other = client_for(), client_for()
     browser.login(people.client1)
     other.login(people.client2)
-    env = {
-        "REPLYGATE_DATABASE_URL": settings.database_url,
-        "REPLYGATE_SECRET_KEY": settings.secret_key,
-        "REPLYGATE_ENCRYPTION_KEYS_FILE": str(settings.encryption_keys_file),
-        "REPLYGATE_VAR_DIR": str(settings.var_dir),
-    }
+    env = cli_env(settings)
     listed = CliRunner().invoke(main, ["users", "sessions", people.client1, "--json"], env=env)
     assert listed.exit_code == 0, listed.output
     (row,) = json.loads(listed.output)

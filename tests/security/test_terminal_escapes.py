@@ -28,6 +28,7 @@ from replygate.store import directory, inbound
 from replygate.store.db import transaction
 from replygate.store.models import InboundMail, Message, ReplyToken
 from replygate.workers.inbound import InboundWorker
+from tests.helpers import cli_env
 
 # What a terminal acts on, one of each kind the attack uses.
 RAW_CONTROLS = ("\x1b", "\x07", "\x9b", "\x9d", "\r", "\x08", "\u202e")
@@ -84,13 +85,7 @@ def filed(sessions: sessionmaker[Session], settings: Settings) -> tuple[int, int
 
 
 def run(settings: Settings, *args: str) -> Result:
-    env = {
-        "REPLYGATE_DATABASE_URL": settings.database_url,
-        "REPLYGATE_SECRET_KEY": settings.secret_key,
-        "REPLYGATE_ENCRYPTION_KEYS_FILE": str(settings.encryption_keys_file),
-        "REPLYGATE_REPLY_DOMAIN": settings.reply_domain,
-        "REPLYGATE_VAR_DIR": str(settings.var_dir),
-    }
+    env = cli_env(settings)
     result = CliRunner().invoke(main, list(args), env=env)
     assert result.exit_code == 0, result.output
     return result

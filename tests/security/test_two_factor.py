@@ -21,6 +21,7 @@ from replygate.core import accounts
 from replygate.store import directory
 from replygate.store.db import transaction
 from replygate.store.models import AuditEvent, MfaRequirement, User
+from tests.helpers import cli_env
 from tests.portal_support import PASSWORD, Client, People
 from tests.portal_support import client_for as client_for  # a fixture
 from tests.portal_support import live_portal as live_portal  # a fixture
@@ -162,12 +163,7 @@ def test_operators_enrol_reset_and_require(
     sessions: sessionmaker[Session],
     settings: Settings,
 ) -> None:
-    env = {
-        "REPLYGATE_DATABASE_URL": settings.database_url,
-        "REPLYGATE_SECRET_KEY": settings.secret_key,
-        "REPLYGATE_ENCRYPTION_KEYS_FILE": str(settings.encryption_keys_file),
-        "REPLYGATE_VAR_DIR": str(settings.var_dir),
-    }
+    env = cli_env(settings)
     runner = CliRunner()
     done = runner.invoke(main, ["users", "mfa", "enroll", required.client1, "--json"], env=env)
     assert done.exit_code == 0, done.output

@@ -18,6 +18,7 @@ from replygate.core import audit
 from replygate.store import directory
 from replygate.store.db import transaction
 from replygate.store.models import AuditEvent, AuditOutcome, utcnow
+from tests.helpers import cli_env
 
 OPERATOR = audit.Actor.operator()
 
@@ -31,12 +32,7 @@ def _write(sessions: sessionmaker[Session], settings: Settings, n: int, **what: 
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    return {
-        "REPLYGATE_DATABASE_URL": settings.database_url,
-        "REPLYGATE_SECRET_KEY": settings.secret_key,
-        "REPLYGATE_ENCRYPTION_KEYS_FILE": str(settings.encryption_keys_file),
-        "REPLYGATE_VAR_DIR": str(settings.var_dir),
-    }
+    return cli_env(settings)
 
 
 def test_an_untouched_trail_verifies(sessions, settings) -> None:

@@ -15,6 +15,7 @@ from replygate.config import Settings
 from replygate.core import audit
 from replygate.core.messaging import Messaging
 from replygate.store.models import AuditEvent
+from tests.helpers import cli_env
 from tests.portal_support import Client, People, file_email_reply
 
 BROWSER = {"User-Agent": "Mozilla/5.0 (audit test) Firefox/140.0"}
@@ -112,12 +113,7 @@ def test_operator_commands_that_show_content_are_recorded(
 ) -> None:
     sent = messaging.send(sender=people.staff, to=[people.client1], subject="s", body="b")
     thread_id = sent.threads[0].id
-    env = {
-        "REPLYGATE_DATABASE_URL": settings.database_url,
-        "REPLYGATE_SECRET_KEY": settings.secret_key,
-        "REPLYGATE_ENCRYPTION_KEYS_FILE": str(settings.encryption_keys_file),
-        "REPLYGATE_VAR_DIR": str(settings.var_dir),
-    }
+    env = cli_env(settings)
     runner = CliRunner()
     assert runner.invoke(main, ["threads", "show", str(thread_id)], env=env).exit_code == 0
     assert runner.invoke(main, ["users", "logout", people.client1], env=env).exit_code == 0

@@ -29,16 +29,11 @@ from replygate.store.db import transaction
 from replygate.workers.drain import drain_once
 from replygate.workers.signing import DkimSigner
 from tests.dns_server import LoopbackDns, Zone
+from tests.helpers import cli_env
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    return {
-        "REPLYGATE_DATABASE_URL": settings.database_url,
-        "REPLYGATE_SECRET_KEY": settings.secret_key,
-        "REPLYGATE_ENCRYPTION_KEYS_FILE": str(settings.encryption_keys_file),
-        "REPLYGATE_REPLY_DOMAIN": settings.reply_domain,
-        "REPLYGATE_VAR_DIR": str(settings.var_dir),
-    }
+    return cli_env(settings)
 
 
 def _keygen(settings: Settings, *args: str) -> str:

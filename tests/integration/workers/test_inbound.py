@@ -25,7 +25,7 @@ from replygate.store import directory, inbound
 from replygate.store.db import transaction
 from replygate.store.models import InboundMail, Message, OutboxMessage, ReplyToken, utcnow
 from replygate.workers.inbound import InboundWorker
-from tests.helpers import wait_for
+from tests.helpers import cli_env, wait_for
 
 
 @pytest.fixture
@@ -176,13 +176,7 @@ def test_a_worker_killed_after_its_claim_leaves_the_mail_replayable(
         assert s.get(InboundMail, queue_id).status == "processing"
     assert count(sessions, Message) == 1
 
-    env = {
-        "REPLYGATE_DATABASE_URL": settings.database_url,
-        "REPLYGATE_SECRET_KEY": settings.secret_key,
-        "REPLYGATE_ENCRYPTION_KEYS_FILE": str(settings.encryption_keys_file),
-        "REPLYGATE_REPLY_DOMAIN": settings.reply_domain,
-        "REPLYGATE_VAR_DIR": str(settings.var_dir),
-    }
+    env = cli_env(settings)
     runner = CliRunner()
     for _ in range(2):  # replaying twice still files once
         result = runner.invoke(main, ["queue", "replay", str(queue_id)], env=env)
@@ -257,13 +251,7 @@ def test_hold_policy_holds_a_mismatched_sender_until_an_operator_decides(
     with sessions() as s:
         assert s.get(InboundMail, queue_id).status == "held"
     assert count(sessions, Message) == 1
-    env = {
-        "REPLYGATE_DATABASE_URL": settings.database_url,
-        "REPLYGATE_SECRET_KEY": settings.secret_key,
-        "REPLYGATE_ENCRYPTION_KEYS_FILE": str(settings.encryption_keys_file),
-        "REPLYGATE_REPLY_DOMAIN": settings.reply_domain,
-        "REPLYGATE_VAR_DIR": str(settings.var_dir),
-    }
+    env = cli_env(settings)
     explained = CliRunner().invoke(main, ["queue", "explain", str(queue_id)], env=env)
     assert "did not match" in explained.output and "held" in explained.output
     released = CliRunner().invoke(main, ["queue", "release", str(queue_id)], env=env)

@@ -18,6 +18,7 @@ from replygate.store import directory, inbound
 from replygate.store.db import transaction
 from replygate.store.models import InboundMail, Message, ReplyToken
 from replygate.workers.inbound import InboundWorker
+from tests.helpers import cli_env
 
 # A sign-off, then everything the person wrote under a "--" delimiter, then the quote.
 BODY = (
@@ -75,13 +76,7 @@ def test_a_reply_cut_to_a_sign_off_files_the_unquoted_text(
         assert "I can come on Thursday at two" in filed.body
         assert "How are you?" not in filed.body
         assert [d.get("fallback") for d in row.decisions or [] if d.get("stage") == "extract"]
-    env = {
-        "REPLYGATE_DATABASE_URL": settings.database_url,
-        "REPLYGATE_SECRET_KEY": settings.secret_key,
-        "REPLYGATE_ENCRYPTION_KEYS_FILE": str(settings.encryption_keys_file),
-        "REPLYGATE_REPLY_DOMAIN": settings.reply_domain,
-        "REPLYGATE_VAR_DIR": str(settings.var_dir),
-    }
+    env = cli_env(settings)
     explained = CliRunner().invoke(main, ["queue", "explain", str(queue_id)], env=env)
     assert explained.exit_code == 0, explained.output
     assert "only a sign-off was left" in explained.output
