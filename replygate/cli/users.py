@@ -31,6 +31,20 @@ def add(app: App, email: str, name: str, role: str, as_json: bool) -> None:
     emit(user, as_json, lambda: say(f"added {role} {user.email} (id {user.id})"))
 
 
+@group.command("set-role")
+@click.argument("email")
+@click.option("--role", type=choice_of(UserRole), required=True, help="What the person may do.")
+@json_option
+@pass_app
+@clean_errors
+def set_role(app: App, email: str, role: str, as_json: bool) -> None:
+    """Give a user another role; their portal sessions end, so it applies at once."""
+    from replygate.core import operations
+
+    user = operations.set_role(app.factory, app.settings, email, role)
+    emit(user, as_json, lambda: say(f"{user.email} is {user.role}"))
+
+
 @group.command("list")
 @json_option
 @pass_app

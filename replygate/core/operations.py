@@ -21,7 +21,7 @@ from typing import Protocol
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
-from replygate.core import audit, mfa, organisation
+from replygate.core import audit, mfa, organisation, sessions
 from replygate.core.audit import Action, ObjectKind
 from replygate.core.messaging import Messaging
 from replygate.core.views import UserRow, plain, user_row
@@ -36,6 +36,7 @@ from replygate.store.models import (
     InboundStatus,
     MfaRequirement,
     SenderPolicy,
+    UserRole,
     utcnow,
 )
 
@@ -59,6 +60,27 @@ def add_user(
         audit.record(
             session, settings, audit.who(), Action.USER_ADDED, object_kind=ObjectKind.USER,
             object_id=user.id, detail={"role": role},
+        )  # fmt: skip
+        return user_row(user)
+
+
+def set_role(factory: sessionmaker[Session], settings: Settings, email: str, role: str) -> UserRow:
+    """Give a user another role; their portal sessions end, so the new role (and the
+    second factor it may require) applies from their next login. The last admin
+    stays one, so someone can still run the organisation's settings."""
+    wanted = UserRole(role)
+    with transaction(factory) as session:
+        user = directory.user(session, email)
+        before = UserRole(user.role)
+        if before is wanted:
+            return user_row(user)
+        if before is UserRole.ADMIN and not directory.other_admins(session, user.id):
+            raise Invalid(f"{user.email} is the only admin; make someone else admin first")
+        user.role = wanted.value
+        ended = sessions.end_all(session, user.id)
+        audit.record(
+            session, settings, audit.who(), Action.ROLE_CHANGED, object_kind=ObjectKind.USER,
+            object_id=user.id, detail={"from": before.value, "to": wanted.value, "sessions": ended},
         )  # fmt: skip
         return user_row(user)
 
@@ -165,10 +187,7 @@ def rename_organisation(factory: sessionmaker[Session], settings: Settings, name
     """Give the organisation a new name (one line); returns the name as kept."""
     with transaction(factory) as session:
         organisation.rename(session, name, settings.organisation_name)
-        audit.record(
-            session, settings, audit.who(), Action.SETTING_CHANGED,
-            object_kind=ObjectKind.SETTING, detail={"setting": "organisation_name"},
-        )  # fmt: skip
+        _setting_changed(session, settings, {"setting": "organisation_name"})
         return directory.organisation(session).name
 
 
@@ -179,10 +198,14 @@ def set_mfa_requirement(factory: sessionmaker[Session], settings: Settings, valu
     with transaction(factory) as session:
         org = directory.organisation(session, default_name=settings.organisation_name)
         org.mfa_required = MfaRequirement(value)
-        audit.record(
-            session, settings, audit.who(), Action.SETTING_CHANGED,
-            object_kind=ObjectKind.SETTING, detail={"setting": "mfa_required", "value": value},
-        )  # fmt: skip
+        _setting_changed(session, settings, {"setting": "mfa_required", "value": value})
+
+
+def _setting_changed(session: Session, settings: Settings, detail: dict[str, object]) -> None:
+    audit.record(
+        session, settings, audit.who(), Action.SETTING_CHANGED,
+        object_kind=ObjectKind.SETTING, detail=detail,
+    )  # fmt: skip
 
 
 def set_sender_policy(factory: sessionmaker[Session], settings: Settings, policy: str) -> None:
@@ -202,6 +225,7 @@ def set_read_receipts_default(factory: sessionmaker[Session], settings: Settings
     """Whether "Tell me when it is read" starts ticked at compose and reply."""
     with transaction(factory) as session:
         organisation.set_read_receipts_default(session, on, settings.organisation_name)
+        _setting_changed(session, settings, {"setting": "read_receipts", "default": on})
 
 
 def set_reminder_delay(factory: sessionmaker[Session], settings: Settings, delay: str) -> int:
@@ -209,7 +233,9 @@ def set_reminder_delay(factory: sessionmaker[Session], settings: Settings, delay
     reminder; returns the seconds kept."""
     seconds = organisation.parse_delay(delay)
     with transaction(factory) as session:
-        return organisation.set_reminder_delay(session, seconds, settings.organisation_name)
+        kept = organisation.set_reminder_delay(session, seconds, settings.organisation_name)
+        _setting_changed(session, settings, {"setting": "reminder_delay", "seconds": kept})
+        return kept
 
 
 def set_dmarc_policy(factory: sessionmaker[Session], settings: Settings, policy: str) -> None:

@@ -447,7 +447,9 @@ class Workspace:
             self.factory, thread_id=thread_id, user=user, limit=limit, newest_first=True
         )
 
-    def set_receipt_settings(self, *, read_receipts_default: bool, reminder_hours: str) -> int:
+    def set_receipt_settings(
+        self, *, read_receipts_default: bool, reminder_hours: str, by: int | None = None
+    ) -> int:
         """The read-receipt default and the reminder delay (hours, 0: none) from the
         settings page; returns the delay's seconds. ``Invalid`` for a delay out of range."""
         try:
@@ -460,7 +462,15 @@ class Workspace:
 
         def work(session: Session) -> int:
             organisation.set_read_receipts_default(session, read_receipts_default, name)
-            return organisation.set_reminder_delay(session, hours * 3600, name)
+            kept = organisation.set_reminder_delay(session, hours * 3600, name)
+            user = session.get(User, by) if by is not None else None
+            detail = {
+                "setting": "read_receipts",
+                "default": read_receipts_default,
+                "reminder_seconds": kept,
+            }
+            self._record(session, user, Action.SETTING_CHANGED, ObjectKind.SETTING, detail=detail)
+            return kept
 
         return self._run(work)
 

@@ -120,13 +120,14 @@ class StaffPages(Pages):
         return self.redirect("/settings")
 
     async def settings_receipts(self, request: Request) -> Response:
-        await self.require(request, admin=True)
+        current = await self.require(request, admin=True)
         form = await self.form(request)
         try:
             seconds = await self.call(
                 lambda: self.workspace.set_receipt_settings(
                     read_receipts_default=form.get("receipts_default") == "yes",
                     reminder_hours=str(form.get("reminder_hours", "")),
+                    by=current.viewer.id,
                 )
             )
         except Invalid as exc:

@@ -79,6 +79,15 @@ def user(session: Session, email: str) -> User:
     return found
 
 
+def other_admins(session: Session, user_id: int) -> int:
+    """How many admins there are besides ``user_id``."""
+    return len(
+        session.scalars(
+            select(User.id).where(User.role == UserRole.ADMIN.value, User.id != user_id)
+        ).all()
+    )
+
+
 def list_users(session: Session) -> list[User]:
     return list(session.scalars(select(User).order_by(User.id)))
 

@@ -256,6 +256,7 @@ COMMANDS = {
     "users reset-bounces": ["email"],
     "users sessions": ["--json", "email"],
     "users set-password": ["email"],
+    "users set-role": ["--json", "--role", "email"],
     "worker": ["--metrics", "--once"],
 }
 

@@ -15,7 +15,7 @@ from replygate.config import Settings
 from replygate.core import inbox
 from replygate.core.workspace import Workspace
 from replygate.store import directory
-from replygate.store.models import Message
+from replygate.store.models import AuditEvent, Message
 from tests.integration.test_cli import env
 
 __all__ = ["env"]  # fixture
@@ -39,6 +39,18 @@ def test_settings_send_and_threads_show_read_by(
     run(env, "settings", "reminder-delay", "2d")
     shown = json.loads(run(env, "settings", "show", "--json"))
     assert shown["read_receipts_default"] is True and shown["reminder_delay_seconds"] == 172800
+    with sessions() as s:
+        trail = s.scalars(
+            select(AuditEvent.detail)
+            .where(AuditEvent.action == "setting_changed")
+            .order_by(AuditEvent.id)
+        ).all()
+    assert trail == [
+        {"setting": "read_receipts", "default": True},
+        {"setting": "reminder_delay", "seconds": 1800},
+        {"setting": "reminder_delay", "seconds": 0},
+        {"setting": "reminder_delay", "seconds": 172800},
+    ]
 
     sent = json.loads(
         run(

@@ -233,3 +233,34 @@ def test_the_cookie_names_no_user_and_the_store_keeps_no_session_id(
     assert admin.id not in data.values() and str(admin.id) not in data.values()
     assert data["sid"] not in stored
     assert stored == hashlib.sha256(data["sid"].encode()).hexdigest()
+
+
+def test_a_role_change_ends_the_persons_sessions_and_is_audited(
+    client_for: Callable[[], Client],
+    people: People,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+) -> None:
+    """A session begun under one role is not carried into another: a client made staff
+    logs in again (and meets the second factor staff need); the last admin stays one."""
+    browser = client_for()
+    browser.login(people.client1)
+    env = cli_env(settings)
+    done = CliRunner().invoke(
+        main, ["users", "set-role", people.client1, "--role", "staff"], env=env
+    )
+    assert done.exit_code == 0, done.output
+    assert f"{people.client1} is staff" in done.output
+    assert not reads_inbox(browser)
+
+    refused = CliRunner().invoke(
+        main, ["users", "set-role", people.admin, "--role", "staff"], env=env
+    )
+    assert refused.exit_code == 1
+    assert "only admin" in refused.output
+    with transaction(sessions) as s:
+        assert directory.user(s, people.admin).role == "admin"
+        (changed,) = s.scalars(
+            select(models.AuditEvent).where(models.AuditEvent.action == "role_changed")
+        ).all()
+        assert changed.detail == {"from": "client", "to": "staff", "sessions": 1}

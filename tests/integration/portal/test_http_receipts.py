@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from replygate.core.messaging import Messaging
 from replygate.store import directory
 from replygate.store.db import transaction
-from replygate.store.models import Message, Thread
+from replygate.store.models import AuditEvent, Message, Thread
 from tests.portal_support import Client, People
 
 
@@ -39,6 +39,15 @@ def test_only_admins_set_the_default_and_the_delay_and_nonsense_is_refused(
     with transaction(sessions) as s:
         org = directory.organisation(s)
         assert org.read_receipts_default is True and org.reminder_delay_seconds == 1800
+        (changed,) = s.scalars(
+            select(AuditEvent).where(AuditEvent.action == "setting_changed")
+        ).all()  # the refused ones changed nothing, and are not in the trail
+        assert changed.actor == people.admin
+        assert changed.detail == {
+            "setting": "read_receipts",
+            "default": True,
+            "reminder_seconds": 1800,
+        }
     page = admin.get("/settings").text
     assert 'id="receipts-default" name="receipts_default" value="yes" checked' in page
     assert 'value="0.5"' in page
