@@ -88,6 +88,10 @@ class ObjectKind(StrEnum):
     AUDIT = "audit"
 
 
+# What a row says besides its object: names and numbers, never mail text.
+Detail = dict[str, str | int | bool | None]
+
+
 @dataclass(frozen=True)
 class Actor:
     """Who acts: a portal user (with their address and browser), an operator, or the system."""
@@ -177,7 +181,7 @@ def record(
     object_id: int | str | None = None,
     thread_id: int | None = None,
     outcome: AuditOutcome = AuditOutcome.OK,
-    detail: dict[str, str | int | bool | None] | None = None,
+    detail: Detail | None = None,
 ) -> None:
     """Add one row to the caller's transaction: appended as it commits, gone if it rolls back."""
     fields = dict(

@@ -69,7 +69,7 @@ def retire(factory: sessionmaker[Session], settings: Settings, version: int) -> 
 
 
 def _audit(
-    factory: sessionmaker[Session], settings: Settings, version: int, detail: dict[str, object]
+    factory: sessionmaker[Session], settings: Settings, version: int, detail: audit.Detail
 ) -> None:
     audit.record_now(
         factory,

@@ -201,7 +201,7 @@ def set_mfa_requirement(factory: sessionmaker[Session], settings: Settings, valu
         _setting_changed(session, settings, {"setting": "mfa_required", "value": value})
 
 
-def _setting_changed(session: Session, settings: Settings, detail: dict[str, object]) -> None:
+def _setting_changed(session: Session, settings: Settings, detail: audit.Detail) -> None:
     audit.record(
         session, settings, audit.who(), Action.SETTING_CHANGED,
         object_kind=ObjectKind.SETTING, detail=detail,

@@ -66,8 +66,8 @@ def versions_in_use(session: Session) -> dict[str, dict[int, int]]:
             .group_by(head)
         ).all()
         per_version: dict[int, int] = {}
-        for head, n in rows:
-            version = _version_named(bytes(head))
+        for stored_head, n in rows:
+            version = _version_named(bytes(stored_head))
             per_version[version] = per_version.get(version, 0) + int(n)
         counts[target.name] = per_version
     return counts
