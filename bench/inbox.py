@@ -51,7 +51,7 @@ from replygate.config import load_settings
 from replygate.core import workspace
 from replygate.core.accounts import hash_password
 from replygate.portal import create_app
-from replygate.store import directory
+from replygate.store import directory, keyring, sealed
 from replygate.store.db import make_engine, normalise_url, session_factory, upgrade
 from replygate.store.models import Message, MfaRequirement, Thread, ThreadParticipant, User
 
@@ -104,13 +104,16 @@ def seed(url: str, threads: int) -> None:
         at = now - timedelta(minutes=thread_id)
         answered = n % 4 == 0
         rows_of["threads"].append(
-            {
-                "id": thread_id,
-                "subject": f"Appointment follow-up {thread_id}",
-                "created_by_id": staff_id,
-                "created_at": at,
-                "last_activity_at": at,
-            }
+            sealed.seal_row(
+                "threads",
+                {
+                    "id": thread_id,
+                    "subject": f"Appointment follow-up {thread_id}",
+                    "created_by_id": staff_id,
+                    "created_at": at,
+                    "last_activity_at": at,
+                },
+            )
         )
         message_id += 1
         first = message_id
@@ -170,18 +173,23 @@ def _message(mid: int, thread_id: int, author_id: int, at: datetime, source: str
         "Thank you for coming in on Tuesday. As we discussed, please book the follow-up "
         "appointment and bring the forms we went through; reply here with any questions. "
     ) * 2
-    return {
-        "id": mid,
-        "thread_id": thread_id,
-        "author_id": author_id,
-        "body": body,
-        "source": source,
-        "created_at": at,
-    }
+    return sealed.seal_row(
+        "messages",
+        {
+            "id": mid,
+            "thread_id": thread_id,
+            "author_id": author_id,
+            "body": body,
+            "source": source,
+            "created_at": at,
+        },
+    )
 
 
 @contextlib.contextmanager
 def database(backend: str, workdir: Path, threads: int) -> Iterator[str]:
+    # The key file the settings of ``measure`` name (``var/keys``): the seed seals with it.
+    keyring.install(keyring.Keyring.open_or_create(workdir / "var" / "keys"))
     if backend == "sqlite":
         url = f"sqlite:///{workdir / 'inbox.db'}"
         seed(url, threads)

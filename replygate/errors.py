@@ -7,6 +7,7 @@
     ├── StartupError         a part of ``serve`` cannot start (port taken, schema behind)
     ├── ServiceFailed        a process of a running ``serve`` died; the service stopped
     ├── HeaderMismatch       a composed notification's headers are not the ones intended
+    ├── SealBroken           a value sealed at rest does not open (wrong key, tampered, moved)
     └── InboundRefused       an inbound mail we refuse in the SMTP dialogue
         ├── NotAReplyAddress   recipient is not reply+<token>@<reply domain>
         ├── UnknownToken       token well-formed but never issued (or forged)
@@ -64,6 +65,11 @@ class HeaderMismatch(ReplygateError):
     Text that became a header of its own (a ``Bcc``, a ``Content-Type``) is
     the sign of an injection; such a mail is never sent.
     """
+
+
+class SealBroken(ReplygateError):
+    """Raised when a sealed value does not open: wrong key, tampered with, or moved from
+    elsewhere. Never read as empty; the store logs it as ``store.seal_broken``."""
 
 
 class InboundRefused(ReplygateError):

@@ -22,7 +22,7 @@ from replygate.config import Settings
 from replygate.core import bounces, routing
 from replygate.core.intake import acceptance_policy
 from replygate.core.messaging import FileUpload, Messaging
-from replygate.errors import DmarcFailed, InboundRefused
+from replygate.errors import DmarcFailed, InboundRefused, SealBroken
 from replygate.logs import get_logger
 from replygate.mail import classify, reply_token
 from replygate.mail.decisions import (
@@ -43,7 +43,6 @@ from replygate.mail.parse import Attachment, ParsedMail, parse_message
 from replygate.mail.policy import check_dmarc, files_to_keep, sender_mismatch
 from replygate.store import dialect, directory, inbound, tokens
 from replygate.store.db import transaction
-from replygate.store.keyring import SealBroken
 from replygate.store.models import (
     DmarcPolicy,
     InboundMail,

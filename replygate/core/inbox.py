@@ -25,6 +25,7 @@ from replygate.core.messaging import (
 from replygate.core.placement import InboxFilter, is_unread, shown_in
 from replygate.core.receipts import ReadMark, read_marks
 from replygate.errors import NotFound
+from replygate.store import sealed
 from replygate.store.models import (
     Circle,
     CircleMember,
@@ -161,16 +162,17 @@ def _inbox_order() -> tuple[UnaryExpression[bool], UnaryExpression[datetime], Un
 
 def page_statement(
     user_id: int, view: InboxFilter, *, offset: int, limit: int
-) -> Select[int, bool, bool, str, datetime, str | None, int]:
+) -> Select[int, bool, bool, bytes | None, bytes, datetime, int | None, int]:
     """One inbox page in one query: a range of the inbox index, read in order.
 
     Each row's thread, latest message and unread count are looked up for the
     rows of the page alone (the index gives them in order, so nothing is
-    sorted and no other row is read); the count only for an unread row.
+    sorted and no other row is read); the count only for an unread row. The
+    subject comes sealed, and the latest message as its id (``_previews``).
     """
     me = ThreadParticipant
-    preview = (
-        select(Message.body)
+    latest = (
+        select(Message.id)
         .where(Message.thread_id == me.thread_id)
         .order_by(Message.id.desc())
         .limit(1)
@@ -192,9 +194,10 @@ def page_statement(
             me.thread_id,
             me.pinned,
             me.archived,
-            Thread.subject,
+            Thread.row_uid,
+            Thread.subject_sealed,
             Thread.last_activity_at,
-            preview.label("preview"),
+            latest.label("latest_id"),
             case((is_unread(), count), else_=0).label("unread"),
         )
         .join(Thread, Thread.id == me.thread_id)
@@ -213,7 +216,7 @@ def inbox(
     size: int = PAGE_SIZE,
 ) -> tuple[list[ThreadRow], bool]:
     """One page of the user's threads in ``view``, pinned first, then newest activity;
-    and whether more follow: two queries (the page, then the names in it).
+    and whether more follow: three queries (the page, the names in it, its previews).
     """
     picked = session.execute(
         page_statement(user_id, view, offset=page * size, limit=size + 1)
@@ -221,19 +224,37 @@ def inbox(
     more = len(picked) > size
     picked = picked[:size]
     names = _other_names(session, user_id, [row.thread_id for row in picked])
+    previews = _previews(session, [row.latest_id for row in picked if row.latest_id])
     return [
         ThreadRow(
             id=row.thread_id,
-            subject=row.subject,
+            subject=_opened("threads", "subject", row.row_uid, row.subject_sealed, row.thread_id),
             with_names=", ".join(names.get(row.thread_id, [])) or "only you",
             last_activity_at=row.last_activity_at,
-            preview=_preview(row.preview or ""),
+            preview=previews.get(row.latest_id, ""),
             unread=row.unread or 0,
             pinned=row.pinned,
             archived=row.archived,
         )
         for row in picked
     ], more
+
+
+def _previews(session: Session, message_ids: list[int]) -> dict[int, str]:
+    """The start of each message's body, opened (only what a page shows is read)."""
+    if not message_ids:
+        return {}
+    rows = session.execute(
+        select(Message.id, Message.row_uid, Message.body_sealed).where(Message.id.in_(message_ids))
+    )
+    return {
+        message_id: _preview(_opened("messages", "body", uid, stored, message_id))
+        for message_id, uid, stored in rows
+    }
+
+
+def _opened(table: str, column: str, row_uid: bytes | None, stored: bytes, row_id: int) -> str:
+    return sealed.unseal(table, column, row_uid or b"", stored, row_id=row_id).decode("utf-8")
 
 
 def _other_names(session: Session, user_id: int, thread_ids: list[int]) -> dict[int, list[str]]:

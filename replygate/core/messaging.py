@@ -231,8 +231,8 @@ class Messaging:
         # (``new_messages``), and the thread, participant and outbox rows below in
         # that flush, where the ORM batches them too. Every column is set, so
         # nothing reads the row back before it is there.
-        new_id = new_messages.add(session, values)
-        message = Message(id=new_id, **values)
+        message = Message(**values)  # sealed as it is built (``store.sealed``)
+        new_id = new_messages.add(session, message)
         make_transient_to_detached(message)
         session.add(message)
         record_activity(session, thread, message, now)

@@ -23,6 +23,7 @@ from starlette.staticfiles import StaticFiles
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from replygate.config import Settings
+from replygate.errors import SealBroken
 from replygate.portal.account_pages import AccountPages
 from replygate.portal.audit_pages import AuditPages
 from replygate.portal.message_pages import MessagePages
@@ -63,6 +64,18 @@ class Portal(AccountPages, MessagePages, StaffPages, AuditPages):
         if exc.headers:
             response.headers.update(exc.headers)
         return response
+
+    async def on_seal_broken(self, request: Request, exc: Exception) -> Response:
+        """A stored value that does not open (logged as ``store.seal_broken`` where it was
+        read): an error page saying so, never the page with the text left out."""
+        return await self.on_http_error(
+            request,
+            HTTPException(
+                500,
+                "Part of this page is stored encrypted and could not be decrypted, so it "
+                "is not shown. The operator has been told; please try again later.",
+            ),
+        )
 
     async def favicon(self, request: Request) -> Response:
         """The icon, for browsers and tools that ask for it without reading the page."""
@@ -138,6 +151,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> Starlette:
         exception_handlers={
             HTTPException: portal.on_http_error,
             LoginRequired: portal.on_login_required,
+            SealBroken: portal.on_seal_broken,
         },
     )
     app.state.portal = portal

@@ -31,7 +31,7 @@ from replygate.store.access_models import (
     RecoveryCode,
 )
 from replygate.store.base import NAMING, Base, UTCDateTime, utcnow
-from replygate.store.sealed import BYTES, TEXT, Sealed
+from replygate.store.sealed import BYTES, TEXT, Sealed, SealedRequired
 from replygate.store.sealed import JSON as JSON_CODEC
 
 # The states live apart so that reading them needs no SQLAlchemy; found here as before.
@@ -132,7 +132,10 @@ class Thread(Base):
     __tablename__ = "threads"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    subject: Mapped[str] = mapped_column(String(500))
+    # Sealed at rest (``sealed``), as every text a person wrote is.
+    row_uid: Mapped[bytes | None] = mapped_column(LargeBinary(16))
+    subject_sealed: Mapped[bytes] = mapped_column("subject", LargeBinary)
+    subject = SealedRequired[str]("subject", TEXT)
     created_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_activity_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
@@ -244,10 +247,17 @@ class Message(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     thread_id: Mapped[int] = mapped_column(ForeignKey("threads.id", ondelete="CASCADE"), index=True)
     author_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
-    body: Mapped[str] = mapped_column(Text)
-    quote: Mapped[str | None] = mapped_column(Text)
-    signature: Mapped[str | None] = mapped_column(Text)
-    body_html: Mapped[str | None] = mapped_column(Text)
+    # Sealed at rest (``sealed``): what was written, and what an emailed reply quoted,
+    # signed and sent as HTML.
+    row_uid: Mapped[bytes | None] = mapped_column(LargeBinary(16))
+    body_sealed: Mapped[bytes] = mapped_column("body", LargeBinary)
+    body = SealedRequired[str]("body", TEXT)
+    quote_sealed: Mapped[bytes | None] = mapped_column("quote", LargeBinary)
+    quote = Sealed[str]("quote", TEXT)
+    signature_sealed: Mapped[bytes | None] = mapped_column("signature", LargeBinary)
+    signature = Sealed[str]("signature", TEXT)
+    body_html_sealed: Mapped[bytes | None] = mapped_column("body_html", LargeBinary)
+    body_html = Sealed[str]("body_html", TEXT)
     source: Mapped[str] = mapped_column(String(10))
     inbound_id: Mapped[int | None] = mapped_column(
         ForeignKey("inbound_mail.id", ondelete="SET NULL"), unique=True
@@ -347,9 +357,14 @@ class CannedResponse(Base):
     __tablename__ = "canned_responses"
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    # Plain: a label staff give a template, looked up for uniqueness and listed in order.
     name: Mapped[str] = mapped_column(String(200), unique=True)
-    subject: Mapped[str | None] = mapped_column(String(500))
-    body: Mapped[str] = mapped_column(Text)
+    # Sealed at rest (``sealed``): a template's text may name a condition or a treatment.
+    row_uid: Mapped[bytes | None] = mapped_column(LargeBinary(16))
+    subject_sealed: Mapped[bytes | None] = mapped_column("subject", LargeBinary)
+    subject = Sealed[str]("subject", TEXT)
+    body_sealed: Mapped[bytes] = mapped_column("body", LargeBinary)
+    body = SealedRequired[str]("body", TEXT)
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -367,10 +382,14 @@ class MessageAttachment(Base):
     message_id: Mapped[int] = mapped_column(
         ForeignKey("messages.id", ondelete="CASCADE"), index=True
     )
-    filename: Mapped[str] = mapped_column(String(255))
+    # Sealed at rest (``sealed``): the file's name and its bytes; its type and size are not.
+    row_uid: Mapped[bytes | None] = mapped_column(LargeBinary(16))
+    filename_sealed: Mapped[bytes] = mapped_column("filename", LargeBinary)
+    filename = SealedRequired[str]("filename", TEXT)
     content_type: Mapped[str] = mapped_column(String(255))
     size: Mapped[int] = mapped_column(Integer)
-    data: Mapped[bytes] = mapped_column(LargeBinary)
+    data_sealed: Mapped[bytes] = mapped_column("data", LargeBinary)
+    data = SealedRequired[bytes]("data", BYTES)
 
 
 __all__ += ["MessageAttachment"]

@@ -11,6 +11,10 @@ raises there, and the transaction rolls back whole. (A flush with nothing else
 to write does not start, so a message is added together with what names it:
 filing a reply changes its thread's row.)
 
+The message's text is sealed at rest: the caller builds the ``Message`` with
+its plain values (its ``Sealed`` attributes seal them, with the row's
+``row_uid``), and what is inserted is what the object holds, ciphertext.
+
 PostgreSQL hands out ids from the table's sequence, one round trip for as
 many as the caller said to expect (``expect``); SQLite counts on from the
 largest id, read again once the rows are in (the write lock keeps anyone
@@ -22,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import ColumnProperty, Session
 
 from replygate.store import deferred_writes, dialect
 from replygate.store.directory import TRANSACTION_CACHE
@@ -42,17 +46,33 @@ def expect(session: Session, count: int) -> None:
         ids.extend(dialect.new_ids(session, Message.__tablename__, count - len(ids)))
 
 
-def add(session: Session, values: dict[str, Any]) -> int:
-    """Add a message with every column in ``values`` but ``id``; its id, reserved now.
+def _stored_columns() -> list[tuple[str, str]]:
+    """(attribute, column name) of every column of a message row but its id."""
+    return [
+        (prop.key, prop.columns[0].name)  # type: ignore[attr-defined]
+        for prop in Message.__mapper__.column_attrs
+        if isinstance(prop, ColumnProperty) and prop.key != "id"
+    ]
 
-    The row is inserted by the transaction's next flush or its commit."""
+
+_COLUMNS = _stored_columns()
+
+
+def add(session: Session, message: Message) -> int:
+    """Give ``message`` (transient, every column set but ``id``) its id, reserved now,
+    and queue its row as the object holds it.
+
+    The row is inserted by the transaction's next flush or its commit; the caller
+    attaches the object to the session as already stored."""
     ids: list[int] = session.info.setdefault(_IDS, [])
     if not ids:
         ids.extend(dialect.new_ids(session, Message.__tablename__, 1))
     new_id = ids.pop(0)
     if dialect.backend(session) is dialect.Backend.SQLITE:
         ids.append(new_id + 1)  # counted on; read again after the rows are written
-    session.info.setdefault(_PENDING, []).append({**values, "id": new_id})
+    message.id = new_id
+    row: dict[str, Any] = {name: getattr(message, key) for key, name in _COLUMNS}
+    session.info.setdefault(_PENDING, []).append({**row, "id": new_id})
     return new_id
 
 

@@ -8,12 +8,14 @@ sealed column, a mapped ``<name>_sealed`` attribute on the stored column and a
 
     row_uid: Mapped[bytes | None] = mapped_column(LargeBinary(16))
     body_sealed: Mapped[bytes] = mapped_column("body", LargeBinary)
-    body = Sealed[str]("body", TEXT)
+    body = SealedRequired[str]("body", TEXT)
+
+(``Sealed`` for a column that may be NULL, ``SealedRequired`` for one that may not.)
 
 A class-level use (``Message.body`` in a query) is refused: what is stored
 cannot be compared with plain text, so such a query would silently match nothing.
 Statements that bypass the ORM (bulk INSERTs, Core SELECTs) use ``seal`` and
-``unseal`` with the same table and column names.
+``unseal`` (or ``seal_row``) with the same table and column names.
 """
 
 from __future__ import annotations
@@ -23,12 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from replygate import logs
 from replygate.store import keyring
 from replygate.store.keyring import SealBroken
 
 T = TypeVar("T")
-log = logs.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,12 +53,28 @@ def seal(table: str, column: str, row: bytes, plain: bytes) -> bytes:
     return keyring.current().seal(plain, keyring.aad(table, column, row))
 
 
+def seal_row(table: str, row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` (plain values by column name) as a Core INSERT writes it: a new
+    ``row_uid`` and every registered column of ``table`` sealed with it."""
+    uid = keyring.new_row_uid()
+    stored = {**row, "row_uid": uid}
+    for column, codec in REGISTRY[table].items():
+        if stored.get(column) is not None:
+            stored[column] = seal(table, column, uid, codec.encode(stored[column]))
+    return stored
+
+
 def unseal(table: str, column: str, row: bytes, stored: bytes, *, row_id: object = None) -> bytes:
     """Open a stored value; a value that does not open is logged and raised, never empty."""
     try:
         return keyring.current().open(stored, keyring.aad(table, column, row))
     except SealBroken as exc:
-        log.error("store.seal_broken", table=table, column=column, row=row_id, error=str(exc))
+        # Logging is loaded only here: ``threads list`` opens subjects and loads no logging.
+        from replygate import logs
+
+        logs.get_logger(__name__).error(
+            "store.seal_broken", table=table, column=column, row=row_id, error=str(exc)
+        )
         raise
 
 
@@ -109,3 +125,10 @@ class Sealed(Generic[T]):
         stored = seal(self.table, self.column, obj.row_uid, self.codec.encode(value))
         setattr(obj, self.stored, stored)
         obj.__dict__[self.cache] = (stored, value)
+
+
+class SealedRequired(Sealed[T]):
+    """A sealed column that is NOT NULL: its plain value is never None once set."""
+
+    def __get__(self, obj: Any, owner: type | None = None) -> T:
+        return super().__get__(obj, owner)  # type: ignore[return-value]

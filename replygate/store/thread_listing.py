@@ -16,14 +16,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, Integer, String, column, func, select, table
+from sqlalchemy import Connection, Integer, LargeBinary, String, column, func, select, table
 
+from replygate.store import sealed
 from replygate.store.utc import UTCDateTime
 
 THREADS = table(
     "threads",
     column("id", Integer),
-    column("subject", String),
+    column("row_uid", LargeBinary),
+    column("subject", LargeBinary),
     column("last_activity_at", UTCDateTime()),
 )
 THREAD_PARTICIPANTS = table(
@@ -46,15 +48,10 @@ class ThreadSummary:
     last_activity_at: datetime
 
 
-def subject(thread_id: int, stored: str) -> str:
-    """Thread ``thread_id``'s subject as people read it, from what its column holds.
-
-    The one place this module turns a stored subject into text (today the
-    column holds the text itself), so a change to how subjects are stored
-    has one place here to follow it (a sealed one would open with
-    ``sealed.unseal("threads", "subject", row_uid, stored, row_id=thread_id)``).
-    """
-    return stored
+def subject(thread_id: int, row_uid: bytes, stored: bytes) -> str:
+    """Thread ``thread_id``'s subject as people read it, from what its column holds
+    (sealed at rest: a value that does not open raises ``SealBroken``, logged)."""
+    return sealed.unseal("threads", "subject", row_uid, stored, row_id=thread_id).decode("utf-8")
 
 
 def summaries(conn: Connection) -> list[ThreadSummary]:
@@ -65,9 +62,13 @@ def summaries(conn: Connection) -> list[ThreadSummary]:
         .scalar_subquery()
     )
     found = conn.execute(
-        select(THREADS.c.id, THREADS.c.subject, THREADS.c.last_activity_at, messages).order_by(
-            THREADS.c.last_activity_at.desc(), THREADS.c.id.desc()
-        )
+        select(
+            THREADS.c.id,
+            THREADS.c.row_uid,
+            THREADS.c.subject,
+            THREADS.c.last_activity_at,
+            messages,
+        ).order_by(THREADS.c.last_activity_at.desc(), THREADS.c.id.desc())
     ).all()
     addresses: dict[int, list[str]] = {}
     for thread_id, email in conn.execute(
@@ -79,10 +80,10 @@ def summaries(conn: Connection) -> list[ThreadSummary]:
     return [
         ThreadSummary(
             id=thread_id,
-            subject=subject(thread_id, stored),
+            subject=subject(thread_id, row_uid, stored),
             participants=addresses.get(thread_id, []),
             messages=count,
             last_activity_at=at,
         )
-        for thread_id, stored, at, count in found
+        for thread_id, row_uid, stored, at, count in found
     ]

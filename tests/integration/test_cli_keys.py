@@ -16,7 +16,7 @@ from replygate.config import Settings
 from replygate.core.messaging import Messaging
 from replygate.store import directory, keyring
 from replygate.store.db import transaction
-from replygate.store.models import AuditEvent, OutboxMessage
+from replygate.store.models import AuditEvent, Message, OutboxMessage
 from tests.helpers import cli_env
 
 
@@ -54,6 +54,7 @@ def test_status_counts_what_each_key_sealed(env: dict[str, str]) -> None:
     active, columns = _per_version(env)
     assert active == 1
     assert set(columns["outbox.raw"]) == {"1"} and columns["outbox.raw"]["1"] >= 1
+    assert columns["threads.subject"] == {"1": 1} and columns["messages.body"] == {"1": 1}
     assert re.search(r"^outbox +raw +1 +\d+$", run(env, "keys", "status").output, re.M)
 
 
@@ -66,7 +67,11 @@ def test_rotate_reseals_every_value_with_the_new_key_and_the_text_still_opens(
     active, columns = _per_version(env)
     assert active == 2
     assert all(set(rows) == {"2"} for rows in columns.values()), columns
+    assert {"threads.subject", "messages.body", "outbox.raw"} <= set(columns)
     assert _notifications(sessions) == before
+    with sessions() as s:
+        message = s.scalars(select(Message)).one()
+        assert (message.thread.subject, message.body) == ("Hi", "Hi?")
     with sessions() as s:
         rotated = s.scalars(select(AuditEvent).where(AuditEvent.action == "key_rotated")).all()
     assert [event.object_id for event in rotated] == ["2"]

@@ -140,7 +140,7 @@ def test_json_and_raw_stay_exact(
 ) -> None:
     thread_id, queue_id, raw = filed
     with sessions() as s:
-        body = s.scalars(select(Message.body).where(Message.source == "email")).one()
+        body = s.scalars(select(Message).where(Message.source == "email")).one().body
     assert TITLE in body and C1_RED in body
 
     shown = json.loads(run(settings, "threads", "show", str(thread_id), "--json").output)

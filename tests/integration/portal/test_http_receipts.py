@@ -70,9 +70,9 @@ def test_the_checkbox_decides_and_the_page_says_email_reading_does_not_count(
     assert staff.post("/compose", {**message, "receipt": "yes"}).status == 303
     assert staff.post("/compose", {**message, "subject": "Again"}).status == 303
     with transaction(sessions) as s:
-        rows = s.execute(select(Thread.subject, Message.receipt_requested).join(Message))
-        asked = {subject: wanted for subject, wanted in rows}
-        first = s.scalars(select(Thread.id).where(Thread.subject == "Hi")).one()
+        rows = s.execute(select(Thread, Message.receipt_requested).join(Message))
+        asked = {thread.subject: wanted for thread, wanted in rows}
+        first = next(t.id for t in s.scalars(select(Thread)) if t.subject == "Hi")
     assert asked == {"Hi": True, "Again": False}
     reply = staff.post(f"/threads/{first}/reply", {"csrf": token, "body": "More", "receipt": "yes"})
     assert reply.status == 303

@@ -35,6 +35,11 @@ def values(thread_id: int, author_id: int, n: int, **changes: Any) -> dict[str, 
     return fields
 
 
+def message(thread_id: int, author_id: int, n: int, **changes: Any) -> Message:
+    """A new message as filing builds it: plain values, sealed by the model."""
+    return Message(**values(thread_id, author_id, n, **changes))
+
+
 @pytest.fixture
 def people(sessions: sessionmaker[Session]) -> tuple[int, int, int]:
     """A thread, its client (the author) and its staff member."""
@@ -71,15 +76,17 @@ def test_a_transactions_messages_go_in_one_insert_ahead_of_the_rows_naming_them(
         new_messages.expect(session, 10)
         ids = []
         for n in range(10):
-            new_id = new_messages.add(session, values(thread_id, client_id, n))
+            new_id = new_messages.add(session, message(thread_id, client_id, n))
             session.add(MessageReceipt(message_id=new_id, user_id=staff_id))
             ids.append(new_id)
     assert len(set(ids)) == 10
     assert len(inserts) == 1
     with sessions() as session:
-        stored = session.execute(select(Message.id, Message.body).order_by(Message.id)).all()
+        stored = [(m.id, m.body) for m in session.scalars(select(Message).order_by(Message.id))]
         receipts = session.scalars(select(MessageReceipt.message_id)).all()
-    assert [(i, f"reply {n}") for n, i in enumerate(ids)] == [tuple(r) for r in stored]
+        raw = session.connection().exec_driver_sql("SELECT body FROM messages").scalars().all()
+    assert [(i, f"reply {n}") for n, i in enumerate(ids)] == stored
+    assert not [b for b in raw if b"reply" in bytes(b)]  # the INSERT wrote them sealed
     assert sorted(receipts) == sorted(ids)
 
 
@@ -90,11 +97,11 @@ def test_ids_stay_distinct_across_flushes_and_after_other_messages(
     before it) takes no id twice: SQLite counts on from the table again after each write."""
     thread_id, client_id, _ = people
     with transaction(sessions) as session:
-        first = new_messages.add(session, values(thread_id, client_id, 1))
+        first = new_messages.add(session, message(thread_id, client_id, 1))
         other = Message(thread_id=thread_id, author_id=client_id, body="portal", source="portal")
         session.add(other)
         session.flush()
-        second = new_messages.add(session, values(thread_id, client_id, 2))
+        second = new_messages.add(session, message(thread_id, client_id, 2))
     with sessions() as session:
         ids = session.scalars(select(Message.id).order_by(Message.id)).all()
     assert len({first, other.id, second}) == 3
@@ -108,11 +115,11 @@ def test_a_rolled_back_transaction_writes_none_of_its_messages(
     transaction fails whole, and the next one files normally."""
     thread_id, client_id, _ = people
     with pytest.raises(IntegrityError), transaction(sessions) as session:
-        new_messages.add(session, values(thread_id, client_id, 1))
-        new_messages.add(session, values(thread_id, client_id, 1))
+        new_messages.add(session, message(thread_id, client_id, 1))
+        new_messages.add(session, message(thread_id, client_id, 1))
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Message)) == 0
     with transaction(sessions) as session:
-        new_messages.add(session, values(thread_id, client_id, 1))
+        new_messages.add(session, message(thread_id, client_id, 1))
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Message)) == 1

@@ -99,9 +99,9 @@ def _queue(
 def _bodies(sessions: sessionmaker[Session], thread_id: int) -> list[str]:
     with sessions() as s:
         return [
-            body.split(".")[0]
-            for body in s.scalars(
-                select(Message.body)
+            message.body.split(".")[0]
+            for message in s.scalars(
+                select(Message)
                 .where(Message.thread_id == thread_id, Message.inbound_id.is_not(None))
                 .order_by(Message.id)
             )

@@ -6,12 +6,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import LargeBinary, create_engine, select
+from sqlalchemy import LargeBinary, create_engine, insert, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from replygate.store import keyring
 from replygate.store.keyring import Keyring, SealBroken
-from replygate.store.sealed import JSON, REGISTRY, TEXT, Sealed
+from replygate.store.sealed import JSON, REGISTRY, TEXT, Sealed, seal_row
 
 
 class _Base(DeclarativeBase):
@@ -75,3 +75,14 @@ def test_a_query_on_a_sealed_attribute_is_refused_by_name(query: Callable[[], ob
 
 def test_every_sealed_column_is_registered() -> None:
     assert set(REGISTRY["notes_for_sealing"]) == {"body", "tags"}
+
+
+def test_a_row_for_a_core_insert_is_sealed_with_its_own_row_uid(session: Session) -> None:
+    first = seal_row("notes_for_sealing", {"id": 1, "body": "glucose 7.9", "tags": None})
+    second = seal_row("notes_for_sealing", {"id": 2, "body": "glucose 7.9", "tags": ["lab"]})
+    assert first["row_uid"] != second["row_uid"] and b"glucose" not in first["body"]
+    assert first["tags"] is None
+    session.connection().execute(insert(Note), [first, second])  # Core: keys are columns
+    session.commit()
+    notes = session.scalars(select(Note).order_by(Note.id)).all()
+    assert [(n.body, n.tags) for n in notes] == [("glucose 7.9", None), ("glucose 7.9", ["lab"])]

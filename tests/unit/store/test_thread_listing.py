@@ -7,10 +7,13 @@ those clauses and the models (and so the migrations) from drifting apart.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy.sql.expression import TableClause
 
-from replygate.store import thread_listing
+from replygate.store import keyring, sealed, thread_listing
+from replygate.store.keyring import Keyring, SealBroken
 from replygate.store.models import Base
 
 
@@ -28,5 +31,11 @@ def test_every_table_the_queries_read_is_checked() -> None:
     assert read == {"threads", "thread_participants", "users", "messages"}
 
 
-def test_a_subject_is_read_as_stored() -> None:
-    assert thread_listing.subject(7, "Lab results") == "Lab results"
+def test_a_subject_is_opened_from_its_sealed_value(tmp_path: Path) -> None:
+    keyring.install(Keyring.create(tmp_path / "keys"))
+    uid = keyring.new_row_uid()
+    stored = sealed.seal("threads", "subject", uid, b"Lab results")
+    assert b"Lab" not in stored
+    assert thread_listing.subject(7, uid, stored) == "Lab results"
+    with pytest.raises(SealBroken):
+        thread_listing.subject(8, keyring.new_row_uid(), stored)
