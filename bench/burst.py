@@ -154,8 +154,8 @@ def send_all(port: int, mails: list[tuple[str, str, bytes]], sessions: int) -> t
     return min(stamps), max(stamps)
 
 
-def counts(url: str) -> tuple[int, int, int]:
-    """Mails filed, notifications written, and mails not yet decided."""
+def counts(url: str) -> tuple[int, int, int, int]:
+    """Mails filed, notifications written, mails not yet decided, and mails queued in all."""
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
@@ -167,26 +167,47 @@ def counts(url: str) -> tuple[int, int, int]:
             )
             notes = conn.execute(text("SELECT count(*) FROM outbox")).scalar()
         pending = by_status.get("queued", 0) + by_status.get("processing", 0)
-        return int(by_status.get("filed", 0)), int(notes or 0), int(pending)
+        accepted = sum(by_status.values())
+        return int(by_status.get("filed", 0)), int(notes or 0), int(pending), int(accepted)
     finally:
         engine.dispose()
 
 
-def wait_filed(url: str, total: int, timeout: float = 600) -> tuple[float, float]:
-    """Poll until ``total`` mails are filed and notified: (first seen filed, all done)."""
+Timeline = list[tuple[float, int, int, int]]  # (when, queued in all, filed, notified)
+
+
+def wait_filed(
+    url: str, total: int, timeout: float = 600, timeline: Timeline | None = None
+) -> tuple[float, float]:
+    """Poll until ``total`` mails are filed and notified: (first seen filed, all done).
+    Each poll's counts are appended to ``timeline`` when one is given."""
     first = None
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
-        filed, notes, pending = counts(url)
+        filed, notes, pending, accepted = counts(url)
         now = time.perf_counter()
+        if timeline is not None:
+            timeline.append((now, accepted, filed, notes))
         if filed and first is None:
             first = now
         if filed >= total and notes >= total:
             return first or now, now
-        if filed + pending < total:
+        if accepted >= total and filed + pending < total:
             raise RuntimeError(f"only {filed} of {total} filed and none pending: see queue stats")
         time.sleep(0.02)
     raise RuntimeError(f"not filed within {timeout}s: {counts(url)}")
+
+
+class Watcher(threading.Thread):
+    """``wait_filed`` in a thread, recording the timeline while the mail is still sent."""
+
+    def __init__(self, url: str, total: int, samples: Timeline) -> None:
+        super().__init__(daemon=True)
+        self.url, self.total, self.samples = url, total, samples
+        self.done = 0.0
+
+    def run(self) -> None:
+        _, self.done = wait_filed(self.url, self.total, timeline=self.samples)
 
 
 @contextlib.contextmanager
@@ -264,7 +285,9 @@ def layout(kind: str, world: World, port: int) -> Iterator[list[int]]:
         yield with_children(pids)
 
 
-def burst(kind: str, clients: int, replies: int, sessions: int, workdir: Path) -> str:
+def burst(
+    kind: str, clients: int, replies: int, sessions: int, workdir: Path, *, timeline: bool = False
+) -> str:
     with database("postgresql" if kind == "postgresql" else "sqlite", workdir) as world:
         people = seed_clients(world, clients)
         # Round by round, so each client's replies arrive in order, spread over the sessions.
@@ -278,8 +301,16 @@ def burst(kind: str, clients: int, replies: int, sessions: int, workdir: Path) -
         with layout(kind, world, port) as pids:
             before = [cpu_seconds(pid) for pid in pids]
             server_before = server_cpu(world.url)
+            samples: Timeline = []
+            if timeline:  # polled while sending too, to see when filing starts
+                watcher = Watcher(world.url, total, samples)
+                watcher.start()
             first, last = send_all(port, mails, sessions)
-            _, done = wait_filed(world.url, total)
+            if timeline:
+                watcher.join()
+                done = watcher.done
+            else:
+                _, done = wait_filed(world.url, total)
             used = [cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
             server_after = server_cpu(world.url)
         accept, through = last - first, done - first
@@ -289,11 +320,15 @@ def burst(kind: str, clients: int, replies: int, sessions: int, workdir: Path) -
         if server_after:
             server = sum(t - server_before.get(pid, 0.0) for pid, t in server_after.items())
             per_reply += f"; PostgreSQL's backends {1000 * server / total:.1f}"
+        shown = "".join(
+            f"\n  {when - first:+6.2f} s  queued {queued:4}  filed {filed:4}  notified {notes:4}"
+            for when, queued, filed, notes in samples[:: max(1, len(samples) // 40)] + samples[-1:]
+        )
         return (
             f"{kind:12} {clients} clients × {replies} replies over {sessions} sessions: "
             f"accepted in {accept:.2f} s ({total / accept:.0f}/s), filed and notified "
             f"{through:.2f} s after the first 250 ({total / through:.0f}/s); "
-            f"ratio {through / accept:.2f}; CPU ms per reply by process {per_reply}"
+            f"ratio {through / accept:.2f}; CPU ms per reply by process {per_reply}{shown}"
         )
 
 
@@ -329,6 +364,9 @@ def main() -> None:
         default="both",
     )
     parser.add_argument("--backlog", type=int, metavar="N", help="measure a one-thread backlog")
+    parser.add_argument(
+        "--timeline", action="store_true", help="poll while sending too; print the counts"
+    )
     args = parser.parse_args()
     kinds = ("sqlite", "postgresql") if args.layout == "both" else (args.layout,)
     with tempfile.TemporaryDirectory(prefix="replygate-burst-") as tmp:
@@ -336,7 +374,15 @@ def main() -> None:
             if args.backlog:
                 print(backlog(kind, args.backlog, args.sessions, Path(tmp)), flush=True)
             else:
-                print(burst(kind, args.clients, args.replies, args.sessions, Path(tmp)), flush=True)
+                burst_ = burst(
+                    kind,
+                    args.clients,
+                    args.replies,
+                    args.sessions,
+                    Path(tmp),
+                    timeline=args.timeline,
+                )
+                print(burst_, flush=True)
 
 
 if __name__ == "__main__":
