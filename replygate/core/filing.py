@@ -135,6 +135,10 @@ class Filing:
                     outcomes.append(outcome)
                 if outcomes[-1].status == InboundStatus.QUEUED and mail.thread_id is not None:
                     retried.add(mail.thread_id)
+            if any(mail.thread_id is not None for mail in claimed):
+                # The later replies of these threads may be claimed once this commits: the
+                # other engines are woken for them (PostgreSQL), not left to their next poll.
+                inbound.notify_queued(session)
         for queue_id, error, then in failures:
             log.error("inbound.error", queue_id=queue_id, error=error, then=then)
         return outcomes

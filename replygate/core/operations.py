@@ -27,7 +27,7 @@ from replygate.core.messaging import Messaging
 from replygate.core.views import UserRow, plain, user_row
 from replygate.errors import Invalid, NotFound
 from replygate.mail import reply_token
-from replygate.store import directory, inbound, inbound_admin, outbox, tokens
+from replygate.store import claim_owners, directory, inbound, inbound_admin, outbox, tokens
 from replygate.store.db import transaction
 from replygate.store.models import (
     AddressStatus,
@@ -339,7 +339,7 @@ def release_held(factory: sessionmaker[Session], inbound_id: int) -> None:
     The caller then files it (the inbound worker's ``process`` with
     ``released=True``).
     """
-    owner = inbound.process_owner(factory, "release")
+    owner = claim_owners.process_owner(factory, "release")
     with transaction(factory) as session:
         row = _held(session, inbound_id)
         row.status, row.claimed_at = InboundStatus.PROCESSING, None

@@ -13,18 +13,17 @@ writers itself (``BEGIN IMMEDIATE``, see ``db.py``).
 
 from __future__ import annotations
 
-import os
-import socket
-from collections.abc import Callable, Collection, Iterable, Sequence
+import dataclasses
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import Select, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from replygate.errors import Invalid, NotFound
 from replygate.store import dialect, sealed
-from replygate.store.db import bound_engine, transaction, updated
+from replygate.store.db import transaction, updated
 from replygate.store.keyring import SealBroken
 from replygate.store.models import InboundMail, InboundStatus, utcnow
 
@@ -138,6 +137,8 @@ def claim_mail(
     lease_seconds: float = 300,
     now: datetime | None = None,
     owner: str | None = None,
+    threads: int | None = None,
+    max_bytes: int | None = None,
 ) -> list[ClaimedMail]:
     """Mark up to ``limit`` claimable mails ``processing``, oldest first, and return them.
 
@@ -145,32 +146,33 @@ def claim_mail(
     that its claims are taken back once it is gone (``take_back_dead``).
     Several replies of one thread may be claimed together, as a run from the
     thread's oldest undecided reply, in id order: the worker files them in
-    that order. Four statements whatever the batch size: the two selects of
-    ``_claimable`` (``SKIP LOCKED`` on PostgreSQL), one read of the earlier
-    replies of the claimed threads, and one update of all the claimed rows.
+    that order. ``threads`` caps how many threads' runs one claim takes, so
+    that another worker claiming beside it finds the next threads' replies
+    rather than only later replies of threads already claimed; ``max_bytes``
+    caps the raw bytes of a claim (at least one mail is taken), read only for
+    the mails kept. Five statements whatever the batch size: the two selects
+    of ``_claimable`` (``SKIP LOCKED`` on PostgreSQL), one read of the
+    earlier replies of the claimed threads, one of the raw bytes, and one
+    update of all the claimed rows.
     """
     now = now or utcnow()
     with transaction(factory) as session:
-        claimed: list[ClaimedMail] = []
+        found: list[_Candidate] = []
         for candidates in _claimable(now, timedelta(seconds=lease_seconds)):
             stmt = candidates.with_only_columns(
                 InboundMail.id,
                 InboundMail.mail_from,
                 InboundMail.rcpt,
-                InboundMail.row_uid,
-                InboundMail.raw_sealed,
                 InboundMail.thread_id,
+                InboundMail.size,
             ).limit(limit)
             stmt = dialect.locked(stmt, session, skip_locked=True)
-            for row_id, mail_from, rcpt, row_uid, stored, thread_id in session.execute(stmt):
-                try:
-                    assert row_uid is not None and stored is not None  # never purged unfiled
-                    raw = sealed.unseal("inbound_mail", "raw", row_uid, stored, row_id=row_id)
-                except SealBroken as exc:
-                    _hold_broken(session, row_id, now, exc)
-                    continue
-                claimed.append(ClaimedMail(row_id, mail_from, rcpt, raw, thread_id))
-        claimed = _thread_runs(session, sorted(claimed, key=lambda m: m.id)[:limit])
+            found += [
+                (r.id, r.mail_from, r.rcpt, r.thread_id, r.size) for r in session.execute(stmt)
+            ]
+        kept = _within(sorted(found)[:limit], threads=threads, max_bytes=max_bytes)
+        envelopes = [ClaimedMail(i, mail_from, rcpt, b"", t) for i, mail_from, rcpt, t, _ in kept]
+        claimed = _with_raw(session, _thread_runs(session, envelopes), now)
         if claimed:
             session.execute(
                 update(InboundMail)
@@ -184,6 +186,61 @@ def claim_mail(
                 .execution_options(synchronize_session=False)
             )
         return claimed
+
+
+# A claimable mail's id, envelope sender and recipient, thread and size.
+_Candidate = tuple[int, str, str, int | None, int]
+
+
+def _within(
+    found: list[_Candidate],
+    *,
+    threads: int | None,
+    max_bytes: int | None,
+) -> list[_Candidate]:
+    """The candidates (in id order) of the first ``threads`` threads, up to ``max_bytes``
+    in all: what is cut past the budget is a suffix, so each thread keeps a run."""
+    seen: set[object] = set()
+    kept: list[_Candidate] = []
+    total = 0
+    for row in found:
+        row_id, _, _, thread_id, size = row
+        key = thread_id if thread_id is not None else ("mail", row_id)
+        if key not in seen:
+            if threads is not None and len(seen) >= threads:
+                continue
+            seen.add(key)
+        total += size or 0
+        if kept and max_bytes is not None and total > max_bytes:
+            break
+        kept.append(row)
+    return kept
+
+
+def _with_raw(session: Session, claimed: list[ClaimedMail], now: datetime) -> list[ClaimedMail]:
+    """``claimed`` with each mail's raw bytes, opened; one whose bytes do not open is held
+    and left out."""
+    if not claimed:
+        return []
+    stored = {
+        row_id: (row_uid, raw)
+        for row_id, row_uid, raw in session.execute(
+            select(InboundMail.id, InboundMail.row_uid, InboundMail.raw_sealed).where(
+                InboundMail.id.in_([m.id for m in claimed])
+            )
+        )
+    }
+    out = []
+    for mail in claimed:
+        row_uid, raw = stored[mail.id]
+        try:
+            assert row_uid is not None and raw is not None  # never purged unfiled
+            opened = sealed.unseal("inbound_mail", "raw", row_uid, raw, row_id=mail.id)
+        except SealBroken as exc:
+            _hold_broken(session, mail.id, now, exc)
+            continue
+        out.append(dataclasses.replace(mail, raw=opened))
+    return out
 
 
 # Why a mail whose stored bytes do not open waits for an operator (never filed as empty).
@@ -237,96 +294,6 @@ def _thread_runs(session: Session, claimed: list[ClaimedMail]) -> list[ClaimedMa
         for mail in claimed
         if mail.thread_id is None or mail.id < first_missing.get(mail.thread_id, mail.id + 1)
     ]
-
-
-def hold_owner(factory: sessionmaker[Session], owner: str) -> Callable[[], None]:
-    """Mark the worker process ``owner`` alive while it lives; call the result to let go."""
-    bind = bound_engine(factory)
-    if bind is None:
-        raise ValueError("claims need a session maker bound to an engine")
-    return dialect.hold_owner(bind, owner)
-
-
-def owner_id() -> str:
-    """A claiming process's id: host, pid and start time (a pid is reused)."""
-    started = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f")
-    return f"{socket.gethostname()}:{os.getpid()}:{started}"
-
-
-# This process's owner id for claims made outside a worker's run (an operator's
-# release), marked alive until the process exits; made on first use. The one
-# piece of global state here, beside dialect's write turns.
-_PROCESS_OWNER: dict[str, tuple[str, Callable[[], None]]] = {}
-
-
-def process_owner(factory: sessionmaker[Session], tag: str) -> str:
-    """An owner id for this process on ``factory``'s database, held until the process
-    exits (the OS or the server then drops the mark): a claim it records is taken
-    back by a worker if the process dies before finishing."""
-    bind = bound_engine(factory)
-    key = bind.url.render_as_string(hide_password=True) if bind is not None else ""
-    if key not in _PROCESS_OWNER:
-        owner = f"{tag}:{owner_id()}"
-        _PROCESS_OWNER[key] = (owner, hold_owner(factory, owner))
-    return _PROCESS_OWNER[key][0]
-
-
-def take_back_dead(factory: sessionmaker[Session], *, now: datetime | None = None) -> list[int]:
-    """Put back in the queue every ``processing`` claim whose owner process is gone.
-
-    A claim of a living owner (this process included) is left alone, and so
-    is one with no owner, which its lease covers. Each mail taken back notes
-    whose claim it was; it keeps its place, so the thread-order rule files it
-    before the later replies of its thread.
-    """
-    now = now or utcnow()
-    with transaction(factory) as session:
-        owners = set(
-            session.scalars(
-                select(InboundMail.claimed_by)
-                .where(
-                    InboundMail.status == InboundStatus.PROCESSING,
-                    InboundMail.claimed_by.is_not(None),
-                )
-                .distinct()
-            )
-        )
-        dead = dialect.dead_owners(session, {o for o in owners if o is not None})
-        return _put_back(session, dead, now, "taken_back") if dead else []
-
-
-def give_back(factory: sessionmaker[Session], owner: str) -> list[int]:
-    """Put back in the queue the ``processing`` claims of ``owner``, a living worker
-    whose round failed because the database went away: it holds none between rounds,
-    so they wait for nobody. They go back as they came, the claim not counted."""
-    with transaction(factory) as session:
-        return _put_back(session, {owner}, utcnow(), "given_back", uncount=True)
-
-
-def _put_back(
-    session: Session, owners: Collection[str], now: datetime, stage: str, *, uncount: bool = False
-) -> list[int]:
-    stmt = (
-        select(InboundMail)
-        .where(InboundMail.status == InboundStatus.PROCESSING, InboundMail.claimed_by.in_(owners))
-        .order_by(InboundMail.id)
-    )
-    rows = list(session.scalars(dialect.locked(stmt, session, skip_locked=True)))
-    for row in rows:
-        owner = row.claimed_by
-        row.status, row.claimed_at, row.claimed_by = InboundStatus.QUEUED, None, None
-        if uncount:
-            row.attempts = max(0, (row.attempts or 0) - 1)
-        # The record of mail.decisions.TakenBack (the store does not import mail).
-        note(row, {"stage": stage, "at": now.isoformat(), "owner": owner})
-    return [row.id for row in rows]
-
-
-def owner_alive(factory: sessionmaker[Session], owner: str) -> bool:
-    """Whether ``owner``'s mark of being alive is still held (``hold_owner``); a
-    PostgreSQL restart, or its backend terminated, drops it with the connection."""
-    with factory() as session:
-        return not dialect.dead_owners(session, {owner})
 
 
 def any_claimable(

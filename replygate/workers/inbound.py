@@ -12,7 +12,7 @@ poll (``worker_poll_seconds``) files the mail, as it does for SQLite
 gateways in other processes, which cannot notify.
 
 A running engine has an owner id (``host:pid:start``) recorded on each of
-its claims and marks itself alive for its whole life (``inbound.hold_owner``:
+its claims and marks itself alive for its whole life (``claim_owners.hold_owner``:
 a file lock on SQLite, an advisory lock on PostgreSQL). On start, and every
 ``TAKE_BACK_SECONDS`` after, it takes back the claims of owners that are
 gone, so mail held by a worker that was killed is filed within seconds, not
@@ -39,7 +39,7 @@ from replygate import metrics
 from replygate.config import Settings
 from replygate.core.filing import Filing, Outcome, Prepared
 from replygate.logs import get_logger
-from replygate.store import dialect, inbound
+from replygate.store import claim_owners, dialect, inbound
 from replygate.store.db import bound_engine, close_reads, snapshot_reads
 from replygate.workers.waiting import first_of, through_outages
 
@@ -47,6 +47,16 @@ log = get_logger("replygate.engine")
 
 # How often a running engine looks for claims of workers that are gone.
 TAKE_BACK_SECONDS = 2.0
+
+# What one batch takes at most: a batch's own statements (the claim, the reads
+# before deciding, the commit) cost about as much as filing ten replies, so a
+# backlog is filed in large batches; the runs of at most ``BATCH_THREADS``
+# threads, so that another worker beside this one finds threads of its own
+# to file rather than only later replies of these; and at most
+# ``BATCH_BYTES`` of raw mail in memory (at least one mail).
+BATCH_MAILS = 100
+BATCH_THREADS = 20
+BATCH_BYTES = 8 * 1024 * 1024
 
 
 class InboundWorker:
@@ -80,8 +90,8 @@ class InboundWorker:
         PostgreSQL a listener for ``inbound.CHANNEL`` sets it too.
         """
         wake = wake or asyncio.Event()
-        owner = inbound.owner_id()
-        self._release = await asyncio.to_thread(inbound.hold_owner, self.factory, owner)
+        owner = claim_owners.owner_id()
+        self._release = await asyncio.to_thread(claim_owners.hold_owner, self.factory, owner)
         self.owner = owner
         listener = None
         url = _listen_url(self.factory)
@@ -119,11 +129,11 @@ class InboundWorker:
             self._stranded = self.owner is not None
             raise
 
-    def run_once(self, limit: int = 20) -> int:
+    def run_once(self, limit: int = BATCH_MAILS) -> int:
         """Claim and process up to ``limit`` mails; returns how many were processed."""
         return len(self._run_batch(limit))
 
-    def _run_batch(self, limit: int = 20) -> list[Outcome]:
+    def _run_batch(self, limit: int = BATCH_MAILS) -> list[Outcome]:
         """Claim and process up to ``limit`` mails; returns their outcomes.
 
         A claimed batch holds a run of each thread's replies in arrival order
@@ -145,6 +155,8 @@ class InboundWorker:
             limit=limit,
             lease_seconds=self.settings.worker_lease_seconds,
             owner=self.owner,
+            threads=BATCH_THREADS,
+            max_bytes=BATCH_BYTES,
         )
         if not claimed:
             return []
@@ -188,7 +200,7 @@ class InboundWorker:
         if not self._stranded or self.owner is None:
             return
         self._hold_again()
-        given = inbound.give_back(self.factory, self.owner)
+        given = claim_owners.give_back(self.factory, self.owner)
         self._stranded = False
         if given:
             log.warning("engine.given_back", count=len(given), queue_ids=given[:20])
@@ -197,11 +209,11 @@ class InboundWorker:
         """Hold the owner lock again when the server dropped it (restarted, or the
         backend terminated); otherwise other workers would take back every claim."""
         assert self.owner is not None
-        if inbound.owner_alive(self.factory, self.owner):
+        if claim_owners.owner_alive(self.factory, self.owner):
             return
         if self._release is not None:
             self._release()
-        self._release = inbound.hold_owner(self.factory, self.owner)
+        self._release = claim_owners.hold_owner(self.factory, self.owner)
         log.info("engine.owner_held_again", owner=self.owner)
 
     def _take_back_dead(self) -> None:
@@ -211,7 +223,7 @@ class InboundWorker:
             return
         self._next_take_back = time.monotonic() + TAKE_BACK_SECONDS
         self._hold_again()
-        taken = inbound.take_back_dead(self.factory)
+        taken = claim_owners.take_back_dead(self.factory)
         if taken:
             log.warning("engine.taken_back", count=len(taken), queue_ids=taken[:20])
 

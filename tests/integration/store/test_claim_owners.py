@@ -16,7 +16,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.mail.decisions import TakenBack, from_record
-from replygate.store import dialect, inbound, keyring
+from replygate.store import claim_owners, dialect, inbound, keyring
 from replygate.store.db import transaction
 from replygate.store.models import InboundMail, InboundStatus, utcnow
 from tests.helpers import wait_for
@@ -65,12 +65,12 @@ def test_a_gone_owners_claims_are_taken_back_and_a_living_ones_kept(
     sessions: sessionmaker[Session], database_url: str
 ) -> None:
     first, second = _queue(sessions, 2)
-    release = inbound.hold_owner(sessions, "here:1:live")
+    release = claim_owners.hold_owner(sessions, "here:1:live")
     try:
         (a,) = inbound.claim_mail(sessions, owner="here:1:live")
         (b,) = inbound.claim_mail(sessions, owner="gone:2:dead")
         assert (a.id, b.id) == (first, second)
-        assert inbound.take_back_dead(sessions) == [second]
+        assert claim_owners.take_back_dead(sessions) == [second]
         assert _row(sessions, first).status == InboundStatus.PROCESSING
         taken = _row(sessions, second)
         assert (taken.status, taken.claimed_at, taken.claimed_by) == (
@@ -80,10 +80,10 @@ def test_a_gone_owners_claims_are_taken_back_and_a_living_ones_kept(
         )
         record = from_record(taken.decisions[-1])
         assert isinstance(record, TakenBack) and record.owner == "gone:2:dead"
-        assert inbound.take_back_dead(sessions) == []
+        assert claim_owners.take_back_dead(sessions) == []
     finally:
         release()
-    assert inbound.take_back_dead(sessions) == [first]  # let go: gone too
+    assert claim_owners.take_back_dead(sessions) == [first]  # let go: gone too
 
 
 def test_a_killed_owner_is_seen_gone_at_once(
@@ -102,10 +102,12 @@ def test_a_killed_owner_is_seen_gone_at_once(
         inbound.claim_mail(sessions, owner="other:3:start")
         with sessions() as session:
             assert dialect.dead_owners(session, {"other:3:start"}) == set()
-        assert inbound.take_back_dead(sessions) == []
+        assert claim_owners.take_back_dead(sessions) == []
         holder.send_signal(signal.SIGKILL)
         holder.wait(10)
-        wait_for(lambda: inbound.take_back_dead(sessions) == [mail], what="the claim taken back")
+        wait_for(
+            lambda: claim_owners.take_back_dead(sessions) == [mail], what="the claim taken back"
+        )
         assert _row(sessions, mail).status == InboundStatus.QUEUED
     finally:
         if holder.poll() is None:
@@ -147,10 +149,12 @@ def test_a_release_whose_process_dies_is_taken_back(
         assert row.status == InboundStatus.PROCESSING and row.claimed_at is None
         assert (row.claimed_by or "").startswith("release:")
         assert inbound.claim_mail(sessions, now=utcnow() + timedelta(days=1)) == []
-        assert inbound.take_back_dead(sessions) == []
+        assert claim_owners.take_back_dead(sessions) == []
         releaser.send_signal(signal.SIGKILL)  # before it files
         releaser.wait(10)
-        wait_for(lambda: inbound.take_back_dead(sessions) == [mail], what="the release taken back")
+        wait_for(
+            lambda: claim_owners.take_back_dead(sessions) == [mail], what="the release taken back"
+        )
         assert [m.id for m in inbound.claim_mail(sessions)] == [mail]
     finally:
         if releaser.poll() is None:

@@ -156,6 +156,38 @@ def test_a_claim_takes_no_later_reply_of_a_thread_whose_earlier_one_is_being_fil
     assert inbound.claim_mail(sessions, limit=10, owner=None) == []
 
 
+def test_a_claim_capped_at_one_thread_takes_its_whole_run_and_leaves_the_other_thread(
+    sessions: sessionmaker[Session], threads: dict[str, tuple[int, str]]
+) -> None:
+    """With ``threads=1`` a claim takes every queued reply of the oldest thread, in
+    order, past the other thread's; a second worker then has the other thread."""
+    ids = _queue(sessions, threads, INTERLEAVED)
+    first = inbound.claim_mail(sessions, limit=10, threads=1, owner=None)
+    assert [m.id for m in first] == [ids[("cleo", n)] for n in (1, 2, 3, 4)]
+    second = inbound.claim_mail(sessions, limit=10, threads=1, owner=None)
+    assert [m.id for m in second] == [ids[("finn", 1)], ids[("finn", 2)]]
+
+
+def test_a_claim_holds_at_most_its_byte_budget_and_always_one_mail(
+    sessions: sessionmaker[Session], threads: dict[str, tuple[int, str]]
+) -> None:
+    """The raw bytes of a claim stay within ``max_bytes``, cut in id order so each thread
+    keeps a run; a mail larger than the budget is still claimed, alone."""
+    ids = _queue(sessions, threads, INTERLEAVED)
+    with sessions() as s:
+        sizes = dict(s.execute(select(InboundMail.id, InboundMail.size)).all())
+    first = inbound.claim_mail(sessions, limit=10, max_bytes=1, owner=None)
+    assert [m.id for m in first] == [ids[("cleo", 1)]]
+    assert first[0].raw.startswith(b"From: Client <cleo@example.com>")
+    finn = [ids[("finn", 1)], ids[("finn", 2)]]  # cleo's later replies wait for the first
+    second = inbound.claim_mail(
+        sessions, limit=10, max_bytes=sizes[finn[0]] + sizes[finn[1]] - 1, owner=None
+    )
+    assert [m.id for m in second] == finn[:1]
+    assert len(second[0].raw) == sizes[finn[0]]
+    assert inbound.claim_mail(sessions, limit=10, owner=None) == []  # each thread waits
+
+
 def test_a_claim_skips_the_later_replies_behind_another_workers_claim_in_flight(
     sessions: sessionmaker[Session], settings: Settings, threads: dict[str, tuple[int, str]]
 ) -> None:
