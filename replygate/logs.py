@@ -19,7 +19,7 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     import structlog
@@ -30,6 +30,9 @@ Redact = Callable[[str], str]
 _pending: Callable[[], None] | None = None
 
 _PLAIN = (int, float, bool, type(None))
+# The same, as exact types: a set lookup costs less than ``isinstance`` with a tuple,
+# and a subclass (an IntEnum) still goes the long way, through ``_redacted``.
+_PLAIN_TYPES = frozenset(_PLAIN)
 
 
 def configure(*, json: bool = False, level: int = logging.INFO, redact: Redact) -> None:
@@ -109,13 +112,31 @@ def redacting(redact: Redact) -> structlog.typing.Processor:
         logger: structlog.typing.WrappedLogger, method: str, event: structlog.typing.EventDict
     ) -> structlog.typing.EventDict:
         for key, value in event.items():
-            if type(value) is str:
+            kind = type(value)
+            if kind is str:
                 event[key] = redact(value)
-            elif not isinstance(value, _PLAIN):
+            elif kind is list:
+                event[key] = _redacted_list(value, redact)
+            elif kind not in _PLAIN_TYPES:
                 event[key] = _redacted(value, redact)
         return event
 
     return processor
+
+
+def _redacted_list(items: list[Any], redact: Redact) -> list[Any]:
+    """A list's copy, redacted: the canonical lines carry short lists of addresses and
+    ids, for which a comprehension calling ``_redacted`` per item costs more than this."""
+    out = []
+    for item in items:
+        kind = type(item)
+        if kind is str:
+            out.append(redact(item))
+        elif kind in _PLAIN_TYPES:
+            out.append(item)
+        else:
+            out.append(_redacted(item, redact))
+    return out
 
 
 def _redacted(value: Any, redact: Redact) -> Any:
@@ -126,7 +147,7 @@ def _redacted(value: Any, redact: Redact) -> Any:
     if isinstance(value, dict):
         return {key: _redacted(item, redact) for key, item in value.items()}
     if isinstance(value, list):
-        return [redact(item) if type(item) is str else _redacted(item, redact) for item in value]
+        return _redacted_list(value, redact)
     if isinstance(value, tuple):
         return tuple(_redacted(item, redact) for item in value)
     # Anything else is rendered by its str or repr: hide what either would show.
@@ -164,4 +185,55 @@ def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
     import structlog
 
     _apply_pending()
-    return structlog.get_logger(name)  # type: ignore[no-any-return]
+    return cast("structlog.typing.FilteringBoundLogger", Logger(structlog, name))
+
+
+class Logger:
+    """A logger bound once per configuration of structlog, not once per line.
+
+    structlog's own lazy proxy (``structlog.get_logger``) assembles a new
+    bound logger at every call, so that a new configuration applies at once;
+    that costs a gateway's canonical line more than its redaction. This one
+    keeps the logger it assembled while the configuration it was assembled
+    from stays (the same processors list, wrapper class, logger factory and
+    context class, by identity: what the proxy's ``bind`` reads), and
+    assembles another once it changes. ``capture_logs`` changes the processors list in place, so a
+    kept logger sees it at once too.
+    """
+
+    __slots__ = ("_bound", "_context", "_factory", "_name", "_processors", "_structlog", "_wrapper")
+
+    def __init__(self, structlog: Any, name: str) -> None:
+        self._structlog = structlog
+        self._name = name
+        self._processors = self._wrapper = self._factory = self._context = self._bound = None
+
+    def current(self) -> Any:
+        """The bound logger for structlog's configuration now."""
+        config = self._structlog.get_config()
+        processors = config["processors"]
+        wrapper = config["wrapper_class"]
+        factory = config["logger_factory"]
+        context = config["context_class"]
+        if (
+            self._bound is None
+            or processors is not self._processors
+            or wrapper is not self._wrapper
+            or factory is not self._factory
+            or context is not self._context
+        ):
+            self._bound = self._structlog.get_logger(self._name).bind()
+            self._processors, self._wrapper = processors, wrapper
+            self._factory, self._context = factory, context
+        return self._bound
+
+    def bind(self, **values: Any) -> Any:
+        return self.current().bind(**values)
+
+    debug = property(lambda self: self.current().debug)
+    info = property(lambda self: self.current().info)
+    warning = property(lambda self: self.current().warning)
+    error = property(lambda self: self.current().error)
+    critical = property(lambda self: self.current().critical)
+    exception = property(lambda self: self.current().exception)
+    msg = property(lambda self: self.current().msg)

@@ -41,7 +41,7 @@ from replygate.core.routing import Route
 from replygate.errors import SenderMismatch, UnknownBounceAddress
 from replygate.mail.classify import verp_notification_id
 from replygate.mail.decisions import DataChecked, Decision, RecipientAccepted, Stored
-from replygate.mail.headers import Headers, read_headers
+from replygate.mail.headers import Headers, lowered_head, read_headers
 from replygate.mail.mime_walk import only_body
 from replygate.mail.parse import parse_message
 from replygate.mail.policy import (
@@ -187,18 +187,23 @@ def check_sender(policy: Policy, headers: Headers, recipients: list[Recipient]) 
 
 
 def check_attachments(
-    policy: Policy, raw: bytes, headers: Headers, recipients: list[Recipient]
+    policy: Policy,
+    raw: bytes,
+    headers: Headers,
+    recipients: list[Recipient],
+    head: bytes | None = None,
 ) -> DataChecked:
     """Refuse attachments the worker would refuse.
 
     A reply that is one body part (text/plain or text/html, unnamed, not an
     attachment: what the parser reads as body) is not parsed whole; one
     text part named or marked as an attachment is a file like any other.
+    ``head`` is the header block lower-cased, if read already (``lowered_head``).
     """
     if not any(r.route is not None for r in recipients):
         return DataChecked("attachments", attachments="not checked", reason="delivery report")
     top = headers.content_type.split(";")[0].strip()
-    if top in ("text/plain", "text/html") and only_body(raw):
+    if top in ("text/plain", "text/html") and only_body(raw, head):
         return NO_FILES
     kept = files_to_keep(policy, parse_message(raw).attachments)
     return DataChecked("attachments", attachments=len(kept))
@@ -254,42 +259,51 @@ def check(
     raw: bytes,
     via: Literal["smtp", "pipe"],
     authentication: Decision | None = None,
+    head: bytes | None = None,
 ) -> Checked:
     """The acceptance policy at DATA; raises what refuses the message.
 
     ``raw`` is what will be stored: under ``mail_auth = verify`` already
     stamped with the gateway's own Authentication-Results, whose findings
-    ``authentication`` records.
+    ``authentication`` records. ``head`` is its header block lower-cased, if
+    the caller has read it (``lowered_head``): read here otherwise, once for
+    every check that looks into it.
     """
     policy = acceptance_policy(settings)
     check_size(policy, len(raw))
-    check_nesting(policy, raw)
+    if head is None:
+        head = lowered_head(raw)
+    check_nesting(policy, raw, head)
     headers = read_headers(raw)
     sender = check_sender(policy, headers, recipients)
     if any(r.route is not None for r in recipients):
         require_pass = any(r.dmarc_policy == DmarcPolicy.REQUIRE_PASS for r in recipients)
         check_dmarc(policy, headers, require_pass=require_pass)
-    files = check_attachments(policy, raw, headers, recipients)
+    files = check_attachments(policy, raw, headers, recipients, head)
     decisions: list[Decision] = [sender, files, Stored(via, len(raw))]
     if authentication is not None:
         decisions.insert(2, authentication)
     return Checked(headers.message_id, decisions)
 
 
-def needs_parsing(raw: bytes) -> bool:
+def needs_parsing(raw: bytes, head: bytes | None = None) -> bool:
     """Whether ``check`` may walk the whole message (not only its header block).
 
     Small messages are checked on the event loop; anything that may be parsed
-    for attachments, or is large, goes to a worker thread.
+    for attachments, or is large (or has a header block past ``HEAD_WINDOW``),
+    goes to a worker thread. ``head`` is the header block lower-cased, if read
+    already (``lowered_head``).
     """
     if len(raw) > INLINE_CHECK_MAX:
         return True
-    end = raw.find(b"\r\n\r\n")
-    block = (raw if end == -1 else raw[:end]).lower()
-    at = block.find(b"\ncontent-type:")
+    if head is None:
+        head = lowered_head(raw)
+        if head is None:
+            return True
+    at = head.find(b"\ncontent-type:")
     if at == -1:
-        return block.startswith(b"content-type:") and not _text_at(block, 13)
-    return not _text_at(block, at + 14)
+        return head.startswith(b"content-type:") and not _text_at(head, 13)
+    return not _text_at(head, at + 14)
 
 
 def _text_at(block: bytes, at: int) -> bool:

@@ -52,7 +52,7 @@ from replygate.gateway.throttle import parse_networks
 from replygate.mail import auth_results, sender
 from replygate.mail.auth_results import DkimOutcome, MailAuthentication
 from replygate.mail.decisions import Authenticated
-from replygate.mail.headers import read_headers
+from replygate.mail.headers import header_end, read_headers
 
 MAX_SIGNATURES = 5  # DKIM signatures verified per message: each costs a lookup and a hash
 # Threads for the checks, apart from asyncio's default pool: a DNS server that is slow
@@ -87,28 +87,41 @@ class Authenticator:
     # -- the two ways in -------------------------------------------------------------------
 
     def prepare(
-        self, raw: bytes, *, client_ip: str | None, helo: str | None, mail_from: str
+        self,
+        raw: bytes,
+        *,
+        client_ip: str | None,
+        helo: str | None,
+        mail_from: str,
+        head: bytes | None = None,
     ) -> Prepared:
         """Strip outside claims to our authserv-id and, under ``verify``, check and stamp.
 
-        Blocking (DNS): for the pipe ingress, or a worker thread.
+        Blocking (DNS): for the pipe ingress, or a worker thread. ``head`` is
+        the header block lower-cased, if read already (``headers.lowered_head``).
         """
-        raw = auth_results.strip_claims(raw, self.authserv_id)
+        raw = auth_results.strip_claims(raw, self.authserv_id, head)
         if self.mode != "verify":
             return Prepared(raw)
         found = self.check(raw, client_ip=client_ip, helo=helo, mail_from=mail_from)
         return self._stamped(raw, found)
 
     async def prepare_async(
-        self, raw: bytes, *, client_ip: str | None, helo: str | None, mail_from: str
+        self,
+        raw: bytes,
+        *,
+        client_ip: str | None,
+        helo: str | None,
+        mail_from: str,
+        head: bytes | None = None,
     ) -> Prepared:
         """``prepare`` for the event loop: the checks in a thread, within the time budget."""
         if self.mode != "verify":
-            return Prepared(auth_results.strip_claims(raw, self.authserv_id))
+            return Prepared(auth_results.strip_claims(raw, self.authserv_id, head))
         if self._pool is None:
             self._pool = ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="mail-auth")
         work = functools.partial(
-            self.prepare, raw, client_ip=client_ip, helo=helo, mail_from=mail_from
+            self.prepare, raw, client_ip=client_ip, helo=helo, mail_from=mail_from, head=head
         )
         try:
             return await asyncio.wait_for(
@@ -156,7 +169,7 @@ class Authenticator:
         else:
             spf_result, spf_reason = self._spf(client_ip or "", identity, helo or "")
         # dkimpy parses the whole message for each check: not for mail with nothing to check.
-        block = raw[: auth_results.header_end(raw)].lower()
+        block = raw[: header_end(raw)].lower()
         signatures = self._dkim(raw) if b"dkim-signature" in block else []
         arc, arc_reason, arc_rows = self._arc(raw) if b"arc-seal" in block else ("none", None, [])
         from_domain = sender.read_from(read_headers(raw).from_values).domain

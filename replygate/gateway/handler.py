@@ -48,6 +48,7 @@ from replygate.gateway.authentication import Authenticator
 from replygate.gateway.replies import Condition
 from replygate.gateway.throttle import Throttle, parse_networks
 from replygate.logs import get_logger
+from replygate.mail.headers import lowered_head
 from replygate.store.db import close_reads, snapshot_reads
 from replygate.store.inbound_writer import InboundWriter
 from replygate.store.models import utcnow
@@ -252,16 +253,22 @@ class GatewayHandler:
         if not recipients:  # aiosmtpd refuses DATA before any RCPT; this is belt and braces
             return self._finish(Condition.INTERNAL_ERROR, "no accepted recipient", fields, started)
         try:
+            # The header block, lower-cased once for every check that looks into it.
+            head = lowered_head(raw)
             prepared = await self.authenticator.prepare_async(
                 raw,
                 client_ip=client_ip(session),
                 helo=session.host_name,
                 mail_from=fields["mail_from"],
+                head=head,
             )
-            raw, authentication = prepared.raw, prepared.decision
+            if prepared.raw is not raw:  # claims stripped, or our own results stamped
+                raw = prepared.raw
+                head = lowered_head(raw)
+            authentication = prepared.decision
             if authentication is not None:
                 fields.update(spf=authentication.spf, dmarc=authentication.dmarc)
-            if intake.needs_parsing(raw):
+            if intake.needs_parsing(raw, head):
                 checked = await asyncio.to_thread(
                     intake.check,
                     self.settings,
@@ -269,6 +276,7 @@ class GatewayHandler:
                     raw=raw,
                     via="smtp",
                     authentication=authentication,
+                    head=head,
                 )
             else:
                 checked = intake.check(
@@ -277,6 +285,7 @@ class GatewayHandler:
                     raw=raw,
                     via="smtp",
                     authentication=authentication,
+                    head=head,
                 )
             rows = intake.queue_rows(
                 checked,

@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass, field
 
 from replygate.mail import sender
+from replygate.mail.headers import header_end
 
 # A domain, an address, a selector or a result word: nothing that ends a value.
 _SAFE_VALUE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._+=@-]{0,252}[A-Za-z0-9])?")
@@ -117,27 +118,19 @@ class MailAuthentication:
         return text
 
 
-def header_end(raw: bytes) -> int:
-    """Where the header block ends (after its last field's line break, before the blank
-    line), as ``headers.read_headers`` reads it."""
-    crlf = raw.find(b"\r\n\r\n")
-    end = len(raw) if crlf == -1 else crlf + 2
-    # Only a bare LF LF before that one ends the block sooner; searching past it
-    # would walk the whole body of most mail.
-    lf = raw.find(b"\n\n", 0, end)
-    return end if lf == -1 else lf + 1
-
-
-def strip_claims(raw: bytes, authserv_id: str) -> bytes:
+def strip_claims(raw: bytes, authserv_id: str, head: bytes | None = None) -> bytes:
     """``raw`` without the Authentication-Results fields that claim ``authserv_id``.
 
-    Only the header block is read; the bytes of every other field and of the
-    body stay as they were. A field is a line starting with its name and the
-    lines folded under it (starting with a space or a tab).
+    Only the header block is read (``head``, when given, is that block
+    lower-cased: ``headers.lowered_head``); the bytes of every other field and
+    of the body stay as they were. A field is a line starting with its name
+    and the lines folded under it (starting with a space or a tab).
     """
-    end = header_end(raw)
+    end = header_end(raw) if head is None else len(head)
     block = raw[:end]
-    if b"authentication-results" not in block.lower() or not _FIELD.search(block):
+    if head is None:
+        head = block.lower()
+    if b"authentication-results" not in head or not _FIELD.search(block):
         return raw
     ours = authserv_id.strip().lower()
     lines = block.splitlines(keepends=True)

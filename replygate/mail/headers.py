@@ -25,6 +25,38 @@ class Headers:
     authentication_results: tuple[str, ...] = ()
 
 
+def header_end(raw: bytes) -> int:
+    """Where the header block ends (after its last field's line break, before the blank
+    line), as ``read_headers`` reads it."""
+    crlf = raw.find(b"\r\n\r\n")
+    end = len(raw) if crlf == -1 else crlf + 2
+    # Only a bare LF LF before that one ends the block sooner; searching past it
+    # would walk the whole body of most mail.
+    lf = raw.find(b"\n\n", 0, end)
+    return end if lf == -1 else lf + 1
+
+
+# How long a header block ``lowered_head`` lower-cases at most: a 25 MB message
+# without a blank line is no header block to copy whole.
+HEAD_WINDOW = 64 * 1024
+
+
+def lowered_head(raw: bytes) -> bytes | None:
+    """The header block up to ``header_end``, lower-cased; None when it is longer than
+    ``HEAD_WINDOW``.
+
+    Found once per message and handed to every check that looks for a field's
+    name in the block (``auth_results.strip_claims``, ``nesting.too_deep``,
+    ``mime_walk.only_body``, ``intake.needs_parsing``), instead of each finding
+    the end and lower-casing the block again; given None, each reads the block
+    itself. The first CRLF CRLF or LF LF is never before the blank line that
+    really ends the block (a line of nothing but CRs is blank too), so no field
+    of the block is missing from it; a body line after such a line may be in it.
+    """
+    end = header_end(raw)
+    return raw[:end].lower() if end <= HEAD_WINDOW else None
+
+
 def read_headers(raw: bytes) -> Headers:
     """Parse only the header block (a 25 MB body is never walked here)."""
     end = raw.find(b"\r\n\r\n")

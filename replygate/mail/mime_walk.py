@@ -146,25 +146,32 @@ def is_text_body(part: Message, filename: str | None) -> bool:
     )
 
 
-def only_body(raw: bytes) -> bool:
+def only_body(raw: bytes, head: bytes | None = None) -> bool:
     """Whether a message is one part that ``walk`` reads as body, so it carries no file.
 
     Judged from the header block alone, so a plain reply need not be parsed whole;
     a text block that names no file anywhere (no ``name`` parameter, no
-    Content-Disposition) is body without asking the parser.
+    Content-Disposition) is body without asking the parser. ``head``, when
+    given, is the block lower-cased (``headers.lowered_head``).
     """
-    end = raw.find(b"\r\n\r\n")
-    block = raw if end == -1 else raw[: end + 4]
-    lowered = block.lower()
+    lowered = head
+    if lowered is None:
+        lowered = _top_block(raw).lower()
     if b"content-disposition" not in lowered and b"name" not in lowered:
         fast = _plain_text_type(lowered)
         if fast is not None:
             return fast
     try:
-        top = BytesHeaderParser(policy=policy.compat32).parsebytes(block)
+        top = BytesHeaderParser(policy=policy.compat32).parsebytes(_top_block(raw))
     except Exception:
         return False
     return is_text_body(top, _filename(top, 0, []))
+
+
+def _top_block(raw: bytes) -> bytes:
+    """The message up to its first blank CRLF line (all of it when there is none)."""
+    end = raw.find(b"\r\n\r\n")
+    return raw if end == -1 else raw[: end + 4]
 
 
 def _plain_text_type(lowered: bytes) -> bool | None:

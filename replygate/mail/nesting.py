@@ -49,8 +49,17 @@ class _Scan:
     cuts: tuple[tuple[int, int], ...]  # byte ranges of bodies nested past the limit
 
 
-def too_deep(raw: bytes, *, limit: int = MAX_NESTING) -> bool:
-    """Whether some part of ``raw`` lies more than ``limit`` levels deep."""
+def too_deep(raw: bytes, *, limit: int = MAX_NESTING, head: bytes | None = None) -> bool:
+    """Whether some part of ``raw`` lies more than ``limit`` levels deep.
+
+    ``head``, when given, is the top header block lower-cased
+    (``headers.lowered_head``): a block that names neither a multipart nor a
+    message type anywhere declares a part that opens no level, whatever its
+    Content-Type, so the body need not be read (nor lower-cased, as ``_shallow``
+    does for a block with a Content-Type).
+    """
+    if head is not None and b"multipart/" not in head and b"message/" not in head:
+        return False  # the top part opens no level: its body is never read as parts
     return not _shallow(raw, limit) and _scan(raw, limit).depth > limit
 
 

@@ -53,9 +53,10 @@ def check_size(policy: Policy, size: int) -> None:
         )
 
 
-def check_nesting(policy: Policy, raw: bytes) -> None:
-    """Refuse parts nested deeper than ``max_nesting`` (read in one pass, no recursion)."""
-    if nesting.too_deep(raw, limit=policy.max_nesting):
+def check_nesting(policy: Policy, raw: bytes, head: bytes | None = None) -> None:
+    """Refuse parts nested deeper than ``max_nesting`` (read in one pass, no recursion;
+    ``head`` as ``nesting.too_deep`` takes it)."""
+    if nesting.too_deep(raw, limit=policy.max_nesting, head=head):
         raise NestedTooDeep(f"MIME parts nested more than {policy.max_nesting} levels deep")
 
 
