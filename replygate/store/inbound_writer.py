@@ -38,7 +38,7 @@ import contextlib
 import queue
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, cast
@@ -97,8 +97,9 @@ class BulkInsert:
     def __call__(self, rows: Sequence[Row]) -> list[int]:
         """Insert ``rows`` in one transaction; their ids, in the order of ``rows``."""
         params: list[Any] = []
+        seal = sealed.sealer()
         for row in rows:
-            row = _sealed(row)
+            row = _sealed(row, seal)
             for name, process in zip(self.columns, self.processors, strict=True):
                 value = row[name]
                 params.append(value if process is None or value is None else process(value))
@@ -191,16 +192,16 @@ def _discard(conn: Any) -> None:
             conn.close()
 
 
-def _sealed(row: Row) -> Row:
-    """``row`` with its raw bytes and decision records sealed to a new row_uid:
-    sealed here, before the statement, so no plain mail reaches the database."""
+def _sealed(row: Row, seal: Callable[[str, str, bytes, bytes], bytes]) -> Row:
+    """``row`` with its raw bytes and decision records sealed (``sealed.sealer``) to a
+    new row_uid: sealed here, before the statement, so no plain mail reaches the database."""
     uid, decisions = keyring.new_row_uid(), row["decisions"]
     return row | {
         "row_uid": uid,
-        "raw": sealed.seal("inbound_mail", "raw", uid, row["raw"]),
+        "raw": seal("inbound_mail", "raw", uid, row["raw"]),
         "decisions": None
         if decisions is None
-        else sealed.seal("inbound_mail", "decisions", uid, sealed.JSON.encode(decisions)),
+        else seal("inbound_mail", "decisions", uid, sealed.JSON.encode(decisions)),
     }
 
 

@@ -20,9 +20,11 @@ Statements that bypass the ORM (bulk INSERTs, Core SELECTs) use ``seal`` and
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, Generic, TypeVar
 
 from replygate.store import keyring
@@ -41,9 +43,26 @@ class Codec(Generic[T]):
 
 TEXT: Codec[str] = Codec(lambda s: s.encode("utf-8"), lambda b: b.decode("utf-8"))
 BYTES: Codec[bytes] = Codec(bytes, bytes)
-JSON: Codec[Any] = Codec(
-    lambda v: json.dumps(v, separators=(",", ":")).encode("utf-8"), lambda b: json.loads(b)
-)
+
+
+@functools.cache
+def _orjson() -> ModuleType:
+    """orjson, imported at the first value written, not at start-up (it loads uuid and
+    platform, which a command line that only reads has no use for)."""
+    import orjson
+
+    return orjson
+
+
+def _json_bytes(value: Any) -> bytes:
+    """Compact JSON by orjson (non-ASCII written as UTF-8, not escaped; keys that are
+    not strings written as strings, as json.dumps does) in a twentieth of json.dumps'
+    time: the gateway's writer seals one decision list per mail."""
+    orjson = _orjson()
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)  # type: ignore[no-any-return]
+
+
+JSON: Codec[Any] = Codec(_json_bytes, lambda b: json.loads(b))
 
 # Every sealed column, by table: what ``keys status`` counts and ``keys rotate`` re-seals.
 REGISTRY: dict[str, dict[str, Codec[Any]]] = {}
@@ -62,6 +81,16 @@ def seal_row(table: str, row: dict[str, Any]) -> dict[str, Any]:
         if stored.get(column) is not None:
             stored[column] = seal(table, column, uid, codec.encode(stored[column]))
     return stored
+
+
+def sealer() -> Callable[[str, str, bytes, bytes], bytes]:
+    """``seal`` for the values of one batch: the key file is looked at once, not per value."""
+    seal_with = keyring.current().sealing()
+
+    def seal(table: str, column: str, row: bytes, plain: bytes) -> bytes:
+        return seal_with(plain, keyring.aad(table, column, row))
+
+    return seal
 
 
 def unseal(table: str, column: str, row: bytes, stored: bytes, *, row_id: object = None) -> bytes:
