@@ -11,6 +11,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from replygate.errors import HeaderMismatch
 from replygate.mail import compose as compose_module
 from replygate.mail.compose import (
     SECURE_SUBJECT,
@@ -280,3 +281,29 @@ def test_plain_headers_are_written_exactly_as_the_email_package_writes_them(
         body=body,
     )
     assert compose(n, now=NOW).raw == _through_the_email_package(n)
+
+
+@pytest.mark.parametrize(
+    "reply_to",
+    [
+        "<reply+eve@reply.test>",  # another mailbox than the one meant
+        "<reply+abc@reply.test>, <eve@evil.test>",  # a second mailbox beside it
+    ],
+)
+def test_the_check_refuses_a_mailbox_header_naming_another_mailbox_every_time(
+    reply_to: str,
+) -> None:
+    """The mailbox check reads each header value once and remembers it: a value
+    seen before is refused again just the same, and the right one passes."""
+    meant = "reply+abc@reply.test"
+    names = ["From", "Reply-To"]
+    written = {"From": "Clinic <notifications@reply.test>"}
+    mailboxes: dict[str, str | None] = {"From": "notifications@reply.test", "Reply-To": meant}
+    head = "From: Clinic <notifications@reply.test>\r\n"
+    for _ in range(2):
+        raw = f"{head}Reply-To: {reply_to}\r\n\r\nbody\r\n".encode()
+        with pytest.raises(HeaderMismatch, match="Reply-To does not name the one mailbox"):
+            compose_module._verify(raw, names, written, mailboxes)
+        compose_module._verify(
+            f"{head}Reply-To: <{meant}>\r\n\r\nbody\r\n".encode(), names, written, mailboxes
+        )
