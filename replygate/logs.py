@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -67,7 +68,7 @@ def _configure_structlog(json: bool, level: int, redact: Redact) -> None:
         redacting(redact),  # after the traceback is rendered, before anything is written
         # Ours, holding no secret: added after the redaction, which need not read them.
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _timestamp(),
     ]
     renderer: structlog.typing.Processor
     logger_factory: structlog.typing.WrappedLogger
@@ -87,6 +88,31 @@ def _configure_structlog(json: bool, level: int, redact: Redact) -> None:
         logger_factory=logger_factory,
         cache_logger_on_first_use=False,
     )
+
+
+def _timestamp() -> structlog.typing.Processor:
+    """A processor adding ``timestamp``, UTC in ISO 8601 to the microsecond
+    (``2026-12-03T18:36:23.601221Z``), as structlog's ``TimeStamper(fmt="iso",
+    utc=True)`` writes it (but always with the microseconds).
+
+    The text up to the second is made once a second: TimeStamper builds a
+    timezone-aware datetime and formats it whole for every line, which cost a
+    gateway's canonical line a fifth of its time.
+    """
+    last = (-1, "")  # the second, and its text; replaced whole, so threads share it safely
+
+    def processor(
+        logger: structlog.typing.WrappedLogger, method: str, event: structlog.typing.EventDict
+    ) -> structlog.typing.EventDict:
+        nonlocal last
+        now = time.time()
+        second = int(now)
+        if last[0] != second:
+            last = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        event["timestamp"] = f"{last[1]}.{int((now - second) * 1_000_000):06d}Z"
+        return event
+
+    return processor
 
 
 def _one_logger(logger: Any) -> Callable[..., Any]:

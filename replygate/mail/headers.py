@@ -8,16 +8,19 @@ from the stored bytes, so both hand the acceptance policy the same values (a
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from email.policy import compat32
+from typing import NamedTuple
 
 MAX_MESSAGE_ID = 998
 
 
-@dataclass(frozen=True)
-class Headers:
-    """The few header values acceptance needs, read without parsing the body."""
+class Headers(NamedTuple):
+    """The few header values acceptance needs, read without parsing the body.
+
+    A named tuple rather than a frozen dataclass: as immutable, and made at a
+    third of the cost, once for every mail at DATA.
+    """
 
     from_values: tuple[str, ...]
     message_id: str | None
