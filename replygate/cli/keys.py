@@ -79,7 +79,14 @@ def rotate(app: App, resume: bool, batch: int) -> None:
         done = keys.rotate(
             factory, app.settings, new_key=not resume, batch=batch, progress=bar.update
         )
-    say(f"key version {done.version} is active; re-sealed {done.resealed} stored values")
+    summary = f"key version {done.version} is active; re-sealed {done.resealed} stored values"
+    if done.broken:
+        named = ", ".join(done.broken[:10]) + (", ..." if len(done.broken) > 10 else "")
+        raise click.ClickException(
+            f"{summary}; {len(done.broken)} do not open and keep their old key ({named}): "
+            "restore them from a backup or delete them, then run `replygate keys rotate --resume`"
+        )
+    say(summary)
 
 
 @group.command("retire")

@@ -19,6 +19,8 @@ from replygate.store import keyring, rotation
 class Rotated:
     version: int
     resealed: int
+    # Values that do not open, left on their old key: "table.column row N", in order.
+    broken: list[str]
 
 
 def rotate(
@@ -33,17 +35,20 @@ def rotate(
 
     The new key is in the key file before the first value is re-sealed, so a
     crash at any point leaves every value openable; running again (``new_key``
-    false) resumes. ``progress`` gets each batch's count.
+    false) resumes. ``progress`` gets each batch's count. A value that does not
+    open is left as it is and named in ``broken`` (the caller reports it).
     """
     ring = keyring.current()
     before = ring.active
     version = ring.rotate() if new_key else before
     _audit(factory, settings, version, {"from": before, "resumed": not new_key})
     resealed = 0
-    for count in rotation.reseal_all(factory, ring, batch):
+    broken: rotation.Broken = {}
+    for count in rotation.reseal_all(factory, ring, batch, broken):
         resealed += count
         progress(count)
-    return Rotated(version, resealed)
+    named = [f"{column} row {row}" for column, rows in broken.items() for row in sorted(rows)]
+    return Rotated(ring.active, resealed, named)
 
 
 def to_reseal(factory: sessionmaker[Session], *, new_key: bool) -> int:

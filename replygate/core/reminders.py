@@ -11,7 +11,8 @@ transactions sweep one at a time.
 
 A reminder goes through the outbox like every notification: content-free in
 Secure Mode, recorded but never sent to an address suppressed after repeated
-bounces.
+bounces. A reminder about a message whose stored text does not open is logged
+and dropped, never sent empty, and never holds up the reminders after it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from replygate.config import Settings
 from replygate.core.notifying import Notifier
+from replygate.errors import SealBroken
 from replygate.logs import get_logger
 from replygate.store import dialect, directory
 from replygate.store.db import transaction
@@ -104,23 +106,29 @@ def send_due(
         }
         for message_id, user_id in sorted(claimed):
             message, person = messages[message_id], people[user_id]
-            notification = notifier.about_message(
-                session,
-                org,
-                message.thread,
-                message,
-                message.author,
-                person,
-                now=now,
-                purpose="reminder",
-            )
-            notifier.queue(
-                session,
-                notification,
-                person,
-                kind=REMINDER_KIND,
-                thread_id=message.thread_id,
-                message_id=message.id,
-            )
+            try:
+                with session.begin_nested():
+                    notification = notifier.about_message(
+                        session,
+                        org,
+                        message.thread,
+                        message,
+                        message.author,
+                        person,
+                        now=now,
+                        purpose="reminder",
+                    )
+                    notifier.queue(
+                        session,
+                        notification,
+                        person,
+                        kind=REMINDER_KIND,
+                        thread_id=message.thread_id,
+                        message_id=message.id,
+                    )
+            except SealBroken:
+                # Logged where it was read (store.seal_broken); this reminder is dropped,
+                # claimed like the others, so that it does not stop every sweep after it.
+                log.error("reminders.not_sent", message=message_id, user=user_id)
         log.info("reminders.queued", count=len(claimed))
         return len(claimed)

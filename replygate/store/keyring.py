@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
 import json
 import os
 import secrets
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,7 +131,7 @@ class Keyring:
 
     def rotate(self) -> int:
         """Add a new key and make it the active one; returns its version."""
-        with self._lock:
+        with self._changing():
             state = self._read()
             version = max(state.keys) + 1
             raw = self._raw_keys()
@@ -139,7 +141,7 @@ class Keyring:
 
     def retire(self, version: int) -> None:
         """Remove a key no value uses any more (the caller checks that); never the active one."""
-        with self._lock:
+        with self._changing():
             state = self._read()
             if version == state.active:
                 raise ConfigError(f"key version {version} is the active key; rotate first")
@@ -148,6 +150,20 @@ class Keyring:
                 raise ConfigError(f"{self.path} has no key version {version}")
             del raw[version]
             self._write(state.active, raw)
+
+    @contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Hold the key file's lock (``<file>.lock`` beside it) while reading and rewriting
+        it: two operators rotating at once would otherwise both write "version N+1",
+        each its own key, and the values sealed with the key that lost would never open."""
+        lock = self.path.with_name(f".{self.path.name}.lock")
+        with self._lock:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # closing releases the lock
 
     def _fresh(self) -> _State:
         """The keys as the file holds them now (another process may have rotated)."""
@@ -243,7 +259,43 @@ def load(settings: Settings) -> Keyring:
     path = settings.encryption_keys_file
     if _CURRENT and _CURRENT[0].path == path:
         return _CURRENT[0]
-    return install(Keyring.open_or_create(path) if settings.is_sqlite else Keyring(path))
+    if settings.is_sqlite and not path.exists():
+        _refuse_a_new_key_for_sealed_data(path, settings.database_url)
+        return install(Keyring.create(path))
+    return install(Keyring(path))
+
+
+def _refuse_a_new_key_for_sealed_data(path: Path, database_url: str) -> None:
+    """A new key file is made for a database that holds nothing sealed yet, never for one
+    that does: a lost or misnamed key file would otherwise be replaced by a new key,
+    every stored value would stop opening, and new values would be sealed with a key
+    the backed-up file does not hold, under the same version number."""
+    import sqlite3
+
+    from sqlalchemy.engine import make_url
+
+    database = make_url(database_url).database
+    if not database or database == ":memory:" or not Path(database).exists():
+        return
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
+        tables = [
+            name
+            for (name,) in conn.execute(
+                "SELECT m.name FROM sqlite_master AS m, pragma_table_info(m.name) AS c "
+                "WHERE m.type = 'table' AND c.name = 'row_uid'"
+            )
+        ]
+        sealed = any(
+            conn.execute(f'SELECT 1 FROM "{t}" WHERE row_uid IS NOT NULL LIMIT 1').fetchone()
+            for t in tables
+        )
+    conn.close()
+    if sealed:
+        raise ConfigError(
+            f"the encryption key file {path} does not exist, but the database {database} "
+            "holds values sealed with a key: restore the key file from its backup "
+            "(or point REPLYGATE_ENCRYPTION_KEYS_FILE at it)"
+        )
 
 
 def current() -> Keyring:

@@ -6,11 +6,16 @@ meanwhile, already under the new key, is never overwritten with an older
 one). Running processes seal with the new key from their next seal on, since
 the keyring notices the key file changed. A pass that finds nothing left on
 an old version ends the work; an interrupted run is resumed by running again.
+
+A value that does not open (tampered with, moved from another row) is never
+re-sealed, which would make garbage look sound under the new key: it is left
+on its old key, logged, and named at the end, so that its key cannot be
+retired while it is there and the operator knows which row to restore.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 from sqlalchemy import Column, ColumnElement, Table, and_, func, select, update
@@ -18,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.store import sealed
 from replygate.store.db import transaction, updated
-from replygate.store.keyring import HEADER, Keyring
+from replygate.store.keyring import HEADER, Keyring, SealBroken
 from replygate.store.models import Base
 
 
@@ -83,26 +88,43 @@ def left_on_old_keys(session: Session, active: int) -> int:
     )
 
 
-def _stale(target: SealedColumn, active: int) -> ColumnElement[bool]:
-    return and_(target.column.is_not(None), _version(target.column) != HEADER.pack(active))
+def _stale(target: SealedColumn, active: int, skip: Collection[int]) -> ColumnElement[bool]:
+    stale = and_(target.column.is_not(None), _version(target.column) != HEADER.pack(active))
+    return and_(stale, target.table.c.id.not_in(skip)) if skip else stale
+
+
+# Rows whose stored value does not open, by sealed column ("table.column"): a rotation
+# leaves them as they are (on their old key) and names them; it never re-seals them.
+Broken = dict[str, set[int]]
 
 
 def reseal_batch(
-    factory: sessionmaker[Session], keyring: Keyring, target: SealedColumn, limit: int = 200
+    factory: sessionmaker[Session],
+    keyring: Keyring,
+    target: SealedColumn,
+    limit: int = 200,
+    broken: Broken | None = None,
 ) -> int:
-    """Re-seal up to ``limit`` values of one column; returns how many were replaced."""
+    """Re-seal up to ``limit`` values of one column; returns how many were replaced.
+    A value that does not open (logged ``store.seal_broken``) is added to ``broken``
+    and passed over from then on."""
     table, column = target.table, target.column
     active = keyring.active
+    skip = (broken if broken is not None else {}).setdefault(target.name, set())
     with transaction(factory) as session:
         rows = session.execute(
             select(table.c.id, table.c.row_uid, column)
-            .where(_stale(target, active))
+            .where(_stale(target, active, skip))
             .order_by(table.c.id)
             .limit(limit)
         ).all()
         replaced = 0
         for row_id, row_uid, stored in rows:
-            plain = sealed.unseal(table.name, column.name, row_uid, stored, row_id=row_id)
+            try:
+                plain = sealed.unseal(table.name, column.name, row_uid, stored, row_id=row_id)
+            except SealBroken:
+                skip.add(row_id)
+                continue
             fresh = sealed.seal(table.name, column.name, row_uid, plain)
             done = updated(
                 session,
@@ -114,19 +136,34 @@ def reseal_batch(
         return replaced
 
 
-def reseal_all(factory: sessionmaker[Session], keyring: Keyring, limit: int = 200) -> Iterator[int]:
+def reseal_all(
+    factory: sessionmaker[Session], keyring: Keyring, limit: int = 200, broken: Broken | None = None
+) -> Iterator[int]:
     """Re-seal every value not on the active key; yields each batch's count as it goes,
-    until a whole pass over every column finds nothing left."""
+    until a whole pass over every column finds nothing left but the values in ``broken``
+    (those that do not open, gathered there)."""
+    broken = broken if broken is not None else {}
     while True:
         moved = 0
         for target in sealed_columns():
-            while count := reseal_batch(factory, keyring, target, limit):
+            while count := reseal_batch(factory, keyring, target, limit, broken):
                 moved += count
                 yield count
-        if not moved:
-            with factory() as session:
-                if not left_on_old_keys(session, keyring.active):
-                    return
+        if not moved and not _stale_left(factory, keyring.active, broken):
+            return
+
+
+def _stale_left(factory: sessionmaker[Session], active: int, broken: Broken) -> bool:
+    """Whether a value that opens is still on an old key (a worker sealed it meanwhile)."""
+    with factory() as session:
+        return any(
+            session.execute(
+                select(target.table.c.id)
+                .where(_stale(target, active, broken.get(target.name, set())))
+                .limit(1)
+            ).first()
+            for target in sealed_columns()
+        )
 
 
 def version_used(factory: sessionmaker[Session], version: int) -> bool:

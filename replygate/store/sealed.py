@@ -104,7 +104,8 @@ def unseal(table: str, column: str, row: bytes, stored: bytes, *, row_id: object
         logs.get_logger(__name__).error(
             "store.seal_broken", table=table, column=column, row=row_id, error=str(exc)
         )
-        raise
+        # Named where it is, so that a one-line error tells the operator which row to restore.
+        raise SealBroken(f"{exc} ({table}.{column} row {row_id})") from None
 
 
 class Sealed(Generic[T]):
