@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,26 @@ def test_a_missing_key_file_says_how_to_make_one(tmp_path: Path) -> None:
 def test_the_file_is_json_with_base64_keys(keyring: Keyring) -> None:
     data = json.loads(keyring.path.read_text())
     assert data["active"] == 1 and len(data["keys"]["1"]) == 44
+
+
+def test_rotations_at_once_each_add_their_own_version_and_none_is_lost(keyring: Keyring) -> None:
+    """Operators rotating at the same moment (a process each: a Keyring each): without
+    the file's lock two would write the same version, each with its own key, and the
+    values one of them sealed would never open again."""
+    rings = [Keyring(keyring.path) for _ in range(8)]
+    sealed: list[tuple[bytes, bytes]] = []
+    start = threading.Barrier(len(rings))
+
+    def rotate(ring: Keyring) -> None:
+        start.wait()
+        ring.rotate()
+        sealed.append((ring.seal(b"x", aad("t", "c", b"r")), b"x"))
+
+    workers = [threading.Thread(target=rotate, args=(ring,)) for ring in rings]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(10)
+    final = Keyring(keyring.path)
+    assert final.versions == list(range(1, 10)) and final.active == 9
+    assert [final.open(value, aad("t", "c", b"r")) for value, _ in sealed] == [b"x"] * 8
