@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -244,9 +244,9 @@ def enqueue(
     return ids
 
 
-@dataclass(frozen=True)
-class Checked:
-    """A message that passed the DATA checks, with what its queue rows record."""
+class Checked(NamedTuple):
+    """A message that passed the DATA checks, with what its queue rows record (a named
+    tuple: made for every mail at DATA, at a third of a frozen dataclass's cost)."""
 
     message_id: str | None
     decisions: list[Decision]
@@ -313,6 +313,9 @@ def _text_at(block: bytes, at: int) -> bool:
 INLINE_CHECK_MAX = 256 * 1024
 
 
+_QUEUED = InboundStatus.QUEUED.value  # an enum member's value is a property, looked up each time
+
+
 def queue_rows(
     checked: Checked,
     *,
@@ -336,7 +339,7 @@ def queue_rows(
             "message_id": checked.message_id,
             "size": len(raw),
             "raw": raw,
-            "status": InboundStatus.QUEUED.value,
+            "status": _QUEUED,
             "attempts": 0,
             "thread_id": r.route.thread_id if r.route is not None else None,
             "decisions": [d.to_record() for d in (r.decision, *checked.decisions)],

@@ -34,8 +34,8 @@ import asyncio
 import functools
 import importlib.resources
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from ipaddress import ip_address
+from typing import NamedTuple
 
 import authheaders
 import authheaders.dmarc_lookup
@@ -60,9 +60,11 @@ MAX_SIGNATURES = 5  # DKIM signatures verified per message: each costs a lookup 
 CHECK_THREADS = 16
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """The bytes to check and store, and what the gateway's own checks found (if any)."""
+class Prepared(NamedTuple):
+    """The bytes to check and store, and what the gateway's own checks found (if any).
+
+    A named tuple: made for every mail at DATA, at a third of a frozen dataclass's cost.
+    """
 
     raw: bytes
     decision: Authenticated | None = None
