@@ -183,6 +183,8 @@ def _sqlite_pragmas(dbapi_conn: Any, max_bytes: int = 0) -> None:
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cur.execute("PRAGMA foreign_keys=ON")
+    # A deleted row's bytes are zeroed, not left in a free page (Debian's default only).
+    cur.execute("PRAGMA secure_delete=ON")
     if max_bytes:
         page_size = cur.execute("PRAGMA page_size").fetchone()[0]
         # A connection's cap, never stored in the file: every connection sets it.

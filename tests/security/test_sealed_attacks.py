@@ -398,3 +398,49 @@ def test_a_required_value_cannot_be_erased_nor_emptied(
     )
     assert result.exit_code == 1
     assert _error_line(result).startswith("Error: a sealed value is too short to be one")
+
+
+def _swap(sessions: sessionmaker[Session], table: str, columns: list[str], a: int, b: int) -> None:
+    """Exchange ``columns`` of rows ``a`` and ``b``, as a tamperer with SQL would."""
+    with transaction(sessions) as s:
+        rows = {
+            row_id: row
+            for row_id, *row in s.execute(
+                text(f"SELECT id, {', '.join(columns)} FROM {table} WHERE id IN (:a, :b)"),
+                {"a": a, "b": b},
+            )
+        }
+        sets = ", ".join(f"{c} = :{c}" for c in columns)
+        for mine, theirs in ((a, b), (b, a)):
+            s.execute(
+                text(f"UPDATE {table} SET {sets} WHERE id = :id"),
+                {"id": mine, **dict(zip(columns, rows[theirs], strict=True))},
+            )
+
+
+def test_swapped_row_uids_open_nothing_of_either_row(
+    stored: Stored, settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    first, second = stored.replies
+    _swap(sessions, "messages", ["row_uid"], first, second)
+    env = cli_env(settings)
+    for thread in stored.threads:
+        result = CliRunner().invoke(main, ["threads", "show", str(thread)], env=env)
+        assert result.exit_code == 1 and MARK not in result.output
+        assert _error_line(result).startswith("Error: a sealed value does not open")
+
+
+def test_a_row_s_whole_sealed_state_moved_with_its_row_uid_opens_elsewhere(
+    stored: Stored, sessions: sessionmaker[Session]
+) -> None:
+    """The limit docs/operating.md states: a value is bound to its row's ``row_uid``,
+    which is stored beside it, so the row_uid and every sealed value moved together
+    (here, two replies exchanged between threads) still open. Sealing keeps the text
+    from a reader of the database; it does not keep a writer from moving rows, any
+    more than from changing ``messages.thread_id`` or adding a participant."""
+    first, second = stored.replies
+    _swap(
+        sessions, "messages", ["row_uid", "body", "quote", "signature", "body_html"], first, second
+    )
+    with sessions() as s:
+        assert s.get_one(Message, second).body == f"Reply 1 {MARK}"
