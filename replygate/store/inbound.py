@@ -198,18 +198,18 @@ def _within(
     threads: int | None,
     max_bytes: int | None,
 ) -> list[_Candidate]:
-    """The candidates (in id order) of the first ``threads`` threads, up to ``max_bytes``
-    in all: what is cut past the budget is a suffix, so each thread keeps a run."""
-    seen: set[object] = set()
+    """The candidates (in id order) of the first ``threads`` threads, and those of no
+    thread (they wait for no other mail), up to ``max_bytes`` in all: what is cut past
+    the budget is a suffix, so each thread keeps a run."""
+    seen: set[int] = set()
     kept: list[_Candidate] = []
     total = 0
     for row in found:
-        row_id, _, _, thread_id, size = row
-        key = thread_id if thread_id is not None else ("mail", row_id)
-        if key not in seen:
+        _, _, _, thread_id, size = row
+        if thread_id is not None and thread_id not in seen:
             if threads is not None and len(seen) >= threads:
                 continue
-            seen.add(key)
+            seen.add(thread_id)
         total += size or 0
         if kept and max_bytes is not None and total > max_bytes:
             break

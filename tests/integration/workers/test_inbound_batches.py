@@ -168,6 +168,19 @@ def test_a_claim_capped_at_one_thread_takes_its_whole_run_and_leaves_the_other_t
     assert [m.id for m in second] == [ids[("finn", 1)], ids[("finn", 2)]]
 
 
+def test_mail_of_no_thread_takes_no_threads_place_in_a_claim(
+    sessions: sessionmaker[Session], threads: dict[str, tuple[int, str]]
+) -> None:
+    """Mail the gateway recorded no thread for waits for no other mail: a claim capped
+    at one thread takes all of it beside that thread's run."""
+    ids = _queue(sessions, threads, INTERLEAVED)
+    with transaction(sessions) as s:
+        for row in s.scalars(select(InboundMail).where(InboundMail.rcpt == threads["finn"][1])):
+            row.thread_id = None
+    claimed = inbound.claim_mail(sessions, limit=10, threads=1, owner=None)
+    assert [m.id for m in claimed] == sorted(ids.values())
+
+
 def test_a_claim_holds_at_most_its_byte_budget_and_always_one_mail(
     sessions: sessionmaker[Session], threads: dict[str, tuple[int, str]]
 ) -> None:
