@@ -174,8 +174,10 @@ def _owners_alive(sessions: sessionmaker[Session]) -> int:
         return int(
             session.execute(
                 text(
+                    # This database's only: other test runs may share the server.
                     "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                    "AND granted AND classid::bigint = :space"
+                    "AND granted AND classid::bigint = :space AND database = "
+                    "(SELECT oid FROM pg_database WHERE datname = current_database())"
                 ),
                 {"space": OWNER_LOCK_SPACE},
             ).scalar_one()
