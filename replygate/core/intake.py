@@ -277,7 +277,7 @@ def check(
     headers = read_headers(raw)
     sender = check_sender(policy, headers, recipients)
     if any(r.route is not None for r in recipients):
-        require_pass = any(r.dmarc_policy == DmarcPolicy.REQUIRE_PASS for r in recipients)
+        require_pass = DmarcPolicy.REQUIRE_PASS in [r.dmarc_policy for r in recipients]
         check_dmarc(policy, headers, require_pass=require_pass)
     files = check_attachments(policy, raw, headers, recipients, head)
     decisions: list[Decision] = [sender, files, Stored(via, len(raw))]
@@ -342,7 +342,8 @@ def queue_rows(
             "status": _QUEUED,
             "attempts": 0,
             "thread_id": r.route.thread_id if r.route is not None else None,
-            "decisions": [d.to_record() for d in (r.decision, *checked.decisions)],
+            # Shared records (serialised by the writer, never changed): no copy per row.
+            "decisions": [d.shared_record() for d in (r.decision, *checked.decisions)],
         }
         for r in recipients
     ]

@@ -66,6 +66,8 @@ THROTTLED_CONDITIONS = frozenset(
 # this window may still be accepted at RCPT; the engine resolves the route
 # again before filing and rejects it, so nothing is filed.
 RCPT_CACHE_SECONDS = 2.0
+# What the canonical line calls a reply, by its first digit (anything else refuses).
+_DECISIONS = {2: "accepted", 4: "deferred"}
 RCPT_CACHE_SIZE = 10_000
 
 
@@ -255,13 +257,18 @@ class GatewayHandler:
         try:
             # The header block, lower-cased once for every check that looks into it.
             head = lowered_head(raw)
-            prepared = await self.authenticator.prepare_async(
-                raw,
-                client_ip=client_ip(session),
-                helo=session.host_name,
-                mail_from=fields["mail_from"],
-                head=head,
-            )
+            if self.authenticator.mode == "verify":  # DNS: in a thread, within the time budget
+                prepared = await self.authenticator.prepare_async(
+                    raw,
+                    client_ip=client_ip(session),
+                    helo=session.host_name,
+                    mail_from=fields["mail_from"],
+                    head=head,
+                )
+            else:  # the claims strip alone, no lookup: here, without a coroutine
+                prepared = self.authenticator.prepare(
+                    raw, client_ip=None, helo=None, mail_from="", head=head
+                )
             if prepared.raw is not raw:  # claims stripped, or our own results stamped
                 raw = prepared.raw
                 head = lowered_head(raw)
@@ -427,7 +434,7 @@ class GatewayHandler:
         reply = replies.reply(condition)
         fields["mail_from"] = logged.address(self.settings, fields["mail_from"])
         fields["rcpt"] = [logged.address(self.settings, rcpt) for rcpt in fields["rcpt"]]
-        decision = {2: "accepted", 4: "deferred"}.get(reply.code // 100, "refused")
+        decision = _DECISIONS.get(reply.code // 100, "refused")
         log_at = log.warning if decision == "deferred" else log.info
         log_at(
             "inbound.mail",

@@ -45,8 +45,13 @@ class Decision:
     stage: ClassVar[Stage]
 
     def to_record(self) -> dict[str, Any]:
-        """The record as a new dict. Worked out once per decision, which is frozen: the
-        gateway writes the same RCPT and DATA decisions on mail after mail."""
+        """The record as a new dict (``shared_record``'s copy)."""
+        return dict(self.shared_record())
+
+    def shared_record(self) -> Mapping[str, Any]:
+        """The record, worked out once per decision (which is frozen) and the same dict
+        each time, not to be changed: the gateway writes the same RCPT and DATA
+        decisions on mail after mail, and serialises them as they are."""
         record: dict[str, Any] | None = self.__dict__.get("_record")
         if record is None:
             stage, names = _layout(type(self))
@@ -56,7 +61,7 @@ class Decision:
                 if value is not None:
                     record[name] = value
             object.__setattr__(self, "_record", record)
-        return dict(record)
+        return record
 
 
 _LAYOUTS: dict[type[Decision], tuple[str, tuple[str, ...]]] = {}
@@ -222,8 +227,8 @@ class Unknown(Decision):
     stage = Stage.ERROR  # never written: ``to_record`` gives ``record`` back
     record: dict[str, Any] = field(default_factory=dict)
 
-    def to_record(self) -> dict[str, Any]:
-        return dict(self.record)
+    def shared_record(self) -> Mapping[str, Any]:
+        return self.record
 
 
 _TYPES: dict[str, type[Decision]] = {
