@@ -24,7 +24,8 @@ class StartFailed(click.ClickException):
 
 def _check_schema(app: App, migrate: bool) -> None:
     """Refuse to start on a database without the newest schema (``--migrate`` first
-    brings it there), instead of failing on every query of every loop."""
+    brings it there), instead of failing on every query of every loop, or with a key
+    file that opens none of what is stored."""
     from replygate.store import keyring
     from replygate.store.db import schema_problem, upgrade
 
@@ -34,6 +35,11 @@ def _check_schema(app: App, migrate: bool) -> None:
     problem = schema_problem(app.engine)
     if problem is not None:
         raise StartFailed(problem)
+    from replygate.core import keys
+    from replygate.store.db import session_factory
+
+    keyring.load(app.settings)
+    keys.check_key_file(session_factory(app.engine))  # before a wrong key seals anything
 
 
 def _start(app: App, migrate: bool, coro: Coroutine[Any, Any, None]) -> None:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
 from replygate.core import audit
-from replygate.errors import Invalid
+from replygate.errors import Invalid, StartupError
 from replygate.store import keyring, rotation
 
 
@@ -127,3 +127,18 @@ def status(factory: sessionmaker[Session]) -> KeyStatus:
         missing=sorted(used - set(ring.versions)),
         columns=columns,
     )
+
+
+def check_key_file(factory: sessionmaker[Session]) -> None:
+    """Refuse to start with a key file that opens none of the newest stored values: it is
+    another key file (the same version numbers, other keys), and running on it would
+    seal new values with a key the right file lacks. One value that does not open is
+    a broken value, not a wrong file, and stops nothing here."""
+    with factory() as session:
+        tried, opened = rotation.newest_open(session)
+    if tried and not opened:
+        raise StartupError(
+            f"the encryption key file {keyring.current().path} opens none of the newest "
+            f"stored values ({', '.join(tried[:3])}, ...): it is not the key file they were "
+            "sealed with; restore that one (replygate keys status shows the versions)"
+        )

@@ -177,3 +177,27 @@ def version_used(factory: sessionmaker[Session], version: int) -> bool:
             ).first()
             for target in sealed_columns()
         )
+
+
+def newest_open(session: Session) -> tuple[list[str], bool]:
+    """Try the newest stored value of each sealed column: the columns tried (as
+    ``table.column row N``), and whether any of them opened (each that does not is
+    logged ``store.seal_broken``)."""
+    tried, opened = [], False
+    for target in sealed_columns():
+        table, column = target.table, target.column
+        row = session.execute(
+            select(table.c.id, table.c.row_uid, column)
+            .where(column.is_not(None))
+            .order_by(table.c.id.desc())
+            .limit(1)
+        ).first()
+        if row is None:
+            continue
+        tried.append(f"{target.name} row {row.id}")
+        try:
+            sealed.unseal(table.name, column.name, row.row_uid, row[2], row_id=row.id)
+        except SealBroken:
+            continue
+        opened = True
+    return tried, opened

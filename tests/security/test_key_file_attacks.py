@@ -169,3 +169,23 @@ def test_two_rotations_at_once_both_finish_and_every_value_opens(
     assert len(bodies) == 31 and heads == {b"\x00\x00\x00\x03"}
     status = _run(settings, "keys", "status")
     assert status.returncode == 0 and "versions stored values use but" not in status.stdout
+
+
+def test_serve_refuses_to_start_with_a_key_file_that_opens_nothing_stored(
+    settings: Settings, written: None, tmp_path: Path
+) -> None:
+    other = Keyring.create(tmp_path / "other").path
+    command = [
+        "serve",
+        "--smtp",
+        f"127.0.0.1:{free_port()}",
+        "--portal",
+        f"127.0.0.1:{free_port()}",
+    ]
+    done = _run(settings, *command, keys=other)
+    assert done.returncode == 1, done.stderr
+    (line,) = [ln for ln in done.stderr.splitlines() if "store.seal_broken" not in ln]
+    assert line.startswith(f"replygate: the encryption key file {other} opens none of the newest")
+    assert "threads.subject row 1" in line and MARK not in done.stderr
+    once = _run(settings, "worker", "--once", keys=other)
+    assert once.returncode == 1 and "opens none of the newest" in once.stderr

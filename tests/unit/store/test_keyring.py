@@ -151,3 +151,33 @@ def test_rotations_at_once_each_add_their_own_version_and_none_is_lost(keyring: 
     final = Keyring(keyring.path)
     assert final.versions == list(range(1, 10)) and final.active == 9
     assert [final.open(value, aad("t", "c", b"r")) for value, _ in sealed] == [b"x"] * 8
+
+
+def test_a_changed_version_header_is_refused_even_naming_a_key_the_file_holds(
+    keyring: Keyring,
+) -> None:
+    row = new_row_uid()
+    keyring.rotate()  # versions 1 and 2: a flipped low bit names the other, which exists
+    sealed = keyring.seal(b"text", aad("t", "c", row))
+    for bit in range(32):
+        tampered = bytearray(sealed)
+        tampered[3 - bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(SealBroken, match=r"lacks|does not open"):
+            keyring.open(bytes(tampered), aad("t", "c", row))
+
+
+def test_a_truncated_value_is_refused_at_every_length(keyring: Keyring) -> None:
+    row = new_row_uid()
+    sealed = keyring.seal(b"text", aad("t", "c", row))
+    for length in range(len(sealed)):
+        with pytest.raises(SealBroken):
+            keyring.open(sealed[:length], aad("t", "c", row))
+
+
+def test_a_value_of_a_retired_key_is_refused_naming_the_version(keyring: Keyring) -> None:
+    row = new_row_uid()
+    old = keyring.seal(b"text", aad("t", "c", row))
+    keyring.rotate()
+    keyring.retire(1)
+    with pytest.raises(SealBroken, match=r"names key version 1, which .* lacks"):
+        Keyring(keyring.path).open(old, aad("t", "c", row))
