@@ -150,3 +150,19 @@ def test_a_notification_moved_from_another_row_fails_for_the_operator_never_sent
         rows = {row.id: row for row in outbox.list_outbox(s)}
     assert rows[first].status == "sent"
     assert rows[second].status == "failed" and rows[second].last_error == outbox.SEAL_BROKEN_ERROR
+
+
+def test_a_reply_to_a_thread_whose_subject_does_not_open_is_held_never_filed(
+    settings: Settings, sessions: sessionmaker[Session], reply_address: str
+) -> None:
+    with transaction(sessions) as s:
+        s.execute(text("UPDATE threads SET subject = (SELECT body FROM messages WHERE id = 1)"))
+    _send_over_smtp(settings, sessions, _reply(reply_address, f"My reply {MARK}."))
+    with capture_logs() as logged:
+        assert InboundWorker(sessions, settings).drain() >= 1
+    broken = [e for e in logged if e["event"] == "store.seal_broken"]
+    assert broken and (broken[0]["table"], broken[0]["column"]) == ("threads", "subject")
+    with sessions() as s:
+        mail = s.scalars(select(InboundMail)).one()
+        assert mail.status == InboundStatus.HELD and mail.reason == inbound.SEAL_BROKEN_REASON
+        assert s.scalars(select(Message).where(Message.source == "email")).all() == []

@@ -444,3 +444,35 @@ def test_a_row_s_whole_sealed_state_moved_with_its_row_uid_opens_elsewhere(
     )
     with sessions() as s:
         assert s.get_one(Message, second).body == f"Reply 1 {MARK}"
+
+
+def test_a_reply_in_a_thread_whose_subject_does_not_open_is_refused_and_not_queued(
+    stored: Stored,
+    client_for: Callable[[], Client],
+    people: People,
+    sessions: sessionmaker[Session],
+    messaging: Messaging,
+) -> None:
+    """In Convenience Mode the notification carries the subject, so the reply needs it
+    (in Secure Mode it reads no subject, shows none, and is filed)."""
+    messaging.set_convenience_mode(on=True, acknowledge_hipaa=True)
+    row = _attack(sessions, stored, "threads", "subject", "row")
+    with sessions() as s:
+        before = (
+            len(s.scalars(select(Message.id)).all()),
+            len(s.scalars(select(OutboxMessage.id)).all()),
+        )
+    sam = client_for()
+    sam.login(people.staff)
+    token = sam.csrf("/compose")
+    with capture_logs() as logged:
+        shown = sam.post(f"/threads/{row}/reply", {"csrf": token, "body": f"Answer {MARK}"})
+    assert shown.status == 500 and "could not be decrypted" in shown.text
+    assert MARK not in shown.text
+    _broken_logged(logged, "threads", "subject", row)
+    with sessions() as s:
+        after = (
+            len(s.scalars(select(Message.id)).all()),
+            len(s.scalars(select(OutboxMessage.id)).all()),
+        )
+    assert after == before  # nothing half-written: no message without its notifications
