@@ -149,13 +149,17 @@ def find_signature(lines: list[str]) -> tuple[int | None, str]:
 
 
 def _footer_stack_start(lines: list[str], i: int, first_text: int) -> int:
-    """The first of the footers stacked directly above ``lines[i]`` (blank lines allowed)."""
+    """The first of the footers stacked directly above ``lines[i]`` (blank lines allowed),
+    with the inline-image placeholders among them, which belong to the signature as
+    they do at the very end."""
     start = i
     j = i - 1
     while j > first_text:
         line = lines[j]
         if line.strip():
-            if len(line) > MAX_SIGNATURE_LINE or not RE_MOBILE.match(line):
+            if len(line) > MAX_SIGNATURE_LINE or not (
+                RE_MOBILE.match(line) or RE_IMAGE_PLACEHOLDER.match(line)
+            ):
                 break
             start = j
         j -= 1

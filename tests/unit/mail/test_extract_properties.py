@@ -216,6 +216,7 @@ def test_composed_reply_is_found_and_stable(
 @SETTINGS
 @given(ANY_TEXT)
 @example("0\r>0\r==ORIGINAL MESSAGE")  # ends in a quote kept above a header: not stable
+@example("0\r[image:]\rSENT FROM 0")  # an image placeholder above a mobile footer
 def test_extraction_is_idempotent(body: str) -> None:
     """Extracting a filed reply again files the same text.
 
