@@ -44,8 +44,14 @@ class SecondStep(StrEnum):
     ENROL = "enrol"  # required but not enrolled yet: enrol first
 
 
+def enrolled(user: User) -> bool:
+    """Whether ``user`` has a second factor, known without opening the sealed secret: a
+    secret that does not open fails the code step (``SealBroken``), never skips it."""
+    return user.mfa_secret_sealed is not None
+
+
 def second_step(user: User, requirement: str) -> SecondStep | None:
-    if user.mfa_secret:
+    if enrolled(user):
         return SecondStep.CODE
     if required(user, requirement):
         return SecondStep.ENROL
@@ -107,7 +113,7 @@ def finish_enrolment(
 
 
 def _not_enrolled(user: User) -> None:
-    if user.mfa_secret:
+    if enrolled(user):
         raise Invalid("a second factor is set up already; an operator can reset it")
 
 
@@ -155,8 +161,9 @@ def check_code(
     wait = accounts.must_wait(session, user.email, address, now)
     if wait:
         return CodeResult(ok=False, throttled=True, retry_after=wait)
-    if user.mfa_secret and len(code) <= MAX_CODE_CHARS:
-        step = _matching_step(user.mfa_secret, code, now, after=user.mfa_last_step)
+    secret = user.mfa_secret  # sealed: one that does not open raises, logged
+    if secret and len(code) <= MAX_CODE_CHARS:
+        step = _matching_step(secret, code, now, after=user.mfa_last_step)
         if step is not None:
             user.mfa_last_step = step
             accounts.forget_failures(session, user.email, address)

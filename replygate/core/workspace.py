@@ -131,7 +131,7 @@ class Workspace:
 
         def work(session: Session) -> LoginOutcome:
             user = session.get(User, user_id)
-            if user is None or not user.mfa_secret:
+            if user is None or not mfa.enrolled(user):
                 raise NotFound("this login has ended; log in again")
             result = mfa.check_code(session, user, code, address=address)
             outcome = AuditOutcome.OK if result.ok else AuditOutcome.DENIED
@@ -162,7 +162,7 @@ class Workspace:
             issuer = directory.organisation(
                 session, default_name=self.settings.organisation_name
             ).name
-            if user.mfa_pending_secret and not again:
+            if user.mfa_pending_secret_sealed is not None and not again:
                 return mfa.enrolment_of(user, issuer)
             return mfa.begin_enrolment(user, issuer)
 
@@ -213,7 +213,7 @@ class Workspace:
 
         def work(session: Session) -> tuple[bool, int]:
             user = session.get_one(User, user_id)
-            return bool(user.mfa_secret), mfa.recovery_codes_left(session, user)
+            return mfa.enrolled(user), mfa.recovery_codes_left(session, user)
 
         return self._run(work)
 

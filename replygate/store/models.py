@@ -97,8 +97,14 @@ class User(Base):
     bounce_days: Mapped[list[str]] = mapped_column(JSON, default=list)
     # The TOTP secret (base32) once enrolled; the one being enrolled until its first
     # code is given; the last 30-second step a code was accepted for (each code works once).
-    mfa_secret: Mapped[str | None] = mapped_column(String(64))
-    mfa_pending_secret: Mapped[str | None] = mapped_column(String(64))
+    # The secrets are sealed at rest: a stolen backup gives no working second factor.
+    row_uid: Mapped[bytes | None] = mapped_column(LargeBinary(16))
+    mfa_secret_sealed: Mapped[bytes | None] = mapped_column("mfa_secret", LargeBinary)
+    mfa_secret = Sealed[str]("mfa_secret", TEXT)
+    mfa_pending_secret_sealed: Mapped[bytes | None] = mapped_column(
+        "mfa_pending_secret", LargeBinary
+    )
+    mfa_pending_secret = Sealed[str]("mfa_pending_secret", TEXT)
     mfa_enrolled_at: Mapped[datetime | None]
     mfa_last_step: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
