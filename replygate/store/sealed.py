@@ -96,6 +96,8 @@ def sealer() -> Callable[[str, str, bytes, bytes], bytes]:
 def unseal(table: str, column: str, row: bytes, stored: bytes, *, row_id: object = None) -> bytes:
     """Open a stored value; a value that does not open is logged and raised, never empty."""
     try:
+        if row is None:  # a value written into a row that never had one sealed
+            raise SealBroken("the row has no row_uid")
         return keyring.current().open(stored, keyring.aad(table, column, row))
     except SealBroken as exc:
         # Logging is loaded only here: ``threads list`` opens subjects and loads no logging.

@@ -184,3 +184,32 @@ def test_operators_enrol_reset_and_require(
         user = s.scalars(select(User).where(User.email == required.client1)).one()
     assert {"mfa_enrolled", "mfa_used", "mfa_reset", "setting_changed"} <= actions
     assert user.mfa_secret is None
+
+
+def test_the_secret_is_sealed_at_rest_and_a_moved_one_fails_closed(
+    client_for: Callable[[], Client], required: People, sessions: sessionmaker[Session]
+) -> None:
+    from sqlalchemy import text
+    from structlog.testing import capture_logs
+
+    secret, _ = _enrol(client_for(), required.staff)
+    with sessions() as s:
+        stored = s.execute(
+            text("SELECT mfa_secret FROM users WHERE email = :e"), {"e": required.staff}
+        ).scalar_one()
+    assert secret.encode() not in bytes(stored)
+    # Sam's sealed secret copied onto Ada's row, as a tamperer with SQL would.
+    with transaction(sessions) as s:
+        s.execute(
+            text(
+                "UPDATE users SET mfa_secret = (SELECT mfa_secret FROM users"
+                " WHERE email = :a) WHERE email = :b"
+            ),
+            {"a": required.staff, "b": required.admin},
+        )
+    c = client_for()
+    with capture_logs() as logged:
+        status = _code_step(c, required.admin, _code(secret, 1))
+    assert status == 500
+    assert [e for e in logged if e["event"] == "store.seal_broken"]
+    assert c.get("/inbox").status == 303  # no session: failed closed
