@@ -14,9 +14,13 @@ from email.policy import default
 from pathlib import Path
 from typing import TypeVar
 
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
 from replygate.config import Settings
 from replygate.mail.compose import Notification
 from replygate.mail.verp import bounce_key
+from replygate.store.dialect import OWNER_LOCK_SPACE
 from tests.conftest import TEST_SECRET
 
 T = TypeVar("T")
@@ -137,3 +141,19 @@ def cli_env(settings: Settings) -> dict[str, str]:
         "REPLYGATE_REPLY_DOMAIN": settings.reply_domain,
         "REPLYGATE_VAR_DIR": str(settings.var_dir),
     }
+
+
+def owners_alive(sessions: sessionmaker[Session]) -> int:
+    """How many engine processes hold their mark of being alive in this database
+    (PostgreSQL's owner advisory locks; other test runs may share the server)."""
+    with sessions() as session:
+        return int(
+            session.execute(
+                text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                    "AND granted AND classid::bigint = :space AND database = "
+                    "(SELECT oid FROM pg_database WHERE datname = current_database())"
+                ),
+                {"space": OWNER_LOCK_SPACE},
+            ).scalar_one()
+        )

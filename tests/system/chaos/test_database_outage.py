@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.store.models import InboundMail, Message, OutboxMessage
-from tests.helpers import free_port, port_open, read_maildir, wait_for
+from tests.helpers import free_port, owners_alive, port_open, read_maildir, wait_for
 from tests.system.chaos.cluster import Cluster
 from tests.system.chaos.conftest import (
     Answer,
@@ -128,11 +128,15 @@ class Load:
         return [a for a in self.answers if a.started > moment]
 
 
-def _serve_and_worker(processes: LoggedProcesses) -> int:
+def _serve_and_worker(processes: LoggedProcesses, db: PrivateDatabase) -> int:
+    """``serve`` and a worker, both past their start-up checks and filing: a worker
+    still starting when the database goes stops with a one-line error, as it should."""
     port = free_port()
     processes.start("serve", "--smtp", f"127.0.0.1:{port}", "--portal", f"127.0.0.1:{free_port()}")
     wait_for(lambda: port_open("127.0.0.1", port), timeout=30, what="serve to listen")
     processes.worker()
+    wait_for(lambda: owners_alive(db.sessions) == 2, timeout=30, what="both engines to start")
+    db.engine.dispose()  # the test's own connections would die with the server
     return port
 
 
@@ -181,7 +185,8 @@ def _check_recovered(
     workers = {str(pid) for p in processes.running for pid in _filing_pids(p.pid)}
     # Every worker lives, and whoever filed after the return is one of them (one fast
     # worker may file all of it).
-    assert all(p.poll() is None for p in processes.running), "a worker died"
+    dead = [(p.args, p.returncode) for p in processes.running if p.poll() is not None]
+    assert not dead, f"{dead}\n{processes.logs()}"
     claiming = _workers_claiming(db.sessions, since)
     assert claiming and claiming <= workers, (claiming, workers)
     # Each filed reply's notification to the staff member is delivered, once.
@@ -206,8 +211,7 @@ def test_postgresql_restarted_under_load(
     cluster: Cluster, private_db: PrivateDatabase, private_processes: LoggedProcesses
 ) -> None:
     threads = seed_threads(private_db.sessions, private_db.settings, THREADS)
-    private_db.engine.dispose()  # the test's own connections would die with the server
-    port = _serve_and_worker(private_processes)
+    port = _serve_and_worker(private_processes, private_db)
     load = Load(port, threads.addresses)
     load.start()
     wait_for(lambda: len(load.senders.acked()) >= 40, timeout=60, what="mail accepted")
@@ -230,8 +234,7 @@ def test_postgresql_backends_terminated_under_load(
     cluster: Cluster, private_db: PrivateDatabase, private_processes: LoggedProcesses
 ) -> None:
     threads = seed_threads(private_db.sessions, private_db.settings, THREADS)
-    private_db.engine.dispose()
-    port = _serve_and_worker(private_processes)
+    port = _serve_and_worker(private_processes, private_db)
     load = Load(port, threads.addresses)
     load.start()
     wait_for(lambda: len(load.senders.acked()) >= 40, timeout=60, what="mail accepted")

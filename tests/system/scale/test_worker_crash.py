@@ -19,13 +19,12 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
-from replygate.store.dialect import OWNER_LOCK_SPACE
 from replygate.store.models import InboundMail, Message
-from tests.helpers import free_port, port_open, wait_for
+from tests.helpers import free_port, owners_alive, port_open, wait_for
 from tests.system.scale.conftest import (
     Processes,
     needs_postgresql,
@@ -168,22 +167,6 @@ def test_serve_killed_under_load_files_every_acknowledged_reply_after_a_restart(
     _check_all_filed_once(sessions, todo)
 
 
-def _owners_alive(sessions: sessionmaker[Session]) -> int:
-    """How many worker processes hold their mark of being alive (PostgreSQL)."""
-    with sessions() as session:
-        return int(
-            session.execute(
-                text(
-                    # This database's only: other test runs may share the server.
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                    "AND granted AND classid::bigint = :space AND database = "
-                    "(SELECT oid FROM pg_database WHERE datname = current_database())"
-                ),
-                {"space": OWNER_LOCK_SPACE},
-            ).scalar_one()
-        )
-
-
 @needs_postgresql
 def test_a_worker_killed_under_load_leaves_its_claims_to_the_other(
     settings: Settings, sessions: sessionmaker[Session], processes: Processes
@@ -201,7 +184,7 @@ def test_a_worker_killed_under_load_leaves_its_claims_to_the_other(
     processes.gateway(port)
     doomed = processes.worker()
     survivor = processes.worker()
-    wait_for(lambda: _owners_alive(sessions) == 2, timeout=60, what="both workers to start")
+    wait_for(lambda: owners_alive(sessions) == 2, timeout=60, what="both workers to start")
     survivor.send_signal(signal.SIGSTOP)
     killed_at: list[float] = []
     held: list[int] = []
