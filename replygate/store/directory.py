@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import event, select
+from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session, SessionTransaction
 
 from replygate.errors import Invalid, NotFound
@@ -81,10 +81,13 @@ def user(session: Session, email: str) -> User:
 
 def other_admins(session: Session, user_id: int) -> int:
     """How many admins there are besides ``user_id``."""
-    return len(
-        session.scalars(
-            select(User.id).where(User.role == UserRole.ADMIN.value, User.id != user_id)
-        ).all()
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(User)
+            .where(User.role == UserRole.ADMIN.value, User.id != user_id)
+        )
+        or 0
     )
 
 

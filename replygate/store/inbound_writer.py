@@ -38,7 +38,7 @@ import contextlib
 import queue
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, cast
@@ -47,7 +47,7 @@ from sqlalchemy import Engine, Table
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.store import dialect as store_dialect
-from replygate.store import keyring, sealed
+from replygate.store import sealed
 from replygate.store.inbound import CHANNEL
 from replygate.store.models import InboundMail
 
@@ -75,7 +75,7 @@ class BulkInsert:
         dialect = engine.dialect
         table = cast(Table, InboundMail.__table__)
         self.engine = engine
-        self.columns = (*QUEUE_COLUMNS, "row_uid")  # the last one is ``_sealed``'s
+        self.columns = (*QUEUE_COLUMNS, "row_uid")  # the last one is ``sealed.seal_row``'s
         self.processors = [
             table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
             for name in self.columns
@@ -99,7 +99,7 @@ class BulkInsert:
         params: list[Any] = []
         seal = sealed.sealer()
         for row in rows:
-            row = _sealed(row, seal)
+            row = sealed.seal_row("inbound_mail", row, seal)
             for name, process in zip(self.columns, self.processors, strict=True):
                 value = row[name]
                 params.append(value if process is None or value is None else process(value))
@@ -190,19 +190,6 @@ def _discard(conn: Any) -> None:
             conn.invalidate()
         else:
             conn.close()
-
-
-def _sealed(row: Row, seal: Callable[[str, str, bytes, bytes], bytes]) -> Row:
-    """``row`` with its raw bytes and decision records sealed (``sealed.sealer``) to a
-    new row_uid: sealed here, before the statement, so no plain mail reaches the database."""
-    uid, decisions = keyring.new_row_uid(), row["decisions"]
-    return row | {
-        "row_uid": uid,
-        "raw": seal("inbound_mail", "raw", uid, row["raw"]),
-        "decisions": None
-        if decisions is None
-        else seal("inbound_mail", "decisions", uid, sealed.JSON.encode(decisions)),
-    }
 
 
 # What ``gateway.intake.queue_rows`` gives for every row, in statement order.

@@ -15,7 +15,7 @@ retired while it is there and the operator knows which row to restore.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 
 from sqlalchemy import Column, ColumnElement, Table, and_, func, select, update
@@ -155,28 +155,28 @@ def reseal_all(
 
 def _stale_left(factory: sessionmaker[Session], active: int, broken: Broken) -> bool:
     """Whether a value that opens is still on an old key (a worker sealed it meanwhile)."""
+    return _any_row(factory, lambda target: _stale(target, active, broken.get(target.name, set())))
+
+
+def _any_row(
+    factory: sessionmaker[Session], where: Callable[[SealedColumn], ColumnElement[bool]]
+) -> bool:
+    """Whether some sealed column has a row that ``where`` (given the column) selects."""
     with factory() as session:
         return any(
-            session.execute(
-                select(target.table.c.id)
-                .where(_stale(target, active, broken.get(target.name, set())))
-                .limit(1)
-            ).first()
+            session.execute(select(target.table.c.id).where(where(target)).limit(1)).first()
             for target in sealed_columns()
         )
 
 
 def version_used(factory: sessionmaker[Session], version: int) -> bool:
     """Whether any stored value is still sealed with ``version``."""
-    with factory() as session:
-        return any(
-            session.execute(
-                select(target.table.c.id)
-                .where(target.column.is_not(None), _version(target.column) == HEADER.pack(version))
-                .limit(1)
-            ).first()
-            for target in sealed_columns()
-        )
+    return _any_row(
+        factory,
+        lambda target: and_(
+            target.column.is_not(None), _version(target.column) == HEADER.pack(version)
+        ),
+    )
 
 
 def newest_open(session: Session) -> tuple[list[str], bool]:

@@ -64,26 +64,31 @@ def _json_bytes(value: Any) -> bytes:
 
 JSON: Codec[Any] = Codec(_json_bytes, lambda b: json.loads(b))
 
+# Seals one value: (table, column, row_uid, plain bytes) → stored bytes.
+Sealer = Callable[[str, str, bytes, bytes], bytes]
+
 # Every sealed column, by table: what ``keys status`` counts and ``keys rotate`` re-seals.
 REGISTRY: dict[str, dict[str, Codec[Any]]] = {}
 
 
 def seal(table: str, column: str, row: bytes, plain: bytes) -> bytes:
-    return keyring.current().seal(plain, keyring.aad(table, column, row))
+    return sealer()(table, column, row, plain)
 
 
-def seal_row(table: str, row: dict[str, Any]) -> dict[str, Any]:
+def seal_row(table: str, row: dict[str, Any], seal_with: Sealer | None = None) -> dict[str, Any]:
     """``row`` (plain values by column name) as a Core INSERT writes it: a new
-    ``row_uid`` and every registered column of ``table`` sealed with it."""
+    ``row_uid`` and every registered column of ``table`` sealed with it (by
+    ``seal_with``, a batch's ``sealer()``, if given)."""
+    seal_with = seal_with or sealer()
     uid = keyring.new_row_uid()
     stored = {**row, "row_uid": uid}
     for column, codec in REGISTRY[table].items():
         if stored.get(column) is not None:
-            stored[column] = seal(table, column, uid, codec.encode(stored[column]))
+            stored[column] = seal_with(table, column, uid, codec.encode(stored[column]))
     return stored
 
 
-def sealer() -> Callable[[str, str, bytes, bytes], bytes]:
+def sealer() -> Sealer:
     """``seal`` for the values of one batch: the key file is looked at once, not per value."""
     seal_with = keyring.current().sealing()
 
