@@ -77,6 +77,11 @@ BAD_FILES: dict[str, tuple[Callable[[Settings], Path], str]] = {
 SERVE = ["serve", "--smtp", "127.0.0.1:0", "--portal", "127.0.0.1:0"]
 
 
+def _serve_on_free_ports() -> list[str]:
+    """``SERVE`` as run: on ports free now, so a refusal is the key file's, not a port's."""
+    return ["serve", "--smtp", f"127.0.0.1:{free_port()}", "--portal", f"127.0.0.1:{free_port()}"]
+
+
 @pytest.mark.parametrize("problem", list(BAD_FILES))
 @pytest.mark.parametrize(
     "command", [["threads", "list"], ["threads", "show", "1"], ["keys", "status"], SERVE]
@@ -87,13 +92,7 @@ def test_a_bad_key_file_is_one_line_naming_it_and_exit_1(
     make, says = BAD_FILES[problem]
     path = make(settings)
     if command is SERVE:
-        command = [
-            "serve",
-            "--smtp",
-            f"127.0.0.1:{free_port()}",
-            "--portal",
-            f"127.0.0.1:{free_port()}",
-        ]
+        command = _serve_on_free_ports()
     done = _run(settings, *command, keys=path)
     assert done.returncode == 1, (done.stdout, done.stderr)
     lines = done.stderr.strip().splitlines()
@@ -175,13 +174,7 @@ def test_serve_refuses_to_start_with_a_key_file_that_opens_nothing_stored(
     settings: Settings, written: None, tmp_path: Path
 ) -> None:
     other = Keyring.create(tmp_path / "other").path
-    command = [
-        "serve",
-        "--smtp",
-        f"127.0.0.1:{free_port()}",
-        "--portal",
-        f"127.0.0.1:{free_port()}",
-    ]
+    command = _serve_on_free_ports()
     done = _run(settings, *command, keys=other)
     assert done.returncode == 1, done.stderr
     (line,) = [ln for ln in done.stderr.splitlines() if "store.seal_broken" not in ln]

@@ -11,12 +11,11 @@ from datetime import UTC, datetime
 import pytest
 from alembic import command
 from alembic.config import Config
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from replygate.store.db import alembic_config
 from replygate.store.models import CannedResponse, Message, MessageAttachment, Thread
+from tests.integration.store.migration_support import before_migration
 
 MARK = "Numbatmark"
 SUBJECT = f"Biopsy results {MARK}"
@@ -99,17 +98,9 @@ def _stored(engine: Engine) -> list[bytes]:
 
 @pytest.fixture
 def before_sealing(database_url: str, engine: Engine) -> Iterator[tuple[Config, str, str]]:
-    """The database at the revision before seal_content, with plain rows; migrated
-    back to the newest afterwards (PostgreSQL tests share the database)."""
-    config = alembic_config(database_url)
-    scripts = ScriptDirectory.from_config(config).walk_revisions()
-    mine = next(s for s in scripts if s.path.endswith("_seal_content.py"))
-    command.downgrade(config, str(mine.down_revision))
-    try:
-        _plain_rows(engine)
-        yield config, str(mine.down_revision), mine.revision
-    finally:
-        command.upgrade(config, "head")
+    """The database before seal_content, with plain rows."""
+    with before_migration(database_url, "_seal_content.py", lambda: _plain_rows(engine)) as found:
+        yield found
 
 
 def test_upgrading_seals_stored_content_and_downgrading_opens_it(

@@ -13,15 +13,15 @@ import pyotp
 import pytest
 from alembic import command
 from alembic.config import Config
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.config import Settings
 from replygate.core import mfa
 from replygate.core.workspace import Workspace
-from replygate.store.db import alembic_config, transaction
+from replygate.store.db import transaction
 from replygate.store.models import User
+from tests.integration.store.migration_support import before_migration
 
 SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
 PENDING = "KRSXG5DSNFXGOIDBEBZWKY3SMV2CAMJS"
@@ -65,17 +65,11 @@ def _stored(engine: Engine) -> list[object]:
 
 @pytest.fixture
 def before_sealing(database_url: str, engine: Engine) -> Iterator[tuple[Config, str, str]]:
-    """The database at the revision before seal_mfa_secret, with plain secrets; migrated
-    back to the newest afterwards (PostgreSQL tests share the database)."""
-    config = alembic_config(database_url)
-    scripts = ScriptDirectory.from_config(config).walk_revisions()
-    mine = next(s for s in scripts if s.path.endswith("_seal_mfa_secret.py"))
-    command.downgrade(config, str(mine.down_revision))
-    try:
-        _plain_users(engine)
-        yield config, str(mine.down_revision), mine.revision
-    finally:
-        command.upgrade(config, "head")
+    """The database before seal_mfa_secret, with plain secrets."""
+    with before_migration(
+        database_url, "_seal_mfa_secret.py", lambda: _plain_users(engine)
+    ) as found:
+        yield found
 
 
 def test_upgrading_seals_the_secrets_and_downgrading_opens_them(
