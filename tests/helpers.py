@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import mailbox
+import os
+import shutil
 import socket
 import time
 import urllib.error
@@ -20,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from replygate.config import Settings
 from replygate.mail.compose import Notification
 from replygate.mail.verp import bounce_key
+from replygate.store.db import make_engine
 from replygate.store.dialect import OWNER_LOCK_SPACE
 from tests.conftest import TEST_SECRET
 
@@ -157,3 +160,40 @@ def owners_alive(sessions: sessionmaker[Session]) -> int:
                 {"space": OWNER_LOCK_SPACE},
             ).scalar_one()
         )
+
+
+class database_away:
+    """The database unreachable for new connections while inside: on SQLite the file
+    moved away; on PostgreSQL connections refused (``ALLOW_CONNECTIONS false``) and the
+    service's own ended. Put back on the way out."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def __enter__(self) -> None:
+        if self.settings.is_sqlite:
+            self.path = Path(self.settings.database_url.removeprefix("sqlite:///"))
+            shutil.move(self.path, self.path.with_suffix(".away"))
+            return
+        self._admin(
+            "ALTER DATABASE {db} ALLOW_CONNECTIONS false",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = '{name}' AND pid <> pg_backend_pid()",
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        if self.settings.is_sqlite:
+            shutil.move(self.path.with_suffix(".away"), self.path)
+            return
+        self._admin("ALTER DATABASE {db} ALLOW_CONNECTIONS true")
+
+    def _admin(self, *statements: str) -> None:
+        url = os.environ["REPLYGATE_TEST_DATABASE_URL"]
+        name = make_engine(self.settings.database_url).url.database
+        admin = make_engine(url).execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                for statement in statements:
+                    conn.execute(text(statement.format(db=f'"{name}"', name=name)))
+        finally:
+            admin.dispose()

@@ -91,7 +91,16 @@ class InboundWorker:
         """
         wake = wake or asyncio.Event()
         owner = claim_owners.owner_id()
-        self._release = await asyncio.to_thread(claim_owners.hold_owner, self.factory, owner)
+
+        async def mark_alive() -> Callable[[], None]:
+            return await asyncio.to_thread(claim_owners.hold_owner, self.factory, owner)
+
+        try:  # a database away just after start-up is waited out like one later
+            self._release = await through_outages(mark_alive, stop, part="engine")
+        except Exception as exc:
+            if stop.is_set() and dialect.unreachable(exc):
+                return  # stopped before the database came back: nothing was claimed
+            raise
         self.owner = owner
         listener = None
         url = _listen_url(self.factory)

@@ -13,7 +13,6 @@ has stopped. Then the database goes away and ``/readyz`` says so.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import smtplib
 import subprocess
@@ -22,12 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
 
 from replygate.config import Settings
-from replygate.store.db import make_engine
 from tests.conftest import FIXTURES
-from tests.helpers import free_port, http_get, sample, scrape, wait_for
+from tests.helpers import database_away, free_port, http_get, sample, scrape, wait_for
 from tests.system.e2e.test_reply_by_email import Deployment
 
 
@@ -189,7 +186,7 @@ def test_readyz_turns_unready_when_the_database_goes_away(
 ) -> None:
     port = deployment.metrics_port
     assert http_get(port, "/readyz") == (200, "ready\ndatabase: ok\nwriter: ok\n")
-    with _database_away(settings):
+    with database_away(settings):
         _, body = wait_for(
             lambda: (got := http_get(port, "/readyz"))[0] == 503 and got,
             what="/readyz to turn unready",
@@ -197,40 +194,3 @@ def test_readyz_turns_unready_when_the_database_goes_away(
         assert body.startswith("not ready\ndatabase: "), body
         assert http_get(port, "/healthz") == (200, "ok\n")  # alive, only not ready
     wait_for(lambda: http_get(port, "/readyz")[0] == 200, what="/readyz to be ready again")
-
-
-class _database_away:
-    """The database unreachable for new connections while inside: on SQLite the file
-    moved away; on PostgreSQL connections refused (``ALLOW_CONNECTIONS false``) and the
-    service's own ended. Put back on the way out."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
-    def __enter__(self) -> None:
-        if self.settings.is_sqlite:
-            self.path = Path(self.settings.database_url.removeprefix("sqlite:///"))
-            shutil.move(self.path, self.path.with_suffix(".away"))
-            return
-        self._admin(
-            "ALTER DATABASE {db} ALLOW_CONNECTIONS false",
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = '{name}' AND pid <> pg_backend_pid()",
-        )
-
-    def __exit__(self, *exc: object) -> None:
-        if self.settings.is_sqlite:
-            shutil.move(self.path.with_suffix(".away"), self.path)
-            return
-        self._admin("ALTER DATABASE {db} ALLOW_CONNECTIONS true")
-
-    def _admin(self, *statements: str) -> None:
-        url = os.environ["REPLYGATE_TEST_DATABASE_URL"]
-        name = make_engine(self.settings.database_url).url.database
-        admin = make_engine(url).execution_options(isolation_level="AUTOCOMMIT")
-        try:
-            with admin.connect() as conn:
-                for statement in statements:
-                    conn.execute(text(statement.format(db=f'"{name}"', name=name)))
-        finally:
-            admin.dispose()
