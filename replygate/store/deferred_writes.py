@@ -3,8 +3,10 @@ as it commits, whichever comes first.
 
 A module that defers rows registers its writer here under a name of ``ORDER``,
 which says the order they run in: rows before what refers to them (a new
-message before the participants' marks that name it), whatever order the
-modules happened to be imported in.
+message before the notifications and the participants' marks that name it),
+whatever order the modules happened to be imported in. They run before the
+ORM's own writes of that flush, so a deferred row refers only to rows stored
+already or deferred before it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from sqlalchemy.orm import Session
 
 Writer = Callable[[Session], None]
 
-ORDER = ("new_messages", "participant_marks")
+ORDER = ("new_messages", "outbox", "participant_marks")
 _WRITERS: dict[str, Writer] = {}
 
 

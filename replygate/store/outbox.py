@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol, cast
 
-from sqlalchemy import Table, case, func, literal, select, tuple_, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Table, case, func, insert, literal, select, tuple_, update
+from sqlalchemy.orm import ColumnProperty, Session, sessionmaker
 
-from replygate.store import sealed
+from replygate.store import deferred_writes, sealed
 from replygate.store.db import transaction, updated
 from replygate.store.directory import TRANSACTION_CACHE
 from replygate.store.keyring import SealBroken
@@ -38,6 +38,8 @@ from replygate.store.models import OutboxMessage, utcnow
 # Per transaction (see ``directory.TRANSACTION_CACHE``): the threads prefetched,
 # and (thread id, user id) → the header Message-ID of the latest notification.
 _LATEST = TRANSACTION_CACHE + "outbox.latest"
+# Per transaction: the rows added with ``flush=False`` and not yet inserted.
+_PENDING = TRANSACTION_CACHE + "outbox.pending"
 
 # Error texts are kept for operators, not whole SMTP transcripts.
 MAX_ERROR_LENGTH = 2000
@@ -89,8 +91,10 @@ def add(
     """Queue a notification in the caller's transaction (no commit), due at once.
 
     ``message_id`` is the ``messages.id`` that caused it; the header Message-ID
-    comes from ``composed``. ``flush=False`` leaves the INSERT to the
-    transaction's next flush, where the ORM batches the rows of many.
+    comes from ``composed``. ``flush=False`` leaves the row to the transaction's
+    next flush or its commit, which insert the rows of many in one Core
+    statement (``write_pending``): the row returned is then not in the session
+    and has no id, which no caller of that form asks for.
     """
     now = now or utcnow()
     row = OutboxMessage(
@@ -101,20 +105,44 @@ def add(
         message_id=message_id,
         envelope_from=composed.envelope_from,
         header_message_id=composed.message_id,
-        raw=composed.raw,
+        raw=composed.raw,  # sealed as it is set (``store.sealed``)
         status=status,
         last_error=last_error,
         attempts=0,
         created_at=now,
         next_attempt_at=now,
     )
-    session.add(row)
     if flush:
+        session.add(row)
         session.flush()
+    else:
+        stored = {name: getattr(row, key) for key, name in _COLUMNS}
+        session.info.setdefault(_PENDING, []).append(stored)
     latest = session.info.get(_LATEST)
     if latest is not None and thread_id in latest[0]:
         latest[1][(thread_id, user_id)] = composed.message_id
     return row
+
+
+def _stored_columns() -> list[tuple[str, str]]:
+    """(attribute, column name) of every column of an outbox row but its id."""
+    return [
+        (prop.key, prop.columns[0].name)  # type: ignore[attr-defined]
+        for prop in OutboxMessage.__mapper__.column_attrs
+        if isinstance(prop, ColumnProperty) and prop.key != "id"
+    ]
+
+
+_COLUMNS = _stored_columns()
+
+
+@deferred_writes.register("outbox")
+def write_pending(session: Session) -> None:
+    """Insert the rows added with ``flush=False`` since the last time, in one statement
+    (no ids read back: PostgreSQL's driver sends them in one pipelined round trip)."""
+    rows = session.info.pop(_PENDING, None)
+    if rows:
+        session.connection().execute(insert(OutboxMessage), rows)
 
 
 def prefetch_latest(session: Session, thread_ids: Iterable[int]) -> None:
