@@ -306,3 +306,25 @@ def test_parse_is_fast_on_a_200_kb_message() -> None:
     per_message = (time.perf_counter() - started) / runs
     assert mail.attachments[0].size == 90_000
     assert per_message < 0.25, f"{per_message * 1000:.1f} ms per 200 KB message"
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((MIME.parent).rglob("*.eml")),
+    ids=lambda p: str(p.relative_to(MIME.parent)),
+)
+def test_the_lean_reader_reads_as_the_whole_of_mail_parser(
+    path: Path, crlf: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Skipping mail-parser's body decoding and summary dicts changes no reading:
+    every fixture parses to the same record as with mail-parser's whole work."""
+    import mailparser
+
+    from replygate.mail import parse
+
+    raw = path.read_bytes()
+    if crlf:
+        raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    lean = parse_message(raw)
+    monkeypatch.setattr(parse, "_READER", mailparser.MailParser)
+    assert lean == parse_message(raw)
