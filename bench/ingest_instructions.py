@@ -1,7 +1,9 @@
-"""Instructions per message of the gateway's DATA handler (or its writer), counted by callgrind.
+"""Instructions per message of the gateway's DATA handler, its writer or a whole SMTP session,
+counted by callgrind.
 
     python bench/ingest_instructions.py /tmp/before .
     python bench/ingest_instructions.py . --part writer --backend postgresql
+    python bench/ingest_instructions.py /tmp/before . --part session
 
 Times on a shared machine wander with the load; instruction counts do not.
 For each source tree, a database is seeded with that tree's code and
@@ -18,7 +20,12 @@ redacted where the tree redacts) and the heap settled as ``serve`` settles it.
 this is the event loop's share. ``--part writer``: the tree's own batch
 INSERT (``inbound_writer.BulkInsert``, in batches of ``--batch`` rows, sealing
 included where the tree seals), the writer thread's share; the database's
-own work in another process (PostgreSQL) is not counted. ``PYTHONHASHSEED``
+own work in another process (PostgreSQL) is not counted. ``--part session``:
+the tree's own ``Gateway`` on a loopback port, with the writer faked, and
+Postfix's ``smtp-source`` (not counted) sending one message per connection
+over ``--sessions`` sessions (1: every read and reply comes alone, so the
+count does not follow the timing): the event loop's whole share of a
+message, connection, greeting, EHLO, MAIL, RCPT, DATA and QUIT included. ``PYTHONHASHSEED``
 is fixed, so two runs of one tree count alike to a fraction of a per cent.
 """
 
@@ -37,6 +44,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SESSIONS = 32
+SMTP_SOURCE = "/usr/sbin/smtp-source"
 BODY_LINE = b"X" * 77  # smtp-source's body: numbered lines of X, 80 octets with CRLF
 
 
@@ -82,7 +90,12 @@ def _app():
     from replygate.cli import App
 
     app = App(config_file=None, overrides={})
-    if "redact" in inspect.signature(logs.configure).parameters:
+    parameters = inspect.signature(logs.configure).parameters
+    if "plain_below" in parameters:
+        from replygate.mail.markers import TOKEN_LENGTH
+
+        logs.configure(json=True, redact=app.redact, plain_below=TOKEN_LENGTH)
+    elif "redact" in parameters:
         logs.configure(json=True, redact=app.redact)
     else:
         logs.configure(json=True)
@@ -166,10 +179,39 @@ def _count_writer(app, address: str, warm: int, messages: int, call: bool, batch
     insert.close()
 
 
+async def _count_session(
+    app, address: str, warm: int, messages: int, call: bool, sessions: int
+) -> None:
+    from replygate.gateway.handler import GatewayHandler
+    from replygate.gateway.server import Gateway
+
+    # One RCPT lookup (in a thread) for the whole run, not one per expiry of the cache.
+    handler = GatewayHandler(app.settings, app.factory, rcpt_cache_seconds=1e9)
+    handler.writer.close()
+    handler.writer = _FakeWriter()
+    gateway = Gateway(app.settings, app.factory, host="127.0.0.1", port=0, handler=handler)
+    await gateway.start()
+    _settle_heap()
+    client = [
+        SMTP_SOURCE, "-s", str(sessions), "-m", str(warm + messages if call else warm),
+        "-l", "4096", "-f", "cleo@client.test", "-t", address, "-M", "client.test",
+        f"127.0.0.1:{gateway.port}",
+    ]  # fmt: skip
+    source = await asyncio.create_subprocess_exec(*client)
+    if await source.wait() != 0:
+        raise RuntimeError("smtp-source failed")
+    await gateway.stop()
+
+
 def count(args: argparse.Namespace) -> None:
     app = _app()
     if args.part == "data":
         asyncio.run(_count_data(app, args.address, args.warm, args.messages, args.call))
+    elif args.part == "session":
+        session = _count_session(
+            app, args.address, args.warm, args.messages, args.call, args.sessions
+        )
+        asyncio.run(session)
     else:
         _count_writer(app, args.address, args.warm, args.messages, args.call, args.batch)
 
@@ -201,7 +243,8 @@ def one_tree(tree: Path, args: argparse.Namespace) -> dict[str, float]:
         # whichever of the two came first.
         first = [sys.executable, __file__, "--count", "--part", args.part,
                  "--address", world.addresses[0], "--warm", str(args.batch),
-                 "--messages", str(args.batch), "--batch", str(args.batch), "--call"]  # fmt: skip
+                 "--messages", str(args.batch), "--batch", str(args.batch),
+                 "--sessions", str(args.sessions), "--call"]  # fmt: skip
         subprocess.run(first, env=env, cwd=tmp, capture_output=True, check=True, timeout=600)
         totals = {}
         for call in (False, True):
@@ -212,6 +255,7 @@ def one_tree(tree: Path, args: argparse.Namespace) -> dict[str, float]:
                 sys.executable, __file__, "--count", "--part", args.part,
                 "--address", world.addresses[0], "--warm", str(args.warm),
                 "--messages", str(args.messages), "--batch", str(args.batch),
+                "--sessions", str(args.sessions),
             ]  # fmt: skip
             if call:
                 command.append("--call")
@@ -229,11 +273,12 @@ def one_tree(tree: Path, args: argparse.Namespace) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trees", type=Path, nargs="*", default=[Path(".")])
-    parser.add_argument("--part", choices=["data", "writer"], default="data")
+    parser.add_argument("--part", choices=["data", "writer", "session"], default="data")
     parser.add_argument("--backend", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--messages", type=int, default=1024, help="counted messages")
     parser.add_argument("--warm", type=int, default=64, help="messages before the counted ones")
     parser.add_argument("--batch", type=int, default=32, help="rows per INSERT (--part writer)")
+    parser.add_argument("--sessions", type=int, default=1, help="smtp-source's (--part session)")
     parser.add_argument("--one", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--count", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--call", action="store_true", help=argparse.SUPPRESS)
@@ -253,6 +298,7 @@ def main() -> None:
             sys.executable, __file__, "--one", str(tree.resolve()), "--part", args.part,
             "--backend", args.backend, "--messages", str(args.messages),
             "--warm", str(args.warm), "--batch", str(args.batch),
+            "--sessions", str(args.sessions),
         ]  # fmt: skip
         env = dict(os.environ, PYTHONPATH=str(tree.resolve()))
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=7200)

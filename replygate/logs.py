@@ -36,8 +36,14 @@ _PLAIN = (int, float, bool, type(None))
 _PLAIN_TYPES = frozenset(_PLAIN)
 
 
-def configure(*, json: bool = False, level: int = logging.INFO, redact: Redact) -> None:
+def configure(
+    *, json: bool = False, level: int = logging.INFO, redact: Redact, plain_below: int = 0
+) -> None:
     """Route structlog (and stdlib logging, e.g. aiosmtpd's) to stderr, through ``redact``.
+
+    ``plain_below``: ``redact`` returns every string without a "+" that is
+    shorter than this as it is, so an event's processor need not call it for
+    them (most strings of a line: levels, conditions, peers); 0 calls it for all.
 
     structlog (and rich, which it loads) costs a command line start more than
     most commands take, and a listing never logs: unless structlog is loaded
@@ -47,7 +53,7 @@ def configure(*, json: bool = False, level: int = logging.INFO, redact: Redact) 
     _configure_stdlib(redact)
     # mail-parser warns about every part type it does not handle (e.g. DSN headers).
     logging.getLogger("mailparser").setLevel(logging.ERROR)
-    _pending = functools.partial(_configure_structlog, json, level, redact)
+    _pending = functools.partial(_configure_structlog, json, level, redact, plain_below)
     if "structlog" in sys.modules:
         _apply_pending()
 
@@ -59,13 +65,14 @@ def _apply_pending() -> None:
         apply()
 
 
-def _configure_structlog(json: bool, level: int, redact: Redact) -> None:
+def _configure_structlog(json: bool, level: int, redact: Redact, plain_below: int) -> None:
     import structlog
 
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.format_exc_info,
-        redacting(redact),  # after the traceback is rendered, before anything is written
+        # After the traceback is rendered, before anything is written.
+        redacting(redact, plain_below),
         # Ours, holding no secret: added after the redaction, which need not read them.
         structlog.processors.add_log_level,
         _timestamp(),
@@ -126,8 +133,10 @@ def _one_logger(logger: Any) -> Callable[..., Any]:
     return factory
 
 
-def redacting(redact: Redact) -> structlog.typing.Processor:
-    """A processor passing every string of an event (nested ones too) through ``redact``.
+def redacting(redact: Redact, plain_below: int = 0) -> structlog.typing.Processor:
+    """A processor passing every string of an event (nested ones too) through ``redact``,
+    but for the top-level and listed strings ``redact`` returns as they are (``configure``'s
+    ``plain_below``), which it passes without the call.
 
     The event is structlog's own copy, made for this call, so its values are
     replaced in place; the lists and dicts in it may be the caller's, and are
@@ -140,9 +149,10 @@ def redacting(redact: Redact) -> structlog.typing.Processor:
         for key, value in event.items():
             kind = type(value)
             if kind is str:
-                event[key] = redact(value)
+                if "+" in value or len(value) >= plain_below:
+                    event[key] = redact(value)
             elif kind is list:
-                event[key] = _redacted_list(value, redact)
+                event[key] = _redacted_list(value, redact, plain_below)
             elif kind not in _PLAIN_TYPES:
                 event[key] = _redacted(value, redact)
         return event
@@ -150,14 +160,14 @@ def redacting(redact: Redact) -> structlog.typing.Processor:
     return processor
 
 
-def _redacted_list(items: list[Any], redact: Redact) -> list[Any]:
+def _redacted_list(items: list[Any], redact: Redact, plain_below: int = 0) -> list[Any]:
     """A list's copy, redacted: the canonical lines carry short lists of addresses and
     ids, for which a comprehension calling ``_redacted`` per item costs more than this."""
     out = []
     for item in items:
         kind = type(item)
         if kind is str:
-            out.append(redact(item))
+            out.append(redact(item) if "+" in item or len(item) >= plain_below else item)
         elif kind in _PLAIN_TYPES:
             out.append(item)
         else:

@@ -36,6 +36,7 @@ from replygate import logs, metrics, sdnotify
 from replygate.config import Settings
 from replygate.errors import ServiceFailed, StartupError
 from replygate.logs import get_logger
+from replygate.mail.markers import TOKEN_LENGTH
 from replygate.mail.redaction import redact
 from replygate.workers.drain import outbound_worker
 from replygate.workers.inbound import InboundWorker
@@ -472,7 +473,11 @@ def run_engine_process(settings: Settings, notify_path: str) -> None:
     from replygate.store.db import make_engine, session_factory
 
     os.environ["NOTIFY_SOCKET"] = notify_path
-    logs.configure(json=settings.log_json, redact=functools.partial(redact, settings.secret_key))
+    logs.configure(
+        json=settings.log_json,
+        redact=functools.partial(redact, settings.secret_key),
+        plain_below=TOKEN_LENGTH,
+    )
     keyring.load(settings)
     engine = make_engine(settings.database_url)
     wakes = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -33,6 +33,7 @@ from replygate import logs
 from replygate.cli.output import emit, json_option, lines, say, terminal_safe
 from replygate.config import Settings, load_settings
 from replygate.errors import ReplygateError
+from replygate.mail.markers import TOKEN_LENGTH
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -240,7 +241,7 @@ def main(
         if log_json is not None
         else os.environ.get("REPLYGATE_LOG_JSON", "").strip().lower() in ("1", "true", "yes", "on")
     )
-    logs.configure(json=json_logs, redact=app.redact)
+    logs.configure(json=json_logs, redact=app.redact, plain_below=TOKEN_LENGTH)
     _end_without_teardown()
 
 

@@ -13,6 +13,7 @@ from replygate import logs
 from replygate.cli import App, clean_errors, pass_app
 from replygate.cli.output import plural
 from replygate.errors import ServiceFailed, StartupError
+from replygate.mail.markers import TOKEN_LENGTH
 
 
 class StartFailed(click.ClickException):
@@ -192,7 +193,9 @@ def ingest(app: App, rcpt: str, sender: str, client_ip: str, helo: str) -> None:
     from replygate.gateway.ingest import ingest as run_ingest
 
     # Postfix's pipe copies our stderr into the bounce it sends: only the reason goes there.
-    logs.configure(json=app.settings.log_json, level=logging.ERROR, redact=app.redact)
+    logs.configure(
+        json=app.settings.log_json, level=logging.ERROR, redact=app.redact, plain_below=TOKEN_LENGTH
+    )
     try:
         raw = sys.stdin.buffer.read()
         code, reason = run_ingest(

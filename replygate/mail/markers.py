@@ -17,6 +17,11 @@ LOOP_HEADER = "X-Replygate-Loop"
 # Our Message-IDs look like <rg.KIND.ID.RANDOM@reply-domain>.
 MESSAGE_ID_PREFIX = "rg."
 
+# A reply token's length: 26 base32 characters for its 16 random bytes, 8 for its
+# 5-byte tag (``reply_token``). A log string without a "+" that is shorter holds
+# neither a token nor an address, and ``redaction.redact`` returns it as it is.
+TOKEN_LENGTH = 34
+
 # Bounces come back to bounces+<notification id>@<reply domain> (VERP).
 VERP_PREFIX = "bounces+"
 

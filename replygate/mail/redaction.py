@@ -23,7 +23,7 @@ import functools
 import re
 
 from replygate.mail import reply_token
-from replygate.mail.markers import VERP_PREFIX
+from replygate.mail.markers import TOKEN_LENGTH, VERP_PREFIX
 
 HIDDEN = "hidden"
 
@@ -35,19 +35,19 @@ _ADDRESS = re.compile(
     re.IGNORECASE,
 )
 # A run of exactly as many base32 characters as a token, not part of a longer word.
-_BARE_TOKEN = re.compile(
-    rf"(?<![A-Za-z0-9])[A-Za-z2-7]{{{reply_token.TOKEN_LENGTH}}}(?![A-Za-z0-9])"
-)
+_BARE_TOKEN = re.compile(rf"(?<![A-Za-z0-9])[A-Za-z2-7]{{{TOKEN_LENGTH}}}(?![A-Za-z0-9])")
 
 
 def redact(secret: str | None, text: str) -> str:
     """``text`` with every reply or bounce address, and every bare token of ours, fingerprinted.
 
     Most strings of a log line (levels, times, conditions, peers) hold no
-    ``+`` and are shorter than a token, so they cannot hold either and are
-    returned at once; the rest are remembered (``_rewritten``).
+    ``+`` and are shorter than a token (``markers.TOKEN_LENGTH``), so they
+    cannot hold either and are returned at once (the log's processor does not
+    even call this for them: ``logs.configure``'s ``plain_below``); the rest
+    are remembered (``_rewritten``).
     """
-    if "+" not in text and len(text) < reply_token.TOKEN_LENGTH:
+    if "+" not in text and len(text) < TOKEN_LENGTH:
         return text
     return _rewritten(secret, text)
 
@@ -64,7 +64,7 @@ def _rewritten(secret: str | None, text: str) -> str:
             return f"{match[1]}fp:{shown}@"
 
         text = _ADDRESS.sub(address, text)
-    if secret and len(text) >= reply_token.TOKEN_LENGTH:  # most values are shorter
+    if secret and len(text) >= TOKEN_LENGTH:  # most values are shorter
 
         def bare(match: re.Match[str]) -> str:
             token = match[0].lower()

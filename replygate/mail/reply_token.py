@@ -20,10 +20,11 @@ import hashlib
 import hmac
 import os
 
+from replygate.mail.markers import TOKEN_LENGTH
+
 LOCAL_PREFIX = "reply+"
 RANDOM_BYTES = 16
 TAG_BYTES = 5
-TOKEN_LENGTH = 34  # 26 base32 chars for 16 bytes + 8 for 5 bytes
 _ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz234567")
 FINGERPRINT_LENGTH = 12  # hex characters: 48 bits, enough to tell a day's tokens apart
 

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from replygate import logs
 from replygate.mail import reply_token
+from replygate.mail.markers import TOKEN_LENGTH
 from replygate.mail.redaction import redact
 
 SECRET = "s" * 64
@@ -99,7 +100,7 @@ def json_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.BytesIO]:
     out = io.BytesIO()
     stderr = io.TextIOWrapper(out, write_through=True)  # kept: closing it would close ``out``
     monkeypatch.setattr(sys, "stderr", stderr)
-    logs.configure(json=True, redact=functools.partial(redact, SECRET))
+    logs.configure(json=True, redact=functools.partial(redact, SECRET), plain_below=TOKEN_LENGTH)
     yield out
     structlog.configure(**saved)
     stderr.detach()
@@ -123,6 +124,30 @@ def test_every_string_of_an_event_is_redacted_nested_ones_too(json_logs: io.Byte
     assert line["rcpt"] == [shown, "cleo@example.com"]
     assert line["nested"] == {"to": [shown], "n": 3}
     assert shown in str(line["error"])
+
+
+def test_strings_the_processor_passes_uncalled_are_those_redact_keeps() -> None:
+    """``plain_below``: the processor skips the call for strings without a "+" shorter
+    than a token, which ``redact`` returns as they are; a bare token is not shorter."""
+    assert len(TOKEN) == TOKEN_LENGTH
+    assert redact(SECRET, TOKEN) == f"fp:{FP}"
+
+
+@given(st.text(alphabet=st.characters(blacklist_characters="+"), max_size=TOKEN_LENGTH - 1))
+def test_redact_keeps_every_short_string_without_a_plus(text: str) -> None:
+    assert redact(SECRET, text) == text
+    assert redact(None, text) == text
+
+
+def test_bare_tokens_and_addresses_are_redacted_at_top_level_and_in_lists(
+    json_logs: io.BytesIO,
+) -> None:
+    logs.get_logger("t").info("event", token=TOKEN, tokens=[TOKEN, "short"], to=ADDRESS)
+    (line,) = _lines(json_logs)
+    assert TOKEN not in json_logs.getvalue().decode()
+    assert line["token"] == f"fp:{FP}"
+    assert line["tokens"] == [f"fp:{FP}", "short"]
+    assert line["to"] == f"reply+fp:{FP}@reply.test"
 
 
 def test_a_rendered_traceback_is_redacted(json_logs: io.BytesIO) -> None:
