@@ -69,7 +69,6 @@ def _configure_structlog(json: bool, level: int, redact: Redact, plain_below: in
     import structlog
 
     processors: list[structlog.typing.Processor] = [
-        structlog.contextvars.merge_contextvars,
         structlog.processors.format_exc_info,
         # After the traceback is rendered, before anything is written.
         redacting(redact, plain_below),

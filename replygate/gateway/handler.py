@@ -46,6 +46,7 @@ from replygate.errors import InboundRefused
 from replygate.gateway import logged, replies
 from replygate.gateway.authentication import Authenticator
 from replygate.gateway.replies import Condition
+from replygate.gateway.shared import MEMO_SIZE
 from replygate.gateway.throttle import Throttle, parse_networks
 from replygate.logs import get_logger
 from replygate.mail.headers import lowered_head
@@ -131,6 +132,7 @@ class GatewayHandler:
         )
         self.rcpt_cache_seconds = rcpt_cache_seconds
         self._recipients: dict[str, tuple[float, Recipient]] = {}
+        self._rendered: dict[tuple[Condition, str | None], str] = {}
         self.factory = factory
         self.max_recipients = max_recipients or settings.smtp_max_recipients
         self.clock = clock
@@ -146,7 +148,16 @@ class GatewayHandler:
         self.draining = False
 
     def _render(self, condition: Condition, address: str | None = None) -> str:
-        return replies.reply(condition).render(address, limit=self.settings.max_message_size)
+        """The reply line, made once per condition and address: MAIL, RCPT and DATA
+        give the same few answers mail after mail."""
+        key = (condition, address)
+        line = self._rendered.get(key)
+        if line is None:
+            line = replies.reply(condition).render(address, limit=self.settings.max_message_size)
+            if len(self._rendered) >= MEMO_SIZE:
+                self._rendered.clear()
+            self._rendered[key] = line
+        return line
 
     async def handle_PROXY(
         self, server: SMTP, session: SMTPSession, envelope: Envelope, proxy_data: ProxyData
