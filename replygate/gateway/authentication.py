@@ -108,6 +108,11 @@ class Authenticator:
         found = self.check(raw, client_ip=client_ip, helo=helo, mail_from=mail_from)
         return self._stamped(raw, found)
 
+    def strip_claims(self, raw: bytes, head: bytes | None = None) -> bytes:
+        """``raw`` without outside claims to our authserv-id: what ``prepare`` gives
+        unless ``mail_auth`` is ``verify`` (``head`` as ``prepare`` takes it)."""
+        return auth_results.strip_claims(raw, self.authserv_id, head)
+
     async def prepare_async(
         self,
         raw: bytes,

@@ -268,6 +268,7 @@ class GatewayHandler:
         try:
             # The header block, lower-cased once for every check that looks into it.
             head = lowered_head(raw)
+            authentication = None
             if self.authenticator.mode == "verify":  # DNS: in a thread, within the time budget
                 prepared = await self.authenticator.prepare_async(
                     raw,
@@ -276,14 +277,12 @@ class GatewayHandler:
                     mail_from=fields["mail_from"],
                     head=head,
                 )
+                stored, authentication = prepared.raw, prepared.decision
             else:  # the claims strip alone, no lookup: here, without a coroutine
-                prepared = self.authenticator.prepare(
-                    raw, client_ip=None, helo=None, mail_from="", head=head
-                )
-            if prepared.raw is not raw:  # claims stripped, or our own results stamped
-                raw = prepared.raw
+                stored = self.authenticator.strip_claims(raw, head)
+            if stored is not raw:  # claims stripped, or our own results stamped
+                raw = stored
                 head = lowered_head(raw)
-            authentication = prepared.decision
             if authentication is not None:
                 fields.update(spf=authentication.spf, dmarc=authentication.dmarc)
             if intake.needs_parsing(raw, head):

@@ -125,6 +125,14 @@ class Stored(Decision):
     via: str
     size: int
 
+    def shared_record(self) -> Mapping[str, Any]:
+        """The record, made directly: every accepted mail has a ``Stored`` of its own
+        (its size), so there is nothing to share and no layout worth looking up."""
+        return {"stage": _ACCEPT, "via": self.via, "size": self.size}
+
+
+_ACCEPT = Stage.ACCEPT.value  # an enum member's value is a property, looked up each time
+
 
 @dataclass(frozen=True)
 class Classified(Decision):
