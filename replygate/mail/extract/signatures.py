@@ -115,10 +115,7 @@ def find_signature(lines: list[str]) -> tuple[int | None, str]:
             if i >= 2 and RE_NAME.match(lines[i - 1]) and not lines[i - 2].strip():
                 return i - 1, "signature:mobile"
             # So does a "-Name" sign-off just above it, even with a blank line between.
-            above = _last_content(lines[:i])
-            if above is not None and above > first_text and is_dash_sign_off(lines, above):
-                return above, "signature:mobile"
-            return i, "signature:mobile"
+            return _signed_above(lines, i, first_text), "signature:mobile"
     card = find_card(lines)
     if card is not None:
         return card, "signature:card"
@@ -136,7 +133,7 @@ def find_signature(lines: list[str]) -> tuple[int | None, str]:
         return last, "signature:dash_name"
     contact = _contact_block(lines, first_text)
     if contact is not None:
-        return contact, "signature:contact"
+        return _signed_above(lines, contact, first_text), "signature:contact"
     # A rule alone at the end, under a blank line: a separator whose quote was cut.
     if (
         last is not None
@@ -164,6 +161,15 @@ def _footer_stack_start(lines: list[str], i: int, first_text: int) -> int:
             start = j
         j -= 1
     return start
+
+
+def _signed_above(lines: list[str], i: int, first_text: int) -> int:
+    """``i``, or the "-Name" sign-off just above ``lines[i]`` (blank lines allowed): left
+    above a cut footer, it would be cut as the signature when the reply is read again."""
+    above = _last_content(lines[:i])
+    if above is not None and above > first_text and is_dash_sign_off(lines, above):
+        return above
+    return i
 
 
 def is_dash_sign_off(lines: list[str], i: int) -> bool:

@@ -217,6 +217,7 @@ def test_composed_reply_is_found_and_stable(
 @given(ANY_TEXT)
 @example("0\r>0\r==ORIGINAL MESSAGE")  # ends in a quote kept above a header: not stable
 @example("0\r[image:]\rSENT FROM 0")  # an image placeholder above a mobile footer
+@example("0\r-A\n\n0\r000 000")  # a "-Name" sign-off above a block of contact details
 def test_extraction_is_idempotent(body: str) -> None:
     """Extracting a filed reply again files the same text.
 
