@@ -14,12 +14,22 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sqlalchemy import event
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import ColumnProperty, Session
 
 Writer = Callable[[Session], None]
 
 ORDER = ("new_messages", "outbox", "participant_marks")
 _WRITERS: dict[str, Writer] = {}
+
+
+def stored_columns(model: type) -> list[tuple[str, str]]:
+    """(attribute, column name) of every column of ``model``'s rows but its id: what a
+    deferred writer reads off a row object to insert it with Core."""
+    return [
+        (prop.key, prop.columns[0].name)  # type: ignore[attr-defined]
+        for prop in model.__mapper__.column_attrs  # type: ignore[attr-defined]
+        if isinstance(prop, ColumnProperty) and prop.key != "id"
+    ]
 
 
 def register(name: str) -> Callable[[Writer], Writer]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import insert
-from sqlalchemy.orm import ColumnProperty, Session
+from sqlalchemy.orm import Session
 
 from replygate.store import deferred_writes, dialect
 from replygate.store.directory import TRANSACTION_CACHE
@@ -46,16 +46,7 @@ def expect(session: Session, count: int) -> None:
         ids.extend(dialect.new_ids(session, Message.__tablename__, count - len(ids)))
 
 
-def _stored_columns() -> list[tuple[str, str]]:
-    """(attribute, column name) of every column of a message row but its id."""
-    return [
-        (prop.key, prop.columns[0].name)  # type: ignore[attr-defined]
-        for prop in Message.__mapper__.column_attrs
-        if isinstance(prop, ColumnProperty) and prop.key != "id"
-    ]
-
-
-_COLUMNS = _stored_columns()
+_COLUMNS = deferred_writes.stored_columns(Message)
 
 
 def add(session: Session, message: Message) -> int:

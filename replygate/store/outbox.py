@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from typing import Protocol, cast
 
 from sqlalchemy import Table, case, func, insert, literal, select, tuple_, update
-from sqlalchemy.orm import ColumnProperty, Session, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from replygate.store import deferred_writes, sealed
 from replygate.store.db import transaction, updated
@@ -124,16 +124,7 @@ def add(
     return row
 
 
-def _stored_columns() -> list[tuple[str, str]]:
-    """(attribute, column name) of every column of an outbox row but its id."""
-    return [
-        (prop.key, prop.columns[0].name)  # type: ignore[attr-defined]
-        for prop in OutboxMessage.__mapper__.column_attrs
-        if isinstance(prop, ColumnProperty) and prop.key != "id"
-    ]
-
-
-_COLUMNS = _stored_columns()
+_COLUMNS = deferred_writes.stored_columns(OutboxMessage)
 
 
 @deferred_writes.register("outbox")
