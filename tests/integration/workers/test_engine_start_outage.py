@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
+from typing import Any
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
@@ -38,6 +39,18 @@ async def _until(probe: Callable[[], object], what: str) -> None:
         raise AssertionError(f"waited {DEADLINE} s for {what}") from None
 
 
+async def _started_unreachable(
+    engine: InboundWorker, stop: asyncio.Event, logs: list[MutableMapping[str, Any]]
+) -> asyncio.Task[None]:
+    """The engine's run, started with the database away, once it has logged the loss."""
+    run = asyncio.create_task(engine.run(stop))
+    await _until(
+        lambda: any(e["event"] == "engine.store_lost" for e in logs) or run.done(),
+        "the engine to notice the database is away",
+    )
+    return run
+
+
 def test_the_engine_waits_for_a_database_gone_at_its_start(
     settings: Settings, sessions: sessionmaker[Session]
 ) -> None:
@@ -46,11 +59,7 @@ def test_the_engine_waits_for_a_database_gone_at_its_start(
     async def scenario() -> None:
         stop = asyncio.Event()
         with capture_logs() as logs, database_away(settings):
-            run = asyncio.create_task(engine.run(stop))
-            await _until(
-                lambda: any(e["event"] == "engine.store_lost" for e in logs) or run.done(),
-                "the engine to notice the database is away",
-            )
+            run = await _started_unreachable(engine, stop, logs)
             assert not run.done(), run.exception()
         await _until(lambda: engine.owner is not None, "the engine to mark itself alive")
         assert owners_alive(sessions) == 1
@@ -69,11 +78,7 @@ def test_an_engine_stopped_before_the_database_returns_ends_cleanly(
     async def scenario() -> None:
         stop = asyncio.Event()
         with capture_logs() as logs, database_away(settings):
-            run = asyncio.create_task(engine.run(stop))
-            await _until(
-                lambda: any(e["event"] == "engine.store_lost" for e in logs) or run.done(),
-                "the engine to notice the database is away",
-            )
+            run = await _started_unreachable(engine, stop, logs)
             stop.set()
             await run  # no error: nothing was claimed
         assert engine.owner is None
